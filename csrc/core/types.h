@@ -1,0 +1,51 @@
+// Enumerations shared by every layer. Each crosses the Python boundary as an
+// int: keep the values in sync with tiemb/_enums.py.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tiemb {
+
+/// How the embeddings of one sample's ids are reduced.
+enum class combiner : int32_t { sum = 0, mean = 1, sqrtn = 2 };
+
+/// How the output row count and invalid ids are treated.
+///  plain: tf.nn.embedding_lookup_sparse — rows = max(segment id) + 1, every
+///         id must be a valid row.
+///  safe:  tf.nn.safe_embedding_lookup_sparse — rows given by the caller, ids
+///         < 0 (and weights <= 0 unless the combiner is sum) are pruned, empty
+///         rows are zeros or the default row.
+enum class row_mode : int32_t { plain = 0, safe = 1 };
+
+/// Element types that appear at the engine boundary.
+enum class dtype : int32_t { float32 = 0, float16 = 1, int32 = 2, int64 = 3 };
+
+inline const char* to_string(combiner c) {
+  switch (c) {
+    case combiner::sum: return "sum";
+    case combiner::mean: return "mean";
+    case combiner::sqrtn: return "sqrtn";
+  }
+  return "?";
+}
+
+inline const char* to_string(row_mode m) {
+  return m == row_mode::plain ? "plain" : (m == row_mode::safe ? "safe" : "?");
+}
+
+inline const char* to_string(dtype t) {
+  switch (t) {
+    case dtype::float32: return "float32";
+    case dtype::float16: return "float16";
+    case dtype::int32: return "int32";
+    case dtype::int64: return "int64";
+  }
+  return "?";
+}
+
+inline int64_t size_of(dtype t) {
+  return (t == dtype::float16) ? 2 : (t == dtype::int64 ? 8 : 4);
+}
+
+}  // namespace tiemb

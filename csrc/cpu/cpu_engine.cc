@@ -1,0 +1,277 @@
+#include "cpu_engine.h"
+
+#include <algorithm>
+
+#include "../core/error.h"
+#include "pooling.h"
+
+namespace tiemb {
+namespace {
+
+// A task should carry enough work to amortise its scheduling (an atomic
+// increment and a cache line of task state) but leave enough tasks to keep
+// every thread busy at batch 512.
+constexpr int64_t kTaskGrain = 16 * 1024;  // id x dim multiply-adds
+constexpr int64_t kMaxTasksPerSlot = 64;
+// Below this much work per call, waking the other threads costs more than it
+// saves.
+constexpr int64_t kParallelThreshold = 32 * 1024;
+
+int64_t index_at(const void* p, dtype type, int64_t i) {
+  return type == dtype::int32 ? static_cast<int64_t>(static_cast<const int32_t*>(p)[i])
+                              : static_cast<const int64_t*>(p)[i];
+}
+
+// Validates ids against the table range; plain mode rejects negatives too.
+template <class IdT>
+void check_ids(const IdT* ids, int64_t n, int64_t table_rows, bool allow_negative, int64_t slot,
+               int32_t table_id) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = static_cast<int64_t>(ids[i]);
+    if (id >= table_rows || (id < 0 && !allow_negative)) {
+      throw error(detail::concat("slot ", slot, ": ids[", i, "] = ", id, " is out of range [0, ",
+                                 table_rows, ") of table ", table_id));
+    }
+  }
+}
+
+}  // namespace
+
+cpu_engine::cpu_engine(const engine_config& config)
+    : config_(config),
+      pool_((config.validate(), config.num_threads > 0 ? config.num_threads : hardware_threads())) {}
+
+int32_t cpu_engine::add_table(dtype type, int64_t rows, int64_t dim, const void* data) {
+  TIEMB_EXPECT(!frozen_, "tables must be added before the first lookup group is created");
+  return tables_.add(type, rows, dim, data);
+}
+
+cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> slots)
+    : engine_(engine), slots_(std::move(slots)) {
+  const engine_config& cfg = engine_.config();
+  const int64_t n = num_slots();
+  TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
+  TIEMB_EXPECT(n <= cfg.slot_num, "a lookup group has ", n, " slots, more than slot_num = ",
+               cfg.slot_num);
+  for (int64_t s = 0; s < n; ++s) {
+    const slot_config& sc = slots_[static_cast<size_t>(s)];
+    TIEMB_EXPECT(sc.table >= 0 && sc.table < engine_.tables().size(), "slot ", s, ": table id ",
+                 sc.table, " does not exist (engine has ", engine_.tables().size(), " tables)");
+    const table& t = engine_.tables().at(sc.table);
+    TIEMB_EXPECT(sc.comb == combiner::sum || sc.comb == combiner::mean || sc.comb == combiner::sqrtn,
+                 "slot ", s, ": unknown combiner ", static_cast<int>(sc.comb));
+    TIEMB_EXPECT(sc.mode == row_mode::plain || sc.mode == row_mode::safe, "slot ", s,
+                 ": unknown row mode ", static_cast<int>(sc.mode));
+    TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
+                 ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
+    if (sc.mode == row_mode::plain) {
+      TIEMB_EXPECT(sc.default_id == -1, "slot ", s,
+                   ": default_id is only meaningful in safe mode, got ", sc.default_id);
+    } else {
+      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < t.rows(), "slot ", s, ": default_id ",
+                   sc.default_id, " is out of range [0, ", t.rows(), ") of table ", sc.table);
+    }
+    tables_.push_back(&t);
+    max_dim_ = std::max(max_dim_, t.dim());
+  }
+  engine_.freeze();
+  const auto slots_sz = static_cast<size_t>(n);
+  offsets_.resize(slots_sz * static_cast<size_t>(cfg.max_batch_size + 1));
+  rows_.resize(slots_sz);
+  errors_.resize(slots_sz);
+  tasks_.reserve(slots_sz * kMaxTasksPerSlot);
+  acc_.resize(static_cast<size_t>(engine_.pool().num_threads() * max_dim_));
+}
+
+int64_t cpu_lookup_group::dim(int64_t s) const { return tables_[static_cast<size_t>(s)]->dim(); }
+
+void cpu_lookup_group::plan_slot(int64_t s, const slot_request& req) {
+  const engine_config& cfg = engine_.config();
+  const slot_config& sc = slots_[static_cast<size_t>(s)];
+  const table& t = *tables_[static_cast<size_t>(s)];
+  const bool safe = sc.mode == row_mode::safe;
+  const int64_t n = req.num_ids;
+  int64_t* offsets = offsets_.data() + s * (cfg.max_batch_size + 1);
+
+  TIEMB_EXPECT(req.id_type == dtype::int32 || req.id_type == dtype::int64, "slot ", s,
+               ": ids must be int32 or int64, got ", to_string(req.id_type));
+  TIEMB_EXPECT(req.segment_type == dtype::int32 || req.segment_type == dtype::int64, "slot ", s,
+               ": ", req.segments_are_offsets ? "row_offsets" : "segment_ids",
+               " must be int32 or int64, got ", to_string(req.segment_type));
+  TIEMB_EXPECT(n <= cfg.max_ids_per_slot(), "slot ", s, ": ", n,
+               " ids exceed max_batch_size * max_nnz = ", cfg.max_batch_size, " * ", cfg.max_nnz,
+               " = ", cfg.max_ids_per_slot());
+  if (req.weights != nullptr) {
+    TIEMB_EXPECT(req.num_weights == n, "slot ", s, ": weights has ", req.num_weights,
+                 " entries but ids has ", n);
+  }
+
+  int64_t rows = 0;
+  if (req.segments_are_offsets) {
+    const int64_t m = req.num_segments;
+    TIEMB_EXPECT(m >= 1, "slot ", s, ": row_offsets needs at least one entry (rows + 1), got 0");
+    TIEMB_EXPECT(m - 1 <= cfg.max_batch_size, "slot ", s, ": row_offsets describes ", m - 1,
+                 " rows, more than max_batch_size = ", cfg.max_batch_size);
+    TIEMB_EXPECT(req.num_rows < 0 || req.num_rows == m - 1, "slot ", s, ": num_rows = ",
+                 req.num_rows, " disagrees with row_offsets, which describes ", m - 1, " rows");
+    TIEMB_EXPECT(index_at(req.segments, req.segment_type, 0) == 0, "slot ", s,
+                 ": row_offsets[0] must be 0, got ", index_at(req.segments, req.segment_type, 0));
+    int64_t last_nonempty = -1;
+    offsets[0] = 0;
+    for (int64_t r = 1; r < m; ++r) {
+      const int64_t o = index_at(req.segments, req.segment_type, r);
+      TIEMB_EXPECT(o >= offsets[r - 1], "slot ", s, ": row_offsets must be non-decreasing, but row_offsets[",
+                   r, "] = ", o, " < row_offsets[", r - 1, "] = ", offsets[r - 1]);
+      if (o > offsets[r - 1]) last_nonempty = r - 1;
+      offsets[r] = o;
+    }
+    TIEMB_EXPECT(offsets[m - 1] == n, "slot ", s, ": row_offsets ends at ", offsets[m - 1],
+                 " but ids has ", n, " entries");
+    // Plain mode follows tf.nn.embedding_lookup_sparse: trailing empty rows
+    // are not part of the output.
+    rows = safe ? m - 1 : last_nonempty + 1;
+  } else {
+    TIEMB_EXPECT(req.num_segments == n, "slot ", s, ": segment_ids has ", req.num_segments,
+                 " entries but ids has ", n);
+    if (safe) {
+      TIEMB_EXPECT(req.num_rows >= 0, "slot ", s,
+                   ": safe mode with segment_ids needs num_rows (the batch size)");
+      rows = req.num_rows;
+    } else {
+      TIEMB_EXPECT(req.num_rows < 0, "slot ", s,
+                   ": num_rows is only accepted in safe mode; plain mode outputs max(segment_ids) + 1 rows");
+      rows = n == 0 ? 0 : index_at(req.segments, req.segment_type, n - 1) + 1;
+    }
+    TIEMB_EXPECT(rows <= cfg.max_batch_size, "slot ", s, ": ", rows,
+                 " output rows exceed max_batch_size = ", cfg.max_batch_size);
+    int64_t prev = 0;
+    int64_t r = 0;  // next row whose start offset is unset
+    offsets[0] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t seg = index_at(req.segments, req.segment_type, i);
+      TIEMB_EXPECT(seg >= 0, "slot ", s, ": segment_ids[", i, "] = ", seg, " is negative");
+      TIEMB_EXPECT(seg >= prev, "slot ", s, ": segment_ids must be sorted, but segment_ids[", i,
+                   "] = ", seg, " < segment_ids[", i - 1, "] = ", prev);
+      TIEMB_EXPECT(seg < rows, "slot ", s, ": segment_ids[", i, "] = ", seg,
+                   " is out of range for num_rows = ", rows);
+      while (r < seg) offsets[++r] = i;
+      prev = seg;
+    }
+    while (r < rows) offsets[++r] = n;
+  }
+
+  if (req.id_type == dtype::int32) {
+    check_ids(static_cast<const int32_t*>(req.ids), n, t.rows(), safe, s, sc.table);
+  } else {
+    check_ids(static_cast<const int64_t*>(req.ids), n, t.rows(), safe, s, sc.table);
+  }
+  rows_[static_cast<size_t>(s)] = rows;
+}
+
+void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests) {
+  TIEMB_EXPECT(num_requests == num_slots(), "lookup got inputs for ", num_requests,
+               " slots but the group has ", num_slots());
+  int64_t total_ids = 0;
+  for (int64_t s = 0; s < num_requests; ++s) total_ids += requests[s].num_ids;
+
+  auto plan_one = [&](int64_t s, int) {
+    try {
+      plan_slot(s, requests[s]);
+    } catch (const std::exception& e) {
+      errors_[static_cast<size_t>(s)] = e.what();
+    }
+  };
+  for (auto& e : errors_) e.clear();
+  if (total_ids >= kParallelThreshold) {
+    engine_.pool().parallel_for(num_requests, plan_one);
+  } else {
+    for (int64_t s = 0; s < num_requests; ++s) plan_one(s, 0);
+  }
+  for (const auto& e : errors_) {
+    if (!e.empty()) throw error(e);
+  }
+
+  // Split each slot into row ranges of roughly kTaskGrain work.
+  tasks_.clear();
+  for (int64_t s = 0; s < num_requests; ++s) {
+    const int64_t rows = rows_[static_cast<size_t>(s)];
+    if (rows == 0) continue;
+    const int64_t work = (requests[s].num_ids + rows) * dim(s);
+    const int64_t chunks = std::clamp<int64_t>((work + kTaskGrain - 1) / kTaskGrain, 1,
+                                               std::min(rows, kMaxTasksPerSlot));
+    for (int64_t c = 0; c < chunks; ++c) {
+      tasks_.push_back(task{static_cast<int32_t>(s), rows * c / chunks, rows * (c + 1) / chunks});
+    }
+  }
+}
+
+namespace {
+
+template <class IdT, class TabT, class OutT>
+void run_task(const slot_config& sc, const table& t, const slot_request& req,
+              const int64_t* offsets, void* out, float* acc, int64_t row_begin, int64_t row_end) {
+  pooling_args<IdT, TabT, OutT> a{static_cast<const IdT*>(req.ids),
+                                  req.weights,
+                                  offsets,
+                                  static_cast<const TabT*>(t.data()),
+                                  t.rows(),
+                                  t.dim(),
+                                  sc.comb,
+                                  sc.mode == row_mode::safe,
+                                  sc.default_id,
+                                  static_cast<OutT*>(out),
+                                  acc};
+  pool_rows(a, row_begin, row_end);
+}
+
+template <class IdT, class TabT>
+void dispatch_out(const slot_config& sc, const table& t, const slot_request& req,
+                  const int64_t* offsets, void* out, float* acc, int64_t b, int64_t e) {
+  if (sc.output_dtype == dtype::float32) {
+    run_task<IdT, TabT, float>(sc, t, req, offsets, out, acc, b, e);
+  } else {
+    run_task<IdT, TabT, half_t>(sc, t, req, offsets, out, acc, b, e);
+  }
+}
+
+template <class IdT>
+void dispatch_table(const slot_config& sc, const table& t, const slot_request& req,
+                    const int64_t* offsets, void* out, float* acc, int64_t b, int64_t e) {
+  if (t.type() == dtype::float32) {
+    dispatch_out<IdT, float>(sc, t, req, offsets, out, acc, b, e);
+  } else {
+    dispatch_out<IdT, half_t>(sc, t, req, offsets, out, acc, b, e);
+  }
+}
+
+}  // namespace
+
+void cpu_lookup_group::execute(const slot_request* requests, void* const* outputs) {
+  const int64_t stride = engine_.config().max_batch_size + 1;
+  int64_t total_work = 0;
+  for (int64_t s = 0; s < num_slots(); ++s) {
+    total_work += (requests[s].num_ids + rows_[static_cast<size_t>(s)]) * dim(s);
+  }
+  auto run_one = [&](int64_t i, int thread) {
+    const task& tk = tasks_[static_cast<size_t>(i)];
+    const auto s = static_cast<size_t>(tk.slot);
+    const slot_request& req = requests[s];
+    const int64_t* offsets = offsets_.data() + tk.slot * stride;
+    float* acc = acc_.data() + thread * max_dim_;
+    if (req.id_type == dtype::int32) {
+      dispatch_table<int32_t>(slots_[s], *tables_[s], req, offsets, outputs[s], acc, tk.row_begin,
+                              tk.row_end);
+    } else {
+      dispatch_table<int64_t>(slots_[s], *tables_[s], req, offsets, outputs[s], acc, tk.row_begin,
+                              tk.row_end);
+    }
+  };
+  const auto num_tasks = static_cast<int64_t>(tasks_.size());
+  if (total_work >= kParallelThreshold) {
+    engine_.pool().parallel_for(num_tasks, run_one);
+  } else {
+    for (int64_t i = 0; i < num_tasks; ++i) run_one(i, 0);
+  }
+}
+
+}  // namespace tiemb

@@ -1,0 +1,132 @@
+// The per-row reduction shared by every CPU lookup: gather the rows of one
+// sample's ids, weight them, combine them as TensorFlow does.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../core/half.h"
+#include "../core/types.h"
+
+namespace tiemb {
+
+/// Marker type for IEEE half storage on the host.
+struct half_t {
+  uint16_t bits;
+};
+
+namespace detail {
+
+template <class T>
+inline float load(const T* p, int64_t k) {
+  if constexpr (std::is_same_v<T, half_t>) {
+    return half_to_float(p[k].bits);
+  } else {
+    return p[k];
+  }
+}
+
+template <class T>
+inline void store(T* p, int64_t k, float v) {
+  if constexpr (std::is_same_v<T, half_t>) {
+    p[k].bits = float_to_half(v);
+  } else {
+    p[k] = v;
+  }
+}
+
+// Rows further ahead than this are fetched while the current one is summed:
+// random rows of a large table miss every cache level.
+constexpr int64_t kPrefetchDistance = 8;
+
+}  // namespace detail
+
+/// Everything one task needs to reduce rows [row_begin, row_end) of a slot.
+template <class IdT, class TabT, class OutT>
+struct pooling_args {
+  const IdT* ids;
+  const float* weights;   // nullptr = unweighted
+  const int64_t* offsets; // rows + 1 entries
+  const TabT* table;
+  int64_t table_rows;
+  int64_t dim;
+  combiner comb;
+  bool safe;
+  int64_t default_id;  // safe mode only; -1 = zeros for empty rows
+  OutT* out;
+  float* acc;  // dim floats of scratch
+};
+
+/// Reduces rows [row_begin, row_end). Ids were range-checked by the plan.
+template <class IdT, class TabT, class OutT>
+void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_t row_end) {
+  const int64_t dim = a.dim;
+  const bool prune_weights = a.safe && a.weights != nullptr && a.comb != combiner::sum;
+  const int64_t id_end = a.offsets[row_end];
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    // Accumulate straight into a float32 output row; through scratch otherwise.
+    float* acc;
+    if constexpr (std::is_same_v<OutT, float>) {
+      acc = a.out + r * dim;
+    } else {
+      acc = a.acc;
+    }
+    std::memset(acc, 0, static_cast<size_t>(dim) * sizeof(float));
+    float weight_sum = 0.f;
+    float weight_sq_sum = 0.f;
+    int64_t count = 0;
+    for (int64_t j = a.offsets[r]; j < a.offsets[r + 1]; ++j) {
+      if (j + detail::kPrefetchDistance < id_end) {
+        const int64_t ahead = static_cast<int64_t>(a.ids[j + detail::kPrefetchDistance]);
+        if (ahead >= 0) __builtin_prefetch(a.table + ahead * dim);
+      }
+      const int64_t id = static_cast<int64_t>(a.ids[j]);
+      if (id < 0) continue;  // only reachable in safe mode: pruned
+      float w = 1.f;
+      if (a.weights != nullptr) {
+        w = a.weights[j];
+        if (prune_weights && !(w > 0.f)) continue;
+      }
+      ++count;
+      weight_sum += w;
+      weight_sq_sum += w * w;
+      const TabT* row = a.table + id * dim;
+      if (a.weights != nullptr) {
+        for (int64_t k = 0; k < dim; ++k) acc[k] += w * detail::load(row, k);
+      } else {
+        for (int64_t k = 0; k < dim; ++k) acc[k] += detail::load(row, k);
+      }
+    }
+    OutT* out = a.out + r * dim;
+    if (count == 0) {
+      if (a.safe && a.default_id >= 0) {
+        // TF fills the empty row with default_id at weight 1: the row itself.
+        const TabT* row = a.table + a.default_id * dim;
+        for (int64_t k = 0; k < dim; ++k) detail::store(out, k, detail::load(row, k));
+      } else {
+        for (int64_t k = 0; k < dim; ++k) detail::store(out, k, 0.f);
+      }
+      continue;
+    }
+    // TF divides with div_no_nan (weighted) or by the id count (unweighted).
+    float denom = 1.f;
+    if (a.comb == combiner::mean) {
+      denom = a.weights != nullptr ? weight_sum : static_cast<float>(count);
+    } else if (a.comb == combiner::sqrtn) {
+      denom = a.weights != nullptr ? std::sqrt(weight_sq_sum) : std::sqrt(static_cast<float>(count));
+    }
+    if (a.comb == combiner::sum) {
+      if constexpr (!std::is_same_v<OutT, float>) {
+        for (int64_t k = 0; k < dim; ++k) detail::store(out, k, acc[k]);
+      }
+    } else if (denom == 0.f) {
+      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, 0.f);
+    } else {
+      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, acc[k] / denom);
+    }
+  }
+}
+
+}  // namespace tiemb

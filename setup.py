@@ -1,0 +1,98 @@
+"""Build script: setuptools drives CMake (see CMakeLists.txt).
+
+Environment knobs:
+  TIEMB_CUDA=AUTO|ON|OFF          build the CUDA sources (AUTO: where nvcc exists)
+  TIEMB_CUDA_ARCHITECTURES=75;90  CUDA architectures (default 75;80;86;90)
+  TIEMB_TF_OPS=AUTO|ON|OFF        build the TensorFlow op library (AUTO: where TF imports)
+  CMAKE_ARGS="..."                extra arguments for the CMake configure step
+  CMAKE_BUILD_PARALLEL_LEVEL=N    parallel compile jobs (default: all cores)
+  DEBUG=1                         debug build
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "tiemb" / "_version.py").read_text()).group(1)
+
+_TF_PROBE = (
+    "import json, tensorflow as tf; "
+    "print(json.dumps([tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()]))"
+)
+
+
+def tensorflow_flags():
+    """Compile and link flags of the TensorFlow in the *target* environment.
+
+    pip's build isolation hides the target's site-packages through PYTHONPATH
+    and PYTHONNOUSERSITE; the probe runs the same interpreter without them.
+    Returns None where TensorFlow is not importable (or TIEMB_TF_OPS=OFF).
+    """
+    mode = os.environ.get("TIEMB_TF_OPS", "AUTO").upper()
+    if mode == "OFF":
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, "-c", _TF_PROBE], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if mode == "ON":
+            raise RuntimeError("TIEMB_TF_OPS=ON but TensorFlow is not importable:\n" + proc.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name, sourcedir=""):
+        super().__init__(name, sources=[])
+        self.sourcedir = os.fspath(Path(sourcedir).resolve())
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        if shutil.which("cmake") is None:
+            raise RuntimeError("building tiemb needs CMake >= 3.18 on PATH (apt-get install cmake)")
+        import pybind11
+
+        extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        cfg = "Debug" if self.debug or os.environ.get("DEBUG") else "Release"
+        cmake_args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_BUILD_TYPE={cfg}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DTIEMB_VERSION={VERSION}",
+            f"-DTIEMB_CUDA={os.environ.get('TIEMB_CUDA', 'AUTO')}",
+        ]
+        if os.environ.get("TIEMB_CUDA_ARCHITECTURES"):
+            cmake_args.append(f"-DTIEMB_CUDA_ARCHITECTURES={os.environ['TIEMB_CUDA_ARCHITECTURES']}")
+        tf = tensorflow_flags()
+        if tf is not None:
+            cmake_args += [f"-DTIEMB_TF_CFLAGS={' '.join(tf[0])}", f"-DTIEMB_TF_LFLAGS={' '.join(tf[1])}"]
+        if shutil.which("ninja"):
+            cmake_args += ["-G", "Ninja"]
+        cmake_args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+        build_args = ["--config", cfg]
+        if "CMAKE_BUILD_PARALLEL_LEVEL" not in os.environ:
+            build_args += ["--parallel", str(os.cpu_count() or 1)]
+
+        build_temp = Path(self.build_temp) / ext.name
+        build_temp.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
+        subprocess.run(["cmake", "--build", ".", *build_args], cwd=build_temp, check=True)
+
+
+setup(
+    version=VERSION,
+    ext_modules=[CMakeExtension("tiemb._C")],
+    cmdclass={"build_ext": CMakeBuild},
+)

@@ -1,0 +1,23 @@
+"""tiemb: fused, cache-tiered embedding lookups for TensorFlow recommender models.
+
+``import tiemb`` needs only numpy; TensorFlow is imported lazily by the parts
+that work on graphs.
+"""
+
+from ._version import __version__
+from . import _C
+from .engine import EmbeddingEngine, EngineConfig, LookupGroup, Slot
+
+
+def build_info() -> dict:
+    """What this build contains: version, CUDA part and architectures, TF op library."""
+    return dict(_C.build_info())
+
+
+def cuda_available() -> bool:
+    """True when the CUDA part was compiled and a GPU is visible."""
+    return _C.cuda_compiled() and _C.cuda_device_count() > 0
+
+
+__all__ = ["EmbeddingEngine", "EngineConfig", "LookupGroup", "Slot", "build_info", "cuda_available",
+           "__version__"]

@@ -1,0 +1,210 @@
+"""The embedding engine: fused multi-slot sparse lookups with TensorFlow's semantics.
+
+Example::
+
+    engine = tiemb.EmbeddingEngine(max_batch_size=512, slot_num=2, max_nnz=4)
+    user = engine.add_table(user_table)            # float32 or float16, rows x dim
+    item = engine.add_table(item_table)
+    group = engine.group([tiemb.Slot(user, "mean"),
+                          tiemb.Slot(item, "sum", mode="safe", default_id=0)])
+    user_emb, item_emb = group.lookup(ids=[user_ids, item_ids],
+                                      segment_ids=[user_rows, item_rows],
+                                      num_rows=[None, 512])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _C
+from ._enums import COMBINERS, DTYPES, ROW_MODES
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of every buffer the engine uses; nothing grows past them per call.
+
+    Attributes:
+        max_batch_size: most output rows (samples) per slot in one call.
+        slot_num: most slots (features) one lookup group serves.
+        max_nnz: most ids one sample has in one slot; a call may carry at most
+            ``max_batch_size * max_nnz`` ids per slot.
+        num_threads: CPU threads used by lookups (0 = all cores).
+    """
+
+    max_batch_size: int
+    slot_num: int
+    max_nnz: int
+    num_threads: int = 0
+
+    def validate(self) -> "EngineConfig":
+        _positive_int("max_batch_size", self.max_batch_size)
+        _positive_int("slot_num", self.slot_num)
+        _positive_int("max_nnz", self.max_nnz)
+        if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, (int, np.integer)) \
+                or self.num_threads < 0:
+            raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {self.num_threads!r}")
+        if self.max_batch_size * self.max_nnz >= 2**31:
+            raise ValueError("max_batch_size * max_nnz must be < 2**31, got "
+                             f"{self.max_batch_size} * {self.max_nnz}")
+        return self
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One feature of a lookup group.
+
+    Attributes:
+        table: table id returned by :meth:`EmbeddingEngine.add_table`.
+        combiner: ``"sum"``, ``"mean"`` or ``"sqrtn"``.
+        mode: ``"plain"`` (``tf.nn.embedding_lookup_sparse``: ``max(segment_id)+1``
+            output rows, every id must be valid) or ``"safe"``
+            (``tf.nn.safe_embedding_lookup_sparse``: the caller gives the row
+            count, ids < 0 and, unless the combiner is sum, weights <= 0 are
+            pruned, empty rows are zeros or the ``default_id`` row).
+        default_id: safe mode only: the row returned for samples with no valid id.
+        output_dtype: ``"float32"`` or ``"float16"``; None = the table's dtype,
+            which is what TensorFlow returns.
+    """
+
+    table: int
+    combiner: str = "mean"
+    mode: str = "plain"
+    default_id: Optional[int] = None
+    output_dtype: Optional[str] = None
+
+    def validate(self) -> "Slot":
+        if self.combiner not in COMBINERS:
+            raise ValueError(f"combiner must be one of {sorted(COMBINERS)}, got {self.combiner!r}")
+        if self.mode not in ROW_MODES:
+            raise ValueError(f"mode must be one of {sorted(ROW_MODES)}, got {self.mode!r}")
+        if self.default_id is not None:
+            if self.mode != "safe":
+                raise ValueError(f"default_id is only meaningful in safe mode, got mode {self.mode!r}")
+            if isinstance(self.default_id, bool) or not isinstance(self.default_id, (int, np.integer)) \
+                    or self.default_id < 0:
+                raise ValueError(f"default_id must be an int >= 0 or None, got {self.default_id!r}")
+        if self.output_dtype not in (None, "float32", "float16"):
+            raise ValueError(f"output_dtype must be 'float32', 'float16' or None, got {self.output_dtype!r}")
+        return self
+
+
+class EmbeddingEngine:
+    """Owns embedding tables and the CPU worker threads.
+
+    Args:
+        max_batch_size, slot_num, max_nnz, num_threads: see :class:`EngineConfig`;
+            or pass ``config=EngineConfig(...)`` instead.
+
+    Add every table with :meth:`add_table` before creating the first group with
+    :meth:`group`; from then on the engine is read-only and can be shared by
+    any number of groups and threads.
+    """
+
+    def __init__(self, max_batch_size: Optional[int] = None, slot_num: Optional[int] = None,
+                 max_nnz: Optional[int] = None, num_threads: int = 0, *,
+                 config: Optional[EngineConfig] = None):
+        if config is None:
+            config = EngineConfig(max_batch_size, slot_num, max_nnz, num_threads)
+        self.config = config.validate()
+        self._engine = _C.CpuEngine(config.max_batch_size, config.slot_num, config.max_nnz,
+                                    config.num_threads)
+
+    @property
+    def num_threads(self) -> int:
+        return self._engine.num_threads
+
+    @property
+    def num_tables(self) -> int:
+        return self._engine.num_tables
+
+    def add_table(self, weights: np.ndarray) -> int:
+        """Copies a 2-D float32 or float16 array (rows x dim) into the engine; returns its id."""
+        if not isinstance(weights, np.ndarray):
+            raise ValueError(f"table must be a numpy array, got {type(weights).__name__}")
+        return self._engine.add_table(weights)
+
+    def table_shape(self, table: int) -> tuple:
+        """(rows, dim, dtype name) of a table."""
+        return self._engine.table_info(table)
+
+    def group(self, slots: Sequence[Slot]) -> "LookupGroup":
+        """A lookup group serving ``slots`` in one call each; see :class:`LookupGroup`."""
+        return LookupGroup(self, slots)
+
+
+class LookupGroup:
+    """A fixed list of slots looked up together (one parallel pass per call).
+
+    Calls on one group are serialised; give each concurrent caller its own group.
+    """
+
+    def __init__(self, engine: EmbeddingEngine, slots: Sequence[Slot]):
+        slots = list(slots)
+        for i, s in enumerate(slots):
+            if not isinstance(s, Slot):
+                raise ValueError(f"slot {i}: expected tiemb.Slot, got {type(s).__name__}")
+            try:
+                s.validate()
+            except ValueError as e:
+                raise ValueError(f"slot {i}: {e}") from None
+        out_dtypes = []
+        for i, s in enumerate(slots):
+            if not isinstance(s.table, (int, np.integer)) or not 0 <= s.table < engine.num_tables:
+                raise ValueError(f"slot {i}: table id {s.table!r} does not exist "
+                                 f"(engine has {engine.num_tables} tables)")
+            out_dtypes.append(DTYPES[s.output_dtype or engine.table_shape(s.table)[2]])
+        self.slots = tuple(slots)
+        self._group = _C.CpuLookupGroup(
+            engine._engine,
+            [int(s.table) for s in slots],
+            [COMBINERS[s.combiner] for s in slots],
+            [ROW_MODES[s.mode] for s in slots],
+            [-1 if s.default_id is None else int(s.default_id) for s in slots],
+            out_dtypes,
+        )
+
+    def lookup(self, ids: Sequence[np.ndarray], segment_ids: Optional[Sequence[np.ndarray]] = None,
+               row_offsets: Optional[Sequence[np.ndarray]] = None,
+               weights: Optional[Sequence[Optional[np.ndarray]]] = None,
+               num_rows=None) -> list:
+        """Looks up every slot; returns one ``rows x dim`` array per slot.
+
+        Args:
+            ids: per slot, a 1-D int32/int64 array of ids.
+            segment_ids: per slot, the sorted sample index of each id (what
+                ``sp_ids.indices[:, 0]`` is for a ``tf.SparseTensor``).
+            row_offsets: instead of segment_ids, per slot CSR offsets
+                (``rows + 1`` entries; sample r owns ids[offsets[r]:offsets[r+1]]).
+            weights: None, or per slot a 1-D float32 array (or None) of per-id weights.
+            num_rows: safe mode with segment_ids: the batch size (``dense_shape[0]``);
+                an int for every slot or a sequence with one entry (int or None) per slot.
+
+        Raises:
+            ValueError: naming the slot, for wrong dtypes or shapes, ids out of
+                range, unsorted or negative segment ids, mismatched lengths, or
+                more ids than ``max_batch_size * max_nnz``.
+        """
+        n = len(self.slots)
+        if (segment_ids is None) == (row_offsets is None):
+            raise ValueError("give exactly one of segment_ids and row_offsets")
+        segments = segment_ids if segment_ids is not None else row_offsets
+        if weights is None:
+            weights = [None] * n
+        if num_rows is None:
+            rows = [-1] * n
+        elif isinstance(num_rows, (int, np.integer)):
+            rows = [int(num_rows)] * n
+        else:
+            rows = [-1 if r is None else int(r) for r in num_rows]
+        return self._group.lookup(list(ids), list(segments), row_offsets is not None, list(weights), rows)
+
+    __call__ = lookup
