@@ -74,9 +74,10 @@ class CMakeBuild(build_ext):
         ]
         if os.environ.get("TIEMB_CUDA_ARCHITECTURES"):
             cmake_args.append(f"-DTIEMB_CUDA_ARCHITECTURES={os.environ['TIEMB_CUDA_ARCHITECTURES']}")
-        tf = tensorflow_flags()
-        if tf is not None:
-            cmake_args += [f"-DTIEMB_TF_CFLAGS={' '.join(tf[0])}", f"-DTIEMB_TF_LFLAGS={' '.join(tf[1])}"]
+        # Always passed, empty without TensorFlow, so a cached value from an
+        # earlier build cannot outlive the TensorFlow it came from.
+        tf = tensorflow_flags() or ([], [])
+        cmake_args += [f"-DTIEMB_TF_CFLAGS={' '.join(tf[0])}", f"-DTIEMB_TF_LFLAGS={' '.join(tf[1])}"]
         if shutil.which("ninja"):
             cmake_args += ["-G", "Ninja"]
         cmake_args += shlex.split(os.environ.get("CMAKE_ARGS", ""))

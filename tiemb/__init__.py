@@ -5,7 +5,17 @@ that work on graphs.
 """
 
 from ._version import __version__
-from . import _C
+
+try:
+    from . import _C
+except ImportError as e:  # pragma: no cover - depends on how tiemb was installed
+    import os as _os
+
+    raise ImportError(
+        f"tiemb's compiled core (tiemb._C) could not be imported from {_os.path.dirname(__file__)}: {e}. "
+        "If that is the source tree, build it first (pip install -e .) or run from outside it "
+        "(plain `pytest`, not `python -m pytest`, which puts the source tree first on sys.path)."
+    ) from e
 from .engine import EmbeddingEngine, EngineConfig, LookupGroup, Slot
 
 

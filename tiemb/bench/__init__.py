@@ -1,0 +1,1 @@
+"""Benchmark harness: synthetic data, timing, machine description."""

@@ -1,0 +1,51 @@
+"""What this build contains, and that it says so truthfully."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import tiemb
+from tiemb import _C
+
+
+def test_version_flows_from_python_into_the_extension():
+    assert _C.__version__ == tiemb.__version__
+    assert tiemb.build_info()["version"] == tiemb.__version__
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not os.environ.get("CUDACXX"),
+                    reason="no nvcc on this machine: the build has no CUDA part by design")
+def test_cuda_sources_compiled_where_nvcc_exists():
+    info = tiemb.build_info()
+    assert info["cuda_compiled"], "nvcc is on PATH but the extension was built without its CUDA part"
+    assert info["cuda_runtime_version"] >= 11000
+    assert info["cuda_architectures"]
+
+
+def test_cuda_queries_are_safe_without_a_gpu():
+    n = _C.cuda_device_count()
+    assert n >= 0
+    assert tiemb.cuda_available() == (n > 0 and _C.cuda_compiled())
+    if n == 0:
+        assert _C.cuda_device_name(0) == ""
+
+
+def test_import_does_not_need_tensorflow():
+    code = ("import sys, builtins\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name.split('.')[0] == 'tensorflow':\n"
+            "        raise ImportError('tensorflow blocked for this test')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "import tiemb, numpy as np\n"
+            "e = tiemb.EmbeddingEngine(4, 1, 1)\n"
+            "g = e.group([tiemb.Slot(e.add_table(np.ones((3, 2), np.float32)), 'sum')])\n"
+            "print(g.lookup([np.array([1])], segment_ids=[np.array([0])])[0].tolist())\n"
+            "assert 'tensorflow' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[[1.0, 1.0]]"
