@@ -9,11 +9,15 @@
 
 #include "../csrc/core/config.h"
 #include "../csrc/core/error.h"
+#include "../csrc/core/table_file.h"
+#include "../csrc/core/tier_config.h"
 #include "../csrc/cpu/cpu_engine.h"
 #include "../csrc/cuda/device_info.h"
+#include "common.h"
 
 namespace py = pybind11;
 using namespace tiemb;
+using namespace tiemb::bind;
 
 #ifndef TIEMB_VERSION
 #define TIEMB_VERSION "0.0.0+unknown"
@@ -23,37 +27,6 @@ using namespace tiemb;
 #endif
 
 namespace {
-
-std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// Maps a numpy dtype onto the engine's; -1 for anything else.
-int engine_dtype(const py::array& a) {
-  const char kind = a.dtype().kind();
-  const auto size = a.dtype().itemsize();
-  if (kind == 'f' && size == 4) return static_cast<int>(dtype::float32);
-  if (kind == 'f' && size == 2) return static_cast<int>(dtype::float16);
-  if (kind == 'i' && size == 4) return static_cast<int>(dtype::int32);
-  if (kind == 'i' && size == 8) return static_cast<int>(dtype::int64);
-  return -1;
-}
-
-bool is_c_contiguous(const py::array& a) {
-  return (a.flags() & py::array::c_style) != 0;
-}
-
-// Checks that `obj` is a 1-D, C-contiguous numpy array of an index type.
-py::array index_array(const py::handle& obj, int64_t slot, const char* what) {
-  TIEMB_EXPECT(py::isinstance<py::array>(obj), "slot ", slot, ": ", what,
-               " must be a numpy array, got ", py::str(py::type::of(obj)).cast<std::string>());
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  const int t = engine_dtype(a);
-  TIEMB_EXPECT(t == static_cast<int>(dtype::int32) || t == static_cast<int>(dtype::int64), "slot ",
-               slot, ": ", what, " must be int32 or int64, got ", dtype_name(a));
-  TIEMB_EXPECT(a.ndim() == 1, "slot ", slot, ": ", what, " must be 1-D, got ", a.ndim(), "-D");
-  TIEMB_EXPECT(is_c_contiguous(a), "slot ", slot, ": ", what,
-               " must be C-contiguous (use numpy.ascontiguousarray)");
-  return a;
-}
 
 class py_cpu_engine {
  public:
@@ -96,40 +69,7 @@ class py_cpu_lookup_group {
     const auto n = static_cast<int64_t>(ids.size());
     TIEMB_EXPECT(n == group_.num_slots(), "lookup got ids for ", n, " slots but the group has ",
                  group_.num_slots());
-    const char* seg_name = segments_are_offsets ? "row_offsets" : "segment_ids";
-    TIEMB_EXPECT(static_cast<int64_t>(segments.size()) == n, seg_name, " has ", segments.size(),
-                 " entries but ids has ", n);
-    TIEMB_EXPECT(static_cast<int64_t>(weights.size()) == n, "weights has ", weights.size(),
-                 " entries but ids has ", n);
-    TIEMB_EXPECT(static_cast<int64_t>(num_rows.size()) == n, "num_rows has ", num_rows.size(),
-                 " entries but ids has ", n);
-
-    std::vector<slot_request> req(static_cast<size_t>(n));
-    for (int64_t s = 0; s < n; ++s) {
-      slot_request& r = req[static_cast<size_t>(s)];
-      py::array a = index_array(ids[static_cast<size_t>(s)], s, "ids");
-      r.ids = a.data();
-      r.id_type = static_cast<dtype>(engine_dtype(a));
-      r.num_ids = a.shape(0);
-      py::array g = index_array(segments[static_cast<size_t>(s)], s, seg_name);
-      r.segments = g.data();
-      r.segment_type = static_cast<dtype>(engine_dtype(g));
-      r.num_segments = g.shape(0);
-      r.segments_are_offsets = segments_are_offsets;
-      py::handle w = weights[static_cast<size_t>(s)];
-      if (!w.is_none()) {
-        TIEMB_EXPECT(py::isinstance<py::array>(w), "slot ", s, ": weights must be a numpy array or None");
-        auto wa = py::reinterpret_borrow<py::array>(w);
-        TIEMB_EXPECT(engine_dtype(wa) == static_cast<int>(dtype::float32), "slot ", s,
-                     ": weights must be float32, got ", dtype_name(wa));
-        TIEMB_EXPECT(wa.ndim() == 1, "slot ", s, ": weights must be 1-D, got ", wa.ndim(), "-D");
-        TIEMB_EXPECT(is_c_contiguous(wa), "slot ", s,
-                     ": weights must be C-contiguous (use numpy.ascontiguousarray)");
-        r.weights = static_cast<const float*>(wa.data());
-        r.num_weights = wa.shape(0);
-      }
-      r.num_rows = num_rows[static_cast<size_t>(s)];
-    }
+    std::vector<slot_request> req = numpy_requests(ids, segments, segments_are_offsets, weights, num_rows);
 
     py::list out(static_cast<size_t>(n));
     std::vector<void*> out_ptrs(static_cast<size_t>(n));
@@ -138,11 +78,7 @@ class py_cpu_lookup_group {
       group_.lookup(req.data(), n, [&](const int64_t* rows) {
         py::gil_scoped_acquire acquire;
         for (int64_t s = 0; s < n; ++s) {
-          const bool half = group_.slot(s).output_dtype == dtype::float16;
-          py::array a = half ? py::array(py::dtype("float16"),
-                                         std::vector<py::ssize_t>{rows[s], group_.dim(s)})
-                             : py::array(py::dtype::of<float>(),
-                                         std::vector<py::ssize_t>{rows[s], group_.dim(s)});
+          py::array a = new_output(group_.slot(s).output_dtype == dtype::float16, rows[s], group_.dim(s));
           out_ptrs[static_cast<size_t>(s)] = a.mutable_data();
           out[static_cast<size_t>(s)] = std::move(a);
         }
@@ -175,6 +111,10 @@ class py_cpu_lookup_group {
 };
 
 }  // namespace
+
+#ifdef TIEMB_WITH_CUDA
+void bind_gpu(py::module_& m);  // gpu_bindings.cpp
+#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tiemb core: fused embedding lookups (CPU and CUDA) and the tiered cache";
@@ -210,4 +150,48 @@ PYBIND11_MODULE(_C, m) {
            py::arg("default_ids"), py::arg("output_dtypes"), py::keep_alive<1, 2>())
       .def("lookup", &py_cpu_lookup_group::lookup, py::arg("ids"), py::arg("segments"),
            py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"));
+
+  m.def("write_table_file", [](const std::string& path, const py::array& table) {
+    const int t = engine_dtype(table);
+    TIEMB_EXPECT(t == static_cast<int>(dtype::float32) || t == static_cast<int>(dtype::float16),
+                 "table must be float32 or float16, got ", dtype_name(table));
+    TIEMB_EXPECT(table.ndim() == 2 && is_c_contiguous(table), "table must be a 2-D C-contiguous array");
+    write_table_file(path, static_cast<dtype>(t), table.shape(0), table.shape(1), table.data());
+  }, py::arg("path"), py::arg("table"), "Writes a table file (see csrc/core/table_file.h).");
+  m.def("read_table_rows", [](const std::string& path, const std::vector<int64_t>& ids) {
+    table_file_reader r(path);
+    const auto& h = r.header();
+    py::array out = new_output(h.type == dtype::float16, static_cast<int64_t>(ids.size()), h.dim);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      r.read_row(ids[i], static_cast<char*>(out.mutable_data()) + static_cast<int64_t>(i) * h.row_bytes());
+    }
+    return py::make_tuple(h.rows, h.dim, to_string(h.type), out);
+  }, py::arg("path"), py::arg("ids"), "(rows, dim, dtype, the given rows) of a table file.");
+  m.def("tier_sizes", [](int64_t rows, double cache_percentage, double cpu_cache_percentage) {
+    tier_config c;
+    c.cache_percentage = cache_percentage;
+    c.cpu_cache_percentage = cpu_cache_percentage;
+    const tier_sizes t = compute_tier_sizes(rows, c);
+    py::dict d;
+    d["resident"] = t.resident;
+    d["cache_sets"] = t.cache_sets;
+    d["gpu_rows"] = t.gpu_rows;
+    d["host_rows"] = t.host_rows;
+    d["file_rows"] = t.file_rows;
+    return d;
+  }, py::arg("rows"), py::arg("cache_percentage"), py::arg("cpu_cache_percentage"));
+  m.def("validate_tiers", [](int64_t rows, double cache_percentage, double cpu_cache_percentage,
+                             double hit_rate_threshold, const std::string& backing_file) {
+    tier_config c{cache_percentage, cpu_cache_percentage, hit_rate_threshold, backing_file, true};
+    c.validate(rows);
+  }, py::arg("rows"), py::arg("cache_percentage"), py::arg("cpu_cache_percentage"),
+     py::arg("hit_rate_threshold"), py::arg("backing_file"));
+  m.def("hot_rows", [](int64_t rows, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ids,
+                       int64_t limit) {
+    return hot_rows(rows, ids.data(), ids.size(), limit);
+  }, py::arg("rows"), py::arg("profile_ids"), py::arg("limit"));
+
+#ifdef TIEMB_WITH_CUDA
+  bind_gpu(m);
+#endif
 }

@@ -17,6 +17,7 @@ except ImportError as e:  # pragma: no cover - depends on how tiemb was installe
         "(plain `pytest`, not `python -m pytest`, which puts the source tree first on sys.path)."
     ) from e
 from .engine import EmbeddingEngine, EngineConfig, LookupGroup, Slot
+from .gpu import GpuEmbeddingEngine, GpuLookupGroup, TierConfig
 
 
 def build_info() -> dict:
@@ -29,5 +30,6 @@ def cuda_available() -> bool:
     return _C.cuda_compiled() and _C.cuda_device_count() > 0
 
 
-__all__ = ["EmbeddingEngine", "EngineConfig", "LookupGroup", "Slot", "build_info", "cuda_available",
+__all__ = ["EmbeddingEngine", "EngineConfig", "LookupGroup", "Slot", "GpuEmbeddingEngine", "GpuLookupGroup",
+           "TierConfig", "build_info", "cuda_available",
            "__version__"]

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "../core/error.h"
+#include "../core/validate.h"
 #include "pooling.h"
 
 namespace tiemb {
@@ -16,24 +17,6 @@ constexpr int64_t kMaxTasksPerSlot = 64;
 // Below this much work per call, waking the other threads costs more than it
 // saves.
 constexpr int64_t kParallelThreshold = 32 * 1024;
-
-int64_t index_at(const void* p, dtype type, int64_t i) {
-  return type == dtype::int32 ? static_cast<int64_t>(static_cast<const int32_t*>(p)[i])
-                              : static_cast<const int64_t*>(p)[i];
-}
-
-// Validates ids against the table range; plain mode rejects negatives too.
-template <class IdT>
-void check_ids(const IdT* ids, int64_t n, int64_t table_rows, bool allow_negative, int64_t slot,
-               int32_t table_id) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = static_cast<int64_t>(ids[i]);
-    if (id >= table_rows || (id < 0 && !allow_negative)) {
-      throw error(detail::concat("slot ", slot, ": ids[", i, "] = ", id, " is out of range [0, ",
-                                 table_rows, ") of table ", table_id));
-    }
-  }
-}
 
 }  // namespace
 
@@ -88,84 +71,9 @@ int64_t cpu_lookup_group::dim(int64_t s) const { return tables_[static_cast<size
 void cpu_lookup_group::plan_slot(int64_t s, const slot_request& req) {
   const engine_config& cfg = engine_.config();
   const slot_config& sc = slots_[static_cast<size_t>(s)];
-  const table& t = *tables_[static_cast<size_t>(s)];
-  const bool safe = sc.mode == row_mode::safe;
-  const int64_t n = req.num_ids;
   int64_t* offsets = offsets_.data() + s * (cfg.max_batch_size + 1);
-
-  TIEMB_EXPECT(req.id_type == dtype::int32 || req.id_type == dtype::int64, "slot ", s,
-               ": ids must be int32 or int64, got ", to_string(req.id_type));
-  TIEMB_EXPECT(req.segment_type == dtype::int32 || req.segment_type == dtype::int64, "slot ", s,
-               ": ", req.segments_are_offsets ? "row_offsets" : "segment_ids",
-               " must be int32 or int64, got ", to_string(req.segment_type));
-  TIEMB_EXPECT(n <= cfg.max_ids_per_slot(), "slot ", s, ": ", n,
-               " ids exceed max_batch_size * max_nnz = ", cfg.max_batch_size, " * ", cfg.max_nnz,
-               " = ", cfg.max_ids_per_slot());
-  if (req.weights != nullptr) {
-    TIEMB_EXPECT(req.num_weights == n, "slot ", s, ": weights has ", req.num_weights,
-                 " entries but ids has ", n);
-  }
-
-  int64_t rows = 0;
-  if (req.segments_are_offsets) {
-    const int64_t m = req.num_segments;
-    TIEMB_EXPECT(m >= 1, "slot ", s, ": row_offsets needs at least one entry (rows + 1), got 0");
-    TIEMB_EXPECT(m - 1 <= cfg.max_batch_size, "slot ", s, ": row_offsets describes ", m - 1,
-                 " rows, more than max_batch_size = ", cfg.max_batch_size);
-    TIEMB_EXPECT(req.num_rows < 0 || req.num_rows == m - 1, "slot ", s, ": num_rows = ",
-                 req.num_rows, " disagrees with row_offsets, which describes ", m - 1, " rows");
-    TIEMB_EXPECT(index_at(req.segments, req.segment_type, 0) == 0, "slot ", s,
-                 ": row_offsets[0] must be 0, got ", index_at(req.segments, req.segment_type, 0));
-    int64_t last_nonempty = -1;
-    offsets[0] = 0;
-    for (int64_t r = 1; r < m; ++r) {
-      const int64_t o = index_at(req.segments, req.segment_type, r);
-      TIEMB_EXPECT(o >= offsets[r - 1], "slot ", s, ": row_offsets must be non-decreasing, but row_offsets[",
-                   r, "] = ", o, " < row_offsets[", r - 1, "] = ", offsets[r - 1]);
-      if (o > offsets[r - 1]) last_nonempty = r - 1;
-      offsets[r] = o;
-    }
-    TIEMB_EXPECT(offsets[m - 1] == n, "slot ", s, ": row_offsets ends at ", offsets[m - 1],
-                 " but ids has ", n, " entries");
-    // Plain mode follows tf.nn.embedding_lookup_sparse: trailing empty rows
-    // are not part of the output.
-    rows = safe ? m - 1 : last_nonempty + 1;
-  } else {
-    TIEMB_EXPECT(req.num_segments == n, "slot ", s, ": segment_ids has ", req.num_segments,
-                 " entries but ids has ", n);
-    if (safe) {
-      TIEMB_EXPECT(req.num_rows >= 0, "slot ", s,
-                   ": safe mode with segment_ids needs num_rows (the batch size)");
-      rows = req.num_rows;
-    } else {
-      TIEMB_EXPECT(req.num_rows < 0, "slot ", s,
-                   ": num_rows is only accepted in safe mode; plain mode outputs max(segment_ids) + 1 rows");
-      rows = n == 0 ? 0 : index_at(req.segments, req.segment_type, n - 1) + 1;
-    }
-    TIEMB_EXPECT(rows <= cfg.max_batch_size, "slot ", s, ": ", rows,
-                 " output rows exceed max_batch_size = ", cfg.max_batch_size);
-    int64_t prev = 0;
-    int64_t r = 0;  // next row whose start offset is unset
-    offsets[0] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t seg = index_at(req.segments, req.segment_type, i);
-      TIEMB_EXPECT(seg >= 0, "slot ", s, ": segment_ids[", i, "] = ", seg, " is negative");
-      TIEMB_EXPECT(seg >= prev, "slot ", s, ": segment_ids must be sorted, but segment_ids[", i,
-                   "] = ", seg, " < segment_ids[", i - 1, "] = ", prev);
-      TIEMB_EXPECT(seg < rows, "slot ", s, ": segment_ids[", i, "] = ", seg,
-                   " is out of range for num_rows = ", rows);
-      while (r < seg) offsets[++r] = i;
-      prev = seg;
-    }
-    while (r < rows) offsets[++r] = n;
-  }
-
-  if (req.id_type == dtype::int32) {
-    check_ids(static_cast<const int32_t*>(req.ids), n, t.rows(), safe, s, sc.table);
-  } else {
-    check_ids(static_cast<const int64_t*>(req.ids), n, t.rows(), safe, s, sc.table);
-  }
-  rows_[static_cast<size_t>(s)] = rows;
+  rows_[static_cast<size_t>(s)] =
+      check_slot(cfg, sc, tables_[static_cast<size_t>(s)]->rows(), req, s, offsets);
 }
 
 void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests) {

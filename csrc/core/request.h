@@ -1,0 +1,29 @@
+// One slot's inputs for one call, as non-owning views; shared by the CPU and
+// GPU engines.
+#pragma once
+
+#include <cstdint>
+
+#include "types.h"
+
+namespace tiemb {
+
+/// Non-owning view of one slot's inputs for one call.
+struct slot_request {
+  const void* ids = nullptr;  ///< int32 or int64, num_ids entries
+  dtype id_type = dtype::int64;
+  int64_t num_ids = 0;
+  /// Sorted segment ids (one per id, the sample each id belongs to) or, when
+  /// segments_are_offsets, row offsets (rows + 1 entries, CSR style).
+  const void* segments = nullptr;
+  dtype segment_type = dtype::int64;
+  int64_t num_segments = 0;
+  bool segments_are_offsets = false;
+  const float* weights = nullptr;  ///< optional, one per id
+  int64_t num_weights = 0;
+  /// Safe mode with segment ids: the number of output rows (dense_shape[0]).
+  /// -1 where it follows from the input.
+  int64_t num_rows = -1;
+};
+
+}  // namespace tiemb

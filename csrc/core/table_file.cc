@@ -1,0 +1,97 @@
+#include "table_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "error.h"
+
+namespace tiemb {
+namespace {
+
+constexpr char kMagic[8] = {'T', 'I', 'E', 'M', 'B', 'T', 'B', '1'};
+constexpr uint32_t kVersion = 1;
+
+}  // namespace
+
+void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t dim,
+                      const void* data) {
+  TIEMB_EXPECT(type == dtype::float32 || type == dtype::float16,
+               "table file ", path, ": dtype must be float32 or float16, got ", to_string(type));
+  TIEMB_EXPECT(rows > 0 && dim > 0, "table file ", path, ": rows and dim must be > 0, got ", rows,
+               " x ", dim);
+  char header[kTableFileHeaderBytes] = {};
+  std::memcpy(header, kMagic, 8);
+  const uint32_t version = kVersion;
+  const auto type_code = static_cast<uint32_t>(type);
+  std::memcpy(header + 8, &version, 4);
+  std::memcpy(header + 12, &type_code, 4);
+  std::memcpy(header + 16, &rows, 8);
+  std::memcpy(header + 24, &dim, 8);
+  // Write to a temporary name and rename, so a reader never sees half a file.
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    TIEMB_EXPECT(out.good(), "table file ", path, ": cannot open ", tmp, " for writing");
+    out.write(header, sizeof header);
+    out.write(static_cast<const char*>(data), rows * dim * size_of(type));
+    TIEMB_EXPECT(out.good(), "table file ", path, ": write failed (disk full?)");
+  }
+  TIEMB_EXPECT(std::rename(tmp.c_str(), path.c_str()) == 0, "table file ", path,
+               ": cannot rename ", tmp, ": ", std::strerror(errno));
+}
+
+table_file_reader::table_file_reader(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  TIEMB_EXPECT(fd_ >= 0, "table file ", path, ": cannot open: ", std::strerror(errno));
+  char header[kTableFileHeaderBytes];
+  const ssize_t got = ::pread(fd_, header, sizeof header, 0);
+  if (got != static_cast<ssize_t>(sizeof header) || std::memcmp(header, kMagic, 8) != 0) {
+    ::close(fd_);
+    fd_ = -1;
+    TIEMB_EXPECT(false, "table file ", path, ": not a tiemb table file (",
+                 got < static_cast<ssize_t>(sizeof header) ? "shorter than its header" : "bad magic", ")");
+  }
+  uint32_t version, type_code;
+  std::memcpy(&version, header + 8, 4);
+  std::memcpy(&type_code, header + 12, 4);
+  std::memcpy(&header_.rows, header + 16, 8);
+  std::memcpy(&header_.dim, header + 24, 8);
+  header_.type = static_cast<dtype>(type_code);
+  const bool ok_type = header_.type == dtype::float32 || header_.type == dtype::float16;
+  const off_t size = ::lseek(fd_, 0, SEEK_END);
+  std::string problem;
+  if (version != kVersion) {
+    problem = detail::concat("format version ", version, " is not supported (expected ", kVersion, ")");
+  } else if (!ok_type) {
+    problem = detail::concat("unknown dtype code ", type_code);
+  } else if (header_.rows <= 0 || header_.dim <= 0) {
+    problem = detail::concat("bad shape ", header_.rows, " x ", header_.dim);
+  } else if (size != kTableFileHeaderBytes + header_.rows * header_.row_bytes()) {
+    problem = detail::concat("size ", size, " bytes does not match its header (", header_.rows, " x ",
+                             header_.dim, " ", to_string(header_.type), ")");
+  }
+  if (!problem.empty()) {
+    ::close(fd_);
+    fd_ = -1;
+    throw error(detail::concat("table file ", path, ": ", problem));
+  }
+}
+
+table_file_reader::~table_file_reader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void table_file_reader::read_row(int64_t id, void* dst) const {
+  TIEMB_EXPECT(id >= 0 && id < header_.rows, "table file ", path_, ": row ", id,
+               " is out of range [0, ", header_.rows, ")");
+  const int64_t bytes = header_.row_bytes();
+  const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(bytes), kTableFileHeaderBytes + id * bytes);
+  TIEMB_EXPECT(got == bytes, "table file ", path_, ": short read of row ", id, ": ",
+               got < 0 ? std::strerror(errno) : "file truncated");
+}
+
+}  // namespace tiemb

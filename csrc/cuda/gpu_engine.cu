@@ -1,0 +1,471 @@
+#include "gpu_engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "../core/validate.h"
+#include "cuda_check.h"
+#include "device_buffer.h"
+#include "gpu_table.h"
+#include "lookup_kernel.cuh"
+
+namespace tiemb {
+
+using gpu::device_buffer;
+using gpu::gpu_table;
+using gpu::device_guard;
+using gpu::pinned_buffer;
+
+// ---- engine --------------------------------------------------------------------
+
+gpu_engine::gpu_engine(const engine_config& config, int device) : config_(config), device_(device) {
+  config_.validate();
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    count = 0;
+  }
+  TIEMB_EXPECT(count > 0, "no CUDA GPU is visible (driver missing, or CUDA_VISIBLE_DEVICES empty)");
+  TIEMB_EXPECT(device >= 0 && device < count, "device ", device, " does not exist (", count,
+               " CUDA devices visible)");
+}
+
+gpu_engine::~gpu_engine() = default;
+
+int32_t gpu_engine::add_table(dtype type, int64_t rows, int64_t dim, const void* host_data,
+                              const tier_config& tiers, const int64_t* profile_ids, int64_t num_profile) {
+  TIEMB_EXPECT(!frozen_, "tables must be added before the first lookup group is created");
+  device_guard g(device_);
+  tables_.push_back(std::make_unique<gpu_table>(device_, type, rows, dim, host_data, tiers, profile_ids,
+                                                 num_profile));
+  return static_cast<int32_t>(tables_.size() - 1);
+}
+
+gpu_table& gpu_engine::table(int32_t id) {
+  TIEMB_EXPECT(id >= 0 && id < num_tables(), "table id ", id, " does not exist (engine has ",
+               num_tables(), " tables)");
+  return *tables_[static_cast<size_t>(id)];
+}
+
+table_stats gpu_engine::stats(int32_t id) {
+  device_guard g(device_);
+  return table(id).stats();
+}
+
+table_file_header gpu_engine::shape(int32_t id) {
+  gpu_table& t = table(id);
+  return table_file_header{t.type(), t.rows(), t.dim()};
+}
+
+// ---- lookup group -------------------------------------------------------------
+
+namespace {
+
+int pow2_at_least(int64_t v) {
+  int p = 1;
+  while (p < v && p < 32) p <<= 1;
+  return p;
+}
+
+// Element layout of a slot's rows and the lanes that reduce one bag.
+void choose_layout(dtype type, int64_t dim, int32_t* layout, int32_t* group) {
+  int64_t lanes;
+  if (type == dtype::float32) {
+    *layout = dim % 4 == 0 ? gpu::kLayoutF32Vec4 : gpu::kLayoutF32Vec1;
+    lanes = dim % 4 == 0 ? dim / 4 : dim;
+  } else if (dim % 8 == 0) {
+    *layout = gpu::kLayoutF16Vec8;
+    lanes = dim / 8;
+  } else if (dim % 2 == 0) {
+    *layout = gpu::kLayoutF16Vec2;
+    lanes = dim / 2;
+  } else {
+    *layout = gpu::kLayoutF16Vec1;
+    lanes = dim;
+  }
+  *group = pow2_at_least(lanes);
+}
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+}  // namespace
+
+struct gpu_lookup_group::impl {
+  std::vector<gpu_table*> tables;
+  std::vector<int32_t> layout, lanes;
+  cudaStream_t stream = nullptr;  // for host inputs
+  // Data errors, sticky on the device until check() reports them.
+  device_buffer err_dev;
+  pinned_buffer err_host;
+  cudaEvent_t err_event = nullptr;
+  bool launched = false;
+  // Plain-mode row counts of device inputs.
+  device_buffer rows_dev;
+  pinned_buffer rows_host;
+  // Host inputs: packed, staged, copied in one transfer each way.
+  pinned_buffer in_host, out_host;
+  device_buffer in_dev, out_dev;
+  std::vector<int64_t> host_rows;
+  std::vector<slot_request> staged;
+  std::vector<void*> out_ptrs;
+  std::vector<size_t> out_offsets;
+  // Safe-mode default rows.
+  device_buffer defaults;
+  int64_t default_stride = 0;
+  // Tiered tables: one scratch per table, one id index per slot.
+  std::map<int32_t, std::unique_ptr<gpu::tiered_scratch>> scratch;
+  std::vector<device_buffer> unique_index;
+  std::vector<gpu::gpu_table::ids_view> views;
+
+  ~impl() {
+    if (err_event) cudaEventDestroy(err_event);
+    if (stream) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+};
+
+gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> slots)
+    : engine_(engine), slots_(std::move(slots)), impl_(std::make_unique<impl>()) {
+  device_guard g(engine_.device());
+  const engine_config& cfg = engine_.config();
+  const int64_t n = num_slots();
+  TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
+  TIEMB_EXPECT(n <= cfg.slot_num, "a lookup group has ", n, " slots, more than slot_num = ", cfg.slot_num);
+  int64_t max_row_bytes = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    const slot_config& sc = slots_[static_cast<size_t>(s)];
+    TIEMB_EXPECT(sc.table >= 0 && sc.table < engine_.num_tables(), "slot ", s, ": table id ", sc.table,
+                 " does not exist (engine has ", engine_.num_tables(), " tables)");
+    gpu_table& t = engine_.table(sc.table);
+    TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
+                 ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
+    if (sc.mode == row_mode::plain) {
+      TIEMB_EXPECT(sc.default_id == -1, "slot ", s, ": default_id is only meaningful in safe mode, got ",
+                   sc.default_id);
+    } else {
+      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < t.rows(), "slot ", s, ": default_id ", sc.default_id,
+                   " is out of range [0, ", t.rows(), ") of table ", sc.table);
+    }
+    int32_t layout, lanes;
+    choose_layout(t.type(), t.dim(), &layout, &lanes);
+    impl_->tables.push_back(&t);
+    impl_->layout.push_back(layout);
+    impl_->lanes.push_back(lanes);
+    max_row_bytes = std::max(max_row_bytes, t.row_bytes());
+  }
+  engine_.freeze();
+  auto& m = *impl_;
+  TIEMB_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.err_dev = device_buffer(sizeof(gpu::lookup_error));
+  m.err_host = pinned_buffer(sizeof(gpu::lookup_error));
+  TIEMB_CUDA_CHECK(cudaMemset(m.err_dev.get(), 0, sizeof(gpu::lookup_error)));
+  std::memset(m.err_host.get(), 0, sizeof(gpu::lookup_error));
+  TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&m.err_event, cudaEventDisableTiming));
+  m.rows_dev = device_buffer(static_cast<size_t>(n) * 8);
+  m.rows_host = pinned_buffer(static_cast<size_t>(n) * 8);
+  m.host_rows.resize(static_cast<size_t>(n));
+  m.staged.resize(static_cast<size_t>(n));
+  m.out_ptrs.resize(static_cast<size_t>(n));
+  m.out_offsets.resize(static_cast<size_t>(n));
+
+  // Host staging, sized for the largest call the config allows.
+  const int64_t max_ids = cfg.max_ids_per_slot();
+  size_t in_bytes = 0, out_bytes = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    in_bytes += align_up(static_cast<size_t>(max_ids) * 8) +
+                align_up(static_cast<size_t>(std::max(max_ids, cfg.max_batch_size + 1)) * 8) +
+                align_up(static_cast<size_t>(max_ids) * 4);
+    out_bytes += align_up(static_cast<size_t>(cfg.max_batch_size * dim(s)) * 4);
+  }
+  m.in_host = pinned_buffer(in_bytes);
+  m.in_dev = device_buffer(in_bytes);
+  m.out_host = pinned_buffer(out_bytes);
+  m.out_dev = device_buffer(out_bytes);
+
+  // Default rows, read once from whichever tier holds them.
+  m.default_stride = static_cast<int64_t>(align_up(static_cast<size_t>(max_row_bytes)));
+  m.defaults = device_buffer(static_cast<size_t>(n * m.default_stride));
+  std::vector<char> row(static_cast<size_t>(max_row_bytes));
+  for (int64_t s = 0; s < n; ++s) {
+    const slot_config& sc = slots_[static_cast<size_t>(s)];
+    if (sc.mode != row_mode::safe || sc.default_id < 0) continue;
+    m.tables[static_cast<size_t>(s)]->read_row_host(sc.default_id, row.data());
+    TIEMB_CUDA_CHECK(cudaMemcpy(m.defaults.get<char>() + s * m.default_stride, row.data(),
+                                static_cast<size_t>(m.tables[static_cast<size_t>(s)]->row_bytes()),
+                                cudaMemcpyHostToDevice));
+  }
+
+  // Tiered tables: scratch sized for all slots that use each one.
+  std::map<int32_t, int64_t> ids_per_table;
+  m.unique_index.resize(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) {
+    if (m.tables[static_cast<size_t>(s)]->resident()) continue;
+    ids_per_table[slots_[static_cast<size_t>(s)].table] += max_ids;
+    m.unique_index[static_cast<size_t>(s)] = device_buffer(static_cast<size_t>(std::max<int64_t>(max_ids, 1)) * 4);
+  }
+  for (const auto& [tid, ids] : ids_per_table) m.scratch[tid] = engine_.table(tid).make_scratch(ids);
+  m.views.reserve(static_cast<size_t>(n));
+}
+
+gpu_lookup_group::~gpu_lookup_group() = default;
+
+int64_t gpu_lookup_group::dim(int64_t s) const { return impl_->tables[static_cast<size_t>(s)]->dim(); }
+
+namespace {
+
+gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_request& r, int64_t rows,
+                        void* out, int32_t layout, int32_t lanes, const void* default_row,
+                        const int32_t* unique_index, const void* staging) {
+  gpu::slot_desc d{};
+  d.ids = r.ids;
+  d.segments = r.segments;
+  d.weights = r.weights;
+  d.out = out;
+  d.table = t.resident() ? t.device_rows() : nullptr;
+  d.default_row = default_row;
+  d.unique_index = unique_index;
+  d.staging = staging;
+  d.num_ids = r.num_ids;
+  d.num_offsets = r.segments_are_offsets ? r.num_segments : 0;
+  d.rows = rows;
+  d.table_rows = t.rows();
+  d.default_id = sc.mode == row_mode::safe ? sc.default_id : -1;
+  d.row_bytes = t.row_bytes();
+  d.dim = static_cast<int32_t>(t.dim());
+  // Vector stores need an aligned output; fall back to scalar otherwise.
+  const auto addr = reinterpret_cast<uintptr_t>(out);
+  if ((layout == gpu::kLayoutF32Vec4 && addr % 16 != 0) || (layout == gpu::kLayoutF16Vec8 && addr % 16 != 0) ||
+      (layout == gpu::kLayoutF16Vec2 && addr % 4 != 0)) {
+    layout = t.type() == dtype::float32 ? gpu::kLayoutF32Vec1 : gpu::kLayoutF16Vec1;
+    lanes = std::min<int32_t>(32, static_cast<int32_t>(t.dim()));
+    int p = 1;
+    while (p < lanes) p <<= 1;
+    lanes = p;
+  }
+  d.layout = layout;
+  d.group = lanes;
+  d.combiner = static_cast<int32_t>(sc.comb);
+  d.safe = sc.mode == row_mode::safe;
+  d.id_is_64 = r.id_type == dtype::int64;
+  d.seg_is_64 = r.segment_type == dtype::int64;
+  d.segments_are_offsets = r.segments_are_offsets;
+  d.out_half = sc.output_dtype == dtype::float16;
+  return d;
+}
+
+}  // namespace
+
+void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t* rows, void* const* outputs,
+                              void* stream_ptr) {
+  device_guard g(engine_.device());
+  auto& m = *impl_;
+  const engine_config& cfg = engine_.config();
+  TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
+  for (int64_t s = 0; s < n; ++s) {
+    check_slot_shape(cfg, slots_[static_cast<size_t>(s)], reqs[s], s);
+    TIEMB_EXPECT(rows[s] >= 0 && rows[s] <= cfg.max_batch_size, "slot ", s, ": ", rows[s],
+                 " output rows exceed max_batch_size = ", cfg.max_batch_size);
+  }
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+
+  // Tiered tables: gather this call's rows into staging first.
+  for (auto& [tid, scratch] : m.scratch) {
+    m.views.clear();
+    for (int64_t s = 0; s < n; ++s) {
+      if (slots_[static_cast<size_t>(s)].table != tid) continue;
+      m.views.push_back({reqs[s].ids, reqs[s].id_type == dtype::int64, reqs[s].num_ids,
+                         m.unique_index[static_cast<size_t>(s)].get<int32_t>()});
+    }
+    engine_.table(tid).gather(*scratch, m.views.data(), static_cast<int>(m.views.size()), stream);
+  }
+
+  for (int64_t base = 0; base < n; base += gpu::kMaxSlotsPerLaunch) {
+    gpu::launch_params p{};
+    p.num_slots = static_cast<int32_t>(std::min<int64_t>(gpu::kMaxSlotsPerLaunch, n - base));
+    p.slot_base = static_cast<int32_t>(base);
+    p.err = m.err_dev.get<gpu::lookup_error>();
+    int64_t warps = 0;
+    for (int32_t i = 0; i < p.num_slots; ++i) {
+      const int64_t s = base + i;
+      const auto su = static_cast<size_t>(s);
+      const slot_config& sc = slots_[su];
+      gpu_table& t = *m.tables[su];
+      const void* staging = nullptr;
+      const int32_t* uidx = nullptr;
+      if (!t.resident()) {
+        staging = m.scratch.at(sc.table)->staging.get();
+        uidx = m.unique_index[su].get<int32_t>();
+      }
+      gpu::slot_desc d = describe(sc, t, reqs[s], rows[s], outputs[s], m.layout[su], m.lanes[su],
+                                  m.defaults.get<char>() + s * m.default_stride, uidx, staging);
+      d.warp_begin = warps;
+      warps += (rows[s] + (32 / d.group) - 1) / (32 / d.group);
+      p.slots[i] = d;
+    }
+    p.total_warps = warps;
+    if (warps == 0) continue;
+    const int64_t blocks = (warps * 32 + gpu::kThreadsPerBlock - 1) / gpu::kThreadsPerBlock;
+    gpu::fused_lookup_kernel<<<static_cast<unsigned>(blocks), gpu::kThreadsPerBlock, 0, stream>>>(p);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
+
+  for (auto& [tid, scratch] : m.scratch) engine_.table(tid).insert(*scratch, stream);
+
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(m.err_host.get(), m.err_dev.get(), sizeof(gpu::lookup_error),
+                                   cudaMemcpyDeviceToHost, stream));
+  TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
+  m.launched = true;
+}
+
+void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t* rows, void* stream_ptr) {
+  device_guard g(engine_.device());
+  auto& m = *impl_;
+  const engine_config& cfg = engine_.config();
+  TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
+  bool need_device = false;
+  for (int64_t s = 0; s < n; ++s) {
+    const slot_config& sc = slots_[static_cast<size_t>(s)];
+    check_slot_shape(cfg, sc, reqs[s], s);
+    if (sc.mode == row_mode::safe) {
+      rows[s] = reqs[s].segments_are_offsets ? reqs[s].num_segments - 1 : reqs[s].num_rows;
+    } else {
+      need_device = true;
+    }
+  }
+  if (!need_device) return;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  for (int64_t base = 0; base < n; base += gpu::kMaxSlotsPerLaunch) {
+    gpu::launch_params p{};
+    p.num_slots = static_cast<int32_t>(std::min<int64_t>(gpu::kMaxSlotsPerLaunch, n - base));
+    p.slot_base = static_cast<int32_t>(base);
+    for (int32_t i = 0; i < p.num_slots; ++i) {
+      const auto su = static_cast<size_t>(base + i);
+      p.slots[i] = describe(slots_[su], *m.tables[su], reqs[base + i], 0, nullptr, m.layout[su], m.lanes[su],
+                            nullptr, nullptr, nullptr);
+    }
+    gpu::plain_rows_kernel<<<1, gpu::kMaxSlotsPerLaunch, 0, stream>>>(p, m.rows_dev.get<int64_t>());
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(m.rows_host.get(), m.rows_dev.get(), static_cast<size_t>(n) * 8,
+                                   cudaMemcpyDeviceToHost, stream));
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int64_t s = 0; s < n; ++s) {
+    if (slots_[static_cast<size_t>(s)].mode == row_mode::safe) continue;
+    const int64_t r = m.rows_host.get<int64_t>()[s];
+    TIEMB_EXPECT(r >= 0, "slot ", s, ": the last segment id is negative (", r - 1, ")");
+    TIEMB_EXPECT(r <= cfg.max_batch_size, "slot ", s, ": ", r, " output rows exceed max_batch_size = ",
+                 cfg.max_batch_size);
+    rows[s] = r;
+  }
+}
+
+const int64_t* gpu_lookup_group::prepare_host(const slot_request* reqs, int64_t n) {
+  auto& m = *impl_;
+  TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
+  for (int64_t s = 0; s < n; ++s) {
+    m.host_rows[static_cast<size_t>(s)] =
+        check_slot(engine_.config(), slots_[static_cast<size_t>(s)], m.tables[static_cast<size_t>(s)]->rows(),
+                   reqs[s], s, nullptr);
+  }
+  return m.host_rows.data();
+}
+
+void gpu_lookup_group::run_host(const slot_request* reqs, int64_t n, void* const* outputs) {
+  device_guard g(engine_.device());
+  auto& m = *impl_;
+  // Pack every input into one pinned buffer: one transfer up.
+  char* in_h = m.in_host.get<char>();
+  char* in_d = m.in_dev.get<char>();
+  size_t off = 0;
+  auto stage = [&](const void* src, size_t bytes) -> const void* {
+    if (src == nullptr) return nullptr;
+    std::memcpy(in_h + off, src, bytes);
+    const void* dev = in_d + off;
+    off += align_up(bytes);
+    return dev;
+  };
+  for (int64_t s = 0; s < n; ++s) {
+    const slot_request& r = reqs[s];
+    slot_request& d = m.staged[static_cast<size_t>(s)];
+    d = r;
+    d.ids = stage(r.ids, static_cast<size_t>(r.num_ids * size_of(r.id_type)));
+    d.segments = stage(r.segments, static_cast<size_t>(r.num_segments * size_of(r.segment_type)));
+    d.weights = static_cast<const float*>(stage(r.weights, static_cast<size_t>(r.num_weights) * 4));
+    // Empty arrays still need a valid (unused) address.
+    if (d.ids == nullptr) d.ids = in_d;
+    if (d.segments == nullptr) d.segments = in_d;
+  }
+  const size_t in_used = off;
+  // Outputs packed the same way: one transfer down.
+  std::vector<void*>& out_dev = m.out_ptrs;
+  std::vector<size_t>& out_off = m.out_offsets;
+  off = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    out_off[static_cast<size_t>(s)] = off;
+    out_dev[static_cast<size_t>(s)] = m.out_dev.get<char>() + off;
+    const int64_t elem = slots_[static_cast<size_t>(s)].output_dtype == dtype::float16 ? 2 : 4;
+    off += align_up(static_cast<size_t>(m.host_rows[static_cast<size_t>(s)] * dim(s) * elem));
+  }
+  const size_t out_used = off;
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(in_d, in_h, in_used, cudaMemcpyHostToDevice, m.stream));
+  launch(m.staged.data(), n, m.host_rows.data(), out_dev.data(), m.stream);
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(m.out_host.get(), m.out_dev.get(), out_used, cudaMemcpyDeviceToHost, m.stream));
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  check(true);
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t elem = slots_[static_cast<size_t>(s)].output_dtype == dtype::float16 ? 2 : 4;
+    std::memcpy(outputs[s], m.out_host.get<char>() + out_off[static_cast<size_t>(s)],
+                static_cast<size_t>(m.host_rows[static_cast<size_t>(s)] * dim(s) * elem));
+  }
+}
+
+void gpu_lookup_group::check(bool wait) {
+  auto& m = *impl_;
+  if (!m.launched) return;
+  device_guard g(engine_.device());
+  if (wait) {
+    TIEMB_CUDA_CHECK(cudaEventSynchronize(m.err_event));
+  } else {
+    const cudaError_t q = cudaEventQuery(m.err_event);
+    if (q == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      return;
+    }
+    TIEMB_CUDA_CHECK(q);
+  }
+  const gpu::lookup_error e = *m.err_host.get<gpu::lookup_error>();
+  if (e.code == gpu::kErrNone) return;
+  // Clear before throwing so the group stays usable.
+  TIEMB_CUDA_CHECK(cudaMemset(m.err_dev.get(), 0, sizeof(gpu::lookup_error)));
+  m.err_host.get<gpu::lookup_error>()->code = gpu::kErrNone;
+  const auto s = static_cast<size_t>(e.slot);
+  const int32_t tid = slots_[s].table;
+  switch (e.code) {
+    case gpu::kErrIdRange:
+      throw error(detail::concat("slot ", e.slot, ": ids[", e.index, "] = ", e.value, " is out of range [0, ",
+                                 m.tables[s]->rows(), ") of table ", tid));
+    case gpu::kErrSegmentOrder:
+      if (e.value < 0) throw error(detail::concat("slot ", e.slot, ": segment_ids[", e.index, "] = ", e.value, " is negative"));
+      throw error(detail::concat("slot ", e.slot, ": segment_ids must be sorted, but segment_ids[", e.index,
+                                 "] = ", e.value, " is out of order"));
+    case gpu::kErrSegmentRange:
+      throw error(detail::concat("slot ", e.slot, ": segment_ids[", e.index, "] = ", e.value,
+                                 " is out of range for the slot's row count"));
+    case gpu::kErrOffsetsDecreasing:
+      throw error(detail::concat("slot ", e.slot, ": row_offsets must be non-decreasing, but row_offsets[",
+                                 e.index, "] = ", e.value, " is below its predecessor"));
+    case gpu::kErrOffsetsStart:
+      throw error(detail::concat("slot ", e.slot, ": row_offsets[0] must be 0, got ", e.value));
+    case gpu::kErrOffsetsEnd:
+      throw error(detail::concat("slot ", e.slot, ": row_offsets ends at ", e.value,
+                                 " but ids has a different number of entries"));
+    default:
+      throw error(detail::concat("slot ", e.slot, ": lookup failed on the GPU (error code ", e.code, ")"));
+  }
+}
+
+}  // namespace tiemb

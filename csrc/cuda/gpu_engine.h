@@ -1,0 +1,102 @@
+// The GPU engine: device-resident (or tiered) tables and lookup groups that
+// run every slot of a batch in one kernel launch. This header has no CUDA
+// types so the bindings compile with or without the CUDA part; streams are
+// passed as void* (a cudaStream_t).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../core/config.h"
+#include "../core/request.h"
+#include "../core/table_file.h"
+#include "../core/tier_config.h"
+
+namespace tiemb {
+
+namespace gpu {
+class gpu_table;
+}  // namespace gpu
+
+/// Owns the device tables of one GPU. Add every table before the first
+/// lookup group; afterwards the engine is read-only (the tiered caches
+/// update themselves) and shared by any number of groups.
+class gpu_engine {
+ public:
+  gpu_engine(const engine_config& config, int device);
+  ~gpu_engine();
+  gpu_engine(const gpu_engine&) = delete;
+  gpu_engine& operator=(const gpu_engine&) = delete;
+
+  /// Copies a rows x dim float32/float16 table from host memory. With
+  /// tiers.cache_percentage == 1 the table is GPU-resident; otherwise it is
+  /// split over the GPU cache, pinned host memory and a backing file.
+  /// `profile_ids` (optional) are sample ids whose frequencies pick the rows
+  /// that start in the GPU cache; without them the first rows do.
+  int32_t add_table(dtype type, int64_t rows, int64_t dim, const void* host_data,
+                    const tier_config& tiers, const int64_t* profile_ids, int64_t num_profile);
+
+  const engine_config& config() const { return config_; }
+  int device() const { return device_; }
+  int32_t num_tables() const { return static_cast<int32_t>(tables_.size()); }
+  gpu::gpu_table& table(int32_t id);
+  table_stats stats(int32_t id);
+  /// dtype, rows and dim of a table, for callers without CUDA headers.
+  table_file_header shape(int32_t id);
+  void freeze() { frozen_ = true; }
+
+ private:
+  engine_config config_;
+  int device_;
+  bool frozen_ = false;
+  std::vector<std::unique_ptr<gpu::gpu_table>> tables_;
+};
+
+/// A fixed list of slots looked up together on one GPU. Scratch buffers are
+/// sized from the engine config at construction; calls allocate nothing.
+/// Calls on one group must not overlap (the bindings serialise them).
+class gpu_lookup_group {
+ public:
+  gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> slots);
+  ~gpu_lookup_group();
+  gpu_lookup_group(const gpu_lookup_group&) = delete;
+  gpu_lookup_group& operator=(const gpu_lookup_group&) = delete;
+
+  int64_t num_slots() const { return static_cast<int64_t>(slots_.size()); }
+  const slot_config& slot(int64_t s) const { return slots_[static_cast<size_t>(s)]; }
+  int64_t dim(int64_t s) const;
+
+  /// Inputs and outputs in device memory, run on `stream`; returns without
+  /// waiting. Checks that need no data (dtypes, lengths, limits) throw here;
+  /// data errors (ids out of range, unsorted segments) are found on the
+  /// device and raised by check(). rows[s] is each slot's output row count
+  /// (see device_rows for plain mode).
+  void launch(const slot_request* reqs, int64_t n, const int64_t* rows, void* const* outputs,
+              void* stream);
+
+  /// Output row counts for device inputs. Plain-mode slots need one small
+  /// device-to-host read (as TensorFlow's GPU kernel does): this waits for
+  /// `stream`. Safe-mode slots need none.
+  void device_rows(const slot_request* reqs, int64_t n, int64_t* rows, void* stream);
+
+  /// Inputs and outputs in host memory: validated on the host (same messages
+  /// as the CPU engine), staged through pinned buffers, waited for.
+  /// prepare_host returns the output row counts; run_host fills `outputs`.
+  const int64_t* prepare_host(const slot_request* reqs, int64_t n);
+  void run_host(const slot_request* reqs, int64_t n, void* const* outputs);
+
+  /// Raises tiemb::error for the first data error latched by an earlier
+  /// launch (and clears it). wait = true waits for the last launch first;
+  /// otherwise only a finished launch is looked at.
+  void check(bool wait);
+
+ private:
+  struct impl;
+  gpu_engine& engine_;
+  std::vector<slot_config> slots_;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace tiemb

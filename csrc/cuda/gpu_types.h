@@ -1,0 +1,82 @@
+// Plain structs shared by the host side of the GPU engine and its kernels.
+// No CUDA headers: trivially copyable views only.
+#pragma once
+
+#include <cstdint>
+
+namespace tiemb {
+namespace gpu {
+
+constexpr int kThreadsPerBlock = 256;
+
+/// How a slot's rows are read: element type and vector width.
+enum layout : int32_t {
+  kLayoutF32Vec4 = 0,  // float32, dim % 4 == 0: 16-byte loads
+  kLayoutF32Vec1 = 1,
+  kLayoutF16Vec8 = 2,  // float16, dim % 8 == 0: 16-byte loads
+  kLayoutF16Vec2 = 3,  // float16, dim % 2 == 0: 4-byte loads
+  kLayoutF16Vec1 = 4,
+};
+
+/// Error codes latched by the kernels (first one wins).
+enum error_code : int32_t {
+  kErrNone = 0,
+  kErrIdRange = 1,
+  kErrSegmentOrder = 2,   // unsorted or negative segment ids
+  kErrSegmentRange = 3,   // segment id >= rows
+  kErrOffsetsDecreasing = 4,
+  kErrOffsetsStart = 5,
+  kErrOffsetsEnd = 6,
+};
+
+struct lookup_error {
+  int32_t code;
+  int32_t slot;
+  int64_t index;
+  int64_t value;
+};
+
+/// One slot of one call, as the kernel sees it.
+struct slot_desc {
+  const void* ids;
+  const void* segments;      // segment ids or row offsets
+  const float* weights;      // nullptr = unweighted
+  void* out;
+  const void* table;         // resident rows; unused for tiered tables
+  const void* default_row;   // safe mode default row (device), or nullptr
+  const int32_t* unique_index;  // tiered: per id, its row in `staging`
+  const void* staging;       // tiered: this call's gathered rows
+  int64_t num_ids;
+  int64_t num_offsets;       // entries of `segments` when they are offsets
+  int64_t rows;
+  int64_t table_rows;
+  int64_t default_id;
+  int64_t row_bytes;
+  int64_t warp_begin;        // prefix over slots of warps
+  int32_t dim;
+  int32_t group;             // lanes per bag
+  int32_t layout;
+  int32_t combiner;          // 0 sum, 1 mean, 2 sqrtn
+  bool safe;
+  bool id_is_64;
+  bool seg_is_64;
+  bool segments_are_offsets;
+  bool out_half;
+};
+
+/// Slots one launch carries as a kernel parameter (about 10 KB; kernels
+/// take up to 32 KB of parameters on Volta and newer with CUDA >= 12.1).
+constexpr int kMaxSlotsPerLaunch = 64;
+
+/// Everything one fused launch needs, passed by value as __grid_constant__:
+/// no descriptor upload, no synchronisation, capturable in a CUDA graph.
+struct launch_params {
+  slot_desc slots[kMaxSlotsPerLaunch];
+  int32_t num_slots;
+  int32_t slot_base;   // index of slots[0] in the group, for error messages
+  int64_t total_warps;
+  lookup_error* err;
+};
+
+}  // namespace gpu
+}  // namespace tiemb

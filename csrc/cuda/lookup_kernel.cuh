@@ -1,0 +1,266 @@
+// The fused lookup kernel: every slot of a batch in one launch.
+//
+// Work unit: one "bag" = one output row of one slot. A bag is reduced by a
+// group of G lanes of a warp (G = 1..32, a power of two chosen per slot from
+// its dimension), each lane owning `vec` consecutive elements per step so a
+// row is read with 16-byte loads where its size and alignment allow. A warp
+// holds 32 / G bags of the same slot; warps map to slots through a prefix
+// array over the slots' warp counts, so slots of any mix of dimensions,
+// dtypes, combiners and row modes share the launch.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cstdint>
+
+#include "gpu_types.h"
+
+namespace tiemb {
+namespace gpu {
+
+__device__ inline void report_error(lookup_error* err, int32_t code, int32_t slot, int64_t index,
+                                    int64_t value) {
+  // First error wins; later ones are dropped (one message is enough).
+  if (atomicCAS(&err->code, 0, code) == 0) {
+    err->slot = slot;
+    err->index = index;
+    err->value = value;
+  }
+}
+
+__device__ inline int64_t load_index(const void* p, bool is64, int64_t i) {
+  return is64 ? static_cast<const int64_t*>(p)[i] : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
+}
+
+// First position in sorted seg[0, n) whose value is >= key.
+__device__ inline int64_t lower_bound(const void* seg, bool is64, int64_t n, int64_t key) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (load_index(seg, is64, mid) < key) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// `vec` consecutive elements of a row as floats.
+template <int Vec, bool Half>
+__device__ inline void load_vec(const void* row, int32_t k, float (&v)[Vec]) {
+  if constexpr (Half) {
+    const __half* h = static_cast<const __half*>(row) + k;
+    if constexpr (Vec == 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(h);
+      const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h2[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < Vec; ++i) v[i] = __half2float(h[i]);
+    }
+  } else {
+    const float* f = static_cast<const float*>(row) + k;
+    if constexpr (Vec == 4) {
+      const float4 raw = *reinterpret_cast<const float4*>(f);
+      v[0] = raw.x; v[1] = raw.y; v[2] = raw.z; v[3] = raw.w;
+    } else {
+#pragma unroll
+      for (int i = 0; i < Vec; ++i) v[i] = f[i];
+    }
+  }
+}
+
+template <int Vec, bool Half>
+__device__ inline void store_vec(void* out, int64_t k, const float (&v)[Vec]) {
+  if constexpr (Half) {
+    __half* h = static_cast<__half*>(out) + k;
+    if constexpr (Vec % 2 == 0) {
+#pragma unroll
+      for (int i = 0; i < Vec; i += 2) {
+        *reinterpret_cast<__half2*>(h + i) = __floats2half2_rn(v[i], v[i + 1]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < Vec; ++i) h[i] = __float2half_rn(v[i]);
+    }
+  } else {
+    float* f = static_cast<float*>(out) + k;
+    if constexpr (Vec == 4) {
+      *reinterpret_cast<float4*>(f) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < Vec; ++i) f[i] = v[i];
+    }
+  }
+}
+
+// Address of the row an id refers to: the resident table, or for tiered
+// tables the row gathered into this call's staging buffer.
+__device__ inline const char* row_address(const slot_desc& d, int64_t j, int64_t id) {
+  if (d.unique_index != nullptr) {
+    return static_cast<const char*>(d.staging) + static_cast<int64_t>(d.unique_index[j]) * d.row_bytes;
+  }
+  return static_cast<const char*>(d.table) + id * d.row_bytes;
+}
+
+// Reduces one bag with lanes [0, G) of a group; `lane` is the lane's index
+// in the group. Template on the element layout of table and output.
+template <int Vec, bool TabHalf, bool OutHalf>
+__device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane, int group,
+                           lookup_error* err) {
+  const bool is64 = d.id_is_64;
+  const bool weighted = d.weights != nullptr;
+  const bool safe = d.safe;
+  const bool prune_weights = safe && weighted && d.combiner != 0;
+  int64_t begin, end;
+  if (d.segments_are_offsets) {
+    begin = load_index(d.segments, d.seg_is_64, r);
+    end = load_index(d.segments, d.seg_is_64, r + 1);
+    if (lane == 0) {
+      if (end < begin) report_error(err, kErrOffsetsDecreasing, slot, r + 1, end);
+      if (r == 0 && begin != 0) report_error(err, kErrOffsetsStart, slot, 0, begin);
+      if (r == d.rows - 1 && end != d.num_ids) report_error(err, kErrOffsetsEnd, slot, r + 1, end);
+    }
+    if (end < begin) end = begin;
+  } else {
+    begin = lower_bound(d.segments, d.seg_is_64, d.num_ids, r);
+    end = lower_bound(d.segments, d.seg_is_64, d.num_ids, r + 1);
+    // Together these checks prove seg is sorted with values in [0, rows):
+    // lower_bound is monotone in the key even on unsorted input, so the
+    // bags' ranges partition [begin(0), end(rows-1)), and each bag checks
+    // that its range holds only its own row.
+    if (lane == 0 && r == 0 && begin != 0) {
+      report_error(err, kErrSegmentOrder, slot, 0, load_index(d.segments, d.seg_is_64, 0));
+    }
+    if (lane == 0 && r == d.rows - 1 && end != d.num_ids) {
+      report_error(err, kErrSegmentRange, slot, end, load_index(d.segments, d.seg_is_64, end));
+    }
+    for (int64_t j = begin + lane; j < end; j += group) {
+      const int64_t s = load_index(d.segments, d.seg_is_64, j);
+      if (s != r) report_error(err, kErrSegmentOrder, slot, j, s);
+    }
+  }
+
+  const int32_t dim = d.dim;
+  const int32_t step = group * Vec;
+  for (int32_t k0 = lane * Vec; k0 < dim; k0 += step) {
+    float acc[Vec];
+#pragma unroll
+    for (int i = 0; i < Vec; ++i) acc[i] = 0.f;
+    float wsum = 0.f, w2sum = 0.f;
+    int32_t count = 0;
+    int64_t j = begin;
+    // Two rows in flight per step: their loads are independent.
+    for (; j + 1 < end; j += 2) {
+      const int64_t id0 = load_index(d.ids, is64, j);
+      const int64_t id1 = load_index(d.ids, is64, j + 1);
+      float w0 = weighted ? d.weights[j] : 1.f;
+      float w1 = weighted ? d.weights[j + 1] : 1.f;
+      bool ok0 = id0 >= 0 && id0 < d.table_rows && !(prune_weights && !(w0 > 0.f));
+      bool ok1 = id1 >= 0 && id1 < d.table_rows && !(prune_weights && !(w1 > 0.f));
+      if (k0 == lane * Vec && lane == 0) {
+        if (id0 >= d.table_rows || (id0 < 0 && !safe)) report_error(err, kErrIdRange, slot, j, id0);
+        if (id1 >= d.table_rows || (id1 < 0 && !safe)) report_error(err, kErrIdRange, slot, j + 1, id1);
+      }
+      float v0[Vec], v1[Vec];
+      if (ok0) load_vec<Vec, TabHalf>(row_address(d, j, id0), k0, v0);
+      if (ok1) load_vec<Vec, TabHalf>(row_address(d, j + 1, id1), k0, v1);
+      if (ok0) {
+#pragma unroll
+        for (int i = 0; i < Vec; ++i) acc[i] += w0 * v0[i];
+        wsum += w0; w2sum += w0 * w0; ++count;
+      }
+      if (ok1) {
+#pragma unroll
+        for (int i = 0; i < Vec; ++i) acc[i] += w1 * v1[i];
+        wsum += w1; w2sum += w1 * w1; ++count;
+      }
+    }
+    for (; j < end; ++j) {
+      const int64_t id = load_index(d.ids, is64, j);
+      const float w = weighted ? d.weights[j] : 1.f;
+      if (k0 == lane * Vec && lane == 0 && (id >= d.table_rows || (id < 0 && !safe))) {
+        report_error(err, kErrIdRange, slot, j, id);
+      }
+      if (id < 0 || id >= d.table_rows || (prune_weights && !(w > 0.f))) continue;
+      float v[Vec];
+      load_vec<Vec, TabHalf>(row_address(d, j, id), k0, v);
+#pragma unroll
+      for (int i = 0; i < Vec; ++i) acc[i] += w * v[i];
+      wsum += w; w2sum += w * w; ++count;
+    }
+    if (count == 0) {
+      if (safe && d.default_id >= 0) {
+        load_vec<Vec, TabHalf>(static_cast<const char*>(d.default_row), k0, acc);
+      }
+    } else if (d.combiner != 0) {
+      // As TensorFlow: weighted paths use div_no_nan, unweighted divide by the count.
+      const float denom = d.combiner == 1 ? (weighted ? wsum : static_cast<float>(count))
+                                          : (weighted ? sqrtf(w2sum) : sqrtf(static_cast<float>(count)));
+#pragma unroll
+      for (int i = 0; i < Vec; ++i) acc[i] = denom == 0.f ? 0.f : acc[i] / denom;
+    }
+    store_vec<Vec, OutHalf>(d.out, r * dim + k0, acc);
+  }
+}
+
+template <int Vec, bool TabHalf>
+__device__ inline void reduce_bag_out(const slot_desc& d, int32_t slot, int64_t r, int lane, int group,
+                                      lookup_error* err) {
+  if (d.out_half) reduce_bag<Vec, TabHalf, true>(d, slot, r, lane, group, err);
+  else reduce_bag<Vec, TabHalf, false>(d, slot, r, lane, group, err);
+}
+
+/// One launch for all slots of `p`; the slots' `warp_begin` fields are the
+/// prefix sums of their warp counts.
+__global__ void __launch_bounds__(kThreadsPerBlock)
+fused_lookup_kernel(const __grid_constant__ launch_params p) {
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (warp >= p.total_warps) return;
+  const slot_desc* descs = p.slots;
+  const int32_t num_slots = p.num_slots;
+  lookup_error* err = p.err;
+  const int lane32 = threadIdx.x & 31;
+  // Find the slot of this warp (slot counts are small: a linear scan of a
+  // few cached descriptors beats a search).
+  int32_t s = 0;
+  while (s + 1 < num_slots && descs[s + 1].warp_begin <= warp) ++s;
+  const slot_desc& d = descs[s];
+  const int group = d.group;
+  const int64_t r = (warp - d.warp_begin) * (32 / group) + lane32 / group;
+  if (r >= d.rows) return;
+  const int lane = lane32 % group;
+  const int32_t slot = p.slot_base + s;
+  switch (d.layout) {
+    case kLayoutF32Vec4: reduce_bag_out<4, false>(d, slot, r, lane, group, err); break;
+    case kLayoutF32Vec1: reduce_bag_out<1, false>(d, slot, r, lane, group, err); break;
+    case kLayoutF16Vec8: reduce_bag_out<8, true>(d, slot, r, lane, group, err); break;
+    case kLayoutF16Vec2: reduce_bag_out<2, true>(d, slot, r, lane, group, err); break;
+    default: reduce_bag_out<1, true>(d, slot, r, lane, group, err); break;
+  }
+}
+
+/// Plain mode on device inputs: the row count of each slot (max(segment)+1,
+/// or the last non-empty row + 1 for offsets), so the host can size outputs.
+__global__ void plain_rows_kernel(const __grid_constant__ launch_params p, int64_t* rows_out) {
+  const int32_t s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s >= p.num_slots) return;
+  const slot_desc& d = p.slots[s];
+  if (d.num_ids == 0) {
+    rows_out[p.slot_base + s] = 0;
+  } else if (d.segments_are_offsets) {
+    // First r with offsets[r] == num_ids (offsets are non-decreasing).
+    int64_t lo = 0, hi = d.num_offsets - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) >> 1;
+      if (load_index(d.segments, d.seg_is_64, mid) < d.num_ids) lo = mid + 1; else hi = mid;
+    }
+    rows_out[p.slot_base + s] = lo;
+  } else {
+    rows_out[p.slot_base + s] = load_index(d.segments, d.seg_is_64, d.num_ids - 1) + 1;
+  }
+}
+
+}  // namespace gpu
+}  // namespace tiemb

@@ -1,0 +1,102 @@
+// Helpers shared by the binding files.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "../csrc/core/request.h"
+
+#include "../csrc/core/error.h"
+#include "../csrc/core/types.h"
+
+namespace tiemb {
+namespace bind {
+
+namespace py = pybind11;
+
+inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+/// Maps a numpy dtype onto the engine's; -1 for anything else.
+inline int engine_dtype(const py::array& a) {
+  const char kind = a.dtype().kind();
+  const auto size = a.dtype().itemsize();
+  if (kind == 'f' && size == 4) return static_cast<int>(dtype::float32);
+  if (kind == 'f' && size == 2) return static_cast<int>(dtype::float16);
+  if (kind == 'i' && size == 4) return static_cast<int>(dtype::int32);
+  if (kind == 'i' && size == 8) return static_cast<int>(dtype::int64);
+  return -1;
+}
+
+inline bool is_c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+
+/// Checks that `obj` is a 1-D, C-contiguous numpy array of an index type.
+inline py::array index_array(const py::handle& obj, int64_t slot, const char* what) {
+  TIEMB_EXPECT(py::isinstance<py::array>(obj), "slot ", slot, ": ", what, " must be a numpy array, got ",
+               py::str(py::type::of(obj)).cast<std::string>());
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  const int t = engine_dtype(a);
+  TIEMB_EXPECT(t == static_cast<int>(dtype::int32) || t == static_cast<int>(dtype::int64), "slot ", slot, ": ",
+               what, " must be int32 or int64, got ", dtype_name(a));
+  TIEMB_EXPECT(a.ndim() == 1, "slot ", slot, ": ", what, " must be 1-D, got ", a.ndim(), "-D");
+  TIEMB_EXPECT(is_c_contiguous(a), "slot ", slot, ": ", what, " must be C-contiguous (use numpy.ascontiguousarray)");
+  return a;
+}
+
+/// Checks a weights entry (None or a 1-D C-contiguous float32 array).
+inline const float* weights_array(const py::handle& w, int64_t slot, int64_t* count) {
+  if (w.is_none()) {
+    *count = 0;
+    return nullptr;
+  }
+  TIEMB_EXPECT(py::isinstance<py::array>(w), "slot ", slot, ": weights must be a numpy array or None");
+  auto a = py::reinterpret_borrow<py::array>(w);
+  TIEMB_EXPECT(engine_dtype(a) == static_cast<int>(dtype::float32), "slot ", slot,
+               ": weights must be float32, got ", dtype_name(a));
+  TIEMB_EXPECT(a.ndim() == 1, "slot ", slot, ": weights must be 1-D, got ", a.ndim(), "-D");
+  TIEMB_EXPECT(is_c_contiguous(a), "slot ", slot, ": weights must be C-contiguous (use numpy.ascontiguousarray)");
+  *count = a.shape(0);
+  return static_cast<const float*>(a.data());
+}
+
+/// A new rows x dim float32 or float16 numpy array.
+inline py::array new_output(bool half, int64_t rows, int64_t dim) {
+  return half ? py::array(py::dtype("float16"), std::vector<py::ssize_t>{rows, dim})
+              : py::array(py::dtype::of<float>(), std::vector<py::ssize_t>{rows, dim});
+}
+
+/// Checks per-slot numpy inputs (lists with one entry per slot) and returns
+/// views of them; the arrays stay owned by the caller's lists.
+inline std::vector<slot_request> numpy_requests(const py::list& ids, const py::list& segments,
+                                                bool segments_are_offsets, const py::list& weights,
+                                                const std::vector<int64_t>& num_rows) {
+  const auto n = static_cast<int64_t>(ids.size());
+  const char* seg_name = segments_are_offsets ? "row_offsets" : "segment_ids";
+  TIEMB_EXPECT(static_cast<int64_t>(segments.size()) == n, seg_name, " has ", segments.size(),
+               " entries but ids has ", n);
+  TIEMB_EXPECT(static_cast<int64_t>(weights.size()) == n, "weights has ", weights.size(), " entries but ids has ", n);
+  TIEMB_EXPECT(static_cast<int64_t>(num_rows.size()) == n, "num_rows has ", num_rows.size(),
+               " entries but ids has ", n);
+  std::vector<slot_request> req(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) {
+    const auto i = static_cast<size_t>(s);
+    slot_request& r = req[i];
+    py::array a = index_array(ids[i], s, "ids");
+    r.ids = a.data();
+    r.id_type = static_cast<dtype>(engine_dtype(a));
+    r.num_ids = a.shape(0);
+    py::array g = index_array(segments[i], s, seg_name);
+    r.segments = g.data();
+    r.segment_type = static_cast<dtype>(engine_dtype(g));
+    r.num_segments = g.shape(0);
+    r.segments_are_offsets = segments_are_offsets;
+    r.weights = weights_array(weights[i], s, &r.num_weights);
+    r.num_rows = num_rows[i];
+  }
+  return req;
+}
+
+}  // namespace bind
+}  // namespace tiemb

@@ -1,0 +1,235 @@
+// Bindings of the GPU engine (compiled only with the CUDA part). Device
+// arrays arrive from tiemb/gpu.py already checked, as (pointer, dtype, length)
+// tuples taken from __cuda_array_interface__.
+#include <pybind11/stl.h>
+
+#include <mutex>
+
+#include "../csrc/cuda/gpu_engine.h"
+#include "common.h"
+
+namespace py = pybind11;
+using namespace tiemb;
+using namespace tiemb::bind;
+
+namespace {
+
+// Per-slot device views: ids/segments as (ptr, dtype code, length), weights
+// None or (ptr, length).
+std::vector<slot_request> device_requests(const py::list& ids, const py::list& segments, bool offsets,
+                                          const py::list& weights, const std::vector<int64_t>& num_rows) {
+  const size_t n = ids.size();
+  TIEMB_EXPECT(segments.size() == n && weights.size() == n && num_rows.size() == n,
+               "ids, segments, weights and num_rows need one entry per slot");
+  std::vector<slot_request> req(n);
+  for (size_t s = 0; s < n; ++s) {
+    auto i = ids[s].cast<std::tuple<uintptr_t, int, int64_t>>();
+    auto g = segments[s].cast<std::tuple<uintptr_t, int, int64_t>>();
+    slot_request& r = req[s];
+    r.ids = reinterpret_cast<const void*>(std::get<0>(i));
+    r.id_type = static_cast<dtype>(std::get<1>(i));
+    r.num_ids = std::get<2>(i);
+    r.segments = reinterpret_cast<const void*>(std::get<0>(g));
+    r.segment_type = static_cast<dtype>(std::get<1>(g));
+    r.num_segments = std::get<2>(g);
+    r.segments_are_offsets = offsets;
+    if (!weights[s].is_none()) {
+      auto w = weights[s].cast<std::tuple<uintptr_t, int64_t>>();
+      r.weights = reinterpret_cast<const float*>(std::get<0>(w));
+      r.num_weights = std::get<1>(w);
+    }
+    r.num_rows = num_rows[s];
+  }
+  return req;
+}
+
+class py_gpu_engine {
+ public:
+  py_gpu_engine(int64_t max_batch_size, int64_t slot_num, int64_t max_nnz, int device)
+      : engine_(engine_config{max_batch_size, slot_num, max_nnz, 0}, device) {}
+
+  int32_t add_table(const py::array& weights, double cache_percentage, double cpu_cache_percentage,
+                    double hit_rate_threshold, const std::string& backing_file, bool host_zero_copy,
+                    const py::object& profile_ids) {
+    const int t = engine_dtype(weights);
+    TIEMB_EXPECT(t == static_cast<int>(dtype::float32) || t == static_cast<int>(dtype::float16),
+                 "table must be float32 or float16, got ", dtype_name(weights));
+    TIEMB_EXPECT(weights.ndim() == 2, "table must be 2-D (rows x dim), got ", weights.ndim(), "-D");
+    TIEMB_EXPECT(is_c_contiguous(weights), "table must be C-contiguous (use numpy.ascontiguousarray)");
+    tier_config tiers{cache_percentage, cpu_cache_percentage, hit_rate_threshold, backing_file, host_zero_copy};
+    const int64_t* prof = nullptr;
+    int64_t nprof = 0;
+    py::array_t<int64_t, py::array::c_style | py::array::forcecast> p;
+    if (!profile_ids.is_none()) {
+      p = py::array_t<int64_t, py::array::c_style | py::array::forcecast>(profile_ids);
+      prof = p.data();
+      nprof = p.size();
+    }
+    return engine_.add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1), weights.data(), tiers,
+                             prof, nprof);
+  }
+
+  py::dict stats(int32_t id) {
+    table_stats s;
+    {
+      py::gil_scoped_release release;
+      s = engine_.stats(id);
+    }
+    py::dict d;
+    d["lookups"] = s.lookups;
+    d["unique_ids"] = s.unique_ids;
+    d["hits"] = s.hits;
+    d["host_hits"] = s.host_hits;
+    d["host_fetches"] = s.host_fetches;
+    d["inserted"] = s.inserted;
+    d["batches"] = s.batches;
+    d["sync_inserts"] = s.sync_inserts;
+    d["rows_gpu"] = s.rows_gpu;
+    d["rows_host"] = s.rows_host;
+    d["rows_file"] = s.rows_file;
+    d["hit_rate"] = s.unique_ids > 0 ? static_cast<double>(s.hits) / static_cast<double>(s.unique_ids) : 0.0;
+    return d;
+  }
+
+  py::tuple table_info(int32_t id) {
+    const table_file_header h = engine_.shape(id);
+    return py::make_tuple(h.rows, h.dim, to_string(h.type));
+  }
+
+  int32_t num_tables() const { return engine_.num_tables(); }
+  gpu_engine& engine() { return engine_; }
+
+ private:
+  gpu_engine engine_;
+};
+
+class py_gpu_group;
+
+/// A lookup whose inputs and outputs stay where they are between calls: run()
+/// is one launch with no per-slot work in Python.
+class prepared_lookup {
+ public:
+  prepared_lookup(py_gpu_group& group, std::vector<slot_request> req, std::vector<int64_t> rows,
+                  std::vector<void*> outputs, uintptr_t stream)
+      : group_(group), req_(std::move(req)), rows_(std::move(rows)), outputs_(std::move(outputs)), stream_(stream) {}
+  void run();
+
+ private:
+  py_gpu_group& group_;
+  std::vector<slot_request> req_;
+  std::vector<int64_t> rows_;
+  std::vector<void*> outputs_;
+  uintptr_t stream_;
+};
+
+class py_gpu_group {
+ public:
+  py_gpu_group(py_gpu_engine& engine, const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
+               const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
+               const std::vector<int32_t>& output_dtypes)
+      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes)) {}
+
+  py::list lookup_host(const py::list& ids, const py::list& segments, bool offsets, const py::list& weights,
+                       const std::vector<int64_t>& num_rows) {
+    const auto n = static_cast<int64_t>(ids.size());
+    TIEMB_EXPECT(n == group_.num_slots(), "lookup got ids for ", n, " slots but the group has ", group_.num_slots());
+    std::vector<slot_request> req = numpy_requests(ids, segments, offsets, weights, num_rows);
+    py::list out(static_cast<size_t>(n));
+    std::vector<void*> ptrs(static_cast<size_t>(n));
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lk(mutex_);
+    const int64_t* rows = group_.prepare_host(req.data(), n);
+    {
+      py::gil_scoped_acquire acquire;
+      for (int64_t s = 0; s < n; ++s) {
+        py::array a = new_output(group_.slot(s).output_dtype == dtype::float16, rows[s], group_.dim(s));
+        ptrs[static_cast<size_t>(s)] = a.mutable_data();
+        out[static_cast<size_t>(s)] = std::move(a);
+      }
+    }
+    group_.run_host(req.data(), n, ptrs.data());
+    return out;
+  }
+
+  std::vector<int64_t> device_rows(const py::list& ids, const py::list& segments, bool offsets,
+                                   const py::list& weights, const std::vector<int64_t>& num_rows, uintptr_t stream) {
+    std::vector<slot_request> req = device_requests(ids, segments, offsets, weights, num_rows);
+    std::vector<int64_t> rows(req.size());
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lk(mutex_);
+    group_.device_rows(req.data(), static_cast<int64_t>(req.size()), rows.data(), reinterpret_cast<void*>(stream));
+    return rows;
+  }
+
+  prepared_lookup prepare(const py::list& ids, const py::list& segments, bool offsets, const py::list& weights,
+                          const std::vector<int64_t>& num_rows, const std::vector<int64_t>& rows,
+                          const std::vector<uintptr_t>& outputs, uintptr_t stream) {
+    std::vector<slot_request> req = device_requests(ids, segments, offsets, weights, num_rows);
+    TIEMB_EXPECT(rows.size() == req.size() && outputs.size() == req.size(),
+                 "rows and outputs need one entry per slot");
+    std::vector<void*> out(outputs.size());
+    for (size_t s = 0; s < outputs.size(); ++s) out[s] = reinterpret_cast<void*>(outputs[s]);
+    return prepared_lookup(*this, std::move(req), rows, std::move(out), stream);
+  }
+
+  void launch(const std::vector<slot_request>& req, const std::vector<int64_t>& rows,
+              const std::vector<void*>& outputs, uintptr_t stream) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lk(mutex_);
+    group_.check(false);  // an error of an earlier, finished launch surfaces here
+    group_.launch(req.data(), static_cast<int64_t>(req.size()), rows.data(), outputs.data(),
+                  reinterpret_cast<void*>(stream));
+  }
+
+  void check(bool wait) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lk(mutex_);
+    group_.check(wait);
+  }
+
+ private:
+  static std::vector<slot_config> make_slots(const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
+                                             const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
+                                             const std::vector<int32_t>& output_dtypes) {
+    const size_t n = tables.size();
+    TIEMB_EXPECT(combiners.size() == n && modes.size() == n && default_ids.size() == n && output_dtypes.size() == n,
+                 "slot settings must all have one entry per slot");
+    std::vector<slot_config> slots(n);
+    for (size_t s = 0; s < n; ++s) {
+      slots[s] = slot_config{tables[s], static_cast<combiner>(combiners[s]), static_cast<row_mode>(modes[s]),
+                             default_ids[s], static_cast<dtype>(output_dtypes[s])};
+    }
+    return slots;
+  }
+
+  gpu_lookup_group group_;
+  std::mutex mutex_;
+};
+
+void prepared_lookup::run() { group_.launch(req_, rows_, outputs_, stream_); }
+
+}  // namespace
+
+void bind_gpu(py::module_& m) {
+  py::class_<py_gpu_engine>(m, "GpuEngine")
+      .def(py::init<int64_t, int64_t, int64_t, int>(), py::arg("max_batch_size"), py::arg("slot_num"),
+           py::arg("max_nnz"), py::arg("device") = 0)
+      .def("add_table", &py_gpu_engine::add_table, py::arg("weights"), py::arg("cache_percentage") = 1.0,
+           py::arg("cpu_cache_percentage") = 1.0, py::arg("hit_rate_threshold") = 0.95,
+           py::arg("backing_file") = "", py::arg("host_zero_copy") = true, py::arg("profile_ids") = py::none())
+      .def("stats", &py_gpu_engine::stats, py::arg("table"))
+      .def("table_info", &py_gpu_engine::table_info, py::arg("table"))
+      .def_property_readonly("num_tables", &py_gpu_engine::num_tables);
+
+  py::class_<prepared_lookup>(m, "GpuPreparedLookup").def("run", &prepared_lookup::run);
+
+  py::class_<py_gpu_group>(m, "GpuLookupGroup")
+      .def(py::init<py_gpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,
+                    const std::vector<int32_t>&, const std::vector<int64_t>&, const std::vector<int32_t>&>(),
+           py::arg("engine"), py::arg("tables"), py::arg("combiners"), py::arg("modes"), py::arg("default_ids"),
+           py::arg("output_dtypes"), py::keep_alive<1, 2>())
+      .def("lookup_host", &py_gpu_group::lookup_host)
+      .def("device_rows", &py_gpu_group::device_rows)
+      .def("prepare", &py_gpu_group::prepare, py::keep_alive<0, 1>())
+      .def("check", &py_gpu_group::check, py::arg("wait"));
+}

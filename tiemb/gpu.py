@@ -1,0 +1,305 @@
+"""The GPU engine: one fused CUDA launch for all slots, over resident or tiered tables.
+
+Example::
+
+    engine = tiemb.GpuEmbeddingEngine(max_batch_size=512, slot_num=26, max_nnz=10)
+    t = engine.add_table(table)                                     # GPU-resident
+    big = engine.add_table(big_table, tiers=tiemb.TierConfig(cache_percentage=0.2),
+                           profile_ids=sample_ids)                   # tiered, warm from a profile
+    group = engine.group([tiemb.Slot(t, "mean"), tiemb.Slot(big, "sum")])
+    outs = group.lookup([ids_a, ids_b], segment_ids=[seg_a, seg_b])  # cupy in -> cupy out, async
+    group.synchronize()                                              # raises data errors, if any
+
+numpy inputs work too: they are staged through pinned buffers and the call
+returns numpy arrays after waiting for the GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _C
+from ._enums import COMBINERS, DTYPES, ROW_MODES
+from .engine import EngineConfig, Slot
+
+_TYPESTR = {"<i4": DTYPES["int32"], "<i8": DTYPES["int64"], "<f4": DTYPES["float32"], "<f2": DTYPES["float16"]}
+
+
+def _require_cuda():
+    if not _C.cuda_compiled():
+        raise RuntimeError("this tiemb build has no CUDA part (nvcc was not found when it was built); "
+                           "rebuild with nvcc on PATH or TIEMB_CUDA=ON")
+    if _C.cuda_device_count() == 0:
+        raise RuntimeError("no CUDA GPU is visible (no driver, or CUDA_VISIBLE_DEVICES hides them)")
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """How one table's rows are split over GPU cache, host memory and a backing file.
+
+    Attributes:
+        cache_percentage: share of rows in the GPU cache, in (0, 1]; 1 keeps the
+            whole table on the GPU and skips the cache probe.
+        cpu_cache_percentage: share of rows in pinned host memory, in [0, 1];
+            rows beyond it are read from ``backing_file`` on demand.
+        hit_rate_threshold: per batch: below it, misses are inserted into the
+            GPU cache before the lookup returns (in stream order); at or above
+            it, on a background stream. Results are exact either way.
+        backing_file: path of the table file (written when the table is added)
+            for rows outside host memory.
+        host_read: ``"zero_copy"`` (the kernel reads host-tier rows in place)
+            or ``"copy"`` (the host gathers them and copies in one transfer).
+    """
+
+    cache_percentage: float = 1.0
+    cpu_cache_percentage: float = 1.0
+    hit_rate_threshold: float = 0.95
+    backing_file: Optional[str] = None
+    host_read: str = "zero_copy"
+
+    def validate(self, rows: int) -> "TierConfig":
+        for name in ("cache_percentage", "cpu_cache_percentage", "hit_rate_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+        if self.host_read not in ("zero_copy", "copy"):
+            raise ValueError(f"host_read must be 'zero_copy' or 'copy', got {self.host_read!r}")
+        _C.validate_tiers(rows, float(self.cache_percentage), float(self.cpu_cache_percentage),
+                          float(self.hit_rate_threshold), self.backing_file or "")
+        return self
+
+
+def _default_stream() -> int:
+    cupy = sys.modules.get("cupy")
+    return cupy.cuda.get_current_stream().ptr if cupy is not None else 0
+
+
+def _stream_ptr(stream) -> int:
+    if stream is None:
+        return _default_stream()
+    if isinstance(stream, int):
+        return stream
+    ptr = getattr(stream, "ptr", None)  # cupy.cuda.Stream
+    if ptr is None:
+        ptr = getattr(stream, "cuda_stream", None)  # torch.cuda.Stream
+    if ptr is None:
+        raise ValueError(f"stream must be an int (cudaStream_t), a cupy or torch stream, got {type(stream).__name__}")
+    return int(ptr)
+
+
+def _device_view(obj, slot: int, what: str, allowed: tuple):
+    cai = obj.__cuda_array_interface__
+    ts, shape, strides = cai["typestr"], tuple(cai["shape"]), cai.get("strides")
+    name = np.dtype(ts).name
+    if ts not in _TYPESTR or _TYPESTR[ts] not in allowed:
+        kinds = " or ".join(k for k, v in DTYPES.items() if v in allowed)
+        raise ValueError(f"slot {slot}: {what} must be {kinds}, got {name}")
+    if len(shape) != 1:
+        raise ValueError(f"slot {slot}: {what} must be 1-D, got {len(shape)}-D")
+    if strides is not None and shape[0] > 1 and strides != (np.dtype(ts).itemsize,):
+        raise ValueError(f"slot {slot}: {what} must be C-contiguous (use cupy.ascontiguousarray)")
+    return (int(cai["data"][0]), _TYPESTR[ts], int(shape[0]))
+
+
+_INDEX = (DTYPES["int32"], DTYPES["int64"])
+
+
+class GpuEmbeddingEngine:
+    """Owns the tables of one GPU (resident or tiered).
+
+    Args:
+        max_batch_size, slot_num, max_nnz: see :class:`tiemb.EngineConfig`; all
+            scratch, staging and cache buffers are sized from them once.
+        device: CUDA device ordinal.
+    """
+
+    def __init__(self, max_batch_size: Optional[int] = None, slot_num: Optional[int] = None,
+                 max_nnz: Optional[int] = None, device: int = 0, *, config: Optional[EngineConfig] = None):
+        _require_cuda()
+        if config is None:
+            config = EngineConfig(max_batch_size, slot_num, max_nnz)
+        self.config = config.validate()
+        self.device = device
+        self._engine = _C.GpuEngine(config.max_batch_size, config.slot_num, config.max_nnz, device)
+
+    @property
+    def num_tables(self) -> int:
+        return self._engine.num_tables
+
+    def add_table(self, weights: np.ndarray, tiers: Optional[TierConfig] = None, profile_ids=None) -> int:
+        """Adds a 2-D float32/float16 host array (rows x dim); returns its id.
+
+        Args:
+            tiers: how rows are split over the tiers (default: GPU-resident).
+            profile_ids: sample ids (e.g. the test data) whose frequencies pick
+                the rows that start in the GPU cache and host tier; without
+                them the first rows do.
+        """
+        if not isinstance(weights, np.ndarray):
+            raise ValueError(f"table must be a numpy array, got {type(weights).__name__}")
+        tiers = (tiers or TierConfig())
+        if weights.ndim == 2:
+            tiers.validate(weights.shape[0])
+        if profile_ids is not None:
+            profile_ids = np.ascontiguousarray(profile_ids, dtype=np.int64).ravel()
+        return self._engine.add_table(weights, float(tiers.cache_percentage), float(tiers.cpu_cache_percentage),
+                                      float(tiers.hit_rate_threshold), tiers.backing_file or "",
+                                      tiers.host_read == "zero_copy", profile_ids)
+
+    def table_shape(self, table: int) -> tuple:
+        return self._engine.table_info(table)
+
+    def stats(self, table: int) -> dict:
+        """Counters of a table: lookups, unique_ids, hits, host_hits, host_fetches,
+        inserted, batches, sync_inserts, hit_rate, rows_gpu/rows_host/rows_file.
+        Waits for the GPU."""
+        return self._engine.stats(table)
+
+    def group(self, slots: Sequence[Slot]) -> "GpuLookupGroup":
+        return GpuLookupGroup(self, slots)
+
+
+class GpuPreparedLookup:
+    """A lookup over fixed device buffers: ``run()`` launches it again."""
+
+    def __init__(self, handle, outputs):
+        self._handle = handle
+        self.outputs = outputs
+
+    def run(self):
+        self._handle.run()
+        return self.outputs
+
+
+class GpuLookupGroup:
+    """Slots looked up together in one launch on the engine's GPU."""
+
+    def __init__(self, engine: GpuEmbeddingEngine, slots: Sequence[Slot]):
+        slots = list(slots)
+        out_dtypes = []
+        for i, s in enumerate(slots):
+            if not isinstance(s, Slot):
+                raise ValueError(f"slot {i}: expected tiemb.Slot, got {type(s).__name__}")
+            try:
+                s.validate()
+            except ValueError as e:
+                raise ValueError(f"slot {i}: {e}") from None
+            if not isinstance(s.table, (int, np.integer)) or not 0 <= s.table < engine.num_tables:
+                raise ValueError(f"slot {i}: table id {s.table!r} does not exist "
+                                 f"(engine has {engine.num_tables} tables)")
+            out_dtypes.append(DTYPES[s.output_dtype or engine.table_shape(s.table)[2]])
+        self.slots = tuple(slots)
+        self.engine = engine
+        self._dims = [engine.table_shape(s.table)[1] for s in slots]
+        self._out_dtypes = [np.float16 if d == DTYPES["float16"] else np.float32 for d in out_dtypes]
+        self._group = _C.GpuLookupGroup(
+            engine._engine, [int(s.table) for s in slots], [COMBINERS[s.combiner] for s in slots],
+            [ROW_MODES[s.mode] for s in slots], [-1 if s.default_id is None else int(s.default_id) for s in slots],
+            out_dtypes)
+
+    def _normalise(self, ids, segment_ids, row_offsets, weights, num_rows):
+        n = len(self.slots)
+        if (segment_ids is None) == (row_offsets is None):
+            raise ValueError("give exactly one of segment_ids and row_offsets")
+        segments = list(segment_ids if segment_ids is not None else row_offsets)
+        ids = list(ids)
+        weights = [None] * n if weights is None else list(weights)
+        if num_rows is None:
+            rows = [-1] * n
+        elif isinstance(num_rows, (int, np.integer)):
+            rows = [int(num_rows)] * n
+        else:
+            rows = [-1 if r is None else int(r) for r in num_rows]
+        if len(ids) != n:
+            raise ValueError(f"lookup got ids for {len(ids)} slots but the group has {n}")
+        return ids, segments, weights, rows
+
+    def _device_inputs(self, ids, segments, weights, offsets):
+        what = "row_offsets" if offsets else "segment_ids"
+        for s, a in enumerate(ids + segments):
+            if not hasattr(a, "__cuda_array_interface__"):
+                raise ValueError(f"slot {s % len(ids)}: mix of device and host arrays; give all inputs on "
+                                 "the GPU (cupy) or all as numpy")
+        dev_ids = [_device_view(a, s, "ids", _INDEX) for s, a in enumerate(ids)]
+        dev_segs = [_device_view(a, s, what, _INDEX) for s, a in enumerate(segments)]
+        dev_w = []
+        for s, w in enumerate(weights):
+            if w is None:
+                dev_w.append(None)
+            else:
+                ptr, _, n = _device_view(w, s, "weights", (DTYPES["float32"],))
+                dev_w.append((ptr, n))
+        return dev_ids, dev_segs, dev_w
+
+    def _outputs(self, rows, out):
+        if out is not None:
+            out = list(out)
+            if len(out) != len(self.slots):
+                raise ValueError(f"out has {len(out)} entries but the group has {len(self.slots)} slots")
+            ptrs = []
+            for s, (o, r) in enumerate(zip(out, rows)):
+                cai = o.__cuda_array_interface__
+                want = (r, self._dims[s])
+                if tuple(cai["shape"]) != want or np.dtype(cai["typestr"]) != np.dtype(self._out_dtypes[s]):
+                    raise ValueError(f"slot {s}: out must be a {np.dtype(self._out_dtypes[s]).name} array of "
+                                     f"shape {want}, got {np.dtype(cai['typestr']).name} {tuple(cai['shape'])}")
+                if cai.get("strides") not in (None, (self._dims[s] * np.dtype(self._out_dtypes[s]).itemsize,
+                                                     np.dtype(self._out_dtypes[s]).itemsize)):
+                    raise ValueError(f"slot {s}: out must be C-contiguous")
+                ptrs.append(int(cai["data"][0]))
+            return out, ptrs
+        import cupy  # device outputs are allocated through cupy's pool
+
+        out = [cupy.empty((r, d), dtype=t) for r, d, t in zip(rows, self._dims, self._out_dtypes)]
+        return out, [int(o.data.ptr) for o in out]
+
+    def lookup(self, ids, segment_ids=None, row_offsets=None, weights=None, num_rows=None, out=None, stream=None):
+        """Looks up every slot; arguments as :meth:`tiemb.LookupGroup.lookup`.
+
+        numpy inputs: validated on the host, computed on the GPU, returned as
+        numpy arrays after the GPU finishes. Device inputs (cupy, or anything
+        with ``__cuda_array_interface__``): returns device arrays (``out``, or
+        new cupy arrays) without waiting; data errors found on the GPU (ids
+        out of range, unsorted segment ids) are raised by :meth:`synchronize`
+        or by the next lookup on this group. Plain-mode slots read their row
+        count back from the GPU (one small wait, as TensorFlow's GPU kernel);
+        safe-mode slots and :meth:`prepare` do not.
+
+        Args:
+            out: device arrays to write (one per slot, rows x dim, the slot's dtype).
+            stream: cudaStream_t as int, or a cupy/torch stream; default cupy's current stream.
+        """
+        ids, segments, weights, rows = self._normalise(ids, segment_ids, row_offsets, weights, num_rows)
+        if all(isinstance(a, np.ndarray) for a in ids):
+            if out is not None:
+                raise ValueError("out= is only for device inputs; numpy inputs return new numpy arrays")
+            return self._group.lookup_host(ids, segments, row_offsets is not None, weights, rows)
+        stream = _stream_ptr(stream)
+        dev_ids, dev_segs, dev_w = self._device_inputs(ids, segments, weights, row_offsets is not None)
+        out_rows = self._group.device_rows(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, stream)
+        out, ptrs = self._outputs(out_rows, out)
+        self._group.prepare(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, out_rows, ptrs, stream).run()
+        return out
+
+    def prepare(self, ids, segment_ids=None, row_offsets=None, weights=None, num_rows=None, out=None,
+                stream=None) -> GpuPreparedLookup:
+        """Binds device inputs and outputs once; ``run()`` relaunches with no
+        per-slot work in Python, for serving loops and CUDA-graph capture. The
+        inputs are read again at every run (refill them in place)."""
+        ids, segments, weights, rows = self._normalise(ids, segment_ids, row_offsets, weights, num_rows)
+        stream = _stream_ptr(stream)
+        dev_ids, dev_segs, dev_w = self._device_inputs(ids, segments, weights, row_offsets is not None)
+        out_rows = self._group.device_rows(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, stream)
+        out, ptrs = self._outputs(out_rows, out)
+        handle = self._group.prepare(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, out_rows, ptrs, stream)
+        return GpuPreparedLookup(handle, out)
+
+    def synchronize(self):
+        """Waits for this group's last lookup and raises the first data error it found."""
+        self._group.check(True)
+
+    __call__ = lookup
