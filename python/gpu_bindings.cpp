@@ -176,7 +176,7 @@ class py_gpu_group {
               const std::vector<void*>& outputs, uintptr_t stream) {
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lk(mutex_);
-    group_.check(false);  // an error of an earlier, finished launch surfaces here
+    group_.check(false);  // an error of an earlier, finished launch surfaces here (no wait)
     group_.launch(req.data(), static_cast<int64_t>(req.size()), rows.data(), outputs.data(),
                   reinterpret_cast<void*>(stream));
   }

@@ -271,6 +271,12 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
                  " output rows exceed max_batch_size = ", cfg.max_batch_size);
   }
   auto stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TIEMB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  TIEMB_EXPECT(!capturing || m.scratch.empty(),
+               "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
+               "and its inserts run on another stream); capture groups of GPU-resident tables only");
 
   // Tiered tables: gather this call's rows into staging first.
   for (auto& [tid, scratch] : m.scratch) {
@@ -315,10 +321,14 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
 
   for (auto& [tid, scratch] : m.scratch) engine_.table(tid).insert(*scratch, stream);
 
+  // The error status goes to pinned memory with every call (a replayed graph
+  // too); the event that says when it is current is left out of captures.
   TIEMB_CUDA_CHECK(cudaMemcpyAsync(m.err_host.get(), m.err_dev.get(), sizeof(gpu::lookup_error),
                                    cudaMemcpyDeviceToHost, stream));
-  TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
-  m.launched = true;
+  if (!capturing) {
+    TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
+    m.launched = true;
+  }
 }
 
 void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t* rows, void* stream_ptr) {

@@ -1,0 +1,262 @@
+"""GPU engine benchmarks, side by side in one run (needs cupy; torch for the peers).
+
+    python benchmarks/gpu_bench.py [--json OUT] [--quick]
+
+Cases (issue 3): W&D-like batch 512 x 26 slots, dim 16, nnz 1 and 10, 1M-row
+tables, GPU-resident; large batch 65536 x 26 slots, dim 64, nnz 4; tiered
+tables 5x larger than the GPU cache, Zipf(1.1) ids, zero-copy vs batched copy.
+Peers: torch.nn.functional.embedding_bag per slot (eager and in a CUDA graph),
+and TensorFlow's op sequence (unique + gather + segment mean) written in torch.
+Times are CUDA-event medians over rounds of back-to-back calls; effective
+bandwidth = (rows read, one per id, + output written) / time, next to a
+device-to-device copy measured in the same run.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+import cupy as cp
+import numpy as np
+
+import tiemb
+from tiemb.bench.data import zipf_ids
+
+
+def event_time_us(fn, *, iters=50, rounds=15, warmup=10, stream=None):
+    """Median microseconds per call of `fn` over `rounds` rounds of `iters` calls."""
+    stream = stream or cp.cuda.get_current_stream()
+    for _ in range(warmup):
+        fn()
+    stream.synchronize()
+    samples = []
+    for _ in range(rounds):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        for _ in range(iters):
+            fn()
+        end.record(stream)
+        end.synchronize()
+        samples.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / iters)
+    return statistics.median(samples)
+
+
+def copy_bandwidth_gbs():
+    n = 1 << 28  # 1 GiB of float32
+    a = cp.random.random(n, dtype=cp.float32)
+    b = cp.empty_like(a)
+    t = event_time_us(lambda: cp.copyto(b, a), iters=10, rounds=7)
+    return 2 * a.nbytes / (t * 1e-6) / 1e9
+
+
+class Layer:
+    """One embedding layer's tables and a batch, on the GPU, for every contender."""
+
+    def __init__(self, rng, *, slots, vocab, dim, batch, nnz, alpha=None, combiner="mean"):
+        self.slots, self.vocab, self.dim, self.batch, self.nnz = slots, vocab, dim, batch, nnz
+        self.combiner = combiner
+        self.tables = [rng.standard_normal((vocab, dim), dtype=np.float32) for _ in range(slots)]
+        draw = (lambda: zipf_ids(rng, vocab, batch * nnz, alpha)) if alpha else \
+            (lambda: rng.integers(0, vocab, batch * nnz, dtype=np.int64))
+        self.ids = [cp.asarray(draw()) for _ in range(slots)]
+        self.segs = [cp.asarray(np.repeat(np.arange(batch, dtype=np.int64), nnz)) for _ in range(slots)]
+        self.offsets = cp.asarray(np.arange(0, batch * nnz + 1, nnz, dtype=np.int64))
+
+    def bytes_moved(self):
+        return self.slots * (self.batch * self.nnz * self.dim * 4 + self.batch * self.dim * 4)
+
+    def tiemb(self, tiers=None, profile=None):
+        e = tiemb.GpuEmbeddingEngine(self.batch, self.slots, self.nnz)
+        slots = [tiemb.Slot(e.add_table(t, tiers, profile_ids=profile), self.combiner) for t in self.tables]
+        g = e.group(slots)
+        prep = g.prepare(self.ids, segment_ids=self.segs, num_rows=None)
+        return e, g, prep
+
+
+def torch_peers(layer):
+    import torch
+    import torch.nn.functional as F
+
+    tabs = [torch.as_tensor(t, device="cuda") for t in layer.tables]
+    ids = [torch.as_tensor(i, device="cuda") for i in layer.ids]
+    segs = [torch.as_tensor(s, device="cuda") for s in layer.segs]
+    offsets = torch.as_tensor(layer.offsets[:-1], device="cuda")
+
+    def bag():
+        return [F.embedding_bag(i, t, offsets, mode=layer.combiner) for i, t in zip(ids, tabs)]
+
+    def tf_sequence():
+        outs = []
+        for i, s, t in zip(ids, segs, tabs):
+            uniq, inv = torch.unique(i, return_inverse=True)          # Unique
+            rows = t.index_select(0, uniq).index_select(0, inv)       # GatherV2
+            out = torch.zeros(layer.batch, layer.dim, device="cuda")  # SparseSegmentMean
+            out.index_add_(0, s, rows)
+            cnt = torch.bincount(s, minlength=layer.batch).clamp_min(1).unsqueeze(1)
+            outs.append(out / cnt)
+        return outs
+
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            bag()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out = bag()
+    ref = [o.cpu().numpy() for o in bag()]
+    return {"embedding_bag eager": bag, "embedding_bag CUDA graph": graph.replay,
+            "TF sequence (torch)": tf_sequence}, ref, graph_out
+
+
+def tiemb_graph(prep):
+    """The prepared lookup captured in a CUDA graph on a cupy stream."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        prep.run()
+        stream.synchronize()
+        # Relaxed: the launch queries the previous call's status event.
+        mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+        stream.begin_capture(mode) if mode is not None else stream.begin_capture()
+        prep.run()
+        graph = stream.end_capture()
+    return graph, stream
+
+
+def time_torch(fn):
+    import torch
+
+    stream = torch.cuda.current_stream()
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(15):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(stream)
+        for _ in range(50):
+            fn()
+        b.record(stream)
+        b.synchronize()
+        samples.append(a.elapsed_time(b) * 1e3 / 50)
+    return statistics.median(samples)
+
+
+def resident_case(name, layer, copy_bw, have_torch):
+    e, g, prep = layer.tiemb()
+    out = prep.run()
+    g.synchronize()
+    row = {"case": name, "bytes": layer.bytes_moved()}
+    row["tiemb_us"] = event_time_us(prep.run)
+    try:
+        graph, stream = tiemb_graph(prep)
+        row["tiemb_graph_us"] = event_time_us(lambda: graph.launch(stream), stream=stream)
+    except Exception as exc:  # report, do not hide
+        row["tiemb_graph_error"] = f"{type(exc).__name__}: {exc}"
+    best = min(row["tiemb_us"], row.get("tiemb_graph_us", float("inf")))
+    row["tiemb_gbs"] = layer.bytes_moved() / (best * 1e-6) / 1e9
+    row["pct_of_copy_bw"] = 100 * row["tiemb_gbs"] / copy_bw
+    if have_torch:
+        peers, ref, _ = torch_peers(layer)
+        got = [cp.asnumpy(o) for o in out]
+        row["max_abs_diff_vs_torch"] = float(max(np.max(np.abs(a - b)) for a, b in zip(got, ref)))
+        row["peers_us"] = {k: time_torch(f) for k, f in peers.items()}
+        best_peer = min(row["peers_us"].values())
+        row["speedup_vs_best_peer"] = best_peer / best
+    g.synchronize()
+    return row
+
+
+def tiered_case(layer, copy_bw, batches=40):
+    rng = np.random.default_rng(7)
+    pool = [[cp.asarray(zipf_ids(rng, layer.vocab, layer.batch * layer.nnz, 1.1)) for _ in range(layer.slots)]
+            for _ in range(batches)]
+    rows = {}
+    for label, tiers in [("resident", None),
+                         ("tiered 0.2, zero-copy", tiemb.TierConfig(0.2, host_read="zero_copy")),
+                         ("tiered 0.2, batched copy", tiemb.TierConfig(0.2, host_read="copy"))]:
+        e = tiemb.GpuEmbeddingEngine(layer.batch, layer.slots, layer.nnz)
+        g = e.group([tiemb.Slot(e.add_table(t, tiers), layer.combiner) for t in layer.tables])
+        preps = [g.prepare(ids, segment_ids=layer.segs) for ids in pool]
+        for p in preps[:batches // 2]:  # reach the steady state
+            p.run()
+        g.synchronize()
+        before = [e.stats(t) for t in range(layer.slots)]
+        k = [0]
+
+        def step():
+            preps[k[0] % batches].run()
+            k[0] += 1
+
+        t = event_time_us(step, iters=batches, rounds=5, warmup=0)
+        g.synchronize()
+        after = [e.stats(t) for t in range(layer.slots)]
+        hits = sum(a["hits"] - b["hits"] for a, b in zip(after, before))
+        uniq = sum(a["unique_ids"] - b["unique_ids"] for a, b in zip(after, before))
+        rows[label] = {"us": t, "hit_rate": hits / uniq if uniq else None,
+                       "gbs": layer.bytes_moved() / (t * 1e-6) / 1e9}
+    res = rows["resident"]["us"]
+    for r in rows.values():
+        r["throughput_vs_resident"] = res / r["us"]
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="smaller tables (a smoke run)")
+    args = ap.parse_args()
+    try:
+        import torch  # noqa: F401
+        have_torch = torch.cuda.is_available()
+    except ImportError:
+        have_torch = False
+    dev = cp.cuda.runtime.getDeviceProperties(0)
+    gpu = dev["name"].decode() if isinstance(dev["name"], bytes) else dev["name"]
+    copy_bw = copy_bandwidth_gbs()
+    print(f"GPU: {gpu}; device-to-device copy: {copy_bw:.0f} GB/s (read + write)", flush=True)
+    rng = np.random.default_rng(0)
+    vocab = 100_000 if args.quick else 1_000_000
+    results = {"gpu": gpu, "copy_gbs": copy_bw, "resident": [], "tiered": None}
+    for nnz in (1, 10):
+        layer = Layer(rng, slots=26, vocab=vocab, dim=16, batch=512, nnz=nnz, alpha=1.1)
+        results["resident"].append(resident_case(f"W&D batch 512, 26 slots, dim 16, nnz {nnz}, Zipf(1.1)",
+                                                 layer, copy_bw, have_torch))
+        print(json.dumps(results["resident"][-1]), flush=True)
+    big_batch = 8192 if args.quick else 65536
+    layer = Layer(rng, slots=26, vocab=vocab, dim=64, batch=big_batch, nnz=4)
+    results["resident"].append(resident_case(f"large batch {big_batch} x 26 slots, dim 64, nnz 4, uniform",
+                                             layer, copy_bw, have_torch))
+    print(json.dumps(results["resident"][-1]), flush=True)
+    del layer
+    layer = Layer(rng, slots=26, vocab=vocab, dim=16, batch=4096, nnz=10, alpha=1.1)
+    results["tiered"] = {"case": f"batch 4096, 26 slots, dim 16, nnz 10, {vocab}-row tables, cache 0.2, Zipf(1.1)",
+                         **tiered_case(layer, copy_bw)}
+    print(json.dumps(results["tiered"]), flush=True)
+
+    print(f"\n## GPU engine on {gpu} (copy {copy_bw:.0f} GB/s)")
+    print("| case | tiemb us (launch / graph) | GB/s | % copy BW | emb_bag eager | emb_bag graph | TF seq | speedup vs best peer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results["resident"]:
+        p = r.get("peers_us", {})
+        print(f"| {r['case']} | {r['tiemb_us']:.1f} / {r.get('tiemb_graph_us', float('nan')):.1f} | "
+              f"{r['tiemb_gbs']:.0f} | {r['pct_of_copy_bw']:.0f}% | {p.get('embedding_bag eager', float('nan')):.1f} | "
+              f"{p.get('embedding_bag CUDA graph', float('nan')):.1f} | {p.get('TF sequence (torch)', float('nan')):.1f} | "
+              f"{r.get('speedup_vs_best_peer', float('nan')):.1f}x |")
+    t = results["tiered"]
+    print(f"\n{t['case']}")
+    print("| config | us per call | steady-state hit rate | throughput vs resident |")
+    print("| --- | --- | --- | --- |")
+    for k, v in t.items():
+        if k == "case":
+            continue
+        hr = "-" if v["hit_rate"] is None else f"{100 * v['hit_rate']:.1f}%"
+        print(f"| {k} | {v['us']:.1f} | {hr} | {100 * v['throughput_vs_resident']:.0f}% |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
