@@ -110,9 +110,11 @@ def torch_peers(layer):
             "TF sequence (torch)": tf_sequence}, ref, graph_out
 
 
-def tiemb_graph(prep):
-    """The prepared lookup captured in a CUDA graph on a cupy stream."""
+def tiemb_graph(group, layer, reference):
+    """The lookup captured in a CUDA graph on its own stream, checked against
+    `reference` (outputs poisoned first, so an empty graph cannot pass)."""
     stream = cp.cuda.Stream(non_blocking=True)
+    prep = group.prepare(layer.ids, segment_ids=layer.segs, stream=stream)
     with stream:
         prep.run()
         stream.synchronize()
@@ -121,6 +123,14 @@ def tiemb_graph(prep):
         stream.begin_capture(mode) if mode is not None else stream.begin_capture()
         prep.run()
         graph = stream.end_capture()
+        for o in prep.outputs:
+            o.fill(cp.nan)
+        graph.launch(stream)
+        stream.synchronize()
+    group.synchronize()
+    for got, want in zip(prep.outputs, reference):
+        if not bool(cp.array_equal(got, want)):
+            raise AssertionError("CUDA-graph replay of the lookup differs from a direct call")
     return graph, stream
 
 
@@ -150,7 +160,7 @@ def resident_case(name, layer, copy_bw, have_torch):
     row = {"case": name, "bytes": layer.bytes_moved()}
     row["tiemb_us"] = event_time_us(prep.run)
     try:
-        graph, stream = tiemb_graph(prep)
+        graph, stream = tiemb_graph(g, layer, out)
         row["tiemb_graph_us"] = event_time_us(lambda: graph.launch(stream), stream=stream)
     except Exception as exc:  # report, do not hide
         row["tiemb_graph_error"] = f"{type(exc).__name__}: {exc}"

@@ -9,6 +9,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
+echo "== toolchain"
+python3 --version; g++ --version | head -1; nvcc --version | tail -1
+python3 -c "import pybind11, numpy; print('pybind11', pybind11.__version__, 'numpy', numpy.__version__)"
+# A carried newer pybind11 (.whl/) is used only when the machine's is too old.
+if ls .whl/pybind11-*.whl >/dev/null 2>&1 && ! python3 -c "import pybind11, sys; v = tuple(int(x) for x in pybind11.__version__.split('.')[:2]); sys.exit(v < (2, 12))"; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/pybind11-*.whl && export PYTHONPATH=/tmp/site
+  python3 -c "import pybind11; print('using carried pybind11', pybind11.__version__)"
+fi
+
 echo "== build: pip install --no-build-isolation --no-deps ."
 start=$(date +%s)
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-build-isolation --no-deps -q . > "$OUT/build.log" 2>&1
@@ -16,6 +25,12 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s"
 [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit $rc; }
 (cd /tmp && python3 -c "import tiemb, json; print(json.dumps(tiemb.build_info())); print('cuda_available', tiemb.cuda_available())")
+
+echo "== CPU-engine error path (crashed once on this machine)"
+(cd /tmp && python3 -X faulthandler -m pytest "$OLDPWD/tests/engine/test_bad_input.py" -q -p no:cacheprovider -x 2>&1 | tail -5)
+if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb >/dev/null; then
+  (cd /tmp && cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest "$OLDPWD/tests/engine/test_bad_input.py" -q -p no:cacheprovider -x 2>&1 | grep -E "^#|signal" | head -40)
+fi
 
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
 (cd /tmp && python3 -m pytest "$OLDPWD/tests" -q -p no:cacheprovider -x -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)

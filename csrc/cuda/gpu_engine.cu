@@ -114,10 +114,14 @@ struct gpu_lookup_group::impl {
   // Safe-mode default rows.
   device_buffer defaults;
   int64_t default_stride = 0;
-  // Tiered tables: one scratch per table, one id index per slot.
-  std::map<int32_t, std::unique_ptr<gpu::tiered_scratch>> scratch;
+  // Tiered tables: their batched scratch, one id index per slot.
+  std::unique_ptr<gpu::tiered_batch> tiered;
+  std::vector<int32_t> tiered_index;  // per slot: index in `tiered`, -1 when resident
   std::vector<device_buffer> unique_index;
-  std::vector<gpu::gpu_table::ids_view> views;
+  std::vector<gpu::dedup_view> views;
+  // Segment ids -> offsets, per slot (max_batch_size + 1 entries).
+  device_buffer offsets;
+  int64_t offsets_stride = 0;
 
   ~impl() {
     if (err_event) cudaEventDestroy(err_event);
@@ -200,15 +204,32 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   }
 
   // Tiered tables: scratch sized for all slots that use each one.
-  std::map<int32_t, int64_t> ids_per_table;
+  std::vector<gpu_table*> tiered_tables;
+  std::vector<int64_t> tiered_ids;
   m.unique_index.resize(static_cast<size_t>(n));
+  m.tiered_index.assign(static_cast<size_t>(n), -1);
   for (int64_t s = 0; s < n; ++s) {
-    if (m.tables[static_cast<size_t>(s)]->resident()) continue;
-    ids_per_table[slots_[static_cast<size_t>(s)].table] += max_ids;
+    gpu_table* t = m.tables[static_cast<size_t>(s)];
+    if (t->resident()) continue;
+    auto it = std::find(tiered_tables.begin(), tiered_tables.end(), t);
+    if (it == tiered_tables.end()) {
+      tiered_tables.push_back(t);
+      tiered_ids.push_back(0);
+      it = tiered_tables.end() - 1;
+    }
+    const auto i = static_cast<size_t>(it - tiered_tables.begin());
+    tiered_ids[i] += max_ids;
+    m.tiered_index[static_cast<size_t>(s)] = static_cast<int32_t>(i);
     m.unique_index[static_cast<size_t>(s)] = device_buffer(static_cast<size_t>(std::max<int64_t>(max_ids, 1)) * 4);
   }
-  for (const auto& [tid, ids] : ids_per_table) m.scratch[tid] = engine_.table(tid).make_scratch(ids);
+  if (!tiered_tables.empty()) {
+    int sms = 1;
+    TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
+    m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms);
+  }
   m.views.reserve(static_cast<size_t>(n));
+  m.offsets_stride = cfg.max_batch_size + 1;
+  m.offsets = device_buffer(static_cast<size_t>(n * m.offsets_stride) * 8);
 }
 
 gpu_lookup_group::~gpu_lookup_group() = default;
@@ -274,19 +295,50 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   TIEMB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
-  TIEMB_EXPECT(!capturing || m.scratch.empty(),
+  TIEMB_EXPECT(!capturing || !m.tiered,
                "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
                "and its inserts run on another stream); capture groups of GPU-resident tables only");
 
+  // Segment ids become row offsets first: one pass over the ids that also
+  // checks their order, instead of a search per output row.
+  for (int64_t base = 0; base < n; base += gpu::kMaxSlotsPerLaunch) {
+    gpu::launch_params p{};
+    p.slot_base = static_cast<int32_t>(base);
+    p.err = m.err_dev.get<gpu::lookup_error>();
+    int64_t threads = 0;
+    for (int64_t s = base; s < std::min<int64_t>(n, base + gpu::kMaxSlotsPerLaunch); ++s) {
+      if (reqs[s].segments_are_offsets) continue;
+      const auto su = static_cast<size_t>(s);
+      gpu::slot_desc d = describe(slots_[su], *m.tables[su], reqs[s], rows[s], nullptr, m.layout[su], m.lanes[su],
+                                  nullptr, nullptr, nullptr);
+      d.id_begin = threads;
+      d.offsets_out = m.offsets.get<int64_t>() + s * m.offsets_stride;
+      threads += std::max<int64_t>(reqs[s].num_ids, 1);
+      d.slot_index = static_cast<int32_t>(s);
+      p.slots[p.num_slots++] = d;
+    }
+    if (p.num_slots == 0) continue;
+    p.total_warps = threads;
+    const int64_t blocks = std::min<int64_t>((threads + gpu::kThreadsPerBlock - 1) / gpu::kThreadsPerBlock, 65535);
+    gpu::segments_to_offsets_kernel<<<static_cast<unsigned>(blocks), gpu::kThreadsPerBlock, 0, stream>>>(p);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
+
   // Tiered tables: gather this call's rows into staging first.
-  for (auto& [tid, scratch] : m.scratch) {
+  if (m.tiered) {
     m.views.clear();
     for (int64_t s = 0; s < n; ++s) {
-      if (slots_[static_cast<size_t>(s)].table != tid) continue;
-      m.views.push_back({reqs[s].ids, reqs[s].id_type == dtype::int64, reqs[s].num_ids,
-                         m.unique_index[static_cast<size_t>(s)].get<int32_t>()});
+      const int32_t ti = m.tiered_index[static_cast<size_t>(s)];
+      if (ti < 0) continue;
+      gpu::dedup_view v{};
+      v.ids = reqs[s].ids;
+      v.unique_index = m.unique_index[static_cast<size_t>(s)].get<int32_t>();
+      v.n = reqs[s].num_ids;
+      v.call = ti;
+      v.is64 = reqs[s].id_type == dtype::int64;
+      m.views.push_back(v);
     }
-    engine_.table(tid).gather(*scratch, m.views.data(), static_cast<int>(m.views.size()), stream);
+    m.tiered->gather(m.views.data(), static_cast<int>(m.views.size()), stream);
   }
 
   for (int64_t base = 0; base < n; base += gpu::kMaxSlotsPerLaunch) {
@@ -302,12 +354,19 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
       gpu_table& t = *m.tables[su];
       const void* staging = nullptr;
       const int32_t* uidx = nullptr;
-      if (!t.resident()) {
-        staging = m.scratch.at(sc.table)->staging.get();
+      if (m.tiered_index[su] >= 0) {
+        staging = m.tiered->staging(m.tiered_index[su]);
         uidx = m.unique_index[su].get<int32_t>();
       }
       gpu::slot_desc d = describe(sc, t, reqs[s], rows[s], outputs[s], m.layout[su], m.lanes[su],
                                   m.defaults.get<char>() + s * m.default_stride, uidx, staging);
+      if (!reqs[s].segments_are_offsets) {
+        d.segments = m.offsets.get<int64_t>() + s * m.offsets_stride;
+        d.seg_is_64 = true;
+        d.segments_are_offsets = true;
+        d.offsets_checked = true;
+      }
+      d.slot_index = static_cast<int32_t>(s);
       d.warp_begin = warps;
       warps += (rows[s] + (32 / d.group) - 1) / (32 / d.group);
       p.slots[i] = d;
@@ -319,7 +378,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
 
-  for (auto& [tid, scratch] : m.scratch) engine_.table(tid).insert(*scratch, stream);
+  if (m.tiered) m.tiered->insert(stream);
 
   // The error status goes to pinned memory with every call (a replayed graph
   // too); the event that says when it is current is left out of captures.
@@ -356,6 +415,7 @@ void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t*
       const auto su = static_cast<size_t>(base + i);
       p.slots[i] = describe(slots_[su], *m.tables[su], reqs[base + i], 0, nullptr, m.layout[su], m.lanes[su],
                             nullptr, nullptr, nullptr);
+      p.slots[i].slot_index = static_cast<int32_t>(base + i);
     }
     gpu::plain_rows_kernel<<<1, gpu::kMaxSlotsPerLaunch, 0, stream>>>(p, m.rows_dev.get<int64_t>());
     TIEMB_CUDA_CHECK(cudaGetLastError());

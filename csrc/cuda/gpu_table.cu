@@ -60,62 +60,62 @@ __device__ inline void warp_copy_row_volatile(char* dst, const char* src, int64_
   }
 }
 
-__device__ inline void warp_add(unsigned long long* counter, bool pred) {
-  const unsigned mask = __ballot_sync(0xffffffffu, pred);
-  if ((threadIdx.x & 31) == 0 && mask != 0) atomicAdd(counter, static_cast<unsigned long long>(__popc(mask)));
-}
-
-// Ids of one slot into the call's unique set. unique_index[i] = position of
-// ids[i] in unique_ids, -1 for ids outside the table (the lookup kernel
-// reports those).
-__global__ void dedup_kernel(const void* ids, bool is64, int64_t n, int64_t rows,
-                             unsigned long long* hash_keys, int32_t* hash_vals, uint64_t mask,
-                             int64_t* unique_ids, counters* batch, counters* totals,
-                             int32_t* unique_index) {
+// Ids of every view into its table's unique set. unique_index[i] = position
+// of ids[i] in the table's unique_ids, -1 for ids outside the table (the
+// lookup kernel reports those).
+__global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < n; base += stride) {
-    const int64_t i = base + threadIdx.x;
-    const bool active = i < n;
-    warp_add(&totals->lookups, active);
+  const int64_t total = p.total_ids;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < total; base += stride) {
+    const int64_t g = base + threadIdx.x;
+    const bool active = g < total;
+    int v = 0;
+    if (active) {
+      while (v + 1 < p.num_views && p.views[v + 1].begin <= g) ++v;
+    }
+    const dedup_view& view = p.views[v];
+    const tiered_call& c = p.calls[view.call];
     if (!active) continue;
-    const int64_t id = load_id(ids, is64, i);
-    if (id < 0 || id >= rows) {
-      unique_index[i] = -1;
+    const int64_t i = g - view.begin;
+    const int64_t id = load_id(view.ids, view.is64, i);
+    if (id < 0 || id >= c.t.rows) {
+      view.unique_index[i] = -1;
       continue;
     }
-    uint64_t h = mix64(static_cast<uint64_t>(id)) & mask;
+    uint64_t h = mix64(static_cast<uint64_t>(id)) & c.hash_mask;
     int32_t u;
     for (;;) {
-      const unsigned long long prev = atomicCAS(&hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
+      const unsigned long long prev = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
       if (prev == ~0ULL) {
-        u = static_cast<int32_t>(atomicAdd(&batch->unique_ids, 1ULL));
-        unique_ids[u] = id;
+        u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
+        c.unique_ids[u] = id;
         __threadfence();
-        atomicExch(&hash_vals[h], u);
+        atomicExch(&c.hash_vals[h], u);
         break;
       }
       if (prev == static_cast<unsigned long long>(id)) {
         // Another thread inserted it; its index appears right after.
-        while ((u = atomicAdd(&hash_vals[h], 0)) < 0) {
+        while ((u = atomicAdd(&c.hash_vals[h], 0)) < 0) {
         }
         break;
       }
-      h = (h + 1) & mask;
+      h = (h + 1) & c.hash_mask;
     }
-    unique_index[i] = u;
+    view.unique_index[i] = u;
   }
 }
 
-// One warp per unique id: GPU cache, else host tier in place, else a request
-// for the host. Misses are listed for insertion.
-__global__ void probe_kernel(tiered_ref t, const int64_t* unique_ids, counters* batch, char* staging,
-                             int32_t* miss_list, int64_t* host_list, bool zero_copy, uint32_t batch_no) {
+// blockIdx.y = table. One warp per unique id: GPU cache, else host tier in
+// place, else a request for the host. Misses are listed for insertion.
+__global__ void probe_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
+  const tiered_ref& t = c.t;
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  const int64_t n = static_cast<int64_t>(batch->unique_ids);
+  const auto n = static_cast<int64_t>(c.batch->unique_ids);
   for (int64_t u = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; u < n; u += warps) {
-    const int64_t id = unique_ids[u];
-    char* dst = staging + u * t.row_bytes;
+    const int64_t id = c.unique_ids[u];
+    char* dst = c.staging + u * t.row_bytes;
     const int64_t set = cache_set(id, t.sets);
     bool hit = false;
     const uint32_t v1 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
@@ -128,26 +128,26 @@ __global__ void probe_kernel(tiered_ref t, const int64_t* unique_ids, counters* 
         __threadfence();
         const uint32_t v2 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
         hit = v1 == v2;
-        if (hit && lane == 0) t.stamps[set * 32 + way] = batch_no;
+        if (hit && lane == 0) t.stamps[set * 32 + way] = c.batch_no;
       }
     }
     if (lane == 0) {
       if (hit) {
-        atomicAdd(&batch->hits, 1ULL);
+        atomicAdd(&c.batch->hits, 1ULL);
       } else {
-        const auto m = atomicAdd(&batch->misses, 1ULL);
-        miss_list[m] = static_cast<int32_t>(u);
+        const auto m = atomicAdd(&c.batch->misses, 1ULL);
+        c.miss_list[m] = static_cast<int32_t>(u);
       }
     }
     if (hit) continue;
     const int64_t slot = t.host_index == nullptr ? id : t.host_index[id];
-    if (zero_copy && slot >= 0) {
+    if (c.zero_copy && slot >= 0) {
       warp_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, lane);
-      if (lane == 0) atomicAdd(&batch->host_hits, 1ULL);
+      if (lane == 0) atomicAdd(&c.batch->host_hits, 1ULL);
     } else if (lane == 0) {
-      const auto k = atomicAdd(&batch->host_reads, 1ULL);
-      host_list[2 * k] = id;
-      host_list[2 * k + 1] = u;
+      const auto k = atomicAdd(&c.batch->host_reads, 1ULL);
+      c.host_list[2 * k] = id;
+      c.host_list[2 * k + 1] = u;
     }
   }
 }
@@ -212,48 +212,46 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
   }
 }
 
-// Below the hit-rate threshold: insert this batch's misses now (in stream
-// order, before the lookup counts as returned). Otherwise hand them to the
-// background inserter through `pending`.
-__global__ void insert_or_defer_kernel(tiered_ref t, const char* staging, const int64_t* unique_ids,
-                                       const int32_t* miss_list, counters* batch, double threshold,
-                                       int64_t* pending_ids, char* pending_rows,
-                                       unsigned long long* pending_count, uint32_t batch_no) {
+// blockIdx.y = table. Below the table's hit-rate threshold: insert this
+// batch's misses now (in stream order, before the lookup counts as
+// returned). Otherwise hand them to the background inserter.
+__global__ void insert_or_defer_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  const auto unique = static_cast<double>(batch->unique_ids);
-  const auto misses = static_cast<int64_t>(batch->misses);
-  const double hit_rate = unique == 0 ? 1.0 : static_cast<double>(batch->hits) / unique;
-  const bool now = hit_rate < threshold;
+  const auto unique = static_cast<double>(c.batch->unique_ids);
+  const auto misses = static_cast<int64_t>(c.batch->misses);
+  const double hit_rate = unique == 0 ? 1.0 : static_cast<double>(c.batch->hits) / unique;
+  const bool now = hit_rate < c.threshold;
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    *pending_count = now ? 0 : static_cast<unsigned long long>(misses);
-    if (now && misses > 0) atomicAdd(&t.totals->sync_inserts, 1ULL);
-    // Fold this batch into the table's totals.
-    atomicAdd(&t.totals->unique_ids, batch->unique_ids);
-    atomicAdd(&t.totals->hits, batch->hits);
-    atomicAdd(&t.totals->host_hits, batch->host_hits);
-    atomicAdd(&t.totals->file_reads, batch->host_reads);
-    atomicAdd(&t.totals->batches, 1ULL);
+    *c.pending_count = now ? 0 : static_cast<unsigned long long>(misses);
+    counters* tot = c.t.totals;
+    if (now && misses > 0) atomicAdd(&tot->sync_inserts, 1ULL);
+    atomicAdd(&tot->unique_ids, c.batch->unique_ids);
+    atomicAdd(&tot->hits, c.batch->hits);
+    atomicAdd(&tot->host_hits, c.batch->host_hits);
+    atomicAdd(&tot->file_reads, c.batch->host_reads);
+    atomicAdd(&tot->batches, 1ULL);
   }
   for (int64_t m = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; m < misses; m += warps) {
-    const int32_t u = miss_list[m];
-    const char* src = staging + static_cast<int64_t>(u) * t.row_bytes;
+    const int32_t u = c.miss_list[m];
+    const char* src = c.staging + static_cast<int64_t>(u) * c.t.row_bytes;
     if (now) {
-      insert_row(t, unique_ids[u], src, batch_no, lane);
+      insert_row(c.t, c.unique_ids[u], src, c.batch_no, lane);
     } else {
-      if (lane == 0) pending_ids[m] = unique_ids[u];
-      warp_copy_row(pending_rows + m * t.row_bytes, src, t.row_bytes, lane);
+      if (lane == 0) c.pending_ids[m] = c.unique_ids[u];
+      warp_copy_row(c.pending_rows + m * c.t.row_bytes, src, c.t.row_bytes, lane);
     }
   }
 }
 
-__global__ void insert_pending_kernel(tiered_ref t, const int64_t* pending_ids, const char* pending_rows,
-                                      const unsigned long long* pending_count, uint32_t batch_no) {
+__global__ void insert_pending_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  const auto n = static_cast<int64_t>(*pending_count);
+  const auto n = static_cast<int64_t>(*c.pending_count);
   for (int64_t m = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; m < n; m += warps) {
-    insert_row(t, pending_ids[m], pending_rows + m * t.row_bytes, batch_no, lane);
+    insert_row(c.t, c.pending_ids[m], c.pending_rows + m * c.t.row_bytes, c.batch_no, lane);
   }
 }
 
@@ -263,17 +261,6 @@ int warp_grid(int64_t warps, int num_sms) {
 }
 
 }  // namespace
-
-tiered_scratch::~tiered_scratch() {
-  for (int p = 0; p < 2; ++p) {
-    if (main_done[p]) cudaEventDestroy(main_done[p]);
-    if (side_done[p]) cudaEventDestroy(side_done[p]);
-  }
-  if (side) {
-    cudaStreamSynchronize(side);
-    cudaStreamDestroy(side);
-  }
-}
 
 gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const void* host_data,
                      const tier_config& tiers, const int64_t* profile_ids, int64_t num_profile)
@@ -362,130 +349,19 @@ void gpu_table::read_row_host(int64_t id, void* dst) const {
   }
 }
 
-std::unique_ptr<tiered_scratch> gpu_table::make_scratch(int64_t max_ids) const {
-  auto s = std::make_unique<tiered_scratch>();
-  const int64_t rb = row_bytes();
-  const int64_t n = std::max<int64_t>(max_ids, 1);
-  s->max_ids = n;
-  int64_t cap = 2;
-  while (cap < 2 * n) cap <<= 1;
-  s->hash_capacity = cap;
-  s->hash_keys = device_buffer(static_cast<size_t>(cap) * 8);
-  s->hash_vals = device_buffer(static_cast<size_t>(cap) * 4);
-  s->unique_ids = device_buffer(static_cast<size_t>(n) * 8);
-  s->miss_list = device_buffer(static_cast<size_t>(n) * 4);
-  s->host_list = device_buffer(static_cast<size_t>(n) * 16);
-  s->staging = device_buffer(static_cast<size_t>(n * rb));
-  s->batch = device_buffer(sizeof(counters));
-  s->batch_host = pinned_buffer(sizeof(counters));
-  const bool host_fetch = sizes_.file_rows > 0 || !tiers_.host_zero_copy;
-  if (host_fetch) {
-    s->host_rows_dev = device_buffer(static_cast<size_t>(n * rb));
-    s->host_list_host = pinned_buffer(static_cast<size_t>(n) * 16);
-    s->host_rows_host = pinned_buffer(static_cast<size_t>(n * rb));
-  }
-  for (int p = 0; p < 2; ++p) {
-    s->pending_ids[p] = device_buffer(static_cast<size_t>(n) * 8);
-    s->pending_rows[p] = device_buffer(static_cast<size_t>(n * rb));
-    s->pending_count[p] = device_buffer(sizeof(unsigned long long));
-    TIEMB_CUDA_CHECK(cudaMemset(s->pending_count[p].get(), 0, sizeof(unsigned long long)));
-    TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&s->main_done[p], cudaEventDisableTiming));
-    TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&s->side_done[p], cudaEventDisableTiming));
-  }
-  // The background inserter runs at low priority so lookups go first.
-  int least = 0, greatest = 0;
-  TIEMB_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  TIEMB_CUDA_CHECK(cudaStreamCreateWithPriority(&s->side, cudaStreamNonBlocking, least));
-  return s;
-}
-
-namespace {
-tiered_ref make_ref(device_buffer& keys, device_buffer& stamps, device_buffer& versions,
-                    device_buffer& cache_rows, const pinned_buffer& host_rows, const device_buffer& host_index,
-                    device_buffer& totals, int64_t sets, int64_t rows, int64_t row_bytes) {
+tiered_ref gpu_table::ref() {
   tiered_ref t{};
-  t.keys = keys.get<int64_t>();
-  t.stamps = stamps.get<uint32_t>();
-  t.versions = versions.get<uint32_t>();
-  t.cache_rows = cache_rows.get<char>();
-  t.host_rows = host_rows.device<const char>();
-  t.host_index = host_index.get<const int32_t>();
-  t.totals = totals.get<counters>();
-  t.sets = sets;
-  t.rows = rows;
-  t.row_bytes = row_bytes;
+  t.keys = keys_.get<int64_t>();
+  t.stamps = stamps_.get<uint32_t>();
+  t.versions = versions_.get<uint32_t>();
+  t.cache_rows = cache_rows_.get<char>();
+  t.host_rows = host_rows_.device<const char>();
+  t.host_index = host_index_dev_.get<const int32_t>();
+  t.totals = totals_.get<counters>();
+  t.sets = sizes_.cache_sets;
+  t.rows = rows_;
+  t.row_bytes = row_bytes();
   return t;
-}
-}  // namespace
-
-void gpu_table::gather(tiered_scratch& s, const ids_view* views, int num_views, cudaStream_t stream) {
-  TIEMB_CUDA_CHECK(cudaMemsetAsync(s.hash_keys.get(), 0xff, s.hash_keys.bytes(), stream));
-  TIEMB_CUDA_CHECK(cudaMemsetAsync(s.hash_vals.get(), 0xff, s.hash_vals.bytes(), stream));
-  TIEMB_CUDA_CHECK(cudaMemsetAsync(s.batch.get(), 0, sizeof(counters), stream));
-  const tiered_ref t = make_ref(keys_, stamps_, versions_, cache_rows_, host_rows_, host_index_dev_, totals_,
-                                sizes_.cache_sets, rows_, row_bytes());
-  for (int v = 0; v < num_views; ++v) {
-    const ids_view& iv = views[v];
-    if (iv.n == 0) continue;
-    const int blocks = static_cast<int>(std::min<int64_t>((iv.n + kBlock - 1) / kBlock, num_sms_ * 8LL));
-    dedup_kernel<<<blocks, kBlock, 0, stream>>>(iv.ids, iv.is64, iv.n, rows_,
-                                               s.hash_keys.get<unsigned long long>(), s.hash_vals.get<int32_t>(),
-                                               static_cast<uint64_t>(s.hash_capacity - 1), s.unique_ids.get<int64_t>(),
-                                               s.batch.get<counters>(), totals_.get<counters>(), iv.unique_index);
-    TIEMB_CUDA_CHECK(cudaGetLastError());
-  }
-  probe_kernel<<<warp_grid(s.max_ids, num_sms_), kBlock, 0, stream>>>(
-      t, s.unique_ids.get<int64_t>(), s.batch.get<counters>(), s.staging.get<char>(), s.miss_list.get<int32_t>(),
-      s.host_list.get<int64_t>(), tiers_.host_zero_copy, batch_no_);
-  TIEMB_CUDA_CHECK(cudaGetLastError());
-  if (sizes_.file_rows > 0 || !tiers_.host_zero_copy) fetch_on_host(s, stream);
-}
-
-void gpu_table::fetch_on_host(tiered_scratch& s, cudaStream_t stream) {
-  // The host must see which rows are wanted: this path waits for the stream.
-  auto* batch = s.batch_host.get<counters>();
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(batch, s.batch.get(), sizeof(counters), cudaMemcpyDeviceToHost, stream));
-  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const auto k = static_cast<int64_t>(batch->host_reads);
-  if (k == 0) return;
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(s.host_list_host.get(), s.host_list.get(), static_cast<size_t>(k) * 16,
-                                   cudaMemcpyDeviceToHost, stream));
-  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const int64_t rb = row_bytes();
-  const auto* list = s.host_list_host.get<int64_t>();
-  char* rows = s.host_rows_host.get<char>();
-  for (int64_t i = 0; i < k; ++i) read_row_host(list[2 * i], rows + i * rb);
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(s.host_rows_dev.get(), rows, static_cast<size_t>(k * rb),
-                                   cudaMemcpyHostToDevice, stream));
-  scatter_rows_kernel<<<warp_grid(k, num_sms_), kBlock, 0, stream>>>(
-      s.host_rows_dev.get<char>(), s.host_list.get<int64_t>(), s.batch.get<counters>(), s.staging.get<char>(), rb);
-  TIEMB_CUDA_CHECK(cudaGetLastError());
-  // The pinned staging is reused by the next call: it must be consumed first.
-  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
-}
-
-void gpu_table::insert(tiered_scratch& s, cudaStream_t stream) {
-  const int p = s.parity;
-  const tiered_ref t = make_ref(keys_, stamps_, versions_, cache_rows_, host_rows_, host_index_dev_, totals_,
-                                sizes_.cache_sets, rows_, row_bytes());
-  // pending[p] was last handed to the side stream two calls ago.
-  if (s.side_used[p]) TIEMB_CUDA_CHECK(cudaStreamWaitEvent(stream, s.side_done[p], 0));
-  const int grid = warp_grid(s.max_ids, num_sms_);
-  insert_or_defer_kernel<<<grid, kBlock, 0, stream>>>(
-      t, s.staging.get<char>(), s.unique_ids.get<int64_t>(), s.miss_list.get<int32_t>(), s.batch.get<counters>(),
-      tiers_.hit_rate_threshold, s.pending_ids[p].get<int64_t>(), s.pending_rows[p].get<char>(),
-      s.pending_count[p].get<unsigned long long>(), batch_no_);
-  TIEMB_CUDA_CHECK(cudaGetLastError());
-  TIEMB_CUDA_CHECK(cudaEventRecord(s.main_done[p], stream));
-  TIEMB_CUDA_CHECK(cudaStreamWaitEvent(s.side, s.main_done[p], 0));
-  insert_pending_kernel<<<grid, kBlock, 0, s.side>>>(t, s.pending_ids[p].get<int64_t>(),
-                                                     s.pending_rows[p].get<char>(),
-                                                     s.pending_count[p].get<unsigned long long>(), batch_no_);
-  TIEMB_CUDA_CHECK(cudaGetLastError());
-  TIEMB_CUDA_CHECK(cudaEventRecord(s.side_done[p], s.side));
-  s.side_used[p] = true;
-  s.parity ^= 1;
-  ++batch_no_;
 }
 
 table_stats gpu_table::stats() const {
@@ -497,7 +373,7 @@ table_stats gpu_table::stats() const {
   counters c{};
   TIEMB_CUDA_CHECK(cudaDeviceSynchronize());
   TIEMB_CUDA_CHECK(cudaMemcpy(&c, totals_.get(), sizeof c, cudaMemcpyDeviceToHost));
-  st.lookups = static_cast<int64_t>(c.lookups);
+  st.lookups = lookups_.load();
   st.unique_ids = static_cast<int64_t>(c.unique_ids);
   st.hits = static_cast<int64_t>(c.hits);
   st.host_hits = static_cast<int64_t>(c.host_hits);
@@ -506,6 +382,180 @@ table_stats gpu_table::stats() const {
   st.inserted = static_cast<int64_t>(c.inserted);
   st.sync_inserts = static_cast<int64_t>(c.sync_inserts);
   return st;
+}
+
+// ---- tiered_batch ----------------------------------------------------------------
+
+tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms)
+    : tables_(std::move(tables)), max_ids_(std::move(max_ids)), num_sms_(num_sms) {
+  const size_t n = tables_.size();
+  TIEMB_EXPECT(n <= static_cast<size_t>(kMaxTieredTables), "a lookup group may use at most ", kMaxTieredTables,
+               " tiered tables, got ", n);
+  size_t keys_bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t m = std::max<int64_t>(max_ids_[i], 1);
+    max_ids_any_ = std::max(max_ids_any_, m);
+    int64_t cap = 2;
+    while (cap < 2 * m) cap <<= 1;  // load factor <= 1/2 keeps probes short
+    hash_capacity_.push_back(cap);
+    keys_off_.push_back(keys_bytes);
+    keys_bytes += static_cast<size_t>(cap) * 8;
+  }
+  size_t vals_bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    vals_off_.push_back(keys_bytes + vals_bytes);
+    vals_bytes += static_cast<size_t>(hash_capacity_[i]) * 4;
+  }
+  hash_ = device_buffer(keys_bytes + vals_bytes);
+  batch_ = device_buffer(std::max<size_t>(n, 1) * sizeof(counters));
+  batch_host_ = pinned_buffer(std::max<size_t>(n, 1) * sizeof(counters));
+  for (size_t i = 0; i < n; ++i) {
+    const auto m = static_cast<size_t>(std::max<int64_t>(max_ids_[i], 1));
+    const auto rb = static_cast<size_t>(tables_[i]->row_bytes());
+    unique_ids_.emplace_back(m * 8);
+    miss_list_.emplace_back(m * 4);
+    host_list_.emplace_back(m * 16);
+    staging_.emplace_back(m * rb);
+    for (int p = 0; p < 2; ++p) {
+      pending_ids_[p].emplace_back(m * 8);
+      pending_rows_[p].emplace_back(m * rb);
+      pending_count_[p].emplace_back(sizeof(unsigned long long));
+      TIEMB_CUDA_CHECK(cudaMemset(pending_count_[p].back().get(), 0, sizeof(unsigned long long)));
+    }
+    if (tables_[i]->host_fetch()) {
+      fetched_dev_.emplace_back(m * rb);
+      list_host_.emplace_back(m * 16);
+      fetched_host_.emplace_back(m * rb);
+    } else {
+      fetched_dev_.emplace_back();
+      list_host_.emplace_back();
+      fetched_host_.emplace_back();
+    }
+    batch_no_.push_back(0);
+  }
+  for (int p = 0; p < 2; ++p) {
+    TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&main_done_[p], cudaEventDisableTiming));
+    TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&side_done_[p], cudaEventDisableTiming));
+  }
+  // The background inserter runs at low priority so lookups go first.
+  int least = 0, greatest = 0;
+  TIEMB_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  TIEMB_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, least));
+}
+
+tiered_batch::~tiered_batch() {
+  if (side_) {
+    cudaStreamSynchronize(side_);
+    cudaStreamDestroy(side_);
+  }
+  for (int p = 0; p < 2; ++p) {
+    if (main_done_[p]) cudaEventDestroy(main_done_[p]);
+    if (side_done_[p]) cudaEventDestroy(side_done_[p]);
+  }
+}
+
+int tiered_batch::index_of(const gpu_table* table) const {
+  for (size_t i = 0; i < tables_.size(); ++i) {
+    if (tables_[i] == table) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+tiered_params tiered_batch::params(int parity) {
+  tiered_params p{};
+  p.num_calls = num_tables();
+  for (int i = 0; i < p.num_calls; ++i) {
+    const auto u = static_cast<size_t>(i);
+    tiered_call& c = p.calls[i];
+    c.t = tables_[u]->ref();
+    c.hash_keys = reinterpret_cast<unsigned long long*>(hash_.get<char>() + keys_off_[u]);
+    c.hash_vals = reinterpret_cast<int32_t*>(hash_.get<char>() + vals_off_[u]);
+    c.hash_mask = static_cast<uint64_t>(hash_capacity_[u] - 1);
+    c.unique_ids = unique_ids_[u].get<int64_t>();
+    c.batch = batch_.get<counters>() + i;
+    c.staging = staging_[u].get<char>();
+    c.miss_list = miss_list_[u].get<int32_t>();
+    c.host_list = host_list_[u].get<int64_t>();
+    c.pending_ids = pending_ids_[parity][u].get<int64_t>();
+    c.pending_rows = pending_rows_[parity][u].get<char>();
+    c.pending_count = pending_count_[parity][u].get<unsigned long long>();
+    c.threshold = tables_[u]->tiers().hit_rate_threshold;
+    c.batch_no = batch_no_[u];
+    c.zero_copy = tables_[u]->tiers().host_zero_copy;
+  }
+  return p;
+}
+
+void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t stream) {
+  TIEMB_EXPECT(num_views <= kMaxTieredViews, "a lookup group may have at most ", kMaxTieredViews,
+               " slots over tiered tables, got ", num_views);
+  for (size_t i = 0; i < tables_.size(); ++i) batch_no_[i] = tables_[i]->next_batch();
+  staged_ = params(parity_);
+  staged_.num_views = num_views;
+  int64_t total = 0;
+  for (int v = 0; v < num_views; ++v) {
+    staged_.views[v] = views[v];
+    staged_.views[v].begin = total;
+    total += views[v].n;
+    tables_[static_cast<size_t>(views[v].call)]->count_lookups(views[v].n);
+  }
+  staged_.total_ids = total;
+  TIEMB_CUDA_CHECK(cudaMemsetAsync(hash_.get(), 0xff, hash_.bytes(), stream));
+  TIEMB_CUDA_CHECK(cudaMemsetAsync(batch_.get(), 0, batch_.bytes(), stream));
+  if (total > 0) {
+    const int blocks = static_cast<int>(std::min<int64_t>((total + kBlock - 1) / kBlock, num_sms_ * 8LL));
+    dedup_kernel<<<blocks, kBlock, 0, stream>>>(staged_);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
+  const dim3 grid(static_cast<unsigned>(warp_grid(max_ids_any_, num_sms_)), static_cast<unsigned>(num_tables()));
+  probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
+  TIEMB_CUDA_CHECK(cudaGetLastError());
+  bool any_host = false;
+  for (auto* t : tables_) any_host = any_host || t->host_fetch();
+  if (!any_host) return;
+  // The host must see which rows are wanted: this path waits for the stream.
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(batch_host_.get(), batch_.get(), batch_.bytes(), cudaMemcpyDeviceToHost, stream));
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int i = 0; i < num_tables(); ++i) {
+    if (tables_[static_cast<size_t>(i)]->host_fetch()) fetch_on_host(i, stream);
+  }
+  // The pinned staging is reused by the next call: it must be consumed first.
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void tiered_batch::fetch_on_host(int i, cudaStream_t stream) {
+  const auto u = static_cast<size_t>(i);
+  const auto k = static_cast<int64_t>(batch_host_.get<counters>()[i].host_reads);
+  if (k == 0) return;
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(list_host_[u].get(), host_list_[u].get(), static_cast<size_t>(k) * 16,
+                                   cudaMemcpyDeviceToHost, stream));
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const int64_t rb = tables_[u]->row_bytes();
+  const auto* list = list_host_[u].get<int64_t>();
+  char* rows = fetched_host_[u].get<char>();
+  for (int64_t j = 0; j < k; ++j) tables_[u]->read_row_host(list[2 * j], rows + j * rb);
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(fetched_dev_[u].get(), rows, static_cast<size_t>(k * rb), cudaMemcpyHostToDevice,
+                                   stream));
+  scatter_rows_kernel<<<warp_grid(k, num_sms_), kBlock, 0, stream>>>(
+      fetched_dev_[u].get<char>(), host_list_[u].get<int64_t>(), batch_.get<counters>() + i, staging_[u].get<char>(),
+      rb);
+  TIEMB_CUDA_CHECK(cudaGetLastError());
+}
+
+void tiered_batch::insert(cudaStream_t stream) {
+  const int p = parity_;
+  // pending[p] was last handed to the side stream two calls ago.
+  if (side_used_[p]) TIEMB_CUDA_CHECK(cudaStreamWaitEvent(stream, side_done_[p], 0));
+  const dim3 grid(static_cast<unsigned>(warp_grid(max_ids_any_, num_sms_)), static_cast<unsigned>(num_tables()));
+  insert_or_defer_kernel<<<grid, kBlock, 0, stream>>>(staged_);
+  TIEMB_CUDA_CHECK(cudaGetLastError());
+  TIEMB_CUDA_CHECK(cudaEventRecord(main_done_[p], stream));
+  TIEMB_CUDA_CHECK(cudaStreamWaitEvent(side_, main_done_[p], 0));
+  insert_pending_kernel<<<grid, kBlock, 0, side_>>>(staged_);
+  TIEMB_CUDA_CHECK(cudaGetLastError());
+  TIEMB_CUDA_CHECK(cudaEventRecord(side_done_[p], side_));
+  side_used_[p] = true;
+  parity_ ^= 1;
 }
 
 }  // namespace gpu

@@ -16,6 +16,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -57,23 +58,6 @@ struct tiered_ref {
   int64_t row_bytes;
 };
 
-/// Per group and tiered table: the scratch of one call, sized once.
-struct tiered_scratch {
-  int64_t max_ids = 0;   // ids of all slots using the table, per call
-  int64_t hash_capacity = 0;
-  device_buffer hash_keys, hash_vals, unique_ids, miss_list, host_list, staging, batch;
-  device_buffer host_rows_dev;   // rows fetched by the host this call
-  pinned_buffer batch_host, host_list_host, host_rows_host;
-  // Background insertion: two pending buffers used in turn, a side stream.
-  device_buffer pending_ids[2], pending_rows[2], pending_count[2];
-  cudaEvent_t main_done[2] = {nullptr, nullptr};
-  cudaEvent_t side_done[2] = {nullptr, nullptr};
-  cudaStream_t side = nullptr;
-  int parity = 0;
-  bool side_used[2] = {false, false};
-  ~tiered_scratch();
-};
-
 class gpu_table {
  public:
   gpu_table(int device, dtype type, int64_t rows, int64_t dim, const void* host_data,
@@ -91,43 +75,126 @@ class gpu_table {
   /// Copies row `id` to host memory `dst`, from whichever tier holds it.
   void read_row_host(int64_t id, void* dst) const;
 
-  /// Scratch for a group whose slots pass at most `max_ids` ids per call.
-  std::unique_ptr<tiered_scratch> make_scratch(int64_t max_ids) const;
-
-  /// Dedup + probe + lower tiers for one call: fills `unique_index` (one per
-  /// id, -1 for ids out of range) of every (ids, n) pair and the scratch's
-  /// staging rows. Host-tier reads by batched copy and file reads wait for
-  /// the stream; zero-copy host reads do not.
-  struct ids_view {
-    const void* ids;
-    bool is64;
-    int64_t n;
-    int32_t* unique_index;
-  };
-  void gather(tiered_scratch& scratch, const ids_view* views, int num_views, cudaStream_t stream);
-  /// After the lookup kernel: inserts this call's misses into the GPU cache,
-  /// on `stream` when the batch hit rate is below the threshold, else on
-  /// the scratch's side stream.
-  void insert(tiered_scratch& scratch, cudaStream_t stream);
+  /// The kernels' view of this tiered table.
+  tiered_ref ref();
+  /// Whether misses may need the host (rows in the backing file, or the
+  /// host tier read by batched copy).
+  bool host_fetch() const { return sizes_.file_rows > 0 || !tiers_.host_zero_copy; }
+  /// Next LRU stamp (one per lookup that touches the table).
+  uint32_t next_batch() { return batch_no_++; }
+  void count_lookups(int64_t n) { lookups_ += n; }
 
   table_stats stats() const;
 
  private:
-  void fetch_on_host(tiered_scratch& s, cudaStream_t stream);
-
   int device_;
   dtype type_;
   int64_t rows_, dim_;
   tier_config tiers_;
   tier_sizes sizes_;
   int num_sms_ = 1;
-  uint32_t batch_no_ = 1;
+  std::atomic<uint32_t> batch_no_{1};
+  std::atomic<int64_t> lookups_{0};
   device_buffer resident_;
   // Tiered state.
   device_buffer keys_, stamps_, versions_, cache_rows_, host_index_dev_, totals_;
   pinned_buffer host_rows_;             // mapped
   std::vector<int32_t> host_index_;     // empty = identity
   std::unique_ptr<table_file_reader> file_;
+};
+
+/// Most tiered tables, and slots over them, one group serves (their state
+/// travels as one kernel parameter).
+constexpr int kMaxTieredTables = 32;
+constexpr int kMaxTieredViews = 64;
+
+/// One tiered table's part of a call, as the kernels see it.
+struct tiered_call {
+  tiered_ref t;
+  unsigned long long* hash_keys;
+  int32_t* hash_vals;
+  uint64_t hash_mask;
+  int64_t* unique_ids;
+  counters* batch;
+  char* staging;
+  int32_t* miss_list;
+  int64_t* host_list;
+  int64_t* pending_ids;
+  char* pending_rows;
+  unsigned long long* pending_count;
+  double threshold;
+  uint32_t batch_no;
+  bool zero_copy;
+};
+
+/// The ids of one slot over a tiered table.
+struct dedup_view {
+  const void* ids;
+  int32_t* unique_index;
+  int64_t n;
+  int64_t begin;  // prefix over views of n
+  int32_t call;
+  bool is64;
+};
+
+struct tiered_params {
+  tiered_call calls[kMaxTieredTables];
+  dedup_view views[kMaxTieredViews];
+  int32_t num_calls;
+  int32_t num_views;
+  int64_t total_ids;
+};
+
+/// The tiered tables of one lookup group: scratch for every call, sized once
+/// from the config, and the launches that dedup, probe, fetch and insert for
+/// all of them together.
+class tiered_batch {
+ public:
+  /// tables[i] is used by slots whose ids total at most max_ids[i] per call.
+  tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms);
+  ~tiered_batch();
+  tiered_batch(const tiered_batch&) = delete;
+  tiered_batch& operator=(const tiered_batch&) = delete;
+
+  int num_tables() const { return static_cast<int>(tables_.size()); }
+  /// Index of `table` in this batch, -1 if it is not tiered here.
+  int index_of(const gpu_table* table) const;
+  const char* staging(int i) const { return staging_[static_cast<size_t>(i)].get<char>(); }
+
+  /// Dedup + probe + lower tiers for all tables: fills every view's
+  /// unique_index and each table's staging rows. Waits for the stream only
+  /// when some table needs the host (file rows, batched copy).
+  void gather(const dedup_view* views, int num_views, cudaStream_t stream);
+  /// After the lookup kernel: inserts the misses into the GPU caches, in
+  /// stream order for tables below their hit-rate threshold, else on the
+  /// background stream.
+  void insert(cudaStream_t stream);
+
+ private:
+  tiered_params params(int parity);
+  void fetch_on_host(int i, cudaStream_t stream);
+
+  std::vector<gpu_table*> tables_;
+  std::vector<int64_t> max_ids_;
+  int num_sms_;
+  int64_t max_ids_any_ = 1;
+  device_buffer hash_;      // all keys, then all values
+  device_buffer batch_;     // counters per table
+  std::vector<int64_t> hash_capacity_;
+  std::vector<size_t> keys_off_, vals_off_;
+  std::vector<device_buffer> unique_ids_, miss_list_, host_list_, staging_;
+  std::vector<device_buffer> pending_ids_[2], pending_rows_[2], pending_count_[2];
+  // Host fetch path.
+  pinned_buffer batch_host_;
+  std::vector<device_buffer> fetched_dev_;
+  std::vector<pinned_buffer> list_host_, fetched_host_;
+  std::vector<uint32_t> batch_no_;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t main_done_[2] = {nullptr, nullptr};
+  cudaEvent_t side_done_[2] = {nullptr, nullptr};
+  bool side_used_[2] = {false, false};
+  int parity_ = 0;
+  tiered_params staged_{};
 };
 
 }  // namespace gpu

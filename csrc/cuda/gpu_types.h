@@ -53,6 +53,9 @@ struct slot_desc {
   int64_t default_id;
   int64_t row_bytes;
   int64_t warp_begin;        // prefix over slots of warps
+  int64_t id_begin;          // prefix over slots of max(num_ids, 1), for per-id kernels
+  int64_t* offsets_out;      // segment ids -> offsets pre-pass: where to write them
+  int32_t slot_index;        // the slot's index in its group, for errors
   int32_t dim;
   int32_t group;             // lanes per bag
   int32_t layout;
@@ -62,6 +65,7 @@ struct slot_desc {
   bool seg_is_64;
   bool segments_are_offsets;
   bool out_half;
+  bool offsets_checked;      // offsets come from the pre-pass, already validated
 };
 
 /// Slots one launch carries as a kernel parameter (about 10 KB; kernels
@@ -74,7 +78,7 @@ struct launch_params {
   slot_desc slots[kMaxSlotsPerLaunch];
   int32_t num_slots;
   int32_t slot_base;   // index of slots[0] in the group, for error messages
-  int64_t total_warps;
+  int64_t total_warps;      // fused kernel: warps; pre-pass: threads
   lookup_error* err;
 };
 

@@ -117,30 +117,20 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
   if (d.segments_are_offsets) {
     begin = load_index(d.segments, d.seg_is_64, r);
     end = load_index(d.segments, d.seg_is_64, r + 1);
-    if (lane == 0) {
+    if (!d.offsets_checked && lane == 0) {
       if (end < begin) report_error(err, kErrOffsetsDecreasing, slot, r + 1, end);
       if (r == 0 && begin != 0) report_error(err, kErrOffsetsStart, slot, 0, begin);
       if (r == d.rows - 1 && end != d.num_ids) report_error(err, kErrOffsetsEnd, slot, r + 1, end);
     }
-    if (end < begin) end = begin;
   } else {
+    // Not used by the engine (segment ids go through the offsets pre-pass);
+    // kept so a descriptor with raw segment ids is still computed right.
     begin = lower_bound(d.segments, d.seg_is_64, d.num_ids, r);
     end = lower_bound(d.segments, d.seg_is_64, d.num_ids, r + 1);
-    // Together these checks prove seg is sorted with values in [0, rows):
-    // lower_bound is monotone in the key even on unsorted input, so the
-    // bags' ranges partition [begin(0), end(rows-1)), and each bag checks
-    // that its range holds only its own row.
-    if (lane == 0 && r == 0 && begin != 0) {
-      report_error(err, kErrSegmentOrder, slot, 0, load_index(d.segments, d.seg_is_64, 0));
-    }
-    if (lane == 0 && r == d.rows - 1 && end != d.num_ids) {
-      report_error(err, kErrSegmentRange, slot, end, load_index(d.segments, d.seg_is_64, end));
-    }
-    for (int64_t j = begin + lane; j < end; j += group) {
-      const int64_t s = load_index(d.segments, d.seg_is_64, j);
-      if (s != r) report_error(err, kErrSegmentOrder, slot, j, s);
-    }
   }
+  // Bad input was reported above or by the pre-pass; never read outside the ids.
+  begin = min(max(begin, int64_t{0}), d.num_ids);
+  end = min(max(end, begin), d.num_ids);
 
   const int32_t dim = d.dim;
   const int32_t step = group * Vec;
@@ -151,30 +141,36 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
     float wsum = 0.f, w2sum = 0.f;
     int32_t count = 0;
     int64_t j = begin;
-    // Two rows in flight per step: their loads are independent.
-    for (; j + 1 < end; j += 2) {
-      const int64_t id0 = load_index(d.ids, is64, j);
-      const int64_t id1 = load_index(d.ids, is64, j + 1);
-      float w0 = weighted ? d.weights[j] : 1.f;
-      float w1 = weighted ? d.weights[j + 1] : 1.f;
-      bool ok0 = id0 >= 0 && id0 < d.table_rows && !(prune_weights && !(w0 > 0.f));
-      bool ok1 = id1 >= 0 && id1 < d.table_rows && !(prune_weights && !(w1 > 0.f));
-      if (k0 == lane * Vec && lane == 0) {
-        if (id0 >= d.table_rows || (id0 < 0 && !safe)) report_error(err, kErrIdRange, slot, j, id0);
-        if (id1 >= d.table_rows || (id1 < 0 && !safe)) report_error(err, kErrIdRange, slot, j + 1, id1);
-      }
-      float v0[Vec], v1[Vec];
-      if (ok0) load_vec<Vec, TabHalf>(row_address(d, j, id0), k0, v0);
-      if (ok1) load_vec<Vec, TabHalf>(row_address(d, j + 1, id1), k0, v1);
-      if (ok0) {
+    // Four rows in flight per step: their loads are independent, and large
+    // batches are bound by the latency of random row reads.
+    constexpr int kInFlight = 4;
+    for (; j + kInFlight - 1 < end; j += kInFlight) {
+      int64_t id[kInFlight];
+      float w[kInFlight];
+      bool ok[kInFlight];
+      float v[kInFlight][Vec];
 #pragma unroll
-        for (int i = 0; i < Vec; ++i) acc[i] += w0 * v0[i];
-        wsum += w0; w2sum += w0 * w0; ++count;
+      for (int q = 0; q < kInFlight; ++q) {
+        id[q] = load_index(d.ids, is64, j + q);
+        w[q] = weighted ? d.weights[j + q] : 1.f;
+        ok[q] = id[q] >= 0 && id[q] < d.table_rows && !(prune_weights && !(w[q] > 0.f));
+        if (k0 == lane * Vec && lane == 0 && (id[q] >= d.table_rows || (id[q] < 0 && !safe))) {
+          report_error(err, kErrIdRange, slot, j + q, id[q]);
+        }
       }
-      if (ok1) {
 #pragma unroll
-        for (int i = 0; i < Vec; ++i) acc[i] += w1 * v1[i];
-        wsum += w1; w2sum += w1 * w1; ++count;
+      for (int q = 0; q < kInFlight; ++q) {
+        if (ok[q]) load_vec<Vec, TabHalf>(row_address(d, j + q, id[q]), k0, v[q]);
+      }
+#pragma unroll
+      for (int q = 0; q < kInFlight; ++q) {
+        if (ok[q]) {
+#pragma unroll
+          for (int i = 0; i < Vec; ++i) acc[i] += w[q] * v[q][i];
+          wsum += w[q];
+          w2sum += w[q] * w[q];
+          ++count;
+        }
       }
     }
     for (; j < end; ++j) {
@@ -231,13 +227,52 @@ fused_lookup_kernel(const __grid_constant__ launch_params p) {
   const int64_t r = (warp - d.warp_begin) * (32 / group) + lane32 / group;
   if (r >= d.rows) return;
   const int lane = lane32 % group;
-  const int32_t slot = p.slot_base + s;
+  const int32_t slot = d.slot_index;
   switch (d.layout) {
     case kLayoutF32Vec4: reduce_bag_out<4, false>(d, slot, r, lane, group, err); break;
     case kLayoutF32Vec1: reduce_bag_out<1, false>(d, slot, r, lane, group, err); break;
     case kLayoutF16Vec8: reduce_bag_out<8, true>(d, slot, r, lane, group, err); break;
     case kLayoutF16Vec2: reduce_bag_out<2, true>(d, slot, r, lane, group, err); break;
     default: reduce_bag_out<1, true>(d, slot, r, lane, group, err); break;
+  }
+}
+
+/// Segment ids -> row offsets for every slot that has segment ids, one
+/// thread per id, validating as it goes (negative, unsorted, beyond the row
+/// count). Row r owns ids [offsets[r], offsets[r+1]). p.total_warps holds the
+/// number of threads (sum over slots of max(num_ids, 1)).
+__global__ void segments_to_offsets_kernel(const __grid_constant__ launch_params p) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < p.total_warps; g += stride) {
+    int32_t s = 0;
+    while (s + 1 < p.num_slots && p.slots[s + 1].id_begin <= g) ++s;
+    const slot_desc& d = p.slots[s];
+    const int32_t slot = d.slot_index;
+    const int64_t i = g - d.id_begin;
+    int64_t* off = d.offsets_out;
+    if (d.num_ids == 0) {
+      for (int64_t r = 0; r <= d.rows; ++r) off[r] = 0;
+      continue;
+    }
+    const int64_t seg = load_index(d.segments, d.seg_is_64, i);
+    const int64_t prev = i > 0 ? load_index(d.segments, d.seg_is_64, i - 1) : -1;
+    if (seg < 0) {
+      report_error(p.err, kErrSegmentOrder, slot, i, seg);
+      continue;
+    }
+    if (seg < prev) {
+      report_error(p.err, kErrSegmentOrder, slot, i, seg);
+      continue;
+    }
+    if (seg >= d.rows) {
+      report_error(p.err, kErrSegmentRange, slot, i, seg);
+      continue;
+    }
+    // Rows (prev, seg] start here; after the last id, rows (seg, rows] end.
+    for (int64_t r = max(prev, int64_t{-1}) + 1; r <= seg; ++r) off[r] = i;
+    if (i == d.num_ids - 1) {
+      for (int64_t r = seg + 1; r <= d.rows; ++r) off[r] = d.num_ids;
+    }
   }
 }
 
@@ -248,7 +283,7 @@ __global__ void plain_rows_kernel(const __grid_constant__ launch_params p, int64
   if (s >= p.num_slots) return;
   const slot_desc& d = p.slots[s];
   if (d.num_ids == 0) {
-    rows_out[p.slot_base + s] = 0;
+    rows_out[d.slot_index] = 0;
   } else if (d.segments_are_offsets) {
     // First r with offsets[r] == num_ids (offsets are non-decreasing).
     int64_t lo = 0, hi = d.num_offsets - 1;
@@ -256,9 +291,9 @@ __global__ void plain_rows_kernel(const __grid_constant__ launch_params p, int64
       const int64_t mid = (lo + hi) >> 1;
       if (load_index(d.segments, d.seg_is_64, mid) < d.num_ids) lo = mid + 1; else hi = mid;
     }
-    rows_out[p.slot_base + s] = lo;
+    rows_out[d.slot_index] = lo;
   } else {
-    rows_out[p.slot_base + s] = load_index(d.segments, d.seg_is_64, d.num_ids - 1) + 1;
+    rows_out[d.slot_index] = load_index(d.segments, d.seg_is_64, d.num_ids - 1) + 1;
   }
 }
 
