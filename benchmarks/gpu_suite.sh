@@ -10,8 +10,8 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== toolchain"
-python3 --version; g++ --version | head -1; nvcc --version | tail -1
-python3 -c "import pybind11, numpy; print('pybind11', pybind11.__version__, 'numpy', numpy.__version__)"
+{ python3 --version; g++ --version | head -1; nvcc --version | tail -1
+  python3 -c "import pybind11, numpy; print('pybind11', pybind11.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee "$OUT/toolchain.txt"
 # A carried newer pybind11 (.whl/) is used only when the machine's is too old.
 if ls .whl/pybind11-*.whl >/dev/null 2>&1 && ! python3 -c "import pybind11, sys; v = tuple(int(x) for x in pybind11.__version__.split('.')[:2]); sys.exit(v < (2, 12))"; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/pybind11-*.whl && export PYTHONPATH=/tmp/site
@@ -29,7 +29,7 @@ echo "build rc=$rc in $(( $(date +%s) - start )) s"
 echo "== CPU-engine error path (crashed once on this machine)"
 (cd /tmp && python3 -X faulthandler -m pytest "$OLDPWD/tests/engine/test_bad_input.py" -q -p no:cacheprovider -x 2>&1 | tail -5)
 if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb >/dev/null; then
-  (cd /tmp && cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest "$OLDPWD/tests/engine/test_bad_input.py" -q -p no:cacheprovider -x 2>&1 | grep -E "^#|signal" | head -40)
+  (cd /tmp && cuda-gdb -q -batch -ex run -ex bt --args python3 -m pytest "$OLDPWD/tests/engine/test_bad_input.py" -q -p no:cacheprovider -x 2>&1 | grep -E "^#|signal" | head -40 > "$OUT/gdb.txt"; head -20 "$OUT/gdb.txt")
 fi
 
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"

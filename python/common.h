@@ -19,14 +19,15 @@ namespace py = pybind11;
 
 inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-/// Maps a numpy dtype onto the engine's; -1 for anything else.
+/// Maps a numpy dtype onto the engine's; -1 for anything else. Asks numpy
+/// (PyArray_EquivTypes through array_t, and dtype equality) rather than
+/// reading descriptor fields, whose layout changed in numpy 2.
 inline int engine_dtype(const py::array& a) {
-  const char kind = a.dtype().kind();
-  const auto size = a.dtype().itemsize();
-  if (kind == 'f' && size == 4) return static_cast<int>(dtype::float32);
-  if (kind == 'f' && size == 2) return static_cast<int>(dtype::float16);
-  if (kind == 'i' && size == 4) return static_cast<int>(dtype::int32);
-  if (kind == 'i' && size == 8) return static_cast<int>(dtype::int64);
+  if (py::isinstance<py::array_t<float>>(a)) return static_cast<int>(dtype::float32);
+  if (py::isinstance<py::array_t<int64_t>>(a)) return static_cast<int>(dtype::int64);
+  if (py::isinstance<py::array_t<int32_t>>(a)) return static_cast<int>(dtype::int32);
+  static const py::object half = py::module_::import("numpy").attr("dtype")("float16");
+  if (a.dtype().equal(half)) return static_cast<int>(dtype::float16);
   return -1;
 }
 

@@ -132,6 +132,17 @@ struct gpu_lookup_group::impl {
   }
 };
 
+namespace {
+// Clears the device error (and points it at its host mirror) and the mirror.
+template <class Impl>
+void reset_error(Impl& m) {
+  gpu::lookup_error e{};
+  e.mirror = m.err_host.template device<gpu::lookup_error>();
+  std::memset(m.err_host.get(), 0, sizeof(gpu::lookup_error));
+  TIEMB_CUDA_CHECK(cudaMemcpy(m.err_dev.get(), &e, sizeof e, cudaMemcpyHostToDevice));
+}
+}  // namespace
+
 gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> slots)
     : engine_(engine), slots_(std::move(slots)), impl_(std::make_unique<impl>()) {
   device_guard g(engine_.device());
@@ -165,9 +176,8 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   auto& m = *impl_;
   TIEMB_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.err_dev = device_buffer(sizeof(gpu::lookup_error));
-  m.err_host = pinned_buffer(sizeof(gpu::lookup_error));
-  TIEMB_CUDA_CHECK(cudaMemset(m.err_dev.get(), 0, sizeof(gpu::lookup_error)));
-  std::memset(m.err_host.get(), 0, sizeof(gpu::lookup_error));
+  m.err_host = pinned_buffer(sizeof(gpu::lookup_error), /*mapped=*/true);
+  reset_error(m);
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&m.err_event, cudaEventDisableTiming));
   m.rows_dev = device_buffer(static_cast<size_t>(n) * 8);
   m.rows_host = pinned_buffer(static_cast<size_t>(n) * 8);
@@ -307,7 +317,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
     p.err = m.err_dev.get<gpu::lookup_error>();
     int64_t threads = 0;
     for (int64_t s = base; s < std::min<int64_t>(n, base + gpu::kMaxSlotsPerLaunch); ++s) {
-      if (reqs[s].segments_are_offsets) continue;
+      if (reqs[s].segments_are_offsets || rows[s] <= gpu::kSearchMaxRows) continue;
       const auto su = static_cast<size_t>(s);
       gpu::slot_desc d = describe(slots_[su], *m.tables[su], reqs[s], rows[s], nullptr, m.layout[su], m.lanes[su],
                                   nullptr, nullptr, nullptr);
@@ -360,7 +370,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
       }
       gpu::slot_desc d = describe(sc, t, reqs[s], rows[s], outputs[s], m.layout[su], m.lanes[su],
                                   m.defaults.get<char>() + s * m.default_stride, uidx, staging);
-      if (!reqs[s].segments_are_offsets) {
+      if (!reqs[s].segments_are_offsets && rows[s] > gpu::kSearchMaxRows) {
         d.segments = m.offsets.get<int64_t>() + s * m.offsets_stride;
         d.seg_is_64 = true;
         d.segments_are_offsets = true;
@@ -380,10 +390,8 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
 
   if (m.tiered) m.tiered->insert(stream);
 
-  // The error status goes to pinned memory with every call (a replayed graph
-  // too); the event that says when it is current is left out of captures.
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(m.err_host.get(), m.err_dev.get(), sizeof(gpu::lookup_error),
-                                   cudaMemcpyDeviceToHost, stream));
+  // Errors reach the host mirror from the kernels themselves (a replayed
+  // graph too); the event that says when it is current stays out of captures.
   if (!capturing) {
     TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
     m.launched = true;
@@ -507,11 +515,16 @@ void gpu_lookup_group::check(bool wait) {
     }
     TIEMB_CUDA_CHECK(q);
   }
-  const gpu::lookup_error e = *m.err_host.get<gpu::lookup_error>();
-  if (e.code == gpu::kErrNone) return;
+  volatile auto* mirror = m.err_host.get<gpu::lookup_error>();
+  if (mirror->code == gpu::kErrNone) return;
+  gpu::lookup_error e{};
+  e.code = mirror->code;
+  e.slot = mirror->slot;
+  e.index = mirror->index;
+  e.value = mirror->value;
   // Clear before throwing so the group stays usable.
-  TIEMB_CUDA_CHECK(cudaMemset(m.err_dev.get(), 0, sizeof(gpu::lookup_error)));
-  m.err_host.get<gpu::lookup_error>()->code = gpu::kErrNone;
+  TIEMB_CUDA_CHECK(cudaDeviceSynchronize());
+  reset_error(m);
   const auto s = static_cast<size_t>(e.slot);
   const int32_t tid = slots_[s].table;
   switch (e.code) {

@@ -88,8 +88,7 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
       const unsigned long long prev = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
       if (prev == ~0ULL) {
         u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
-        c.unique_ids[u] = id;
-        __threadfence();
+        c.unique_ids[u] = id;  // read by later kernels only: no fence needed
         atomicExch(&c.hash_vals[h], u);
         break;
       }
@@ -111,6 +110,13 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   const tiered_call& c = p.calls[blockIdx.y];
   const tiered_ref& t = c.t;
   const int lane = threadIdx.x & 31;
+  // Hits are counted per block first: one global atomic per block, not per id.
+  __shared__ unsigned long long block_hits, block_host_hits;
+  if (threadIdx.x == 0) {
+    block_hits = 0;
+    block_host_hits = 0;
+  }
+  __syncthreads();
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   const auto n = static_cast<int64_t>(c.batch->unique_ids);
   for (int64_t u = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; u < n; u += warps) {
@@ -125,7 +131,8 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       if (match != 0) {
         const int way = __ffs(match) - 1;
         warp_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, lane);
-        __threadfence();
+        // The row's loads must complete before the version is read again.
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
         const uint32_t v2 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
         hit = v1 == v2;
         if (hit && lane == 0) t.stamps[set * 32 + way] = c.batch_no;
@@ -133,7 +140,7 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     }
     if (lane == 0) {
       if (hit) {
-        atomicAdd(&c.batch->hits, 1ULL);
+        atomicAdd(&block_hits, 1ULL);
       } else {
         const auto m = atomicAdd(&c.batch->misses, 1ULL);
         c.miss_list[m] = static_cast<int32_t>(u);
@@ -143,12 +150,17 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     const int64_t slot = t.host_index == nullptr ? id : t.host_index[id];
     if (c.zero_copy && slot >= 0) {
       warp_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, lane);
-      if (lane == 0) atomicAdd(&c.batch->host_hits, 1ULL);
+      if (lane == 0) atomicAdd(&block_host_hits, 1ULL);
     } else if (lane == 0) {
       const auto k = atomicAdd(&c.batch->host_reads, 1ULL);
       c.host_list[2 * k] = id;
       c.host_list[2 * k + 1] = u;
     }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (block_hits) atomicAdd(&c.batch->hits, block_hits);
+    if (block_host_hits) atomicAdd(&c.batch->host_hits, block_host_hits);
   }
 }
 

@@ -34,6 +34,7 @@ struct lookup_error {
   int32_t slot;
   int64_t index;
   int64_t value;
+  lookup_error* mirror;  // device address of the host-mapped copy
 };
 
 /// One slot of one call, as the kernel sees it.
@@ -67,6 +68,10 @@ struct slot_desc {
   bool out_half;
   bool offsets_checked;      // offsets come from the pre-pass, already validated
 };
+
+/// Slots with at most this many rows find their ids by a binary search in
+/// the lookup kernel; larger ones get a segment-ids -> offsets pre-pass.
+constexpr int64_t kSearchMaxRows = 2048;
 
 /// Slots one launch carries as a kernel parameter (about 10 KB; kernels
 /// take up to 32 KB of parameters on Volta and newer with CUDA >= 12.1).

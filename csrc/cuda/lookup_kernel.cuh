@@ -17,13 +17,22 @@
 namespace tiemb {
 namespace gpu {
 
+/// Latches the first error. `err` (device memory) decides who is first; the
+/// winner also writes it through to `err->mirror`, host memory mapped into
+/// the device, so the host reads it without a copy on every call.
 __device__ inline void report_error(lookup_error* err, int32_t code, int32_t slot, int64_t index,
                                     int64_t value) {
-  // First error wins; later ones are dropped (one message is enough).
   if (atomicCAS(&err->code, 0, code) == 0) {
     err->slot = slot;
     err->index = index;
     err->value = value;
+    volatile lookup_error* m = err->mirror;
+    m->slot = slot;
+    m->index = index;
+    m->value = value;
+    __threadfence_system();
+    m->code = code;
+    __threadfence_system();
   }
 }
 
@@ -123,10 +132,22 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       if (r == d.rows - 1 && end != d.num_ids) report_error(err, kErrOffsetsEnd, slot, r + 1, end);
     }
   } else {
-    // Not used by the engine (segment ids go through the offsets pre-pass);
-    // kept so a descriptor with raw segment ids is still computed right.
+    // Small batches: a short search per row beats a separate pass. The
+    // checks prove seg sorted with values in [0, rows): lower_bound is
+    // monotone in the key even on unsorted input, so the rows' ranges
+    // partition [begin(0), end(rows-1)), and each row checks its own range.
     begin = lower_bound(d.segments, d.seg_is_64, d.num_ids, r);
     end = lower_bound(d.segments, d.seg_is_64, d.num_ids, r + 1);
+    if (lane == 0 && r == 0 && begin != 0) {
+      report_error(err, kErrSegmentOrder, slot, 0, load_index(d.segments, d.seg_is_64, 0));
+    }
+    if (lane == 0 && r == d.rows - 1 && end != d.num_ids) {
+      report_error(err, kErrSegmentRange, slot, end, load_index(d.segments, d.seg_is_64, end));
+    }
+    for (int64_t j = begin + lane; j < end; j += group) {
+      const int64_t sj = load_index(d.segments, d.seg_is_64, j);
+      if (sj != r) report_error(err, kErrSegmentOrder, slot, j, sj);
+    }
   }
   // Bad input was reported above or by the pre-pass; never read outside the ids.
   begin = min(max(begin, int64_t{0}), d.num_ids);
