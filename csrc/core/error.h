@@ -6,9 +6,10 @@
 // Python ValueError and the TF kernels into InvalidArgument.
 #pragma once
 
-#include <sstream>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace tiemb {
@@ -22,11 +23,30 @@ class error : public std::runtime_error {
 
 namespace detail {
 
+// Message building without iostreams: no locale machinery, which crashed in
+// one toolchain where the extension and the interpreter disagreed on it.
+inline void append(std::string& out, const char* s) { out += s; }
+inline void append(std::string& out, const std::string& s) { out += s; }
+inline void append(std::string& out, char c) { out += c; }
+inline void append(std::string& out, bool b) { out += b ? "true" : "false"; }
+
+template <class T>
+std::enable_if_t<std::is_integral_v<T>> append(std::string& out, T v) {
+  out += std::to_string(v);
+}
+
+template <class T>
+std::enable_if_t<std::is_floating_point_v<T>> append(std::string& out, T v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
+  out += buf;
+}
+
 template <class... Parts>
-std::string concat(Parts&&... parts) {
-  std::ostringstream os;
-  (os << ... << std::forward<Parts>(parts));
-  return os.str();
+std::string concat(const Parts&... parts) {
+  std::string out;
+  (append(out, parts), ...);
+  return out;
 }
 
 }  // namespace detail

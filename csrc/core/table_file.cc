@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
 
 #include "error.h"
 
@@ -34,11 +34,13 @@ void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t
   // Write to a temporary name and rename, so a reader never sees half a file.
   const std::string tmp = path + ".tmp";
   {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    TIEMB_EXPECT(out.good(), "table file ", path, ": cannot open ", tmp, " for writing");
-    out.write(header, sizeof header);
-    out.write(static_cast<const char*>(data), rows * dim * size_of(type));
-    TIEMB_EXPECT(out.good(), "table file ", path, ": write failed (disk full?)");
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    TIEMB_EXPECT(f != nullptr, "table file ", path, ": cannot open ", tmp, " for writing: ", std::strerror(errno));
+    const auto bytes = static_cast<size_t>(rows * dim * size_of(type));
+    const bool ok = std::fwrite(header, 1, sizeof header, f) == sizeof header &&
+                    std::fwrite(data, 1, bytes, f) == bytes;
+    const bool closed = std::fclose(f) == 0;
+    TIEMB_EXPECT(ok && closed, "table file ", path, ": write failed (disk full?)");
   }
   TIEMB_EXPECT(std::rename(tmp.c_str(), path.c_str()) == 0, "table file ", path,
                ": cannot rename ", tmp, ": ", std::strerror(errno));

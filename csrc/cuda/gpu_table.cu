@@ -85,16 +85,21 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
     uint64_t h = mix64(static_cast<uint64_t>(id)) & c.hash_mask;
     int32_t u;
     for (;;) {
-      const unsigned long long prev = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
-      if (prev == ~0ULL) {
-        u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
-        c.unique_ids[u] = id;  // read by later kernels only: no fence needed
-        atomicExch(&c.hash_vals[h], u);
-        break;
+      // Hot ids repeat thousands of times per batch: read first and keep
+      // atomics for empty slots, or every copy would queue on one address.
+      unsigned long long key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[h]);
+      if (key == ~0ULL) {
+        key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
+        if (key == ~0ULL) {
+          u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
+          c.unique_ids[u] = id;  // read by later kernels only: no fence needed
+          atomicExch(&c.hash_vals[h], u);
+          break;
+        }
       }
-      if (prev == static_cast<unsigned long long>(id)) {
-        // Another thread inserted it; its index appears right after.
-        while ((u = atomicAdd(&c.hash_vals[h], 0)) < 0) {
+      if (key == static_cast<unsigned long long>(id)) {
+        // Inserted by another thread; its index appears right after.
+        while ((u = *reinterpret_cast<volatile int32_t*>(&c.hash_vals[h])) < 0) {
         }
         break;
       }
