@@ -34,8 +34,11 @@ if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb >/dev/null; then
 fi
 
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
-(cd /tmp && python3 -m pytest "$OLDPWD/tests" -q -p no:cacheprovider -x -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
+(cd /tmp && python3 -m pytest "$OLDPWD/tests" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
 test_rc=${PIPESTATUS[0]}
+
+echo "== profile of a tiered call (kernels, via torch.profiler/CUPTI)"
+(cd /tmp && timeout 120 python3 "$OLDPWD/benchmarks/profile_tiered.py" 2>&1 | tee "$OUT/profile.log" | tail -25)
 
 echo "== benchmarks"
 (cd /tmp && timeout "${BENCH_TIMEOUT:-300}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --json "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -30)

@@ -142,7 +142,10 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       report_error(err, kErrSegmentOrder, slot, 0, load_index(d.segments, d.seg_is_64, 0));
     }
     if (lane == 0 && r == d.rows - 1 && end != d.num_ids) {
-      report_error(err, kErrSegmentRange, slot, end, load_index(d.segments, d.seg_is_64, end));
+      // Plain mode takes its row count from the last id: a larger one before
+      // it can only mean the ids are out of order.
+      report_error(err, d.safe ? kErrSegmentRange : kErrSegmentOrder, slot, end,
+                   load_index(d.segments, d.seg_is_64, end));
     }
     for (int64_t j = begin + lane; j < end; j += group) {
       const int64_t sj = load_index(d.segments, d.seg_is_64, j);
@@ -286,7 +289,7 @@ __global__ void segments_to_offsets_kernel(const __grid_constant__ launch_params
       continue;
     }
     if (seg >= d.rows) {
-      report_error(p.err, kErrSegmentRange, slot, i, seg);
+      report_error(p.err, d.safe ? kErrSegmentRange : kErrSegmentOrder, slot, i, seg);
       continue;
     }
     // Rows (prev, seg] start here; after the last id, rows (seg, rows] end.
