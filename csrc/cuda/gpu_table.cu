@@ -45,21 +45,6 @@ __device__ inline void warp_copy_row(char* dst, const char* src, int64_t bytes, 
   }
 }
 
-// Same, through volatile loads, for cache rows a writer may be changing (the
-// sequence lock decides afterwards whether the copy counts).
-__device__ inline void warp_copy_row_volatile(char* dst, const char* src, int64_t bytes, int lane) {
-  const int64_t words = bytes / 2;
-  if ((bytes & 3) == 0) {
-    for (int64_t k = lane; k < bytes / 4; k += 32) {
-      reinterpret_cast<uint32_t*>(dst)[k] = reinterpret_cast<const volatile uint32_t*>(src)[k];
-    }
-  } else {
-    for (int64_t k = lane; k < words; k += 32) {
-      reinterpret_cast<uint16_t*>(dst)[k] = reinterpret_cast<const volatile uint16_t*>(src)[k];
-    }
-  }
-}
-
 // Ids of every view into its table's unique set. unique_index[i] = position
 // of ids[i] in the table's unique_ids, -1 for ids outside the table (the
 // lookup kernel reports those).
@@ -91,7 +76,15 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
       if (key == ~0ULL) {
         key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
         if (key == ~0ULL) {
-          u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
+          // One counter update for all lanes of the warp that got here
+          // together: a table's new ids would otherwise queue on one address.
+          const unsigned mask = __activemask();
+          const int lane = threadIdx.x & 31;
+          const int leader = __ffs(mask) - 1;
+          unsigned long long first = 0;
+          if (lane == leader) first = atomicAdd(&c.batch->unique_ids, static_cast<unsigned long long>(__popc(mask)));
+          first = __shfl_sync(mask, first, leader);
+          u = static_cast<int32_t>(first + __popc(mask & ((1u << lane) - 1u)));
           c.unique_ids[u] = id;  // read by later kernels only: no fence needed
           atomicExch(&c.hash_vals[h], u);
           break;
@@ -109,12 +102,81 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
   }
 }
 
-// blockIdx.y = table. One warp per unique id: GPU cache, else host tier in
-// place, else a request for the host. Misses are listed for insertion.
+// Copies a row with the `width` lanes of a group (lane = index in the group).
+__device__ inline void group_copy_row(char* dst, const char* src, int64_t bytes, int lane, int width) {
+  if ((bytes & 15) == 0) {
+    for (int64_t k = lane; k < bytes / 16; k += width) {
+      reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(src)[k];
+    }
+  } else if ((bytes & 3) == 0) {
+    for (int64_t k = lane; k < bytes / 4; k += width) {
+      reinterpret_cast<uint32_t*>(dst)[k] = reinterpret_cast<const uint32_t*>(src)[k];
+    }
+  } else {
+    for (int64_t k = lane; k < bytes / 2; k += width) {
+      reinterpret_cast<uint16_t*>(dst)[k] = reinterpret_cast<const uint16_t*>(src)[k];
+    }
+  }
+}
+
+// Same through volatile 16/4/2-byte loads, for cache rows a writer may be
+// changing (the sequence lock decides afterwards whether the copy counts).
+__device__ inline void group_copy_row_volatile(char* dst, const char* src, int64_t bytes, int lane, int width) {
+  if ((bytes & 15) == 0) {
+    for (int64_t k = lane; k < bytes / 16; k += width) {
+      uint4 v;
+      asm volatile("ld.volatile.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+                   : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                   : "l"(reinterpret_cast<const uint4*>(src) + k));
+      reinterpret_cast<uint4*>(dst)[k] = v;
+    }
+  } else if ((bytes & 3) == 0) {
+    for (int64_t k = lane; k < bytes / 4; k += width) {
+      reinterpret_cast<uint32_t*>(dst)[k] = reinterpret_cast<const volatile uint32_t*>(src)[k];
+    }
+  } else {
+    for (int64_t k = lane; k < bytes / 2; k += width) {
+      reinterpret_cast<uint16_t*>(dst)[k] = reinterpret_cast<const volatile uint16_t*>(src)[k];
+    }
+  }
+}
+
+// Appends `value` for every lane whose `flag` is set, with one atomic per
+// warp. Every lane of the warp must call it.
+__device__ inline void warp_append(bool flag, unsigned long long* count, int64_t* list2, int64_t a, int64_t b,
+                                   int32_t* list1) {
+  const unsigned mask = __ballot_sync(0xffffffffu, flag);
+  if (mask == 0) return;
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  unsigned long long first = 0;
+  if (lane == leader) first = atomicAdd(count, static_cast<unsigned long long>(__popc(mask)));
+  first = __shfl_sync(0xffffffffu, first, leader);
+  if (flag) {
+    const auto k = static_cast<int64_t>(first + __popc(mask & ((1u << lane) - 1u)));
+    if (list1 != nullptr) list1[k] = static_cast<int32_t>(b);
+    if (list2 != nullptr) {
+      list2[2 * k] = a;
+      list2[2 * k + 1] = b;
+    }
+  }
+}
+
+// blockIdx.y = table. Groups of kProbeLanes lanes, one unique id each, probe
+// the id's set (kCacheWays / kProbeLanes ways per lane) and copy the row from
+// the GPU cache, else from the host tier in place, else ask the host for it.
+// Misses are listed for insertion. Control flow stays warp-uniform around the
+// ballots and shuffles; inactive groups carry `active = false`.
+constexpr int kProbeLanes = 8;
+constexpr int kWaysPerLane = 32 / kProbeLanes;
+
 __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   const tiered_call& c = p.calls[blockIdx.y];
   const tiered_ref& t = c.t;
   const int lane = threadIdx.x & 31;
+  const int sub = lane / kProbeLanes;  // group within the warp
+  const int gl = lane % kProbeLanes;   // lane within the group
+  const int leader = sub * kProbeLanes;
   // Hits are counted per block first: one global atomic per block, not per id.
   __shared__ unsigned long long block_hits, block_host_hits;
   if (threadIdx.x == 0) {
@@ -122,45 +184,49 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     block_host_hits = 0;
   }
   __syncthreads();
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  const int64_t groups_per_round = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * (32 / kProbeLanes);
   const auto n = static_cast<int64_t>(c.batch->unique_ids);
-  for (int64_t u = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; u < n; u += warps) {
-    const int64_t id = c.unique_ids[u];
-    char* dst = c.staging + u * t.row_bytes;
+  const int64_t first = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * (32 / kProbeLanes);
+  for (int64_t base = first; base < n; base += groups_per_round) {
+    const int64_t u = base + sub;
+    const bool active = u < n;
+    const int64_t id = active ? c.unique_ids[u] : 0;
     const int64_t set = cache_set(id, t.sets);
+    char* dst = c.staging + u * t.row_bytes;
+    uint32_t v1 = 1;
+    if (active) v1 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
+    int my_way = -1;
+    if (active && (v1 & 1u) == 0) {
+#pragma unroll
+      for (int q = 0; q < kWaysPerLane; ++q) {
+        const int w = gl * kWaysPerLane + q;
+        if (*reinterpret_cast<volatile int64_t*>(&t.keys[set * 32 + w]) == id) my_way = w;
+      }
+    }
+    const unsigned found = __ballot_sync(0xffffffffu, my_way >= 0) & (0xffu << leader);
+    const int way = __shfl_sync(0xffffffffu, my_way, found ? __ffs(found) - 1 : leader);
     bool hit = false;
-    const uint32_t v1 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
-    if ((v1 & 1u) == 0) {
-      const int64_t key = *reinterpret_cast<volatile int64_t*>(&t.keys[set * 32 + lane]);
-      const unsigned match = __ballot_sync(0xffffffffu, key == id);
-      if (match != 0) {
-        const int way = __ffs(match) - 1;
-        warp_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, lane);
-        // The row's loads must complete before the version is read again.
-        asm volatile("fence.acq_rel.gpu;" ::: "memory");
-        const uint32_t v2 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
-        hit = v1 == v2;
-        if (hit && lane == 0) t.stamps[set * 32 + way] = c.batch_no;
-      }
+    if (found) {
+      group_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+      // The row's loads must complete before the version is read again.
+      asm volatile("fence.acq_rel.gpu;" ::: "memory");
+      hit = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]) == v1;
     }
-    if (lane == 0) {
-      if (hit) {
-        atomicAdd(&block_hits, 1ULL);
-      } else {
-        const auto m = atomicAdd(&c.batch->misses, 1ULL);
-        c.miss_list[m] = static_cast<int32_t>(u);
-      }
+    // The group leader's view decides for the whole group.
+    hit = __shfl_sync(0xffffffffu, hit, leader);
+    if (hit && gl == 0) {
+      t.stamps[set * 32 + way] = c.batch_no;
+      atomicAdd(&block_hits, 1ULL);
     }
-    if (hit) continue;
-    const int64_t slot = t.host_index == nullptr ? id : t.host_index[id];
-    if (c.zero_copy && slot >= 0) {
-      warp_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, lane);
-      if (lane == 0) atomicAdd(&block_host_hits, 1ULL);
-    } else if (lane == 0) {
-      const auto k = atomicAdd(&c.batch->host_reads, 1ULL);
-      c.host_list[2 * k] = id;
-      c.host_list[2 * k + 1] = u;
+    const bool miss = active && !hit;
+    warp_append(miss && gl == 0, &c.batch->misses, nullptr, 0, u, c.miss_list);
+    const int64_t slot = (miss && t.host_index != nullptr) ? t.host_index[id] : id;
+    const bool in_place = miss && c.zero_copy && slot >= 0;
+    if (in_place) {
+      group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+      if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
     }
+    warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -275,6 +341,15 @@ __global__ void insert_pending_kernel(const __grid_constant__ tiered_params p) {
 int warp_grid(int64_t warps, int num_sms) {
   const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
   return static_cast<int>(std::clamp<int64_t>(blocks, 1, static_cast<int64_t>(num_sms) * 8));
+}
+
+// Blocks per table for kernels with one row of blocks per table: about
+// `per_sm` blocks per SM over all tables together (the kernels loop), never
+// more than the work needs.
+int table_grid(int64_t warps, int num_sms, int tables, int per_sm) {
+  const int64_t need = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t share = std::max<int64_t>(1, static_cast<int64_t>(num_sms) * per_sm / std::max(tables, 1));
+  return static_cast<int>(std::clamp<int64_t>(need, 1, share));
 }
 
 }  // namespace
@@ -524,7 +599,8 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
     dedup_kernel<<<blocks, kBlock, 0, stream>>>(staged_);
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
-  const dim3 grid(static_cast<unsigned>(warp_grid(max_ids_any_, num_sms_)), static_cast<unsigned>(num_tables()));
+  const dim3 grid(static_cast<unsigned>(table_grid(max_ids_any_ / (32 / kProbeLanes) + 1, num_sms_, num_tables(), 16)),
+                  static_cast<unsigned>(num_tables()));
   probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());
   bool any_host = false;
@@ -563,7 +639,8 @@ void tiered_batch::insert(cudaStream_t stream) {
   const int p = parity_;
   // pending[p] was last handed to the side stream two calls ago.
   if (side_used_[p]) TIEMB_CUDA_CHECK(cudaStreamWaitEvent(stream, side_done_[p], 0));
-  const dim3 grid(static_cast<unsigned>(warp_grid(max_ids_any_, num_sms_)), static_cast<unsigned>(num_tables()));
+  const dim3 grid(static_cast<unsigned>(table_grid(max_ids_any_, num_sms_, num_tables(), 4)),
+                  static_cast<unsigned>(num_tables()));
   insert_or_defer_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());
   TIEMB_CUDA_CHECK(cudaEventRecord(main_done_[p], stream));
