@@ -2,6 +2,7 @@
 of 20 steady-state calls, recorded by torch.profiler (CUPTI sees all kernels
 in the process, tiemb's included). Also times the same calls' host side."""
 
+import os
 import time
 
 import cupy as cp
@@ -18,21 +19,26 @@ rng = np.random.default_rng(0)
 tables = [rng.standard_normal((VOCAB, DIM), dtype=np.float32) for _ in range(SLOTS)]
 segs = [cp.asarray(np.repeat(np.arange(BATCH, dtype=np.int64), NNZ)) for _ in range(SLOTS)]
 pool = [[cp.asarray(zipf_ids(rng, VOCAB, BATCH * NNZ, 1.1)) for _ in range(SLOTS)] for _ in range(40)]
-e = tiemb.GpuEmbeddingEngine(BATCH, SLOTS, NNZ)
-g = e.group([tiemb.Slot(e.add_table(t, tiemb.TierConfig(0.2)), "mean") for t in tables])
-preps = [g.prepare(ids, segment_ids=segs) for ids in pool]
-for p in preps[:20]:
-    p.run()
-g.synchronize()
-t0 = time.perf_counter()
-for p in preps[20:]:
-    p.run()
-t1 = time.perf_counter()
-g.synchronize()
-t2 = time.perf_counter()
-print(f"host time to issue 20 calls: {(t1 - t0) * 1e6 / 20:.1f} us/call; until done: {(t2 - t0) * 1e6 / 20:.1f} us/call")
+for threshold in (0.0, 1.0, 0.95):  # all background, all in-stream, the default
+    e = tiemb.GpuEmbeddingEngine(BATCH, SLOTS, NNZ)
+    g = e.group([tiemb.Slot(e.add_table(t, tiemb.TierConfig(0.2, hit_rate_threshold=threshold)), "mean")
+                 for t in tables])
+    preps = [g.prepare(ids, segment_ids=segs) for ids in pool]
+    for p in preps[:20]:
+        p.run()
+    g.synchronize()
+    t0 = time.perf_counter()
+    for p in preps[20:]:
+        p.run()
+    t1 = time.perf_counter()
+    g.synchronize()
+    t2 = time.perf_counter()
+    print(f"threshold {threshold}: host time to issue 20 calls: {(t1 - t0) * 1e6 / 20:.1f} us/call; "
+          f"until done: {(t2 - t0) * 1e6 / 20:.1f} us/call")
 with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
     for p in preps[20:]:
         p.run()
     g.synchronize()
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+if os.environ.get("OUT"):
+    prof.export_chrome_trace(os.path.join(os.environ["OUT"], "trace.json"))
