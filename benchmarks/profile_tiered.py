@@ -13,7 +13,8 @@ from torch.profiler import ProfilerActivity, profile
 import tiemb
 from tiemb.bench.data import zipf_ids
 
-SLOTS, VOCAB, DIM, BATCH, NNZ = 26, 1_000_000, 16, 4096, 10
+SLOTS, VOCAB, DIM, BATCH, NNZ = (int(v) for v in os.environ.get("TIEMB_PROFILE_SHAPE",
+                                                                 "26,1000000,16,4096,10").split(","))
 
 rng = np.random.default_rng(0)
 tables = [rng.standard_normal((VOCAB, DIM), dtype=np.float32) for _ in range(SLOTS)]
