@@ -76,15 +76,9 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
       if (key == ~0ULL) {
         key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
         if (key == ~0ULL) {
-          // One counter update for all lanes of the warp that got here
-          // together: a table's new ids would otherwise queue on one address.
-          const unsigned mask = __activemask();
-          const int lane = threadIdx.x & 31;
-          const int leader = __ffs(mask) - 1;
-          unsigned long long first = 0;
-          if (lane == leader) first = atomicAdd(&c.batch->unique_ids, static_cast<unsigned long long>(__popc(mask)));
-          first = __shfl_sync(mask, first, leader);
-          u = static_cast<int32_t>(first + __popc(mask & ((1u << lane) - 1u)));
+          // A plain atomic per new id: aggregating over __activemask() here,
+          // inside a divergent retry loop, over-counted on the H200.
+          u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
           c.unique_ids[u] = id;  // read by later kernels only: no fence needed
           atomicExch(&c.hash_vals[h], u);
           break;
@@ -191,6 +185,10 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     const int64_t u = base + sub;
     const bool active = u < n;
     const int64_t id = active ? c.unique_ids[u] : 0;
+    if (active && (id < 0 || id >= t.rows)) {  // DEBUG
+      printf("DEBUG probe table %d: u=%lld n=%lld id=%lld rows=%lld\n", (int)blockIdx.y, (long long)u, (long long)n,
+             (long long)id, (long long)t.rows);
+    }
     const int64_t set = cache_set(id, t.sets);
     char* dst = c.staging + u * t.row_bytes;
     uint32_t v1 = 1;
