@@ -45,22 +45,18 @@ __device__ inline void warp_copy_row(char* dst, const char* src, int64_t bytes, 
   }
 }
 
-// Ids of every view into its table's unique set. unique_index[i] = position
-// of ids[i] in the table's unique_ids, -1 for ids outside the table (the
+// Ids of every view into its table's hash set; an id's unique index is its
+// hash slot, so there is no counter to share and nothing to wait for.
+// unique_index[i] = slot of ids[i], -1 for ids outside the table (the
 // lookup kernel reports those).
 __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t total = p.total_ids;
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < total; base += stride) {
-    const int64_t g = base + threadIdx.x;
-    const bool active = g < total;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
     int v = 0;
-    if (active) {
-      while (v + 1 < p.num_views && p.views[v + 1].begin <= g) ++v;
-    }
+    while (v + 1 < p.num_views && p.views[v + 1].begin <= g) ++v;
     const dedup_view& view = p.views[v];
     const tiered_call& c = p.calls[view.call];
-    if (!active) continue;
     const int64_t i = g - view.begin;
     const int64_t id = load_id(view.ids, view.is64, i);
     if (id < 0 || id >= c.t.rows) {
@@ -68,31 +64,15 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
       continue;
     }
     uint64_t h = mix64(static_cast<uint64_t>(id)) & c.hash_mask;
-    int32_t u;
     for (;;) {
       // Hot ids repeat thousands of times per batch: read first and keep
-      // atomics for empty slots, or every copy would queue on one address.
+      // atomics for empty slots.
       unsigned long long key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[h]);
-      if (key == ~0ULL) {
-        key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
-        if (key == ~0ULL) {
-          // A plain atomic per new id: aggregating over __activemask() here,
-          // inside a divergent retry loop, over-counted on the H200.
-          u = static_cast<int32_t>(atomicAdd(&c.batch->unique_ids, 1ULL));
-          c.unique_ids[u] = id;  // read by later kernels only: no fence needed
-          atomicExch(&c.hash_vals[h], u);
-          break;
-        }
-      }
-      if (key == static_cast<unsigned long long>(id)) {
-        // Inserted by another thread; its index appears right after.
-        while ((u = *reinterpret_cast<volatile int32_t*>(&c.hash_vals[h])) < 0) {
-        }
-        break;
-      }
+      if (key == ~0ULL) key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
+      if (key == ~0ULL || key == static_cast<unsigned long long>(id)) break;
       h = (h + 1) & c.hash_mask;
     }
-    view.unique_index[i] = u;
+    view.unique_index[i] = static_cast<int32_t>(h);
   }
 }
 
@@ -171,63 +151,71 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   const int sub = lane / kProbeLanes;  // group within the warp
   const int gl = lane % kProbeLanes;   // lane within the group
   const int leader = sub * kProbeLanes;
-  // Hits are counted per block first: one global atomic per block, not per id.
-  __shared__ unsigned long long block_hits, block_host_hits;
+  // Counted per block first: one global atomic per block, not per id.
+  __shared__ unsigned long long block_unique, block_hits, block_host_hits;
   if (threadIdx.x == 0) {
+    block_unique = 0;
     block_hits = 0;
     block_host_hits = 0;
   }
   __syncthreads();
-  const int64_t groups_per_round = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * (32 / kProbeLanes);
-  const auto n = static_cast<int64_t>(c.batch->unique_ids);
-  const int64_t first = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * (32 / kProbeLanes);
-  for (int64_t base = first; base < n; base += groups_per_round) {
-    const int64_t u = base + sub;
-    const bool active = u < n;
-    const int64_t id = active ? c.unique_ids[u] : 0;
-    if (active && (id < 0 || id >= t.rows)) {  // DEBUG
-      printf("DEBUG probe table %d: u=%lld n=%lld id=%lld rows=%lld\n", (int)blockIdx.y, (long long)u, (long long)n,
-             (long long)id, (long long)t.rows);
-    }
-    const int64_t set = cache_set(id, t.sets);
-    char* dst = c.staging + u * t.row_bytes;
-    uint32_t v1 = 1;
-    if (active) v1 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
-    int my_way = -1;
-    if (active && (v1 & 1u) == 0) {
+  const int64_t capacity = static_cast<int64_t>(c.hash_mask) + 1;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t base = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * 32; base < capacity;
+       base += warps * 32) {
+    // 32 slots per coalesced read; the occupied ones are this batch's ids.
+    const unsigned long long my_key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[base + lane]);
+    unsigned pending = __ballot_sync(0xffffffffu, my_key != ~0ULL);
+    if (lane == 0) atomicAdd(&block_unique, static_cast<unsigned long long>(__popc(pending)));
+    while (pending != 0) {
+      // Each group of kProbeLanes lanes takes one of the next occupied slots.
+      const int nth = __popc(pending) > sub ? static_cast<int>(__fns(pending, 0, sub + 1)) : -1;
+      for (int g = 0; g < 32 / kProbeLanes && pending != 0; ++g) pending &= pending - 1u;  // drop the taken bits
+      const bool active = nth >= 0;
+      const int64_t u = base + (active ? nth : 0);
+      const unsigned long long key = __shfl_sync(0xffffffffu, my_key, active ? nth : 0);  // every lane shuffles
+      const int64_t id = active ? static_cast<int64_t>(key) : 0;
+      const int64_t set = cache_set(id, t.sets);
+      char* dst = c.staging + u * t.row_bytes;
+      uint32_t v1 = 1;
+      if (active) v1 = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]);
+      int my_way = -1;
+      if (active && (v1 & 1u) == 0) {
 #pragma unroll
-      for (int q = 0; q < kWaysPerLane; ++q) {
-        const int w = gl * kWaysPerLane + q;
-        if (*reinterpret_cast<volatile int64_t*>(&t.keys[set * 32 + w]) == id) my_way = w;
+        for (int q = 0; q < kWaysPerLane; ++q) {
+          const int w = gl * kWaysPerLane + q;
+          if (*reinterpret_cast<volatile int64_t*>(&t.keys[set * 32 + w]) == id) my_way = w;
+        }
       }
+      const unsigned found = __ballot_sync(0xffffffffu, my_way >= 0) & (0xffu << leader);
+      const int way = __shfl_sync(0xffffffffu, my_way, found ? __ffs(found) - 1 : leader);
+      bool hit = false;
+      if (found) {
+        group_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+        // The row's loads must complete before the version is read again.
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        hit = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]) == v1;
+      }
+      // The group leader's view decides for the whole group.
+      hit = __shfl_sync(0xffffffffu, hit, leader);
+      if (hit && gl == 0) {
+        t.stamps[set * 32 + way] = c.batch_no;
+        atomicAdd(&block_hits, 1ULL);
+      }
+      const bool miss = active && !hit;
+      warp_append(miss && gl == 0, &c.batch->misses, nullptr, 0, u, c.miss_list);
+      const int64_t slot = (miss && t.host_index != nullptr) ? t.host_index[id] : id;
+      const bool in_place = miss && c.zero_copy && slot >= 0;
+      if (in_place) {
+        group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+        if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
+      }
+      warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
     }
-    const unsigned found = __ballot_sync(0xffffffffu, my_way >= 0) & (0xffu << leader);
-    const int way = __shfl_sync(0xffffffffu, my_way, found ? __ffs(found) - 1 : leader);
-    bool hit = false;
-    if (found) {
-      group_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, gl, kProbeLanes);
-      // The row's loads must complete before the version is read again.
-      asm volatile("fence.acq_rel.gpu;" ::: "memory");
-      hit = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]) == v1;
-    }
-    // The group leader's view decides for the whole group.
-    hit = __shfl_sync(0xffffffffu, hit, leader);
-    if (hit && gl == 0) {
-      t.stamps[set * 32 + way] = c.batch_no;
-      atomicAdd(&block_hits, 1ULL);
-    }
-    const bool miss = active && !hit;
-    warp_append(miss && gl == 0, &c.batch->misses, nullptr, 0, u, c.miss_list);
-    const int64_t slot = (miss && t.host_index != nullptr) ? t.host_index[id] : id;
-    const bool in_place = miss && c.zero_copy && slot >= 0;
-    if (in_place) {
-      group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
-      if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
-    }
-    warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
+    if (block_unique) atomicAdd(&c.batch->unique_ids, block_unique);
     if (block_hits) atomicAdd(&c.batch->hits, block_hits);
     if (block_host_hits) atomicAdd(&c.batch->host_hits, block_host_hits);
   }
@@ -318,9 +306,9 @@ __global__ void insert_or_defer_kernel(const __grid_constant__ tiered_params p) 
     const int32_t u = c.miss_list[m];
     const char* src = c.staging + static_cast<int64_t>(u) * c.t.row_bytes;
     if (now) {
-      insert_row(c.t, c.unique_ids[u], src, c.batch_no, lane);
+      insert_row(c.t, static_cast<int64_t>(c.hash_keys[u]), src, c.batch_no, lane);
     } else {
-      if (lane == 0) c.pending_ids[m] = c.unique_ids[u];
+      if (lane == 0) c.pending_ids[m] = static_cast<int64_t>(c.hash_keys[u]);
       warp_copy_row(c.pending_rows + m * c.t.row_bytes, src, c.t.row_bytes, lane);
     }
   }
@@ -484,28 +472,23 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
   size_t keys_bytes = 0;
   for (size_t i = 0; i < n; ++i) {
     const int64_t m = std::max<int64_t>(max_ids_[i], 1);
-    max_ids_any_ = std::max(max_ids_any_, m);
-    int64_t cap = 2;
+    int64_t cap = 32;
     while (cap < 2 * m) cap <<= 1;  // load factor <= 1/2 keeps probes short
     hash_capacity_.push_back(cap);
+    max_capacity_ = std::max(max_capacity_, cap);
     keys_off_.push_back(keys_bytes);
     keys_bytes += static_cast<size_t>(cap) * 8;
   }
-  size_t vals_bytes = 0;
-  for (size_t i = 0; i < n; ++i) {
-    vals_off_.push_back(keys_bytes + vals_bytes);
-    vals_bytes += static_cast<size_t>(hash_capacity_[i]) * 4;
-  }
-  hash_ = device_buffer(keys_bytes + vals_bytes);
+  hash_ = device_buffer(keys_bytes);
   batch_ = device_buffer(std::max<size_t>(n, 1) * sizeof(counters));
   batch_host_ = pinned_buffer(std::max<size_t>(n, 1) * sizeof(counters));
   for (size_t i = 0; i < n; ++i) {
     const auto m = static_cast<size_t>(std::max<int64_t>(max_ids_[i], 1));
+    max_misses_ = std::max(max_misses_, static_cast<int64_t>(m));
     const auto rb = static_cast<size_t>(tables_[i]->row_bytes());
-    unique_ids_.emplace_back(m * 8);
     miss_list_.emplace_back(m * 4);
     host_list_.emplace_back(m * 16);
-    staging_.emplace_back(m * rb);
+    staging_.emplace_back(static_cast<size_t>(hash_capacity_[i]) * rb);  // indexed by hash slot
     for (int p = 0; p < 2; ++p) {
       pending_ids_[p].emplace_back(m * 8);
       pending_rows_[p].emplace_back(m * rb);
@@ -559,9 +542,7 @@ tiered_params tiered_batch::params(int parity) {
     tiered_call& c = p.calls[i];
     c.t = tables_[u]->ref();
     c.hash_keys = reinterpret_cast<unsigned long long*>(hash_.get<char>() + keys_off_[u]);
-    c.hash_vals = reinterpret_cast<int32_t*>(hash_.get<char>() + vals_off_[u]);
     c.hash_mask = static_cast<uint64_t>(hash_capacity_[u] - 1);
-    c.unique_ids = unique_ids_[u].get<int64_t>();
     c.batch = batch_.get<counters>() + i;
     c.staging = staging_[u].get<char>();
     c.miss_list = miss_list_[u].get<int32_t>();
@@ -597,7 +578,7 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
     dedup_kernel<<<blocks, kBlock, 0, stream>>>(staged_);
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
-  const dim3 grid(static_cast<unsigned>(table_grid(max_ids_any_ / (32 / kProbeLanes) + 1, num_sms_, num_tables(), 16)),
+  const dim3 grid(static_cast<unsigned>(table_grid(max_capacity_ / 32, num_sms_, num_tables(), 16)),
                   static_cast<unsigned>(num_tables()));
   probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());
@@ -637,7 +618,7 @@ void tiered_batch::insert(cudaStream_t stream) {
   const int p = parity_;
   // pending[p] was last handed to the side stream two calls ago.
   if (side_used_[p]) TIEMB_CUDA_CHECK(cudaStreamWaitEvent(stream, side_done_[p], 0));
-  const dim3 grid(static_cast<unsigned>(table_grid(max_ids_any_, num_sms_, num_tables(), 4)),
+  const dim3 grid(static_cast<unsigned>(table_grid(max_misses_, num_sms_, num_tables(), 4)),
                   static_cast<unsigned>(num_tables()));
   insert_or_defer_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());

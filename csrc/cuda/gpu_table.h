@@ -111,10 +111,8 @@ constexpr int kMaxTieredViews = 64;
 /// One tiered table's part of a call, as the kernels see it.
 struct tiered_call {
   tiered_ref t;
-  unsigned long long* hash_keys;
-  int32_t* hash_vals;
+  unsigned long long* hash_keys;  // the batch's unique ids; an id's slot is its unique index
   uint64_t hash_mask;
-  int64_t* unique_ids;
   counters* batch;
   char* staging;
   int32_t* miss_list;
@@ -177,12 +175,13 @@ class tiered_batch {
   std::vector<gpu_table*> tables_;
   std::vector<int64_t> max_ids_;
   int num_sms_;
-  int64_t max_ids_any_ = 1;
-  device_buffer hash_;      // all keys, then all values
+  int64_t max_capacity_ = 32;
+  int64_t max_misses_ = 1;
+  device_buffer hash_;      // all tables' keys
   device_buffer batch_;     // counters per table
   std::vector<int64_t> hash_capacity_;
-  std::vector<size_t> keys_off_, vals_off_;
-  std::vector<device_buffer> unique_ids_, miss_list_, host_list_, staging_;
+  std::vector<size_t> keys_off_;
+  std::vector<device_buffer> miss_list_, host_list_, staging_;
   std::vector<device_buffer> pending_ids_[2], pending_rows_[2], pending_count_[2];
   // Host fetch path.
   pinned_buffer batch_host_;

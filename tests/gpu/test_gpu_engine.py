@@ -296,3 +296,31 @@ def test_device_shape_errors(small_group):
     with pytest.raises(ValueError, match=r"slot 0: 9 ids exceed max_batch_size \* max_nnz = 4 \* 2 = 8"):
         small_group.lookup([cp.zeros(9, cp.int64), ids[1]],
                            segment_ids=[cp.zeros(9, cp.int64), segs[1]], num_rows=[None, 3])
+
+
+def test_tiered_counts_and_results_at_scale(seed):
+    """Large Zipf batches (thousands of repeats of hot ids racing in dedup):
+    exact unique counts per batch and results equal to resident tables."""
+    cp = cupy()
+    rng = np.random.default_rng(seed)
+    slots, vocab, dim, batch, nnz = 4, 200_000, 16, 4096, 10
+    tables = [rng.standard_normal((vocab, dim)).astype(np.float32) for _ in range(slots)]
+    batches = [[zipf_batches(rng, vocab, 1, batch, nnz)[0] for _ in range(slots)] for _ in range(6)]
+    outs = {}
+    for label, tiers in (("resident", None), ("tiered", tiemb.TierConfig(0.05, hit_rate_threshold=0.5))):
+        e = tiemb.GpuEmbeddingEngine(batch, slots, nnz)
+        g = e.group([tiemb.Slot(e.add_table(t, tiers), "sum") for t in tables])
+        outs[label] = []
+        for b in batches:
+            res = g.lookup([cp.asarray(i) for i, _ in b], segment_ids=[cp.asarray(s) for _, s in b])
+            outs[label].append([cp.asnumpy(r) for r in res])
+        g.synchronize()
+        if label == "tiered":
+            for t in range(slots):
+                st = e.stats(t)
+                assert st["unique_ids"] == sum(len(np.unique(b[t][0])) for b in batches), st
+                assert st["lookups"] == len(batches) * batch * nnz
+                assert st["hits"] + st["host_hits"] == st["unique_ids"]
+    for k, (r, t) in enumerate(zip(outs["resident"], outs["tiered"])):
+        for s in range(slots):
+            np.testing.assert_array_equal(t[s], r[s], err_msg=f"batch {k}, slot {s}, seed {seed}")
