@@ -89,23 +89,6 @@ class py_cpu_lookup_group {
   }
 
  private:
-  static std::vector<slot_config> make_slots(const std::vector<int32_t>& tables,
-                                             const std::vector<int32_t>& combiners,
-                                             const std::vector<int32_t>& modes,
-                                             const std::vector<int64_t>& default_ids,
-                                             const std::vector<int32_t>& output_dtypes) {
-    const size_t n = tables.size();
-    TIEMB_EXPECT(combiners.size() == n && modes.size() == n && default_ids.size() == n &&
-                     output_dtypes.size() == n,
-                 "slot settings must all have one entry per slot");
-    std::vector<slot_config> slots(n);
-    for (size_t s = 0; s < n; ++s) {
-      slots[s] = slot_config{tables[s], static_cast<combiner>(combiners[s]),
-                             static_cast<row_mode>(modes[s]), default_ids[s],
-                             static_cast<dtype>(output_dtypes[s])};
-    }
-    return slots;
-  }
 
   cpu_lookup_group group_;
 };

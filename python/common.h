@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../csrc/core/config.h"
 #include "../csrc/core/request.h"
 
 #include "../csrc/core/error.h"
@@ -66,6 +67,22 @@ inline const float* weights_array(const py::handle& w, int64_t slot, int64_t* co
 inline py::array new_output(bool half, int64_t rows, int64_t dim) {
   return half ? py::array(py::dtype("float16"), std::vector<py::ssize_t>{rows, dim})
               : py::array(py::dtype::of<float>(), std::vector<py::ssize_t>{rows, dim});
+}
+
+/// Slot settings as they cross from Python (parallel lists of ints, the
+/// values of csrc/core/types.h), checked for equal lengths.
+inline std::vector<slot_config> make_slots(const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
+                                           const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
+                                           const std::vector<int32_t>& output_dtypes) {
+  const size_t n = tables.size();
+  TIEMB_EXPECT(combiners.size() == n && modes.size() == n && default_ids.size() == n && output_dtypes.size() == n,
+               "slot settings must all have one entry per slot");
+  std::vector<slot_config> slots(n);
+  for (size_t s = 0; s < n; ++s) {
+    slots[s] = slot_config{tables[s], static_cast<combiner>(combiners[s]), static_cast<row_mode>(modes[s]),
+                           default_ids[s], static_cast<dtype>(output_dtypes[s])};
+  }
+  return slots;
 }
 
 /// Checks per-slot numpy inputs (lists with one entry per slot) and returns

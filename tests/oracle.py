@@ -31,6 +31,22 @@ class SlotCase:
             self.row_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
+def foundation_grid(test):
+    """Every combination the foundation tests cover: combiner x weighted x
+    row mode x id dtype x table dtype x dimension x slot count."""
+    import pytest
+
+    for deco in (pytest.mark.parametrize("num_slots", [1, 26]),
+                 pytest.mark.parametrize("dim", [1, 4, 16, 128]),
+                 pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"]),
+                 pytest.mark.parametrize("id_dtype", [np.int32, np.int64], ids=["i32", "i64"]),
+                 pytest.mark.parametrize("mode", ["plain", "safe"]),
+                 pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"]),
+                 pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])):
+        test = deco(test)
+    return test
+
+
 def random_slot(rng, *, dim, table_dtype, id_dtype, combiner, mode, weighted, max_batch=64,
                 max_nnz=5, default_id=False, vocab=None):
     vocab = vocab or int(rng.integers(20, 1000))

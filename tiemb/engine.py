@@ -141,6 +141,43 @@ class EmbeddingEngine:
         return LookupGroup(self, slots)
 
 
+def lookup_lists(n: int, ids, segment_ids, row_offsets, weights, num_rows, check_ids: bool = True):
+    """The per-slot lists a lookup passes on: ids, segments (segment ids or row
+    offsets, exactly one given), weights (None for all), row counts (-1 = not given)."""
+    if (segment_ids is None) == (row_offsets is None):
+        raise ValueError("give exactly one of segment_ids and row_offsets")
+    segments = list(segment_ids if segment_ids is not None else row_offsets)
+    ids = list(ids)
+    weights = [None] * n if weights is None else list(weights)
+    if num_rows is None:
+        rows = [-1] * n
+    elif isinstance(num_rows, (int, np.integer)):
+        rows = [int(num_rows)] * n
+    else:
+        rows = [-1 if r is None else int(r) for r in num_rows]
+    if check_ids and len(ids) != n:
+        raise ValueError(f"lookup got ids for {len(ids)} slots but the group has {n}")
+    return ids, segments, weights, rows
+
+
+def checked_slots(engine, slots: Sequence[Slot]):
+    """Validates slots against an engine's tables; returns (slots, output dtype codes)."""
+    slots = list(slots)
+    out_dtypes = []
+    for i, s in enumerate(slots):
+        if not isinstance(s, Slot):
+            raise ValueError(f"slot {i}: expected tiemb.Slot, got {type(s).__name__}")
+        try:
+            s.validate()
+        except ValueError as e:
+            raise ValueError(f"slot {i}: {e}") from None
+        if not isinstance(s.table, (int, np.integer)) or not 0 <= s.table < engine.num_tables:
+            raise ValueError(f"slot {i}: table id {s.table!r} does not exist "
+                             f"(engine has {engine.num_tables} tables)")
+        out_dtypes.append(DTYPES[s.output_dtype or engine.table_shape(s.table)[2]])
+    return slots, out_dtypes
+
+
 class LookupGroup:
     """A fixed list of slots looked up together (one parallel pass per call).
 
@@ -148,20 +185,7 @@ class LookupGroup:
     """
 
     def __init__(self, engine: EmbeddingEngine, slots: Sequence[Slot]):
-        slots = list(slots)
-        for i, s in enumerate(slots):
-            if not isinstance(s, Slot):
-                raise ValueError(f"slot {i}: expected tiemb.Slot, got {type(s).__name__}")
-            try:
-                s.validate()
-            except ValueError as e:
-                raise ValueError(f"slot {i}: {e}") from None
-        out_dtypes = []
-        for i, s in enumerate(slots):
-            if not isinstance(s.table, (int, np.integer)) or not 0 <= s.table < engine.num_tables:
-                raise ValueError(f"slot {i}: table id {s.table!r} does not exist "
-                                 f"(engine has {engine.num_tables} tables)")
-            out_dtypes.append(DTYPES[s.output_dtype or engine.table_shape(s.table)[2]])
+        slots, out_dtypes = checked_slots(engine, slots)
         self.slots = tuple(slots)
         self._group = _C.CpuLookupGroup(
             engine._engine,
@@ -193,18 +217,8 @@ class LookupGroup:
                 range, unsorted or negative segment ids, mismatched lengths, or
                 more ids than ``max_batch_size * max_nnz``.
         """
-        n = len(self.slots)
-        if (segment_ids is None) == (row_offsets is None):
-            raise ValueError("give exactly one of segment_ids and row_offsets")
-        segments = segment_ids if segment_ids is not None else row_offsets
-        if weights is None:
-            weights = [None] * n
-        if num_rows is None:
-            rows = [-1] * n
-        elif isinstance(num_rows, (int, np.integer)):
-            rows = [int(num_rows)] * n
-        else:
-            rows = [-1 if r is None else int(r) for r in num_rows]
-        return self._group.lookup(list(ids), list(segments), row_offsets is not None, list(weights), rows)
+        ids, segments, weights, rows = lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights,
+                                                    num_rows, check_ids=False)
+        return self._group.lookup(ids, segments, row_offsets is not None, weights, rows)
 
     __call__ = lookup

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _C
 from ._enums import COMBINERS, DTYPES, ROW_MODES
-from .engine import EngineConfig, Slot
+from .engine import EngineConfig, Slot, checked_slots, lookup_lists
 
 _TYPESTR = {"<i4": DTYPES["int32"], "<i8": DTYPES["int64"], "<f4": DTYPES["float32"], "<f2": DTYPES["float16"]}
 
@@ -179,19 +179,7 @@ class GpuLookupGroup:
     """Slots looked up together in one launch on the engine's GPU."""
 
     def __init__(self, engine: GpuEmbeddingEngine, slots: Sequence[Slot]):
-        slots = list(slots)
-        out_dtypes = []
-        for i, s in enumerate(slots):
-            if not isinstance(s, Slot):
-                raise ValueError(f"slot {i}: expected tiemb.Slot, got {type(s).__name__}")
-            try:
-                s.validate()
-            except ValueError as e:
-                raise ValueError(f"slot {i}: {e}") from None
-            if not isinstance(s.table, (int, np.integer)) or not 0 <= s.table < engine.num_tables:
-                raise ValueError(f"slot {i}: table id {s.table!r} does not exist "
-                                 f"(engine has {engine.num_tables} tables)")
-            out_dtypes.append(DTYPES[s.output_dtype or engine.table_shape(s.table)[2]])
+        slots, out_dtypes = checked_slots(engine, slots)
         self.slots = tuple(slots)
         self.engine = engine
         self._dims = [engine.table_shape(s.table)[1] for s in slots]
@@ -202,21 +190,7 @@ class GpuLookupGroup:
             out_dtypes)
 
     def _normalise(self, ids, segment_ids, row_offsets, weights, num_rows):
-        n = len(self.slots)
-        if (segment_ids is None) == (row_offsets is None):
-            raise ValueError("give exactly one of segment_ids and row_offsets")
-        segments = list(segment_ids if segment_ids is not None else row_offsets)
-        ids = list(ids)
-        weights = [None] * n if weights is None else list(weights)
-        if num_rows is None:
-            rows = [-1] * n
-        elif isinstance(num_rows, (int, np.integer)):
-            rows = [int(num_rows)] * n
-        else:
-            rows = [-1 if r is None else int(r) for r in num_rows]
-        if len(ids) != n:
-            raise ValueError(f"lookup got ids for {len(ids)} slots but the group has {n}")
-        return ids, segments, weights, rows
+        return lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights, num_rows)
 
     def _device_inputs(self, ids, segments, weights, offsets):
         what = "row_offsets" if offsets else "segment_ids"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tiemb
-from oracle import SlotCase, assert_matches_tf, random_slot
+from oracle import SlotCase, assert_matches_tf, foundation_grid, random_slot
 
 pytest.importorskip("tensorflow")
 
@@ -33,13 +33,7 @@ def check(cases, seed, **kw):
                           f"table {case.table.dtype} {case.table.shape})")
 
 
-@pytest.mark.parametrize("num_slots", [1, 26])
-@pytest.mark.parametrize("dim", [1, 4, 16, 128])
-@pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("id_dtype", [np.int32, np.int64], ids=["i32", "i64"])
-@pytest.mark.parametrize("mode", ["plain", "safe"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+@foundation_grid
 def test_matches_tf(combiner, weighted, mode, id_dtype, table_dtype, dim, num_slots, seed):
     rng = np.random.default_rng(seed)
     cases = [random_slot(rng, dim=dim, table_dtype=table_dtype, id_dtype=id_dtype, combiner=combiner,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tiemb
-from oracle import SlotCase, assert_within_bound, numpy_lookup, random_slot
+from oracle import assert_within_bound, foundation_grid, numpy_lookup, random_slot
 
 pytestmark = pytest.mark.gpu
 
@@ -54,13 +54,7 @@ def check_against_references(outs, cases, seed, label):
         assert_within_bound(got, numpy_lookup(case), case, tol, where + " vs NumPy")
 
 
-@pytest.mark.parametrize("num_slots", [1, 26])
-@pytest.mark.parametrize("dim", [1, 4, 16, 128])
-@pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("id_dtype", [np.int32, np.int64], ids=["i32", "i64"])
-@pytest.mark.parametrize("mode", ["plain", "safe"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+@foundation_grid
 def test_gpu_matches_cpu_and_numpy(combiner, weighted, mode, id_dtype, table_dtype, dim, num_slots, seed):
     rng = np.random.default_rng(seed)
     cases = [random_slot(rng, dim=dim, table_dtype=table_dtype, id_dtype=id_dtype, combiner=combiner, mode=mode,
