@@ -188,7 +188,6 @@ class py_gpu_group {
   }
 
  private:
-
   gpu_lookup_group group_;
   std::mutex mutex_;
 };
