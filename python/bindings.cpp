@@ -10,6 +10,7 @@
 #include "../csrc/core/config.h"
 #include "../csrc/core/error.h"
 #include "../csrc/core/table_file.h"
+#include "../csrc/core/table_store.h"
 #include "../csrc/core/tier_config.h"
 #include "../csrc/cpu/cpu_engine.h"
 #include "../csrc/cuda/device_info.h"
@@ -173,6 +174,23 @@ PYBIND11_MODULE(_C, m) {
                        int64_t limit) {
     return hot_rows(rows, ids.data(), ids.size(), limit);
   }, py::arg("rows"), py::arg("profile_ids"), py::arg("limit"));
+
+  m.def("write_store_manifest", [](const std::string& dir, int64_t max_batch_size, int64_t slot_num,
+                                   int64_t max_nnz, const std::vector<std::string>& tables) {
+    store_manifest mf;
+    mf.config = engine_config{max_batch_size, slot_num, max_nnz, 0};
+    mf.tables = tables;
+    mf.write(dir);
+  }, py::arg("dir"), py::arg("max_batch_size"), py::arg("slot_num"), py::arg("max_nnz"), py::arg("tables"));
+  m.def("read_store_manifest", [](const std::string& dir) {
+    const store_manifest mf = store_manifest::read(dir);
+    py::dict d;
+    d["max_batch_size"] = mf.config.max_batch_size;
+    d["slot_num"] = mf.config.slot_num;
+    d["max_nnz"] = mf.config.max_nnz;
+    d["tables"] = mf.tables;
+    return d;
+  }, py::arg("dir"));
 
 #ifdef TIEMB_WITH_CUDA
   bind_gpu(m);

@@ -20,6 +20,15 @@ from .engine import EmbeddingEngine, EngineConfig, LookupGroup, Slot
 from .gpu import GpuEmbeddingEngine, GpuLookupGroup, TierConfig
 
 
+if "tensorflow" in __import__("sys").modules:
+    # Serving code imports TensorFlow first: register TiembLookup so optimized
+    # models load. Without TensorFlow, `import tiemb` stays TensorFlow-free.
+    from . import tf_ops as _tf_ops
+
+    if _tf_ops.available():
+        _tf_ops.load()
+
+
 def build_info() -> dict:
     """What this build contains: version, CUDA part and architectures, TF op library."""
     return dict(_C.build_info())

@@ -96,4 +96,16 @@ void table_file_reader::read_row(int64_t id, void* dst) const {
                got < 0 ? std::strerror(errno) : "file truncated");
 }
 
+void table_file_reader::read_all(void* dst) const {
+  const int64_t total = header_.rows * header_.row_bytes();
+  auto* out = static_cast<char*>(dst);
+  int64_t done = 0;
+  while (done < total) {
+    const ssize_t got = ::pread(fd_, out + done, static_cast<size_t>(total - done), kTableFileHeaderBytes + done);
+    TIEMB_EXPECT(got > 0, "table file ", path_, ": short read at byte ", kTableFileHeaderBytes + done, ": ",
+                 got < 0 ? std::strerror(errno) : "file truncated");
+    done += got;
+  }
+}
+
 }  // namespace tiemb

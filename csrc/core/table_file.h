@@ -47,6 +47,8 @@ class table_file_reader {
 
   /// Copies row `id` into `dst` (row_bytes bytes).
   void read_row(int64_t id, void* dst) const;
+  /// Copies every row into `dst` (rows * row_bytes bytes).
+  void read_all(void* dst) const;
 
  private:
   std::string path_;

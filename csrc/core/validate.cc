@@ -103,6 +103,10 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
       TIEMB_EXPECT(seg >= 0, "slot ", s, ": segment_ids[", i, "] = ", seg, " is negative");
       TIEMB_EXPECT(seg >= prev, "slot ", s, ": segment_ids must be sorted, but segment_ids[", i,
                    "] = ", seg, " < segment_ids[", i - 1, "] = ", prev);
+      // Plain mode takes its row count from the last id: a larger one before
+      // it means the ids are out of order.
+      TIEMB_EXPECT(seg < rows || safe, "slot ", s, ": segment_ids must be sorted, but segment_ids[", i, "] = ", seg,
+                   " > segment_ids[", n - 1, "] = ", rows - 1);
       TIEMB_EXPECT(seg < rows, "slot ", s, ": segment_ids[", i, "] = ", seg,
                    " is out of range for num_rows = ", rows);
       if (offsets != nullptr) {

@@ -49,3 +49,15 @@ def test_import_does_not_need_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[[1.0, 1.0]]"
+
+
+def test_tf_op_library_built_where_tensorflow_imports():
+    import importlib.util
+
+    from tiemb import tf_ops
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed: the op library is not built by design")
+    assert tiemb.build_info()["tf_ops_built"], "TensorFlow imports here but tiemb was built without its op library " \
+                                               "(was TensorFlow installed after tiemb? reinstall tiemb)"
+    assert tf_ops.available()

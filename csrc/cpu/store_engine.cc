@@ -1,0 +1,44 @@
+#include "store_engine.h"
+
+#include <climits>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "../core/table_file.h"
+
+namespace tiemb {
+
+std::shared_ptr<cpu_engine> shared_cpu_engine(const std::string& dir, const store_manifest** manifest) {
+  struct entry {
+    std::weak_ptr<cpu_engine> engine;
+    std::shared_ptr<store_manifest> manifest;
+  };
+  static std::mutex mutex;
+  static std::map<std::string, entry> engines;
+  char resolved[PATH_MAX];
+  const std::string key = ::realpath(dir.c_str(), resolved) != nullptr ? std::string(resolved) : dir;
+  std::lock_guard<std::mutex> lk(mutex);
+  entry& e = engines[key];
+  if (auto live = e.engine.lock()) {
+    *manifest = e.manifest.get();
+    return live;
+  }
+  auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
+  auto engine = std::make_shared<cpu_engine>(m->config);
+  std::vector<char> rows;
+  for (const auto& file : m->tables) {
+    table_file_reader r(dir + "/" + file);
+    const auto& h = r.header();
+    rows.resize(static_cast<size_t>(h.rows * h.row_bytes()));
+    r.read_all(rows.data());
+    engine->add_table(h.type, h.rows, h.dim, rows.data());
+  }
+  e.engine = engine;
+  e.manifest = m;
+  *manifest = m.get();
+  return engine;
+}
+
+}  // namespace tiemb

@@ -1,0 +1,197 @@
+// The TiembLookup TensorFlow op: many slots' sparse embedding lookups in one
+// op, served by the engine of a table store (tables outside the graph).
+//
+// Inputs: the store directory (a string scalar; in a SavedModel an asset, so
+// the model can be moved), then per slot ids, segment ids (sp_ids.indices[:,0]),
+// weights (an empty tensor for unweighted slots) and num_rows (dense_shape[0],
+// used by safe slots). Attributes fix everything else per slot. Errors in the
+// inputs become InvalidArgument naming the slot; nothing throws out of Compute.
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+#include "../core/error.h"
+#include "../cpu/store_engine.h"
+
+namespace tiemb {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::OpInputList;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+REGISTER_OP("TiembLookup")
+    .Input("store: string")
+    .Input("ids: N * Tid")
+    .Input("segment_ids: N * Tseg")
+    .Input("weights: N * float")
+    .Input("num_rows: N * int64")
+    .Output("embeddings: out_types")
+    .Attr("N: int >= 1")
+    .Attr("Tid: {int32, int64}")
+    .Attr("Tseg: {int32, int64}")
+    .Attr("tables: list(string)")
+    .Attr("dims: list(int)")
+    .Attr("combiners: list(string)")
+    .Attr("modes: list(string)")
+    .Attr("default_ids: list(int)")
+    .Attr("weighted: list(bool)")
+    .Attr("out_types: list({float, half})")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      int n = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      std::vector<int64_t> dims;
+      std::vector<std::string> modes;
+      TF_RETURN_IF_ERROR(c->GetAttr("dims", &dims));
+      TF_RETURN_IF_ERROR(c->GetAttr("modes", &modes));
+      if (static_cast<int>(dims.size()) != n || static_cast<int>(modes.size()) != n) {
+        return absl::InvalidArgumentError(absl::StrCat("TiembLookup: dims and modes need N = ", n, " entries"));
+      }
+      for (int s = 0; s < n; ++s) {
+        // Safe slots have num_rows rows (known when it is a constant); plain
+        // slots max(segment id) + 1, known only at run time.
+        shape_inference::DimensionHandle rows = c->UnknownDim();
+        if (modes[s] == "safe") TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
+        c->set_output(s, c->Matrix(rows, dims[s]));
+      }
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Sparse embedding lookups of many slots at once, with the semantics of
+tf.nn.embedding_lookup_sparse (mode "plain") and
+tf.nn.safe_embedding_lookup_sparse (mode "safe"), served from a tiemb table store.
+)doc");
+
+int combiner_code(const std::string& c) { return c == "sum" ? 0 : c == "mean" ? 1 : c == "sqrtn" ? 2 : -1; }
+
+class TiembLookupOp : public OpKernel {
+ public:
+  explicit TiembLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("tables", &tables_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dims", &dims_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiners", &combiners_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("modes", &modes_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("default_ids", &default_ids_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("weighted", &weighted_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("out_types", &out_types_));
+    const size_t n = static_cast<size_t>(n_);
+    OP_REQUIRES(ctx,
+                tables_.size() == n && dims_.size() == n && combiners_.size() == n && modes_.size() == n &&
+                    default_ids_.size() == n && weighted_.size() == n && out_types_.size() == n,
+                absl::InvalidArgumentError(absl::StrCat("TiembLookup: every per-slot attribute needs N = ", n_, " entries")));
+    for (size_t s = 0; s < n; ++s) {
+      OP_REQUIRES(ctx, combiner_code(combiners_[s]) >= 0,
+                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": combiner must be sum, mean or sqrtn, got '", combiners_[s], "'")));
+      OP_REQUIRES(ctx, modes_[s] == "plain" || modes_[s] == "safe",
+                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": mode must be plain or safe, got '", modes_[s], "'")));
+    }
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& store = ctx->input(0);
+    OP_REQUIRES(ctx, store.dims() == 0, absl::InvalidArgumentError(absl::StrCat("store must be a string scalar")));
+    OpInputList ids, segs, weights, num_rows;
+    OP_REQUIRES_OK(ctx, ctx->input_list("ids", &ids));
+    OP_REQUIRES_OK(ctx, ctx->input_list("segment_ids", &segs));
+    OP_REQUIRES_OK(ctx, ctx->input_list("weights", &weights));
+    OP_REQUIRES_OK(ctx, ctx->input_list("num_rows", &num_rows));
+    try {
+      cpu_lookup_group& group = ensure_group(std::string(store.scalar<::tensorflow::tstring>()()));
+      std::vector<slot_request> req(static_cast<size_t>(n_));
+      for (int s = 0; s < n_; ++s) {
+        slot_request& r = req[static_cast<size_t>(s)];
+        const Tensor& id = ids[s];
+        const Tensor& sg = segs[s];
+        TIEMB_EXPECT(id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
+        TIEMB_EXPECT(sg.dims() == 1, "slot ", s, ": segment_ids must be 1-D, got shape ", sg.shape().DebugString());
+        r.ids = id.data();
+        r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
+        r.num_ids = id.NumElements();
+        r.segments = sg.data();
+        r.segment_type = sg.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
+        r.num_segments = sg.NumElements();
+        if (weighted_[static_cast<size_t>(s)]) {
+          TIEMB_EXPECT(weights[s].dims() == 1, "slot ", s, ": weights must be 1-D, got shape ",
+                       weights[s].shape().DebugString());
+          r.weights = weights[s].flat<float>().data();
+          r.num_weights = weights[s].NumElements();
+        }
+        TIEMB_EXPECT(num_rows[s].dims() == 0, "slot ", s, ": num_rows must be a scalar");
+        r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? num_rows[s].scalar<int64_t>()() : -1;
+      }
+      std::vector<void*> outputs(static_cast<size_t>(n_));
+      absl::Status alloc_status;
+      group.lookup(req.data(), n_, [&](const int64_t* rows) {
+        for (int s = 0; s < n_ && alloc_status.ok(); ++s) {
+          Tensor* out = nullptr;
+          alloc_status = ctx->allocate_output(s, TensorShape({rows[s], dims_[static_cast<size_t>(s)]}), &out);
+          if (alloc_status.ok()) outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
+        }
+        TIEMB_EXPECT(alloc_status.ok(), "allocating outputs failed: ", std::string(alloc_status.message()));
+        return static_cast<void* const*>(outputs.data());
+      });
+    } catch (const std::exception& e) {
+      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
+    }
+  }
+
+ private:
+  // One group per store, built on first use: the store path is an input
+  // (assets are resolved where the model was loaded from), and eager
+  // TensorFlow shares one kernel among all ops with the same attributes.
+  cpu_lookup_group& ensure_group(const std::string& store) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    auto it = groups_.find(store);
+    if (it != groups_.end()) return *it->second.group;
+    const store_manifest* manifest = nullptr;
+    std::shared_ptr<cpu_engine> engine = shared_cpu_engine(store, &manifest);
+    std::vector<slot_config> slots(static_cast<size_t>(n_));
+    for (size_t s = 0; s < slots.size(); ++s) {
+      slot_config& sc = slots[s];
+      sc.table = manifest->table_id(tables_[s], store);
+      const table& shape = engine->tables().at(sc.table);
+      TIEMB_EXPECT(shape.dim() == dims_[s], "slot ", s, ": table ", tables_[s], " has dimension ", shape.dim(),
+                   " but the op expects ", dims_[s]);
+      sc.comb = static_cast<combiner>(combiner_code(combiners_[s]));
+      sc.mode = modes_[s] == "safe" ? row_mode::safe : row_mode::plain;
+      sc.default_id = default_ids_[s];
+      sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
+    }
+    store_group& g = groups_[store];
+    g.engine = std::move(engine);
+    g.group = std::make_unique<cpu_lookup_group>(*g.engine, std::move(slots));
+    return *g.group;
+  }
+
+  struct store_group {
+    std::shared_ptr<cpu_engine> engine;
+    std::unique_ptr<cpu_lookup_group> group;
+  };
+
+  int n_ = 0;
+  std::vector<std::string> tables_, combiners_, modes_;
+  std::vector<int64_t> dims_, default_ids_;
+  std::vector<bool> weighted_;
+  std::vector<::tensorflow::DataType> out_types_;
+  std::mutex mutex_;
+  std::map<std::string, store_group> groups_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(DEVICE_CPU), TiembLookupOp);
+
+}  // namespace
+}  // namespace tiemb

@@ -1,0 +1,125 @@
+"""The TiembLookup TensorFlow op against TensorFlow's own lookups."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import tiemb  # noqa: E402
+from tiemb import tf_ops  # noqa: E402
+from oracle import assert_matches_tf, random_slot  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
+
+TOL = {np.float32: 1e-6, np.float16: 1e-3}
+MAX_BATCH, MAX_NNZ = 64, 5
+
+
+def make_store(tmp_path, cases):
+    store = str(tmp_path / "store")
+    tf_ops.write_store(store, {f"t{i}.tiemb": c.table for i, c in enumerate(cases)},
+                       max_batch_size=MAX_BATCH, slot_num=max(26, len(cases)), max_nnz=MAX_NNZ)
+    return store
+
+
+def run_op(store, cases, *, graph=False):
+    kw = dict(tables=[f"t{i}.tiemb" for i in range(len(cases))], dims=[c.table.shape[1] for c in cases],
+              combiners=[c.combiner for c in cases], modes=[c.mode for c in cases],
+              default_ids=[-1 if c.default_id is None else c.default_id for c in cases],
+              out_types=[tf.float16 if c.table.dtype == np.float16 else tf.float32 for c in cases])
+    weights = [None if c.weights is None else tf.constant(c.weights) for c in cases]
+    rows = [tf.constant(c.num_rows, tf.int64) for c in cases]
+    if not graph:
+        return [t.numpy() for t in tf_ops.lookup(store, [tf.constant(c.ids) for c in cases],
+                                                 [tf.constant(c.segment_ids) for c in cases],
+                                                 weights=weights, num_rows=rows, **kw)]
+
+    # In a tf.function with the ids as graph inputs (what a served model does).
+    @tf.function
+    def f(ids, segs):
+        return tf_ops.lookup(store, ids, segs, weights=weights, num_rows=rows, **kw)
+
+    return [t.numpy() for t in f([tf.constant(c.ids) for c in cases], [tf.constant(c.segment_ids) for c in cases])]
+
+
+@pytest.mark.parametrize("num_slots", [1, 26])
+@pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("combiner,mode,weighted", list(itertools.product(
+    ["sum", "mean", "sqrtn"], ["plain", "safe"], [False, True])))
+def test_op_matches_tf(combiner, mode, weighted, id_dtype, table_dtype, num_slots, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    cases = [random_slot(rng, dim=int(rng.choice([1, 4, 16, 128])), table_dtype=table_dtype, id_dtype=id_dtype,
+                         combiner=combiner, mode=mode, weighted=weighted, max_batch=MAX_BATCH, max_nnz=MAX_NNZ,
+                         default_id=(mode == "safe" and rng.random() < 0.5)) for _ in range(num_slots)]
+    store = make_store(tmp_path, cases)
+    for graph in (False, True):
+        for s, (got, case) in enumerate(zip(run_op(store, cases, graph=graph), cases)):
+            assert_matches_tf(got, case, TOL[table_dtype],
+                              f"seed {seed}, slot {s}, graph={graph} ({combiner}, {mode}, w={weighted})")
+
+
+def test_shape_function(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    cases = [random_slot(rng, dim=8, table_dtype=np.float32, id_dtype=np.int64, combiner="sum", mode=m,
+                         weighted=False) for m in ("plain", "safe")]
+    store = make_store(tmp_path, cases)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)] * 4)
+    def f(i0, i1, s0, s1):
+        outs = tf_ops.lookup(store, [i0, i1], [s0, s1], tables=["t0.tiemb", "t1.tiemb"], dims=[8, 8],
+                             combiners=["sum", "sum"], modes=["plain", "safe"],
+                             num_rows=[None, tf.constant(37, tf.int64)])
+        assert outs[0].shape.as_list() == [None, 8], outs[0].shape
+        assert outs[1].shape.as_list() == [37, 8], outs[1].shape
+        return outs
+
+    f.get_concrete_function()
+
+
+def test_op_errors_name_the_slot(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    case = random_slot(rng, dim=4, table_dtype=np.float32, id_dtype=np.int64, combiner="sum", mode="plain",
+                       weighted=False, vocab=50)
+    store = make_store(tmp_path, [case])
+    kw = dict(tables=["t0.tiemb"], dims=[4], combiners=["sum"], modes=["plain"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids\[0\] = 50 is out of range \[0, 50\)"):
+        tf_ops.lookup(store, [tf.constant([50], tf.int64)], [tf.constant([0], tf.int64)], **kw)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: segment_ids must be sorted"):
+        tf_ops.lookup(store, [tf.constant([1, 2], tf.int64)], [tf.constant([1, 0], tf.int64)], **kw)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"manifest.txt: No such file"):
+        tf_ops.lookup(str(tmp_path / "nowhere"), [tf.constant([1], tf.int64)], [tf.constant([0], tf.int64)], **kw)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"has no table 'missing.tiemb'"):
+        tf_ops.lookup(store, [tf.constant([1], tf.int64)], [tf.constant([0], tf.int64)],
+                      **{**kw, "tables": ["missing.tiemb"]})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: table t0.tiemb has dimension 4 but the op expects 5"):
+        tf_ops.lookup(store, [tf.constant([1], tf.int64)], [tf.constant([0], tf.int64)], **{**kw, "dims": [5]})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: combiner must be sum, mean or sqrtn, got 'max'"):
+        tf_ops.lookup(store, [tf.constant([1], tf.int64)], [tf.constant([0], tf.int64)],
+                      **{**kw, "combiners": ["max"]})
+
+
+def test_one_engine_per_store_shared_by_ops(tmp_path, seed):
+    """Two ops over one store, used from a graph and eagerly, agree with TF."""
+    rng = np.random.default_rng(seed)
+    cases = [random_slot(rng, dim=16, table_dtype=np.float32, id_dtype=np.int64, combiner="mean", mode="safe",
+                         weighted=True) for _ in range(2)]
+    store = make_store(tmp_path, cases)
+    a = run_op(store, cases, graph=True)
+    b = run_op(store, cases, graph=False)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_store_manifest_round_trip_and_errors(tmp_path):
+    d = str(tmp_path / "s")
+    tf_ops.write_store(d, {"a.tiemb": np.ones((3, 2), np.float32)}, max_batch_size=8, slot_num=2, max_nnz=3)
+    assert tiemb._C.read_store_manifest(d) == dict(max_batch_size=8, slot_num=2, max_nnz=3, tables=["a.tiemb"])
+    with open(d + "/manifest.txt", "a") as f:
+        f.write("colour blue\n")
+    with pytest.raises(ValueError, match=r"manifest.txt:6: unknown key 'colour'"):
+        tiemb._C.read_store_manifest(d)
+    with pytest.raises(ValueError, match=r"table name must be a plain file name"):
+        tf_ops.write_store(d, {"../x": np.ones((3, 2), np.float32)}, max_batch_size=8, slot_num=2, max_nnz=3)

@@ -1,0 +1,91 @@
+"""TensorFlow integration: the TiembLookup op and the table store it reads.
+
+The op library (``_tiemb_tf_ops.so``) is built by ``pip install .`` where
+TensorFlow is importable. ``import tiemb`` registers it when TensorFlow is
+already imported (as in serving code: ``import tensorflow as tf; import tiemb``);
+otherwise call :func:`load` (or use :func:`lookup`, which loads it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import _C
+
+_LIBRARY = os.path.join(os.path.dirname(__file__), "_tiemb_tf_ops.so")
+_module = None
+
+
+def available() -> bool:
+    """True when this build has the op library."""
+    return os.path.exists(_LIBRARY)
+
+
+def load():
+    """Registers TiembLookup with TensorFlow (once per process); returns the op module."""
+    global _module
+    if _module is None:
+        if not available():
+            raise RuntimeError("this tiemb build has no TensorFlow op library: TensorFlow was not importable "
+                               "when tiemb was built; install tensorflow first, then reinstall tiemb")
+        import tensorflow as tf
+
+        _module = tf.load_op_library(_LIBRARY)
+    return _module
+
+
+def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_size: int, slot_num: int,
+                max_nnz: int) -> None:
+    """Writes a table store: one table file per entry of ``tables`` (name -> 2-D
+    float32/float16 array) and the manifest with the engine's sizes.
+
+    Args:
+        directory: created if missing; the files in it are replaced.
+        max_batch_size, slot_num, max_nnz: the engine sizes every op reading
+            the store runs with (see :class:`tiemb.EngineConfig`).
+    """
+    os.makedirs(directory, exist_ok=True)
+    names = []
+    for name, table in tables.items():
+        if not name or "/" in name or name == "manifest.txt":
+            raise ValueError(f"table name must be a plain file name, got {name!r}")
+        if not isinstance(table, np.ndarray) or table.dtype not in (np.float32, np.float16) or table.ndim != 2:
+            raise ValueError(f"table {name!r} must be a 2-D float32 or float16 numpy array")
+        _C.write_table_file(os.path.join(directory, name), np.ascontiguousarray(table))
+        names.append(name)
+    _C.write_store_manifest(directory, max_batch_size, slot_num, max_nnz, names)
+
+
+def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str], dims: Sequence[int],
+           combiners: Sequence[str], modes: Sequence[str], weights: Optional[Sequence] = None,
+           num_rows: Optional[Sequence] = None, default_ids: Optional[Sequence[int]] = None,
+           out_types: Optional[Sequence] = None):
+    """Builds one TiembLookup op over N slots; returns N tensors [rows, dim].
+
+    Args:
+        store: the store directory (string or string tensor).
+        ids, segment_ids: per slot 1-D int tensors (all ids one dtype; all
+            segment ids one dtype), as ``sp_ids.values`` and ``sp_ids.indices[:, 0]``.
+        tables, dims, combiners, modes: per slot: table file name in the store,
+            its dimension, ``sum|mean|sqrtn``, ``plain|safe``.
+        weights: per slot a float32 tensor or None (unweighted).
+        num_rows: per slot the row count of safe slots (``dense_shape[0]``); plain slots ignore it.
+        default_ids: per slot the safe-mode default row, or -1.
+        out_types: per slot tf.float32 (default) or tf.float16.
+    """
+    import tensorflow as tf
+
+    op = load()
+    n = len(ids)
+    weighted = [w is not None for w in (weights or [None] * n)]
+    w = [tf.zeros([0], tf.float32) if x is None else tf.convert_to_tensor(x, tf.float32)
+         for x in (weights or [None] * n)]
+    rows = [tf.constant(-1, tf.int64) if r is None else tf.cast(r, tf.int64) for r in (num_rows or [None] * n)]
+    return op.tiemb_lookup(
+        store=store, ids=list(ids), segment_ids=list(segment_ids), weights=w, num_rows=rows, tables=list(tables),
+        dims=[int(d) for d in dims], combiners=list(combiners), modes=list(modes),
+        default_ids=[-1 if d is None else int(d) for d in (default_ids or [-1] * n)], weighted=weighted,
+        out_types=list(out_types or [tf.float32] * n))
