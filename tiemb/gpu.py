@@ -91,6 +91,18 @@ def _stream_ptr(stream) -> int:
     return int(ptr)
 
 
+def _as_device_array(obj):
+    """`obj` if it has __cuda_array_interface__; a zero-copy cupy view of a
+    DLPack producer (JAX, for one) otherwise; None for anything else."""
+    if hasattr(obj, "__cuda_array_interface__"):
+        return obj
+    if hasattr(obj, "__dlpack__"):
+        import cupy
+
+        return cupy.from_dlpack(obj)
+    return None
+
+
 def _device_view(obj, slot: int, what: str, allowed: tuple):
     cai = obj.__cuda_array_interface__
     ts, shape, strides = cai["typestr"], tuple(cai["shape"]), cai.get("strides")
@@ -194,10 +206,14 @@ class GpuLookupGroup:
 
     def _device_inputs(self, ids, segments, weights, offsets):
         what = "row_offsets" if offsets else "segment_ids"
+        ids = [_as_device_array(a) if not isinstance(a, np.ndarray) else a for a in ids]
+        segments = [_as_device_array(a) if not isinstance(a, np.ndarray) else a for a in segments]
+        weights = [w if w is None or isinstance(w, np.ndarray) else _as_device_array(w) for w in weights]
         for s, a in enumerate(ids + segments):
-            if not hasattr(a, "__cuda_array_interface__"):
-                raise ValueError(f"slot {s % len(ids)}: mix of device and host arrays; give all inputs on "
-                                 "the GPU (cupy) or all as numpy")
+            if a is None or not hasattr(a, "__cuda_array_interface__"):
+                raise ValueError(f"slot {s % len(ids)}: mix of device and host arrays, or an array that is "
+                                 "neither numpy, __cuda_array_interface__ nor DLPack; give all inputs on the "
+                                 "GPU or all as numpy")
         dev_ids = [_device_view(a, s, "ids", _INDEX) for s, a in enumerate(ids)]
         dev_segs = [_device_view(a, s, what, _INDEX) for s, a in enumerate(segments)]
         dev_w = []

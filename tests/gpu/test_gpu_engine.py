@@ -318,3 +318,34 @@ def test_tiered_counts_and_results_at_scale(seed):
     for k, (r, t) in enumerate(zip(outs["resident"], outs["tiered"])):
         for s in range(slots):
             np.testing.assert_array_equal(t[s], r[s], err_msg=f"batch {k}, slot {s}, seed {seed}")
+
+
+class _DLPackOnly:
+    """An array that speaks only DLPack (as JAX arrays do)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_dlpack_and_torch_inputs(seed):
+    cp = cupy()
+    rng = np.random.default_rng(seed)
+    case = random_slot(rng, dim=16, table_dtype=np.float32, id_dtype=np.int64, combiner="mean", mode="plain",
+                       weighted=True)
+    _, group = gpu_group([case])
+    want = gpu_lookup(group, [case], device=True)[0]
+    ids, segs, w = cp.asarray(case.ids), cp.asarray(case.segment_ids), cp.asarray(case.weights)
+    (got,) = group.lookup([_DLPackOnly(ids)], segment_ids=[_DLPackOnly(segs)], weights=[_DLPackOnly(w)])
+    group.synchronize()
+    np.testing.assert_array_equal(cp.asnumpy(got), want)
+    torch = pytest.importorskip("torch")
+    t = [torch.as_tensor(np.asarray(x), device="cuda") for x in (case.ids, case.segment_ids, case.weights)]
+    (got,) = group.lookup([t[0]], segment_ids=[t[1]], weights=[t[2]])
+    group.synchronize()
+    np.testing.assert_array_equal(cp.asnumpy(got), want)
