@@ -465,7 +465,7 @@ table_stats gpu_table::stats() const {
 // ---- tiered_batch ----------------------------------------------------------------
 
 tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms)
-    : tables_(std::move(tables)), max_ids_(std::move(max_ids)), num_sms_(num_sms) {
+    : tables_(std::move(tables)), max_ids_(std::move(max_ids)), num_sms_(num_sms), pool_(hardware_threads()) {
   const size_t n = tables_.size();
   TIEMB_EXPECT(n <= static_cast<size_t>(kMaxTieredTables), "a lookup group may use at most ", kMaxTieredTables,
                " tiered tables, got ", n);
@@ -506,6 +506,8 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     }
     batch_no_.push_back(0);
   }
+  fetch_counts_.assign(n, 0);
+  TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&fetch_done_, cudaEventDisableTiming));
   for (int p = 0; p < 2; ++p) {
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&main_done_[p], cudaEventDisableTiming));
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&side_done_[p], cudaEventDisableTiming));
@@ -517,6 +519,10 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
 }
 
 tiered_batch::~tiered_batch() {
+  if (fetch_done_) {
+    cudaEventSynchronize(fetch_done_);
+    cudaEventDestroy(fetch_done_);
+  }
   if (side_) {
     cudaStreamSynchronize(side_);
     cudaStreamDestroy(side_);
@@ -584,34 +590,70 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
   TIEMB_CUDA_CHECK(cudaGetLastError());
   bool any_host = false;
   for (auto* t : tables_) any_host = any_host || t->host_fetch();
-  if (!any_host) return;
-  // The host must see which rows are wanted: this path waits for the stream.
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(batch_host_.get(), batch_.get(), batch_.bytes(), cudaMemcpyDeviceToHost, stream));
-  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
-  for (int i = 0; i < num_tables(); ++i) {
-    if (tables_[static_cast<size_t>(i)]->host_fetch()) fetch_on_host(i, stream);
-  }
-  // The pinned staging is reused by the next call: it must be consumed first.
-  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (any_host) fetch_on_host(stream);
 }
 
-void tiered_batch::fetch_on_host(int i, cudaStream_t stream) {
-  const auto u = static_cast<size_t>(i);
-  const auto k = static_cast<int64_t>(batch_host_.get<counters>()[i].host_reads);
-  if (k == 0) return;
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(list_host_[u].get(), host_list_[u].get(), static_cast<size_t>(k) * 16,
-                                   cudaMemcpyDeviceToHost, stream));
+void tiered_batch::fetch_on_host(cudaStream_t stream) {
+  // The pinned buffers of the previous call's transfers must be free again.
+  if (fetch_pending_) TIEMB_CUDA_CHECK(cudaEventSynchronize(fetch_done_));
+  fetch_pending_ = false;
+  // The host must see which rows are wanted: one wait for every table's
+  // counts, one for every table's list.
+  TIEMB_CUDA_CHECK(cudaMemcpyAsync(batch_host_.get(), batch_.get(), batch_.bytes(), cudaMemcpyDeviceToHost, stream));
   TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const int64_t rb = tables_[u]->row_bytes();
-  const auto* list = list_host_[u].get<int64_t>();
-  char* rows = fetched_host_[u].get<char>();
-  for (int64_t j = 0; j < k; ++j) tables_[u]->read_row_host(list[2 * j], rows + j * rb);
-  TIEMB_CUDA_CHECK(cudaMemcpyAsync(fetched_dev_[u].get(), rows, static_cast<size_t>(k * rb), cudaMemcpyHostToDevice,
-                                   stream));
-  scatter_rows_kernel<<<warp_grid(k, num_sms_), kBlock, 0, stream>>>(
-      fetched_dev_[u].get<char>(), host_list_[u].get<int64_t>(), batch_.get<counters>() + i, staging_[u].get<char>(),
-      rb);
-  TIEMB_CUDA_CHECK(cudaGetLastError());
+  std::vector<int64_t>& counts = fetch_counts_;
+  bool any = false;
+  for (int i = 0; i < num_tables(); ++i) {
+    const auto u = static_cast<size_t>(i);
+    counts[u] = tables_[u]->host_fetch() ? static_cast<int64_t>(batch_host_.get<counters>()[i].host_reads) : 0;
+    if (counts[u] == 0) continue;
+    any = true;
+    TIEMB_CUDA_CHECK(cudaMemcpyAsync(list_host_[u].get(), host_list_[u].get(), static_cast<size_t>(counts[u]) * 16,
+                                     cudaMemcpyDeviceToHost, stream));
+  }
+  if (!any) return;
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+  // Gather the rows on all host threads: (table, chunk) tasks.
+  constexpr int64_t kChunk = 256;
+  std::vector<std::pair<int, int64_t>>& tasks = fetch_tasks_;
+  tasks.clear();
+  for (int i = 0; i < num_tables(); ++i) {
+    for (int64_t b = 0; b < counts[static_cast<size_t>(i)]; b += kChunk) tasks.emplace_back(i, b);
+  }
+  std::vector<std::string>& errors = fetch_errors_;
+  errors.assign(tasks.size(), std::string());
+  auto gather_chunk = [&](int64_t t, int) {
+    const auto [i, begin] = tasks[static_cast<size_t>(t)];
+    const auto u = static_cast<size_t>(i);
+    const int64_t rb = tables_[u]->row_bytes();
+    const auto* list = list_host_[u].get<int64_t>();
+    char* rows = fetched_host_[u].get<char>();
+    try {
+      for (int64_t j = begin; j < std::min(begin + kChunk, counts[u]); ++j) {
+        tables_[u]->read_row_host(list[2 * j], rows + j * rb);
+      }
+    } catch (const std::exception& e) {
+      errors[static_cast<size_t>(t)] = e.what();
+    }
+  };
+  pool_.parallel_for(static_cast<int64_t>(tasks.size()), gather_chunk);
+  for (const auto& e : errors) {
+    if (!e.empty()) throw error(e);
+  }
+  for (int i = 0; i < num_tables(); ++i) {
+    const auto u = static_cast<size_t>(i);
+    if (counts[u] == 0) continue;
+    const int64_t rb = tables_[u]->row_bytes();
+    TIEMB_CUDA_CHECK(cudaMemcpyAsync(fetched_dev_[u].get(), fetched_host_[u].get(), static_cast<size_t>(counts[u] * rb),
+                                     cudaMemcpyHostToDevice, stream));
+    scatter_rows_kernel<<<warp_grid(counts[u], num_sms_), kBlock, 0, stream>>>(
+        fetched_dev_[u].get<char>(), host_list_[u].get<int64_t>(), batch_.get<counters>() + i,
+        staging_[u].get<char>(), rb);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
+  // Waited for at the next call, before the pinned buffers are written again.
+  TIEMB_CUDA_CHECK(cudaEventRecord(fetch_done_, stream));
+  fetch_pending_ = true;
 }
 
 void tiered_batch::insert(cudaStream_t stream) {

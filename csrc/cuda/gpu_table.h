@@ -20,11 +20,14 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/table_file.h"
 #include "../core/tier_config.h"
 #include "../core/types.h"
+#include "../cpu/thread_pool.h"
 #include "device_buffer.h"
 
 namespace tiemb {
@@ -170,7 +173,7 @@ class tiered_batch {
 
  private:
   tiered_params params(int parity);
-  void fetch_on_host(int i, cudaStream_t stream);
+  void fetch_on_host(cudaStream_t stream);
 
   std::vector<gpu_table*> tables_;
   std::vector<int64_t> max_ids_;
@@ -188,6 +191,14 @@ class tiered_batch {
   std::vector<device_buffer> fetched_dev_;
   std::vector<pinned_buffer> list_host_, fetched_host_;
   std::vector<uint32_t> batch_no_;
+  // Host fetches: rows gathered on all host threads; their pinned buffers are
+  // reused once fetch_done_ (the last transfer up) has passed.
+  thread_pool pool_;
+  std::vector<int64_t> fetch_counts_;
+  std::vector<std::pair<int, int64_t>> fetch_tasks_;
+  std::vector<std::string> fetch_errors_;
+  cudaEvent_t fetch_done_ = nullptr;
+  bool fetch_pending_ = false;
   cudaStream_t side_ = nullptr;
   cudaEvent_t main_done_[2] = {nullptr, nullptr};
   cudaEvent_t side_done_[2] = {nullptr, nullptr};
