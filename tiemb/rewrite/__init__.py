@@ -1,0 +1,6 @@
+"""Graph rewriting: find embedding idioms in a GraphDef by structure and
+replace them with the fused TiembLookup op."""
+
+from .sparse_lookup import rewrite_sparse_lookups
+
+__all__ = ["rewrite_sparse_lookups"]
