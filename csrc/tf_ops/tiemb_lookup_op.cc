@@ -35,14 +35,14 @@ namespace shape_inference = ::tensorflow::shape_inference;
 
 REGISTER_OP("TiembLookup")
     .Input("store: string")
-    .Input("ids: N * Tid")
-    .Input("segment_ids: N * Tseg")
+    .Input("ids: Tids")
+    .Input("segment_ids: Tsegs")
     .Input("weights: N * float")
     .Input("num_rows: N * int64")
     .Output("embeddings: out_types")
     .Attr("N: int >= 1")
-    .Attr("Tid: {int32, int64}")
-    .Attr("Tseg: {int32, int64}")
+    .Attr("Tids: list({int32, int64})")
+    .Attr("Tsegs: list({int32, int64})")
     .Attr("tables: list(string)")
     .Attr("dims: list(int)")
     .Attr("combiners: list(string)")
@@ -109,6 +109,9 @@ class TiembLookupOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->input_list("segment_ids", &segs));
     OP_REQUIRES_OK(ctx, ctx->input_list("weights", &weights));
     OP_REQUIRES_OK(ctx, ctx->input_list("num_rows", &num_rows));
+    OP_REQUIRES(ctx, ids.size() == n_ && segs.size() == n_,
+                absl::InvalidArgumentError(absl::StrCat("TiembLookup: ids and segment_ids need N = ", n_,
+                                                        " tensors, got ", ids.size(), " and ", segs.size())));
     try {
       cpu_lookup_group& group = ensure_group(std::string(store.scalar<::tensorflow::tstring>()()));
       std::vector<slot_request> req(static_cast<size_t>(n_));

@@ -79,25 +79,56 @@ def test_embedding_lookup_sparse_each_combiner(tables_as, id_dtype, table_dtype,
                                        err_msg=f"seed {seed}")
 
 
-def test_weighted_lookups_are_left_alone_and_still_equal(tmp_path, seed):
+@pytest.mark.parametrize("fast", [False, True], ids=["unique", "fast_lookup"])
+@pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_weighted_lookups_each_combiner(fast, table_dtype, tmp_path, seed):
     rng = np.random.default_rng(seed)
-    t1 = tf.Variable(rng.standard_normal((40, 8)).astype(np.float32))
-    t2 = tf.Variable(rng.standard_normal((40, 8)).astype(np.float32))
+    tabs = [tf.Variable(rng.standard_normal((40, d)).astype(table_dtype)) for d in (8, 4, 5)]
+    wdt = tf.float16 if table_dtype == np.float16 else tf.float32
     sig = [tf.SparseTensorSpec([None, None], tf.int64), tf.SparseTensorSpec([None, None], tf.float32)]
 
     def model(sp, w):
-        return tf.concat([tf.nn.embedding_lookup_sparse(t1, sp, None, combiner="mean"),
-                          tf.nn.embedding_lookup_sparse(t2, sp, w, combiner="mean")], 1)
+        w = tf.SparseTensor(w.indices, tf.cast(w.values, wdt), w.dense_shape)
+        outs = [tf.nn.embedding_lookup_sparse(t, sp, w, combiner=c, allow_fast_lookup=fast)
+                for t, c in zip(tabs, ("sum", "mean", "sqrtn"))]
+        plain = tf.nn.embedding_lookup_sparse(tabs[0], sp, None, combiner="mean")
+        return outs + [plain]
 
     gd, inputs, outputs = frozen(model, sig)
     new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=4)
-    assert report.replaced == 1 and report.found == 2, report.as_dict()
-    assert report.left_alone == [{"node": report.left_alone[0]["node"], "idiom": "embedding_lookup_sparse (weighted)",
-                                  "reason": "weighted lookups are not fused yet"}]
-    assert sum(n.op == "SegmentSum" for n in new_gd.node) == sum(n.op == "SegmentSum" for n in gd.node)
-    indices, ids, shape = sparse_batch(rng, 40, 10, 4, np.int64)
-    weights = rng.uniform(0.5, 1.5, len(ids)).astype(np.float32)
-    feeds = [indices, ids, shape, indices, weights, shape]
+    assert report.replaced == 4 and report.left_alone == [], report.as_dict()
+    ops = [n.op for n in new_gd.node]
+    assert ops.count("TiembLookup") == 1
+    assert not {"SegmentSum", "DivNoNan", "Unique", "SparseSegmentMean", "Mul"} & set(ops), ops
+    for _ in range(3):
+        indices, ids, shape = sparse_batch(rng, 40, 10, 4, np.int64)
+        # Weights with zeros and negatives: plain mode keeps them (div_no_nan on zero sums).
+        weights = rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0], len(ids)).astype(np.float32)
+        feeds = [indices, ids, shape, indices, weights, shape]
+        tol = 1e-6 if table_dtype == np.float32 else 1e-3
+        for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
+            assert w_.dtype == g_.dtype and w_.shape == g_.shape
+            np.testing.assert_allclose(g_.astype(np.float64), w_.astype(np.float64), rtol=tol, atol=tol,
+                                       err_msg=f"seed {seed}")
+
+
+def test_lookup_whose_inner_node_is_used_elsewhere_keeps_it(tmp_path, seed):
+    """A gathered-rows tensor also used by other code: the lookup is replaced,
+    the shared nodes stay, outputs stay equal."""
+    rng = np.random.default_rng(seed)
+    t = tf.constant(rng.standard_normal((30, 6)).astype(np.float32))
+    sig = [tf.SparseTensorSpec([None, None], tf.int64)]
+
+    def model(sp):
+        out = tf.nn.embedding_lookup_sparse(t, sp, None, combiner="sum")
+        return out, tf.reduce_sum(t) * tf.ones([1])   # the table used outside the lookup
+
+    gd, inputs, outputs = frozen(model, sig)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=4)
+    assert report.replaced == 1
+    assert any(n.op == "Const" and len(n.attr["value"].tensor.tensor_shape.dim) == 2 for n in new_gd.node), \
+        "the table constant is still needed by reduce_sum and must stay"
+    feeds = list(sparse_batch(rng, 30, 9, 4, np.int64))
     for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
         np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6)
 

@@ -1,6 +1,6 @@
 """Fusion of ``tf.nn.embedding_lookup_sparse`` into TiembLookup.
 
-Patterns replaced (unweighted; the combiner is the reduction op)::
+Patterns replaced, unweighted (the combiner is the reduction op)::
 
     with Unique (tables that were variables, then frozen):
 
@@ -12,11 +12,17 @@ Patterns replaced (unweighted; the combiner is the reduction op)::
 
         table Const ─► Identity* ─► SparseSegment{Sum,Mean,SqrtN}(·, ids, segment_ids)
 
-Both compute, for every row r up to max(segment_ids), the combiner over
-table[ids[j]] for the j with segment_ids[j] == r: TiembLookup's "plain" mode,
-whatever tensor the ids and segment ids come from. Weighted lookups
-(Mul + SegmentSum + DivNoNan) are found and left alone, with the reason in
-the report. Nodes used outside a pattern are never removed.
+and weighted (rows as above or GatherV2(table, ids); Cast to float32 and
+back for float16 tables)::
+
+    rows ─► Cast? ─► Mul(·, Reshape(weights, ...)) ─► SegmentSum(·, segment_ids) ─────────────► (sum)
+                                                           └─► DivNoNan(·, SegmentSum(Reshape(weights)))        ─► Cast? (mean)
+                                                           └─► DivNoNan(·, Sqrt(SegmentSum(Pow(Reshape(w), 2)))) ─► Cast? (sqrtn)
+
+All compute, for every row r up to max(segment_ids), the combiner over
+w[j] * table[ids[j]] for the j with segment_ids[j] == r: TiembLookup's "plain"
+mode, whatever tensors the ids, weights and segment ids come from. Nodes used
+outside a pattern are never removed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import copy
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -47,6 +53,8 @@ class Lookup:
     id_dtype: int      # DataType enum of ids
     seg_dtype: int
     removable: List[str] = field(default_factory=list)
+    weights: Optional[str] = None   # float32 tensor of per-id weights
+    half_output: bool = False       # the output is the float16 Cast of the float32 result
 
 
 @dataclass
@@ -100,19 +108,111 @@ def _match(view: GraphView, node, report: RewriteReport):
                   seg_dtype=node.attr["Tsegmentids"].type, removable=removable)
 
 
-def _report_weighted(view: GraphView, report: RewriteReport):
-    """Weighted lookups (SegmentSum of a Mul of gathered rows): found, not replaced yet."""
-    for node in view.graph_def.node:
-        if node.op != "SegmentSum":
-            continue
-        mul, _ = view.input(node, 0)
-        if mul is None or mul.op != "Mul":
-            continue
-        rows, _ = view.skip_identity(*view.input(mul, 0))
-        if rows is not None and rows.op == "GatherV2":
-            report.found += 1
-            report.left_alone.append({"node": node.name, "idiom": "embedding_lookup_sparse (weighted)",
-                                      "reason": "weighted lookups are not fused yet"})
+def _gathered_rows(view: GraphView, node):
+    """(table Const, ids tensor, id dtype, removable) behind a weighted lookup's
+    gathered rows, or a reason string."""
+    removable = []
+    n, _ = view.input(node, 0)
+    while n is not None and n.op in ("Cast", "Identity"):
+        removable.append(n.name)
+        n, _ = view.input(n, 0)
+    if n is None or n.op != "GatherV2":
+        return "the weighted rows are not gathered from a table"
+    removable.append(n.name)
+    source, _ = view.input(n, 0)
+    while source is not None and source.op == "Identity":
+        removable.append(source.name)
+        source, _ = view.input(source, 0)
+    idx_node, idx_out = view.input(n, 1)
+    if source is not None and source.op == "Const":
+        return source, n.input[1], n.attr["Tindices"].type, removable
+    if source is None or source.op != "GatherV2":
+        return "the weighted rows do not come from a table"
+    table, _ = view.skip_identity(*view.input(source, 0))
+    unique, uy = view.input(source, 1)
+    if table is None or table.op != "Const":
+        return "the gathered table is not a constant (freeze the model's variables first)"
+    if unique is None or unique.op != "Unique" or uy != 0 or idx_node is None or idx_node.name != unique.name \
+            or idx_out != 1:
+        return "the rows are not gathered through Unique(ids)"
+    removable += [source.name, unique.name]
+    return table, unique.input[0], unique.attr["T"].type, removable
+
+
+def _match_weighted(view: GraphView, root, report: RewriteReport):
+    """A weighted Lookup rooted at DivNoNan (mean, sqrtn) or SegmentSum (sum), or None."""
+    def leave(reason):
+        report.left_alone.append({"node": root.name, "idiom": "embedding_lookup_sparse (weighted)", "reason": reason})
+
+    if root.op == "DivNoNan":
+        seg_sum, _ = view.input(root, 0)
+        denom, _ = view.input(root, 1)
+    else:
+        seg_sum, denom = root, None
+    if seg_sum is None or seg_sum.op != "SegmentSum":
+        return None
+    mul, _ = view.input(seg_sum, 0)
+    if mul is None or mul.op != "Mul":
+        return None
+    reshape, _ = view.input(mul, 1)
+    if reshape is None or reshape.op != "Reshape":
+        return None
+    rows = _gathered_rows(view, mul)
+    if isinstance(rows, str):
+        return leave(rows)
+    table_node, ids, id_dtype, removable = rows
+    seg = seg_sum.input[1]
+    removable += [seg_sum.name, mul.name, reshape.name]
+
+    def weight_sum(n, squared):
+        """True when n is SegmentSum(Reshape(w)) (or of Pow(Reshape(w), 2)) over the same segments."""
+        if n is None or n.op != "SegmentSum" or n.input[1] != seg:
+            return False
+        x, _ = view.input(n, 0)
+        if squared:
+            if x is None or x.op != "Pow":
+                return False
+            exponent = view.const_value(view.input(x, 1)[0])
+            if exponent is None or float(exponent) != 2.0:
+                return False
+            removable.append(x.name)
+            x, _ = view.input(x, 0)
+        removable.append(n.name)
+        return x is not None and x.name == reshape.name
+
+    if root.op == "DivNoNan":
+        if weight_sum(denom, False):
+            combiner = "mean"
+        elif denom is not None and denom.op == "Sqrt" and weight_sum(view.input(denom, 0)[0], True):
+            combiner = "sqrtn"
+            removable.append(denom.name)
+        else:
+            return leave("DivNoNan over a weighted sum that is not a mean or sqrtn of the same weights")
+    else:
+        combiner = "sum"
+    if reshape.attr["T"].type != 1:  # DT_FLOAT
+        return leave("the weights are not float32")
+    table = view.const_value(table_node)
+    if table is None or table.ndim != 2 or table.dtype not in (np.float32, np.float16):
+        return leave("the table is not a 2-D float32/float16 constant")
+    # The shape arithmetic that broadcasts the weights, if nothing else uses it.
+    stack = [reshape.input[1]]
+    while stack:
+        src = split_input(stack.pop())[0]
+        n = view.nodes.get(src)
+        if n is not None and n.op not in ("Placeholder", "Const") and n.name not in removable:
+            removable.append(n.name)
+            stack.extend(n.input)
+    output, half = root, False
+    consumers = view.data_consumers(root.name)
+    if table.dtype == np.float16 and len(consumers) == 1 and consumers[0][0].op == "Cast" \
+            and consumers[0][0].attr["DstT"].type == 19:  # DT_HALF: TF casts back to the table dtype
+        removable.append(root.name)
+        output, half = consumers[0][0], True
+    removable.append(table_node.name)
+    return Lookup(output=output.name, combiner=combiner, table_node=table_node.name, table=table, ids=ids,
+                  segment_ids=seg, id_dtype=id_dtype, seg_dtype=seg_sum.attr["Tindices"].type,
+                  removable=removable, weights=reshape.input[0], half_output=half)
 
 
 def _attr(**kw):
@@ -150,8 +250,7 @@ def _const_node(name: str, value: np.ndarray):
 def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb"):
     """Replaces the embedding_lookup_sparse lookups of a frozen GraphDef.
 
-    Matched lookups that share id and segment-id dtypes become one TiembLookup
-    op; their tables are written to ``store_dir`` (a table store) and leave
+    All matched lookups become one TiembLookup op; their tables are written to ``store_dir`` (a table store) and leave
     the graph. Returns ``(new_graph_def, RewriteReport)``; the input is not
     modified. A graph with nothing to replace comes back unchanged.
 
@@ -172,13 +271,24 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             m = _match(view, node, report)
             if m is not None:
                 matches.append(m)
-    _report_weighted(view, report)
+    # Weighted: roots first (DivNoNan), then sums not already inside one.
+    inside = set()
+    for op in ("DivNoNan", "SegmentSum"):
+        for node in graph_def.node:
+            if node.op != op or node.name in inside:
+                continue
+            before = len(report.left_alone)
+            m = _match_weighted(view, node, report)
+            if m is not None or len(report.left_alone) > before:
+                report.found += 1
+            if m is not None:
+                matches.append(m)
+                inside.update(m.removable)
     if not matches:
         return copy.deepcopy(graph_def), report
 
-    groups: Dict[tuple, List[Lookup]] = {}
-    for m in matches:
-        groups.setdefault((m.id_dtype, m.seg_dtype), []).append(m)
+    # All lookups in one op: one engine call for the whole batch.
+    groups: Dict[tuple, List[Lookup]] = {(): matches}
     # Tables: one file per distinct constant, named after it.
     files: Dict[str, str] = {}
     tables: Dict[str, np.ndarray] = {}
@@ -196,20 +306,23 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
                  _const_node(f"{prefix}/no_weights", np.zeros([0], np.float32)),
                  _const_node(f"{prefix}/no_rows", np.array(-1, np.int64))]
     rename: Dict[str, str] = {}  # replaced tensor -> op output
-    for k, ((id_t, seg_t), group) in enumerate(groups.items()):
+    for k, group in enumerate(groups.values()):
         op = node_def_pb2.NodeDef(name=f"{prefix}/lookup_{k}", op="TiembLookup")
         n = len(group)
         op.input.append(f"{prefix}/store")
         op.input.extend(m.ids for m in group)
         op.input.extend(m.segment_ids for m in group)
-        op.input.extend([f"{prefix}/no_weights"] * n)
+        op.input.extend(m.weights or f"{prefix}/no_weights" for m in group)
         op.input.extend([f"{prefix}/no_rows"] * n)
         half = types_pb2.DT_HALF
-        for key, val in _attr(N=n, Tid=("type", id_t), Tseg=("type", seg_t), tables=[files[m.table_node] for m in group],
+        for key, val in _attr(N=n, Tids=("types", [m.id_dtype for m in group]),
+                              Tsegs=("types", [m.seg_dtype for m in group]), tables=[files[m.table_node] for m in group],
                               dims=[int(m.table.shape[1]) for m in group], combiners=[m.combiner for m in group],
-                              modes=["plain"] * n, default_ids=[-1] * n, weighted=[False] * n,
-                              out_types=("types", [half if m.table.dtype == np.float16 else types_pb2.DT_FLOAT
-                                                   for m in group])).items():
+                              modes=["plain"] * n, default_ids=[-1] * n,
+                              weighted=[m.weights is not None for m in group],
+                              out_types=("types", [half if (m.table.dtype == np.float16 and
+                                                            (m.weights is None or m.half_output))
+                                                   else types_pb2.DT_FLOAT for m in group])).items():
             op.attr[key].CopyFrom(val)
         new_nodes.append(op)
         for s, m in enumerate(group):
@@ -233,6 +346,16 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
                 node.input[i] = "^" + replacement_of[src]
             elif not control and src in rename and idx == 0:
                 node.input[i] = rename[src]
+        # Several control edges may now name the same op: keep one.
+        seen, inputs = set(), []
+        for inp in node.input:
+            if inp.startswith("^") and inp in seen:
+                continue
+            seen.add(inp)
+            inputs.append(inp)
+        if len(inputs) != len(node.input):
+            del node.input[:]
+            node.input.extend(inputs)
     # Drop the replaced reductions, then pattern nodes nothing uses any more.
     kept = [nd for nd in out.node if nd.name not in removed]
     while True:
