@@ -105,10 +105,12 @@ inline std::vector<slot_request> numpy_requests(const py::list& ids, const py::l
     r.ids = a.data();
     r.id_type = static_cast<dtype>(engine_dtype(a));
     r.num_ids = a.shape(0);
-    py::array g = index_array(segments[i], s, seg_name);
-    r.segments = g.data();
-    r.segment_type = static_cast<dtype>(engine_dtype(g));
-    r.num_segments = g.shape(0);
+    if (!segments[i].is_none()) {  // None: a gather-mode slot
+      py::array g = index_array(segments[i], s, seg_name);
+      r.segments = g.data();
+      r.segment_type = static_cast<dtype>(engine_dtype(g));
+      r.num_segments = g.shape(0);
+    }
     r.segments_are_offsets = segments_are_offsets;
     r.weights = weights_array(weights[i], s, &r.num_weights);
     r.num_rows = num_rows[i];

@@ -66,7 +66,8 @@ class Slot:
         table: table id returned by :meth:`EmbeddingEngine.add_table`.
         combiner: ``"sum"``, ``"mean"`` or ``"sqrtn"``.
         mode: ``"plain"`` (``tf.nn.embedding_lookup_sparse``: ``max(segment_id)+1``
-            output rows, every id must be valid) or ``"safe"``
+            output rows, every id must be valid), ``"gather"`` (``tf.gather`` /
+            Keras ``Embedding``: one output row per id, no segment ids; CPU only) or ``"safe"``
             (``tf.nn.safe_embedding_lookup_sparse``: the caller gives the row
             count, ids < 0 and, unless the combiner is sum, weights <= 0 are
             pruned, empty rows are zeros or the ``default_id`` row).
@@ -144,9 +145,10 @@ class EmbeddingEngine:
 def lookup_lists(n: int, ids, segment_ids, row_offsets, weights, num_rows, check_ids: bool = True):
     """The per-slot lists a lookup passes on: ids, segments (segment ids or row
     offsets, exactly one given), weights (None for all), row counts (-1 = not given)."""
-    if (segment_ids is None) == (row_offsets is None):
+    if segment_ids is not None and row_offsets is not None:
         raise ValueError("give exactly one of segment_ids and row_offsets")
-    segments = list(segment_ids if segment_ids is not None else row_offsets)
+    given = segment_ids if segment_ids is not None else row_offsets
+    segments = [None] * n if given is None else list(given)  # None entries: gather-mode slots
     ids = list(ids)
     weights = [None] * n if weights is None else list(weights)
     if num_rows is None:
@@ -205,7 +207,8 @@ class LookupGroup:
         Args:
             ids: per slot, a 1-D int32/int64 array of ids.
             segment_ids: per slot, the sorted sample index of each id (what
-                ``sp_ids.indices[:, 0]`` is for a ``tf.SparseTensor``).
+                ``sp_ids.indices[:, 0]`` is for a ``tf.SparseTensor``); None
+                for gather-mode slots (may be omitted when all slots gather).
             row_offsets: instead of segment_ids, per slot CSR offsets
                 (``rows + 1`` entries; sample r owns ids[offsets[r]:offsets[r+1]]).
             weights: None, or per slot a 1-D float32 array (or None) of per-id weights.
@@ -219,6 +222,15 @@ class LookupGroup:
         """
         ids, segments, weights, rows = lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights,
                                                     num_rows, check_ids=False)
-        return self._group.lookup(ids, segments, row_offsets is not None, weights, rows)
+        # Gather slots take ids of any shape; the output gets the ids' shape + [dim].
+        shapes = {}
+        for s, slot in enumerate(self.slots[:len(ids)]):
+            if slot.mode == "gather" and isinstance(ids[s], np.ndarray) and ids[s].ndim != 1:
+                shapes[s] = ids[s].shape
+                ids[s] = ids[s].reshape(-1)
+        outs = self._group.lookup(ids, segments, row_offsets is not None, weights, rows)
+        for s, shape in shapes.items():
+            outs[s] = outs[s].reshape(shape + (outs[s].shape[1],))
+        return outs
 
     __call__ = lookup

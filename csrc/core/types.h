@@ -16,7 +16,9 @@ enum class combiner : int32_t { sum = 0, mean = 1, sqrtn = 2 };
 ///  safe:  tf.nn.safe_embedding_lookup_sparse — rows given by the caller, ids
 ///         < 0 (and weights <= 0 unless the combiner is sum) are pruned, empty
 ///         rows are zeros or the default row.
-enum class row_mode : int32_t { plain = 0, safe = 1 };
+///  gather: tf.gather(table, ids) / Keras Embedding — every id is its own
+///         output row; no segment ids, no combining.
+enum class row_mode : int32_t { plain = 0, safe = 1, gather = 2 };
 
 /// Element types that appear at the engine boundary.
 enum class dtype : int32_t { float32 = 0, float16 = 1, int32 = 2, int64 = 3 };
@@ -31,7 +33,12 @@ inline const char* to_string(combiner c) {
 }
 
 inline const char* to_string(row_mode m) {
-  return m == row_mode::plain ? "plain" : (m == row_mode::safe ? "safe" : "?");
+  switch (m) {
+    case row_mode::plain: return "plain";
+    case row_mode::safe: return "safe";
+    case row_mode::gather: return "gather";
+  }
+  return "?";
 }
 
 inline const char* to_string(dtype t) {

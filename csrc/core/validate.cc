@@ -42,6 +42,13 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     TIEMB_EXPECT(req.num_weights == n, "slot ", s, ": weights has ", req.num_weights,
                  " entries but ids has ", n);
   }
+  if (sc.mode == row_mode::gather) {
+    TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
+                 ": gather mode takes no segment_ids or row_offsets (every id is its own row)");
+    TIEMB_EXPECT(req.weights == nullptr, "slot ", s, ": gather mode takes no weights");
+    return;
+  }
+  TIEMB_EXPECT(req.segments != nullptr, "slot ", s, ": needs segment_ids or row_offsets");
 
   if (req.segments_are_offsets) {
     const int64_t m = req.num_segments;
@@ -70,6 +77,14 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
   check_slot_shape(cfg, sc, req, s);
   const bool safe = sc.mode == row_mode::safe;
   const int64_t n = req.num_ids;
+  if (sc.mode == row_mode::gather) {
+    if (req.id_type == dtype::int32) {
+      check_ids(static_cast<const int32_t*>(req.ids), n, table_rows, false, s, sc.table);
+    } else {
+      check_ids(static_cast<const int64_t*>(req.ids), n, table_rows, false, s, sc.table);
+    }
+    return n;  // one row per id; offsets are implicit
+  }
   int64_t rows = 0;
   if (req.segments_are_offsets) {
     const int64_t m = req.num_segments;

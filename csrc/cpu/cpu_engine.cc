@@ -43,11 +43,11 @@ cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> 
     const table& t = engine_.tables().at(sc.table);
     TIEMB_EXPECT(sc.comb == combiner::sum || sc.comb == combiner::mean || sc.comb == combiner::sqrtn,
                  "slot ", s, ": unknown combiner ", static_cast<int>(sc.comb));
-    TIEMB_EXPECT(sc.mode == row_mode::plain || sc.mode == row_mode::safe, "slot ", s,
-                 ": unknown row mode ", static_cast<int>(sc.mode));
+    TIEMB_EXPECT(sc.mode == row_mode::plain || sc.mode == row_mode::safe || sc.mode == row_mode::gather, "slot ",
+                 s, ": unknown row mode ", static_cast<int>(sc.mode));
     TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
                  ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
-    if (sc.mode == row_mode::plain) {
+    if (sc.mode != row_mode::safe) {
       TIEMB_EXPECT(sc.default_id == -1, "slot ", s,
                    ": default_id is only meaningful in safe mode, got ", sc.default_id);
     } else {
@@ -164,7 +164,8 @@ void cpu_lookup_group::execute(const slot_request* requests, void* const* output
     const task& tk = tasks_[static_cast<size_t>(i)];
     const auto s = static_cast<size_t>(tk.slot);
     const slot_request& req = requests[s];
-    const int64_t* offsets = offsets_.data() + tk.slot * stride;
+    const int64_t* offsets =
+        slots_[static_cast<size_t>(tk.slot)].mode == row_mode::gather ? nullptr : offsets_.data() + tk.slot * stride;
     float* acc = acc_.data() + thread * max_dim_;
     if (req.id_type == dtype::int32) {
       dispatch_table<int32_t>(slots_[s], *tables_[s], req, offsets, outputs[s], acc, tk.row_begin,

@@ -48,7 +48,7 @@ template <class IdT, class TabT, class OutT>
 struct pooling_args {
   const IdT* ids;
   const float* weights;   // nullptr = unweighted
-  const int64_t* offsets; // rows + 1 entries
+  const int64_t* offsets; // rows + 1 entries; nullptr = row r is id r (gather mode)
   const TabT* table;
   int64_t table_rows;
   int64_t dim;
@@ -64,8 +64,10 @@ template <class IdT, class TabT, class OutT>
 void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_t row_end) {
   const int64_t dim = a.dim;
   const bool prune_weights = a.safe && a.weights != nullptr && a.comb != combiner::sum;
-  const int64_t id_end = a.offsets[row_end];
+  const int64_t id_end = a.offsets != nullptr ? a.offsets[row_end] : row_end;
   for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t first = a.offsets != nullptr ? a.offsets[r] : r;
+    const int64_t last = a.offsets != nullptr ? a.offsets[r + 1] : r + 1;
     // Accumulate straight into a float32 output row; through scratch otherwise.
     float* acc;
     if constexpr (std::is_same_v<OutT, float>) {
@@ -77,7 +79,7 @@ void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_
     float weight_sum = 0.f;
     float weight_sq_sum = 0.f;
     int64_t count = 0;
-    for (int64_t j = a.offsets[r]; j < a.offsets[r + 1]; ++j) {
+    for (int64_t j = first; j < last; ++j) {
       if (j + detail::kPrefetchDistance < id_end) {
         const int64_t ahead = static_cast<int64_t>(a.ids[j + detail::kPrefetchDistance]);
         if (ahead >= 0) __builtin_prefetch(a.table + ahead * dim);

@@ -158,6 +158,7 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
     gpu_table& t = engine_.table(sc.table);
     TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
                  ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
+    TIEMB_EXPECT(sc.mode != row_mode::gather, "slot ", s, ": gather mode is not supported by the GPU engine yet");
     if (sc.mode == row_mode::plain) {
       TIEMB_EXPECT(sc.default_id == -1, "slot ", s, ": default_id is only meaningful in safe mode, got ",
                    sc.default_id);

@@ -63,6 +63,12 @@ REGISTER_OP("TiembLookup")
       for (int s = 0; s < n; ++s) {
         // Safe slots have num_rows rows (known when it is a constant); plain
         // slots max(segment id) + 1, known only at run time.
+        if (modes[s] == "gather") {  // the ids' shape + [dim]
+          shape_inference::ShapeHandle out;
+          TF_RETURN_IF_ERROR(c->Concatenate(c->input(1 + s), c->Vector(dims[s]), &out));
+          c->set_output(s, out);
+          continue;
+        }
         shape_inference::DimensionHandle rows = c->UnknownDim();
         if (modes[s] == "safe") TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
         c->set_output(s, c->Matrix(rows, dims[s]));
@@ -96,8 +102,8 @@ class TiembLookupOp : public OpKernel {
     for (size_t s = 0; s < n; ++s) {
       OP_REQUIRES(ctx, combiner_code(combiners_[s]) >= 0,
                   absl::InvalidArgumentError(absl::StrCat("slot ", s, ": combiner must be sum, mean or sqrtn, got '", combiners_[s], "'")));
-      OP_REQUIRES(ctx, modes_[s] == "plain" || modes_[s] == "safe",
-                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": mode must be plain or safe, got '", modes_[s], "'")));
+      OP_REQUIRES(ctx, modes_[s] == "plain" || modes_[s] == "safe" || modes_[s] == "gather",
+                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": mode must be plain, safe or gather, got '", modes_[s], "'")));
     }
   }
 
@@ -119,14 +125,17 @@ class TiembLookupOp : public OpKernel {
         slot_request& r = req[static_cast<size_t>(s)];
         const Tensor& id = ids[s];
         const Tensor& sg = segs[s];
-        TIEMB_EXPECT(id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
-        TIEMB_EXPECT(sg.dims() == 1, "slot ", s, ": segment_ids must be 1-D, got shape ", sg.shape().DebugString());
+        const bool gather = modes_[static_cast<size_t>(s)] == "gather";
+        TIEMB_EXPECT(gather || id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
         r.ids = id.data();
         r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
         r.num_ids = id.NumElements();
-        r.segments = sg.data();
-        r.segment_type = sg.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
-        r.num_segments = sg.NumElements();
+        if (!gather) {  // gather slots ignore their segment_ids input
+          TIEMB_EXPECT(sg.dims() == 1, "slot ", s, ": segment_ids must be 1-D, got shape ", sg.shape().DebugString());
+          r.segments = sg.data();
+          r.segment_type = sg.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
+          r.num_segments = sg.NumElements();
+        }
         if (weighted_[static_cast<size_t>(s)]) {
           TIEMB_EXPECT(weights[s].dims() == 1, "slot ", s, ": weights must be 1-D, got shape ",
                        weights[s].shape().DebugString());
@@ -141,7 +150,12 @@ class TiembLookupOp : public OpKernel {
       group.lookup(req.data(), n_, [&](const int64_t* rows) {
         for (int s = 0; s < n_ && alloc_status.ok(); ++s) {
           Tensor* out = nullptr;
-          alloc_status = ctx->allocate_output(s, TensorShape({rows[s], dims_[static_cast<size_t>(s)]}), &out);
+          TensorShape shape({rows[s], dims_[static_cast<size_t>(s)]});
+          if (modes_[static_cast<size_t>(s)] == "gather") {  // the ids' shape + [dim]
+            shape = ids[s].shape();
+            shape.AddDim(dims_[static_cast<size_t>(s)]);
+          }
+          alloc_status = ctx->allocate_output(s, shape, &out);
           if (alloc_status.ok()) outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
         }
         TIEMB_EXPECT(alloc_status.ok(), "allocating outputs failed: ", std::string(alloc_status.message()));
@@ -170,7 +184,7 @@ class TiembLookupOp : public OpKernel {
       TIEMB_EXPECT(shape.dim() == dims_[s], "slot ", s, ": table ", tables_[s], " has dimension ", shape.dim(),
                    " but the op expects ", dims_[s]);
       sc.comb = static_cast<combiner>(combiner_code(combiners_[s]));
-      sc.mode = modes_[s] == "safe" ? row_mode::safe : row_mode::plain;
+      sc.mode = modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain;
       sc.default_id = default_ids_[s];
       sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
     }

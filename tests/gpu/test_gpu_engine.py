@@ -349,3 +349,10 @@ def test_dlpack_and_torch_inputs(seed):
     (got,) = group.lookup([t[0]], segment_ids=[t[1]], weights=[t[2]])
     group.synchronize()
     np.testing.assert_array_equal(cp.asnumpy(got), want)
+
+
+def test_gather_mode_is_refused_by_name():
+    e = tiemb.GpuEmbeddingEngine(4, 1, 1)
+    t = e.add_table(np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"slot 0: gather mode is not supported by the GPU engine yet"):
+        e.group([tiemb.Slot(t, mode="gather")])

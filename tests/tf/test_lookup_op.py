@@ -123,3 +123,26 @@ def test_store_manifest_round_trip_and_errors(tmp_path):
         tiemb._C.read_store_manifest(d)
     with pytest.raises(ValueError, match=r"table name must be a plain file name"):
         tf_ops.write_store(d, {"../x": np.ones((3, 2), np.float32)}, max_batch_size=8, slot_num=2, max_nnz=3)
+
+
+def test_gather_slots_equal_tf_gather(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    tables = {"a.tiemb": rng.standard_normal((30, 6)).astype(np.float32),
+              "b.tiemb": rng.standard_normal((9, 4)).astype(np.float16)}
+    store = str(tmp_path / "store")
+    tf_ops.write_store(store, tables, max_batch_size=8, slot_num=2, max_nnz=4)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int64), tf.TensorSpec([None], tf.int32)])
+    def f(i0, i1):
+        no_seg = tf.zeros([0], tf.int64)
+        outs = tf_ops.lookup(store, [i0, i1], [no_seg, no_seg], tables=["a.tiemb", "b.tiemb"], dims=[6, 4],
+                             combiners=["sum", "sum"], modes=["gather", "gather"],
+                             out_types=[tf.float32, tf.float16])
+        assert outs[0].shape.as_list() == [None, 3, 6] and outs[1].shape.as_list() == [None, 4]
+        return outs
+
+    i0 = rng.integers(0, 30, (8, 3))
+    i1 = rng.integers(0, 9, 5).astype(np.int32)
+    a, b = f(tf.constant(i0), tf.constant(i1))
+    np.testing.assert_array_equal(a.numpy(), tf.gather(tables["a.tiemb"], i0).numpy())
+    np.testing.assert_array_equal(b.numpy(), tf.gather(tables["b.tiemb"], i1).numpy())

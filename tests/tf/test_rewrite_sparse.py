@@ -138,3 +138,59 @@ def test_graph_without_embeddings_comes_back_unchanged(tmp_path):
     new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=8, max_nnz=1)
     assert report.found == 0 and report.replaced == 0
     assert new_gd == gd
+
+
+def _keras_wd(rng, vocabs, dims, k):
+    import keras
+
+    ids = keras.Input(shape=(len(vocabs),), dtype="int64")
+    multi = keras.Input(shape=(k,), dtype="int64")
+    embs = [keras.layers.Flatten()(keras.layers.Embedding(v, d)(ids[:, i:i + 1])) for i, (v, d) in
+            enumerate(zip(vocabs, dims))]
+    bag = keras.layers.Embedding(vocabs[0], dims[0])(multi)          # [batch, k, dim], unpooled
+    pooled = keras.ops.mean(bag, axis=1)                              # pooled over the k ids
+    wide = keras.layers.Flatten()(keras.layers.Embedding(vocabs[0], 1)(ids[:, :1]))
+    deep = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()(embs + [pooled]))
+    out = keras.layers.Dense(1)(deep) + wide
+    model = keras.Model([ids, multi], out)
+    for w in model.weights:
+        w.assign(rng.standard_normal(w.shape).astype(np.float32))
+    return model
+
+
+def test_keras_embeddings_are_fused(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    vocabs, dims, k = [100, 37, 500, 8], [8, 4, 16, 3], 5
+    model = _keras_wd(rng, vocabs, dims, k)
+    sig = [tf.TensorSpec([None, len(vocabs)], tf.int64), tf.TensorSpec([None, k], tf.int64)]
+    gd, inputs, outputs = frozen(lambda a, b: model([a, b]), sig)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=k)
+    assert report.replaced == 6 and report.left_alone == [], report.as_dict()
+    ops = [n.op for n in new_gd.node]
+    assert ops.count("TiembLookup") == 1 and "GatherV2" not in ops, ops
+    for batch in (1, 7, 64):
+        ids = np.stack([rng.integers(-v, v, batch) for v in vocabs], 1)   # negative ids: Keras wraps them
+        multi = rng.integers(0, vocabs[0], (batch, k))
+        want = run(gd, inputs, outputs, [ids, multi])
+        got = run(new_gd, inputs, outputs, [ids, multi])
+        for w_, g_ in zip(want, got):
+            np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6, err_msg=f"seed {seed}, batch {batch}")
+
+
+def test_sparse_and_dense_lookups_share_one_op(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    t1 = tf.Variable(rng.standard_normal((40, 8)).astype(np.float32))
+    t2 = tf.Variable(rng.standard_normal((20, 8)).astype(np.float32))
+    sig = [tf.SparseTensorSpec([None, None], tf.int64), tf.TensorSpec([None], tf.int32)]
+
+    def model(sp, dense):
+        return tf.nn.embedding_lookup_sparse(t1, sp, None, combiner="sum")[:3] + tf.gather(t2, dense)[:3]
+
+    gd, inputs, outputs = frozen(model, sig)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=4)
+    assert report.replaced == 2 and [n.op for n in new_gd.node].count("TiembLookup") == 1
+    indices, ids, shape = sparse_batch(rng, 40, 10, 4, np.int64)
+    dense = rng.integers(0, 20, 6).astype(np.int32)
+    feeds = [indices, ids, shape, dense]
+    for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
+        np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6)

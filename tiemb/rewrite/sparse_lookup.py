@@ -55,6 +55,7 @@ class Lookup:
     removable: List[str] = field(default_factory=list)
     weights: Optional[str] = None   # float32 tensor of per-id weights
     half_output: bool = False       # the output is the float16 Cast of the float32 result
+    mode: str = "plain"             # "gather": one row per id (dense_gather.py)
 
 
 @dataclass
@@ -248,7 +249,9 @@ def _const_node(name: str, value: np.ndarray):
 
 
 def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb"):
-    """Replaces the embedding_lookup_sparse lookups of a frozen GraphDef.
+    """Replaces the embedding lookups of a frozen GraphDef: every
+    tf.nn.embedding_lookup_sparse (this file) and every row gather from a
+    table (Keras Embedding, tf.gather; dense_gather.py).
 
     All matched lookups become one TiembLookup op; their tables are written to ``store_dir`` (a table store) and leave
     the graph. Returns ``(new_graph_def, RewriteReport)``; the input is not
@@ -284,6 +287,14 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             if m is not None:
                 matches.append(m)
                 inside.update(m.removable)
+    # Dense row gathers, except those inside the sparse patterns above.
+    from .dense_gather import match_gather
+
+    inside.update(name for m in matches for name in m.removable)
+    for node in graph_def.node:
+        m = match_gather(view, node, inside, report)
+        if m is not None:
+            matches.append(m)
     if not matches:
         return copy.deepcopy(graph_def), report
 
@@ -304,21 +315,22 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
     out.CopyFrom(graph_def)
     new_nodes = [_const_node(f"{prefix}/store", np.array(os.path.abspath(store_dir).encode(), dtype=object)),
                  _const_node(f"{prefix}/no_weights", np.zeros([0], np.float32)),
-                 _const_node(f"{prefix}/no_rows", np.array(-1, np.int64))]
+                 _const_node(f"{prefix}/no_rows", np.array(-1, np.int64)),
+                 _const_node(f"{prefix}/no_segments", np.zeros([0], np.int64))]
     rename: Dict[str, str] = {}  # replaced tensor -> op output
     for k, group in enumerate(groups.values()):
         op = node_def_pb2.NodeDef(name=f"{prefix}/lookup_{k}", op="TiembLookup")
         n = len(group)
         op.input.append(f"{prefix}/store")
         op.input.extend(m.ids for m in group)
-        op.input.extend(m.segment_ids for m in group)
+        op.input.extend(m.segment_ids or f"{prefix}/no_segments" for m in group)
         op.input.extend(m.weights or f"{prefix}/no_weights" for m in group)
         op.input.extend([f"{prefix}/no_rows"] * n)
         half = types_pb2.DT_HALF
         for key, val in _attr(N=n, Tids=("types", [m.id_dtype for m in group]),
                               Tsegs=("types", [m.seg_dtype for m in group]), tables=[files[m.table_node] for m in group],
                               dims=[int(m.table.shape[1]) for m in group], combiners=[m.combiner for m in group],
-                              modes=["plain"] * n, default_ids=[-1] * n,
+                              modes=[m.mode for m in group], default_ids=[-1] * n,
                               weighted=[m.weights is not None for m in group],
                               out_types=("types", [half if (m.table.dtype == np.float16 and
                                                             (m.weights is None or m.half_output))
