@@ -48,7 +48,9 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     TIEMB_EXPECT(req.weights == nullptr, "slot ", s, ": gather mode takes no weights");
     return;
   }
-  TIEMB_EXPECT(req.segments != nullptr, "slot ", s, ": needs segment_ids or row_offsets");
+  // An empty device array may have a null address: only ids need segments.
+  TIEMB_EXPECT(req.segments != nullptr || (n == 0 && !req.segments_are_offsets), "slot ", s,
+               ": needs segment_ids or row_offsets");
 
   if (req.segments_are_offsets) {
     const int64_t m = req.num_segments;
