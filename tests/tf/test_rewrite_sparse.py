@@ -194,3 +194,34 @@ def test_sparse_and_dense_lookups_share_one_op(tmp_path, seed):
     feeds = [indices, ids, shape, dense]
     for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
         np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("default_id", [None, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+def test_safe_lookup_is_partially_fused_and_equal(combiner, weighted, default_id, tmp_path, seed):
+    """safe_embedding_lookup_sparse (what feature columns call): its inner
+    embedding_lookup_sparse is fused; pruning, row filling and the empty-row
+    zeroing stay TensorFlow ops. Outputs stay equal, invalid ids included."""
+    rng = np.random.default_rng(seed)
+    t = tf.Variable(rng.standard_normal((60, 8)).astype(np.float32))
+    sig = [tf.SparseTensorSpec([None, None], tf.int64), tf.SparseTensorSpec([None, None], tf.float32)]
+
+    def model(sp, w):
+        return tf.nn.safe_embedding_lookup_sparse(t, sp, w if weighted else None, combiner=combiner,
+                                                  default_id=default_id)
+
+    gd, inputs, outputs = frozen(model, sig)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=4)
+    assert report.replaced == 1, report.as_dict()
+    assert [e["idiom"] for e in report.left_alone] == ["safe_embedding_lookup_sparse (pruning, filling)"] * \
+        (2 if weighted else 1), report.as_dict()
+    assert "SparseFillEmptyRows" in {n.op for n in new_gd.node}
+    for _ in range(3):
+        indices, ids, shape = sparse_batch(rng, 60, 12, 4, np.int64)
+        ids[rng.random(len(ids)) < 0.2] = -1                       # pruned by the safe lookup
+        weights = rng.choice([-1.0, 0.0, 0.5, 2.0], len(ids)).astype(np.float32)
+        feeds = [indices, ids, shape, indices, weights, shape]
+        for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
+            assert w_.shape == g_.shape
+            np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6, err_msg=f"seed {seed}")

@@ -287,6 +287,13 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             if m is not None:
                 matches.append(m)
                 inside.update(m.removable)
+    # safe_embedding_lookup_sparse / feature columns: the inner lookup is
+    # matched above; the pruning, row filling and empty-row zeroing around it
+    # stay TensorFlow ops for now, and the report says so.
+    for node in graph_def.node:
+        if node.op == "SparseFillEmptyRows":
+            report.left_alone.append({"node": node.name, "idiom": "safe_embedding_lookup_sparse (pruning, filling)",
+                                      "reason": "kept as TensorFlow ops; the lookup inside it is fused"})
     # Dense row gathers, except those inside the sparse patterns above.
     from .dense_gather import match_gather
 
