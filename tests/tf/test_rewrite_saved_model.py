@@ -96,3 +96,38 @@ def test_saved_model_errors(tmp_path):
     assert report.replaced == 0 and report.found == 0
     out = tf.saved_model.load(str(tmp_path / "out")).signatures["serving_default"](x=tf.constant([1.0, 2.0]))
     np.testing.assert_array_equal(out["y"].numpy(), [2.0, 4.0])
+
+
+def test_frozen_graph_round_trip_moved(tmp_path, seed):
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tiemb.rewrite import load_frozen_graph, rewrite_frozen_graph
+
+    rng = np.random.default_rng(seed)
+    m = WideDeep(rng)
+    cf = convert_variables_to_constants_v2(m.serve.get_concrete_function())
+    inputs, outputs = [t.name for t in cf.inputs], [t.name for t in cf.outputs]
+    src, dst = str(tmp_path / "model.pb"), str(tmp_path / "out" / "model.pb")
+    with open(src, "wb") as f:
+        f.write(cf.graph.as_graph_def().SerializeToString())
+    os.makedirs(tmp_path / "out")
+    report = rewrite_frozen_graph(src, dst, max_batch_size=64, max_nnz=8)
+    assert report.replaced == 3
+    moved = str(tmp_path / "moved")
+    shutil.move(str(tmp_path / "out"), moved)            # the .pb and its .store together
+    batch = 6
+    user = rng.integers(0, 200, batch)
+    counts = rng.integers(1, 4, batch)
+    seg = np.repeat(np.arange(batch), counts)
+    indices = np.stack([seg, np.concatenate([np.arange(c) for c in counts])], 1)
+    items = rng.integers(0, 300, len(seg))
+    want = m.serve(tf.constant(user), tf.constant(indices), tf.constant(items))["score"].numpy()
+    fn = load_frozen_graph(os.path.join(moved, "model.pb"), inputs, outputs)
+    got = fn(tf.constant(user), tf.constant(indices), tf.constant(items))[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"exists \(pass overwrite=True"):
+        rewrite_frozen_graph(src, os.path.join(moved, "model.pb"), max_batch_size=64, max_nnz=8)
+    (tmp_path / "junk.pb").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match=r"cannot read a frozen GraphDef from .*junk.pb"):
+        rewrite_frozen_graph(str(tmp_path / "junk.pb"), str(tmp_path / "x.pb"), max_batch_size=8, max_nnz=1)
+    assert not os.path.exists(tmp_path / "x.pb") and not os.path.exists(tmp_path / "x.pb.store")

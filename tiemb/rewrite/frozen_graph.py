@@ -1,0 +1,75 @@
+"""Rewriting a frozen graph (.pb): the table store is written beside it, as
+``<file>.store/``, and :func:`load_frozen_graph` finds it there wherever the
+pair was moved."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+
+def store_path(pb_path: str) -> str:
+    """The table store that belongs to a rewritten frozen graph."""
+    return pb_path + ".store"
+
+
+def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False):
+    """Reads frozen GraphDef ``src``, fuses its lookups, writes ``dst`` and its
+    store ``dst.store/``. Returns the RewriteReport; raises ValueError for an
+    unreadable ``src`` or an existing ``dst`` without ``overwrite``. Nothing is
+    left at ``dst`` when it fails."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import graph_pb2
+
+    from .sparse_lookup import rewrite_sparse_lookups
+
+    if os.path.exists(dst) and not overwrite:
+        raise ValueError(f"{dst} exists (pass overwrite=True to replace it)")
+    graph_def = graph_pb2.GraphDef()
+    try:
+        with open(src, "rb") as f:
+            graph_def.ParseFromString(f.read())
+    except (OSError, ValueError, DecodeError) as e:
+        raise ValueError(f"cannot read a frozen GraphDef from {src}: {e}") from None
+    tmp_store, tmp_pb = store_path(dst) + ".tmp", dst + ".tmp"
+    shutil.rmtree(tmp_store, ignore_errors=True)
+    try:
+        new_gd, report = rewrite_sparse_lookups(graph_def, tmp_store, max_batch_size=max_batch_size,
+                                                max_nnz=max_nnz)
+        with open(tmp_pb, "wb") as f:
+            f.write(new_gd.SerializeToString())
+        shutil.rmtree(store_path(dst), ignore_errors=True)
+        if os.path.isdir(tmp_store):
+            os.replace(tmp_store, store_path(dst))
+        os.replace(tmp_pb, dst)
+        return report
+    finally:
+        shutil.rmtree(tmp_store, ignore_errors=True)
+        if os.path.exists(tmp_pb):
+            os.remove(tmp_pb)
+
+
+def load_frozen_graph(path: str, inputs, outputs):
+    """A callable running frozen graph ``path`` from tensors ``inputs`` to
+    ``outputs`` (tensor names), with its TiembLookup ops reading the store
+    beside the file."""
+    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
+
+    from .. import tf_ops
+
+    graph_def = graph_pb2.GraphDef()
+    with open(path, "rb") as f:
+        graph_def.ParseFromString(f.read())
+    has_store = any(n.name == "tiemb/store" for n in graph_def.node)
+    if has_store:
+        tf_ops.load()
+    store = os.path.abspath(store_path(path))
+
+    def imported():
+        input_map = {"tiemb/store:0": tf.constant(store)} if has_store else None
+        tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
+
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    g = wrapped.graph
+    return wrapped.prune([g.as_graph_element(n) for n in inputs], [g.as_graph_element(n) for n in outputs])
