@@ -37,6 +37,15 @@ class WideDeep(tf.Module):
         return {"score": tf.matmul(deep, self.w) + tf.gather(self.wide, user_id % 300)}
 
 
+def serving_batch(rng, batch, min_items):
+    """Inputs of WideDeep.serve: user ids, item sparse indices and ids (some rows empty when min_items is 0)."""
+    user = rng.integers(0, 200, batch)
+    counts = rng.integers(min_items, 4, batch)
+    seg = np.repeat(np.arange(batch), counts)
+    indices = np.stack([seg, np.concatenate([np.arange(c) for c in counts])], 1)
+    return user, indices, rng.integers(0, 300, len(seg))
+
+
 def test_saved_model_round_trip_moved_and_reloaded(tmp_path, seed):
     rng = np.random.default_rng(seed)
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
@@ -56,12 +65,7 @@ def test_saved_model_round_trip_moved_and_reloaded(tmp_path, seed):
     moved = str(tmp_path / "elsewhere" / "model")
     shutil.copytree(dst, moved)
     shutil.rmtree(dst)                       # the store must come with the copy
-    batch = 10
-    user = rng.integers(0, 200, batch)
-    counts = rng.integers(0, 4, batch)
-    seg = np.repeat(np.arange(batch), counts)
-    indices = np.stack([seg, np.concatenate([np.arange(c) for c in counts])], 1)
-    items = rng.integers(0, 300, len(seg))
+    user, indices, items = serving_batch(rng, 10, 0)
     want = m.serve(tf.constant(user), tf.constant(indices), tf.constant(items))["score"].numpy()
     code = ("import json, sys, numpy as np, tensorflow as tf, tiemb\n"
             "m = tf.saved_model.load(sys.argv[1])\n"
@@ -115,12 +119,7 @@ def test_frozen_graph_round_trip_moved(tmp_path, seed):
     assert report.replaced == 3
     moved = str(tmp_path / "moved")
     shutil.move(str(tmp_path / "out"), moved)            # the .pb and its .store together
-    batch = 6
-    user = rng.integers(0, 200, batch)
-    counts = rng.integers(1, 4, batch)
-    seg = np.repeat(np.arange(batch), counts)
-    indices = np.stack([seg, np.concatenate([np.arange(c) for c in counts])], 1)
-    items = rng.integers(0, 300, len(seg))
+    user, indices, items = serving_batch(rng, 6, 1)
     want = m.serve(tf.constant(user), tf.constant(indices), tf.constant(items))["score"].numpy()
     fn = load_frozen_graph(os.path.join(moved, "model.pb"), inputs, outputs)
     got = fn(tf.constant(user), tf.constant(indices), tf.constant(items))[0].numpy()
