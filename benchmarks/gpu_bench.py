@@ -25,7 +25,10 @@ from tiemb.bench.data import zipf_ids
 
 
 def event_time_us(fn, *, iters=50, rounds=15, warmup=10, stream=None):
-    """Median microseconds per call of `fn` over `rounds` rounds of `iters` calls."""
+    """Median microseconds per call of `fn` over `rounds` rounds of `iters` calls.
+
+    Default: cupy's current stream, which is the legacy default stream that
+    torch launches on too, so torch peers are timed the same way."""
     stream = stream or cp.cuda.get_current_stream()
     for _ in range(warmup):
         fn()
@@ -74,6 +77,22 @@ class Layer:
         return e, g, prep
 
 
+def torch_graph(fn):
+    """`fn` captured in a torch CUDA graph, after a warm-up on a side stream
+    (as torch requires before capture)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph.outputs = fn()  # kept referenced while the graph lives
+    return graph
+
+
 def torch_peers(layer):
     import torch
     import torch.nn.functional as F
@@ -97,17 +116,10 @@ def torch_peers(layer):
             outs.append(out / cnt)
         return outs
 
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            bag()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_out = bag()
+    graph = torch_graph(bag)
     ref = [o.cpu().numpy() for o in bag()]
     return {"embedding_bag eager": bag, "embedding_bag CUDA graph": graph.replay,
-            "TF sequence (torch)": tf_sequence}, ref, graph_out
+            "TF sequence (torch)": tf_sequence}, ref
 
 
 def gather_ceiling_gbs(layer):
@@ -121,15 +133,7 @@ def gather_ceiling_gbs(layer):
     def gather():
         return [t.index_select(0, i) for t, i in zip(tabs, ids)]
 
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            gather()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        gather()
-    t = time_torch(graph.replay)
+    t = event_time_us(torch_graph(gather).replay)
     moved = 2 * layer.slots * layer.batch * layer.nnz * layer.dim * 4
     return moved / (t * 1e-6) / 1e9
 
@@ -158,25 +162,6 @@ def tiemb_graph(group, layer, reference):
     return graph, stream
 
 
-def time_torch(fn):
-    import torch
-
-    stream = torch.cuda.current_stream()
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(15):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(stream)
-        for _ in range(50):
-            fn()
-        b.record(stream)
-        b.synchronize()
-        samples.append(a.elapsed_time(b) * 1e3 / 50)
-    return statistics.median(samples)
-
-
 def resident_case(name, layer, copy_bw, have_torch):
     e, g, prep = layer.tiemb()
     out = prep.run()
@@ -192,10 +177,10 @@ def resident_case(name, layer, copy_bw, have_torch):
     row["tiemb_gbs"] = layer.bytes_moved() / (best * 1e-6) / 1e9
     row["pct_of_copy_bw"] = 100 * row["tiemb_gbs"] / copy_bw
     if have_torch:
-        peers, ref, _ = torch_peers(layer)
+        peers, ref = torch_peers(layer)
         got = [cp.asnumpy(o) for o in out]
         row["max_abs_diff_vs_torch"] = float(max(np.max(np.abs(a - b)) for a, b in zip(got, ref)))
-        row["peers_us"] = {k: time_torch(f) for k, f in peers.items()}
+        row["peers_us"] = {k: event_time_us(f) for k, f in peers.items()}
         best_peer = min(row["peers_us"].values())
         row["speedup_vs_best_peer"] = best_peer / best
         row["gather_ceiling_gbs"] = gather_ceiling_gbs(layer)

@@ -268,12 +268,7 @@ class GpuLookupGroup:
             if out is not None:
                 raise ValueError("out= is only for device inputs; numpy inputs return new numpy arrays")
             return self._group.lookup_host(ids, segments, row_offsets is not None, weights, rows)
-        stream = _stream_ptr(stream)
-        dev_ids, dev_segs, dev_w = self._device_inputs(ids, segments, weights, row_offsets is not None)
-        out_rows = self._group.device_rows(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, stream)
-        out, ptrs = self._outputs(out_rows, out)
-        self._group.prepare(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, out_rows, ptrs, stream).run()
-        return out
+        return self._bind(ids, segments, weights, rows, row_offsets is not None, out, stream).run()
 
     def prepare(self, ids, segment_ids=None, row_offsets=None, weights=None, num_rows=None, out=None,
                 stream=None) -> GpuPreparedLookup:
@@ -281,11 +276,15 @@ class GpuLookupGroup:
         per-slot work in Python, for serving loops and CUDA-graph capture. The
         inputs are read again at every run (refill them in place)."""
         ids, segments, weights, rows = self._normalise(ids, segment_ids, row_offsets, weights, num_rows)
+        return self._bind(ids, segments, weights, rows, row_offsets is not None, out, stream)
+
+    def _bind(self, ids, segments, weights, rows, offsets: bool, out, stream) -> GpuPreparedLookup:
+        """Device inputs checked, output row counts known, outputs allocated: a lookup ready to run."""
         stream = _stream_ptr(stream)
-        dev_ids, dev_segs, dev_w = self._device_inputs(ids, segments, weights, row_offsets is not None)
-        out_rows = self._group.device_rows(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, stream)
+        dev_ids, dev_segs, dev_w = self._device_inputs(ids, segments, weights, offsets)
+        out_rows = self._group.device_rows(dev_ids, dev_segs, offsets, dev_w, rows, stream)
         out, ptrs = self._outputs(out_rows, out)
-        handle = self._group.prepare(dev_ids, dev_segs, row_offsets is not None, dev_w, rows, out_rows, ptrs, stream)
+        handle = self._group.prepare(dev_ids, dev_segs, offsets, dev_w, rows, out_rows, ptrs, stream)
         return GpuPreparedLookup(handle, out)
 
     def synchronize(self):

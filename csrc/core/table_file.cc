@@ -17,6 +17,19 @@ constexpr uint32_t kVersion = 1;
 
 }  // namespace
 
+void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, size_t>>& parts,
+                           const std::string& what) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  TIEMB_EXPECT(f != nullptr, what, ": cannot open ", tmp, " for writing: ", std::strerror(errno));
+  bool ok = true;
+  for (const auto& [data, bytes] : parts) ok = ok && std::fwrite(data, 1, bytes, f) == bytes;
+  const bool closed = std::fclose(f) == 0;
+  TIEMB_EXPECT(ok && closed, what, ": write failed (disk full?)");
+  TIEMB_EXPECT(std::rename(tmp.c_str(), path.c_str()) == 0, what, ": cannot rename ", tmp, ": ",
+               std::strerror(errno));
+}
+
 void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t dim,
                       const void* data) {
   TIEMB_EXPECT(type == dtype::float32 || type == dtype::float16,
@@ -31,19 +44,8 @@ void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t
   std::memcpy(header + 12, &type_code, 4);
   std::memcpy(header + 16, &rows, 8);
   std::memcpy(header + 24, &dim, 8);
-  // Write to a temporary name and rename, so a reader never sees half a file.
-  const std::string tmp = path + ".tmp";
-  {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    TIEMB_EXPECT(f != nullptr, "table file ", path, ": cannot open ", tmp, " for writing: ", std::strerror(errno));
-    const auto bytes = static_cast<size_t>(rows * dim * size_of(type));
-    const bool ok = std::fwrite(header, 1, sizeof header, f) == sizeof header &&
-                    std::fwrite(data, 1, bytes, f) == bytes;
-    const bool closed = std::fclose(f) == 0;
-    TIEMB_EXPECT(ok && closed, "table file ", path, ": write failed (disk full?)");
-  }
-  TIEMB_EXPECT(std::rename(tmp.c_str(), path.c_str()) == 0, "table file ", path,
-               ": cannot rename ", tmp, ": ", std::strerror(errno));
+  write_file_atomically(path, {{header, sizeof header}, {data, static_cast<size_t>(rows * dim * size_of(type))}},
+                        "table file " + path);
 }
 
 table_file_reader::table_file_reader(const std::string& path) : path_(path) {

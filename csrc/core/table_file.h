@@ -11,9 +11,11 @@
 //   bytes 64..    rows * dim elements, row-major
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "types.h"
 
@@ -27,6 +29,12 @@ struct table_file_header {
   int64_t dim;
   int64_t row_bytes() const { return dim * size_of(type); }
 };
+
+/// Writes `parts` (address, bytes) one after the other to `path` through a
+/// temporary file and a rename, so readers never see half a file. Throws
+/// tiemb::error starting with `what`.
+void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, size_t>>& parts,
+                           const std::string& what);
 
 /// Writes a whole table (rows * dim elements at `data`) to `path`, replacing it.
 void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t dim,

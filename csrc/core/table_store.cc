@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "error.h"
+#include "table_file.h"
 
 namespace tiemb {
 namespace {
@@ -79,17 +80,10 @@ store_manifest store_manifest::read(const std::string& dir) {
 
 void store_manifest::write(const std::string& dir) const {
   config.validate();
-  const std::string path = manifest_path(dir);
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "w");
-  TIEMB_EXPECT(f != nullptr, "table store ", dir, ": cannot write manifest: ", std::strerror(errno));
   std::string text = detail::concat("tiemb-store 1\nmax_batch_size ", config.max_batch_size, "\nslot_num ",
                                     config.slot_num, "\nmax_nnz ", config.max_nnz, "\n");
   for (const auto& t : tables) text += "table " + t + "\n";
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  const bool closed = std::fclose(f) == 0;
-  TIEMB_EXPECT(ok && closed && std::rename(tmp.c_str(), path.c_str()) == 0, "table store ", dir,
-               ": writing the manifest failed");
+  write_file_atomically(manifest_path(dir), {{text.data(), text.size()}}, "table store " + dir);
 }
 
 int32_t store_manifest::table_id(const std::string& file, const std::string& dir) const {

@@ -79,16 +79,10 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
   check_slot_shape(cfg, sc, req, s);
   const bool safe = sc.mode == row_mode::safe;
   const int64_t n = req.num_ids;
-  if (sc.mode == row_mode::gather) {
-    if (req.id_type == dtype::int32) {
-      check_ids(static_cast<const int32_t*>(req.ids), n, table_rows, false, s, sc.table);
-    } else {
-      check_ids(static_cast<const int64_t*>(req.ids), n, table_rows, false, s, sc.table);
-    }
-    return n;  // one row per id; offsets are implicit
-  }
   int64_t rows = 0;
-  if (req.segments_are_offsets) {
+  if (sc.mode == row_mode::gather) {
+    rows = n;  // one row per id; offsets are implicit
+  } else if (req.segments_are_offsets) {
     const int64_t m = req.num_segments;
     TIEMB_EXPECT(index_at(req.segments, req.segment_type, 0) == 0, "slot ", s,
                  ": row_offsets[0] must be 0, got ", index_at(req.segments, req.segment_type, 0));

@@ -273,10 +273,7 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
   if ((layout == gpu::kLayoutF32Vec4 && addr % 16 != 0) || (layout == gpu::kLayoutF16Vec8 && addr % 16 != 0) ||
       (layout == gpu::kLayoutF16Vec2 && addr % 4 != 0)) {
     layout = t.type() == dtype::float32 ? gpu::kLayoutF32Vec1 : gpu::kLayoutF16Vec1;
-    lanes = std::min<int32_t>(32, static_cast<int32_t>(t.dim()));
-    int p = 1;
-    while (p < lanes) p <<= 1;
-    lanes = p;
+    lanes = pow2_at_least(t.dim());
   }
   d.layout = layout;
   d.group = lanes;

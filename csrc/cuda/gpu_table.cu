@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cuda_check.h"
+#include "device_util.cuh"
 
 namespace tiemb {
 namespace gpu {
@@ -24,27 +25,6 @@ __host__ __device__ inline int64_t cache_set(int64_t id, int64_t sets) {
   return static_cast<int64_t>(mix64(static_cast<uint64_t>(id)) % static_cast<uint64_t>(sets));
 }
 
-__device__ inline int64_t load_id(const void* p, bool is64, int64_t i) {
-  return is64 ? static_cast<const int64_t*>(p)[i] : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
-}
-
-// One row copied by the 32 lanes of a warp, in the widest unit the size allows.
-__device__ inline void warp_copy_row(char* dst, const char* src, int64_t bytes, int lane) {
-  if ((bytes & 15) == 0) {
-    for (int64_t k = lane; k < bytes / 16; k += 32) {
-      reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(src)[k];
-    }
-  } else if ((bytes & 3) == 0) {
-    for (int64_t k = lane; k < bytes / 4; k += 32) {
-      reinterpret_cast<uint32_t*>(dst)[k] = reinterpret_cast<const uint32_t*>(src)[k];
-    }
-  } else {
-    for (int64_t k = lane; k < bytes / 2; k += 32) {
-      reinterpret_cast<uint16_t*>(dst)[k] = reinterpret_cast<const uint16_t*>(src)[k];
-    }
-  }
-}
-
 // Ids of every view into its table's hash set; an id's unique index is its
 // hash slot, so there is no counter to share and nothing to wait for.
 // unique_index[i] = slot of ids[i], -1 for ids outside the table (the
@@ -58,7 +38,7 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
     const dedup_view& view = p.views[v];
     const tiered_call& c = p.calls[view.call];
     const int64_t i = g - view.begin;
-    const int64_t id = load_id(view.ids, view.is64, i);
+    const int64_t id = load_index(view.ids, view.is64, i);
     if (id < 0 || id >= c.t.rows) {
       view.unique_index[i] = -1;
       continue;
@@ -73,23 +53,6 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
       h = (h + 1) & c.hash_mask;
     }
     view.unique_index[i] = static_cast<int32_t>(h);
-  }
-}
-
-// Copies a row with the `width` lanes of a group (lane = index in the group).
-__device__ inline void group_copy_row(char* dst, const char* src, int64_t bytes, int lane, int width) {
-  if ((bytes & 15) == 0) {
-    for (int64_t k = lane; k < bytes / 16; k += width) {
-      reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(src)[k];
-    }
-  } else if ((bytes & 3) == 0) {
-    for (int64_t k = lane; k < bytes / 4; k += width) {
-      reinterpret_cast<uint32_t*>(dst)[k] = reinterpret_cast<const uint32_t*>(src)[k];
-    }
-  } else {
-    for (int64_t k = lane; k < bytes / 2; k += width) {
-      reinterpret_cast<uint16_t*>(dst)[k] = reinterpret_cast<const uint16_t*>(src)[k];
-    }
   }
 }
 
@@ -228,7 +191,7 @@ __global__ void scatter_rows_kernel(const char* host_rows, const int64_t* host_l
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   const auto n = static_cast<int64_t>(batch->host_reads);
   for (int64_t k = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; k < n; k += warps) {
-    warp_copy_row(staging + host_list[2 * k + 1] * row_bytes, host_rows + k * row_bytes, row_bytes, lane);
+    group_copy_row(staging + host_list[2 * k + 1] * row_bytes, host_rows + k * row_bytes, row_bytes, lane, 32);
   }
 }
 
@@ -267,7 +230,7 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
       }
       way = __shfl_sync(0xffffffffu, best, 0);
     }
-    warp_copy_row(t.cache_rows + (set * 32 + way) * t.row_bytes, src, t.row_bytes, lane);
+    group_copy_row(t.cache_rows + (set * 32 + way) * t.row_bytes, src, t.row_bytes, lane, 32);
     if (lane == 0) {
       t.keys[set * 32 + way] = id;
       t.stamps[set * 32 + way] = batch_no;
@@ -309,7 +272,7 @@ __global__ void insert_or_defer_kernel(const __grid_constant__ tiered_params p) 
       insert_row(c.t, static_cast<int64_t>(c.hash_keys[u]), src, c.batch_no, lane);
     } else {
       if (lane == 0) c.pending_ids[m] = static_cast<int64_t>(c.hash_keys[u]);
-      warp_copy_row(c.pending_rows + m * c.t.row_bytes, src, c.t.row_bytes, lane);
+      group_copy_row(c.pending_rows + m * c.t.row_bytes, src, c.t.row_bytes, lane, 32);
     }
   }
 }
@@ -465,13 +428,13 @@ table_stats gpu_table::stats() const {
 // ---- tiered_batch ----------------------------------------------------------------
 
 tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms)
-    : tables_(std::move(tables)), max_ids_(std::move(max_ids)), num_sms_(num_sms), pool_(hardware_threads()) {
+    : tables_(std::move(tables)), num_sms_(num_sms), pool_(hardware_threads()) {
   const size_t n = tables_.size();
   TIEMB_EXPECT(n <= static_cast<size_t>(kMaxTieredTables), "a lookup group may use at most ", kMaxTieredTables,
                " tiered tables, got ", n);
   size_t keys_bytes = 0;
   for (size_t i = 0; i < n; ++i) {
-    const int64_t m = std::max<int64_t>(max_ids_[i], 1);
+    const int64_t m = std::max<int64_t>(max_ids[i], 1);
     int64_t cap = 32;
     while (cap < 2 * m) cap <<= 1;  // load factor <= 1/2 keeps probes short
     hash_capacity_.push_back(cap);
@@ -483,7 +446,7 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
   batch_ = device_buffer(std::max<size_t>(n, 1) * sizeof(counters));
   batch_host_ = pinned_buffer(std::max<size_t>(n, 1) * sizeof(counters));
   for (size_t i = 0; i < n; ++i) {
-    const auto m = static_cast<size_t>(std::max<int64_t>(max_ids_[i], 1));
+    const auto m = static_cast<size_t>(std::max<int64_t>(max_ids[i], 1));
     max_misses_ = std::max(max_misses_, static_cast<int64_t>(m));
     const auto rb = static_cast<size_t>(tables_[i]->row_bytes());
     miss_list_.emplace_back(m * 4);

@@ -35,7 +35,6 @@ namespace gpu {
 
 /// Device counters of a table or a batch (unsigned long long for atomicAdd).
 struct counters {
-  unsigned long long lookups;
   unsigned long long unique_ids;
   unsigned long long hits;
   unsigned long long host_hits;
@@ -176,7 +175,6 @@ class tiered_batch {
   void fetch_on_host(cudaStream_t stream);
 
   std::vector<gpu_table*> tables_;
-  std::vector<int64_t> max_ids_;
   int num_sms_;
   int64_t max_capacity_ = 32;
   int64_t max_misses_ = 1;

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
+#include "device_util.cuh"
 #include "gpu_types.h"
 
 namespace tiemb {
@@ -34,10 +35,6 @@ __device__ inline void report_error(lookup_error* err, int32_t code, int32_t slo
     m->code = code;
     __threadfence_system();
   }
-}
-
-__device__ inline int64_t load_index(const void* p, bool is64, int64_t i) {
-  return is64 ? static_cast<const int64_t*>(p)[i] : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
 }
 
 // First position in sorted seg[0, n) whose value is >= key.

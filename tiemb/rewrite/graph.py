@@ -54,7 +54,3 @@ class GraphView:
 
     def data_consumers(self, node_name: str) -> List[Tuple[object, int]]:
         return [(n, i) for n, i, control in self.consumers.get(node_name, []) if not control]
-
-    def only_used_by(self, node_name: str, allowed: set) -> bool:
-        """True when every consumer (data or control) of the node is in `allowed`."""
-        return all(n.name in allowed for n, _, _ in self.consumers.get(node_name, []))

@@ -222,12 +222,10 @@ def _attr(**kw):
     out = {}
     for k, v in kw.items():
         a = attr_value_pb2.AttrValue()
-        if isinstance(v, tuple) and v[0] == "type":
-            a.type = v[1]
-        elif isinstance(v, tuple) and v[0] == "types":
+        if isinstance(v, tuple) and v[0] == "types":
             a.list.type.extend(v[1])
-        elif isinstance(v, bool) or (isinstance(v, list) and v and isinstance(v[0], bool)):
-            a.list.b.extend(v) if isinstance(v, list) else setattr(a, "b", v)
+        elif isinstance(v, list) and v and isinstance(v[0], bool):
+            a.list.b.extend(v)
         elif isinstance(v, int):
             a.i = v
         elif isinstance(v, list) and v and isinstance(v[0], int):
@@ -305,8 +303,6 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
     if not matches:
         return copy.deepcopy(graph_def), report
 
-    # All lookups in one op: one engine call for the whole batch.
-    groups: Dict[tuple, List[Lookup]] = {(): matches}
     # Tables: one file per distinct constant, named after it.
     files: Dict[str, str] = {}
     tables: Dict[str, np.ndarray] = {}
@@ -315,49 +311,42 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             fname = re.sub(r"[^A-Za-z0-9_.-]", "_", m.table_node) + ".tiemb"
             files[m.table_node] = fname
             tables[fname] = m.table
-    slot_num = max(len(g) for g in groups.values())
-    tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size, slot_num=slot_num, max_nnz=max_nnz)
+    n = len(matches)
+    tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size, slot_num=n, max_nnz=max_nnz)
 
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
-    new_nodes = [_const_node(f"{prefix}/store", np.array(os.path.abspath(store_dir).encode(), dtype=object)),
-                 _const_node(f"{prefix}/no_weights", np.zeros([0], np.float32)),
-                 _const_node(f"{prefix}/no_rows", np.array(-1, np.int64)),
-                 _const_node(f"{prefix}/no_segments", np.zeros([0], np.int64))]
-    rename: Dict[str, str] = {}  # replaced tensor -> op output
-    for k, group in enumerate(groups.values()):
-        op = node_def_pb2.NodeDef(name=f"{prefix}/lookup_{k}", op="TiembLookup")
-        n = len(group)
-        op.input.append(f"{prefix}/store")
-        op.input.extend(m.ids for m in group)
-        op.input.extend(m.segment_ids or f"{prefix}/no_segments" for m in group)
-        op.input.extend(m.weights or f"{prefix}/no_weights" for m in group)
-        op.input.extend([f"{prefix}/no_rows"] * n)
-        half = types_pb2.DT_HALF
-        for key, val in _attr(N=n, Tids=("types", [m.id_dtype for m in group]),
-                              Tsegs=("types", [m.seg_dtype for m in group]), tables=[files[m.table_node] for m in group],
-                              dims=[int(m.table.shape[1]) for m in group], combiners=[m.combiner for m in group],
-                              modes=[m.mode for m in group], default_ids=[-1] * n,
-                              weighted=[m.weights is not None for m in group],
-                              out_types=("types", [half if (m.table.dtype == np.float16 and
-                                                            (m.weights is None or m.half_output))
-                                                   else types_pb2.DT_FLOAT for m in group])).items():
-            op.attr[key].CopyFrom(val)
-        new_nodes.append(op)
-        for s, m in enumerate(group):
-            rename[m.output] = tensor_name(op.name, s)
-        report.ops.append({"name": op.name, "slots": [m.output for m in group]})
-        report.replaced += n
+    # All lookups in one op: one engine call for the whole batch.
+    op = node_def_pb2.NodeDef(name=f"{prefix}/lookup_0", op="TiembLookup")
+    op.input.append(f"{prefix}/store")
+    op.input.extend(m.ids for m in matches)
+    op.input.extend(m.segment_ids or f"{prefix}/no_segments" for m in matches)
+    op.input.extend(m.weights or f"{prefix}/no_weights" for m in matches)
+    op.input.extend([f"{prefix}/no_rows"] * n)
+    half = types_pb2.DT_HALF
+    for key, val in _attr(N=n, Tids=("types", [m.id_dtype for m in matches]),
+                          Tsegs=("types", [m.seg_dtype for m in matches]), tables=[files[m.table_node] for m in matches],
+                          dims=[int(m.table.shape[1]) for m in matches], combiners=[m.combiner for m in matches],
+                          modes=[m.mode for m in matches], default_ids=[-1] * n,
+                          weighted=[m.weights is not None for m in matches],
+                          out_types=("types", [half if (m.table.dtype == np.float16 and
+                                                        (m.weights is None or m.half_output))
+                                               else types_pb2.DT_FLOAT for m in matches])).items():
+        op.attr[key].CopyFrom(val)
+    constants = {f"{prefix}/store": np.array(os.path.abspath(store_dir).encode(), dtype=object),
+                 f"{prefix}/no_weights": np.zeros([0], np.float32),
+                 f"{prefix}/no_rows": np.array(-1, np.int64),
+                 f"{prefix}/no_segments": np.zeros([0], np.int64)}
+    new_nodes = [_const_node(name, value) for name, value in constants.items() if name in op.input] + [op]
+    rename = {m.output: tensor_name(op.name, s) for s, m in enumerate(matches)}  # replaced tensor -> op output
+    report.ops.append({"name": op.name, "slots": [m.output for m in matches]})
+    report.replaced += n
 
     # Rewire consumers of the replaced outputs; control edges onto removed
     # nodes move to the op that replaced them.
     removed = {m.output for m in matches}
     candidates = {name for m in matches for name in m.removable}
-    replacement_of = {}
-    for m in matches:
-        op_name = rename[m.output].split(":")[0]
-        for name in [m.output] + m.removable:
-            replacement_of[name] = op_name
+    replacement_of = {name: op.name for m in matches for name in [m.output] + m.removable}
     for node in out.node:
         for i, inp in enumerate(node.input):
             src, idx, control = split_input(inp)
