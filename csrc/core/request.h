@@ -19,6 +19,10 @@ struct slot_request {
   dtype segment_type = dtype::int64;
   int64_t num_segments = 0;
   bool segments_are_offsets = false;
+  /// Elements between consecutive segment ids: 1 for a 1-D array; k to read
+  /// column 0 of a row-major [num_ids, k] index matrix in place (sp_ids.indices).
+  /// CPU engine only, segment ids only.
+  int64_t segment_stride = 1;
   const float* weights = nullptr;  ///< optional, one per id
   int64_t num_weights = 0;
   /// Safe mode with segment ids: the number of output rows (dense_shape[0]).

@@ -48,6 +48,8 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     TIEMB_EXPECT(req.weights == nullptr, "slot ", s, ": gather mode takes no weights");
     return;
   }
+  TIEMB_EXPECT(req.segment_stride >= 1 && (req.segment_stride == 1 || !req.segments_are_offsets), "slot ", s,
+               ": segment_stride must be >= 1, and 1 for row_offsets; got ", req.segment_stride);
   // An empty device array may have a null address: only ids need segments.
   TIEMB_EXPECT(req.segments != nullptr || (n == 0 && !req.segments_are_offsets), "slot ", s,
                ": needs segment_ids or row_offsets");
@@ -110,7 +112,7 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
     int64_t r = 0;  // next row whose start offset is unset
     if (offsets != nullptr) offsets[0] = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t seg = index_at(req.segments, req.segment_type, i);
+      const int64_t seg = index_at(req.segments, req.segment_type, i * req.segment_stride);
       TIEMB_EXPECT(seg >= 0, "slot ", s, ": segment_ids[", i, "] = ", seg, " is negative");
       TIEMB_EXPECT(seg >= prev, "slot ", s, ": segment_ids must be sorted, but segment_ids[", i,
                    "] = ", seg, " < segment_ids[", i - 1, "] = ", prev);

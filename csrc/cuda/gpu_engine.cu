@@ -288,6 +288,18 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
 
 }  // namespace
 
+namespace {
+
+// The kernels read 1-D segment ids; a strided view (column 0 of sp_ids.indices)
+// is a CPU-engine convenience for the TensorFlow op.
+void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const slot_request& req, int64_t s) {
+  check_slot_shape(cfg, sc, req, s);
+  TIEMB_EXPECT(req.segment_stride == 1, "slot ", s, ": the GPU engine takes 1-D segment_ids (segment_stride 1), got ",
+               "segment_stride ", req.segment_stride);
+}
+
+}  // namespace
+
 void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t* rows, void* const* outputs,
                               void* stream_ptr) {
   device_guard g(engine_.device());
@@ -295,7 +307,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   const engine_config& cfg = engine_.config();
   TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
   for (int64_t s = 0; s < n; ++s) {
-    check_slot_shape(cfg, slots_[static_cast<size_t>(s)], reqs[s], s);
+    check_gpu_slot_shape(cfg, slots_[static_cast<size_t>(s)], reqs[s], s);
     TIEMB_EXPECT(rows[s] >= 0 && rows[s] <= cfg.max_batch_size, "slot ", s, ": ", rows[s],
                  " output rows exceed max_batch_size = ", cfg.max_batch_size);
   }
@@ -404,7 +416,7 @@ void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t*
   bool need_device = false;
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
-    check_slot_shape(cfg, sc, reqs[s], s);
+    check_gpu_slot_shape(cfg, sc, reqs[s], s);
     if (sc.mode == row_mode::safe) {
       rows[s] = reqs[s].segments_are_offsets ? reqs[s].num_segments - 1 : reqs[s].num_rows;
     } else {
@@ -443,6 +455,7 @@ const int64_t* gpu_lookup_group::prepare_host(const slot_request* reqs, int64_t 
   auto& m = *impl_;
   TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
   for (int64_t s = 0; s < n; ++s) {
+    check_gpu_slot_shape(engine_.config(), slots_[static_cast<size_t>(s)], reqs[s], s);
     m.host_rows[static_cast<size_t>(s)] =
         check_slot(engine_.config(), slots_[static_cast<size_t>(s)], m.tables[static_cast<size_t>(s)]->rows(),
                    reqs[s], s, nullptr);

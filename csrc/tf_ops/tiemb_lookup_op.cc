@@ -2,9 +2,10 @@
 // op, served by the engine of a table store (tables outside the graph).
 //
 // Inputs: the store directory (a string scalar; in a SavedModel an asset, so
-// the model can be moved), then per slot ids, segment ids (sp_ids.indices[:,0]),
-// weights (an empty tensor for unweighted slots) and num_rows (dense_shape[0],
-// used by safe slots). Attributes fix everything else per slot. Errors in the
+// the model can be moved), then per slot ids, segment ids (sp_ids.indices[:,0],
+// or sp_ids.indices itself, read in place), weights (an empty tensor for
+// unweighted slots) and num_rows (dense_shape[0], or dense_shape itself; used
+// by safe slots). Attributes fix everything else per slot. Errors in the
 // inputs become InvalidArgument naming the slot; nothing throws out of Compute.
 #include <map>
 #include <memory>
@@ -70,7 +71,10 @@ REGISTER_OP("TiembLookup")
           continue;
         }
         shape_inference::DimensionHandle rows = c->UnknownDim();
-        if (modes[s] == "safe") TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
+        const shape_inference::ShapeHandle rows_in = c->input(1 + 3 * n + s);
+        if (modes[s] == "safe" && c->RankKnown(rows_in) && c->Rank(rows_in) == 0) {
+          TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
+        }
         c->set_output(s, c->Matrix(rows, dims[s]));
       }
       return absl::OkStatus();
@@ -131,10 +135,14 @@ class TiembLookupOp : public OpKernel {
         r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
         r.num_ids = id.NumElements();
         if (!gather) {  // gather slots ignore their segment_ids input
-          TIEMB_EXPECT(sg.dims() == 1, "slot ", s, ": segment_ids must be 1-D, got shape ", sg.shape().DebugString());
+          // 1-D segment ids, or sp_ids.indices ([n, rank]) read in place: column 0.
+          TIEMB_EXPECT(sg.dims() == 1 || (sg.dims() == 2 && sg.dim_size(1) >= 1), "slot ", s,
+                       ": segment_ids must be 1-D segment ids or 2-D sparse indices, got shape ",
+                       sg.shape().DebugString());
           r.segments = sg.data();
           r.segment_type = sg.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
-          r.num_segments = sg.NumElements();
+          r.num_segments = sg.dim_size(0);
+          r.segment_stride = sg.dims() == 2 ? sg.dim_size(1) : 1;
         }
         if (weighted_[static_cast<size_t>(s)]) {
           TIEMB_EXPECT(weights[s].dims() == 1, "slot ", s, ": weights must be 1-D, got shape ",
@@ -142,8 +150,11 @@ class TiembLookupOp : public OpKernel {
           r.weights = weights[s].flat<float>().data();
           r.num_weights = weights[s].NumElements();
         }
-        TIEMB_EXPECT(num_rows[s].dims() == 0, "slot ", s, ": num_rows must be a scalar");
-        r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? num_rows[s].scalar<int64_t>()() : -1;
+        // The row count, or a sparse tensor's dense_shape (its first entry).
+        const Tensor& nr = num_rows[s];
+        TIEMB_EXPECT(nr.dims() == 0 || (nr.dims() == 1 && nr.NumElements() >= 1), "slot ", s,
+                     ": num_rows must be a scalar or a dense_shape vector, got shape ", nr.shape().DebugString());
+        r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
       }
       std::vector<void*> outputs(static_cast<size_t>(n_));
       absl::Status alloc_status;

@@ -196,16 +196,27 @@ def test_sparse_and_dense_lookups_share_one_op(tmp_path, seed):
         np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6)
 
 
+SAFE_LEFTOVERS = {"SparseFillEmptyRows", "Select", "SelectV2", "SparseSegmentSum", "SparseSegmentMean",
+                  "SparseSegmentSqrtN", "SegmentSum", "Unique", "Where", "Tile"}
+
+
 @pytest.mark.parametrize("default_id", [None, 3])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
-def test_safe_lookup_is_partially_fused_and_equal(combiner, weighted, default_id, tmp_path, seed):
-    """safe_embedding_lookup_sparse (what feature columns call): its inner
-    embedding_lookup_sparse is fused; pruning, row filling and the empty-row
-    zeroing stay TensorFlow ops. Outputs stay equal, invalid ids included."""
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_safe_lookup_is_fused_and_equal(combiner, weighted, default_id, id_dtype, table_dtype, tmp_path, seed):
+    """safe_embedding_lookup_sparse (what feature columns call), rank-2 input:
+    pruning, row filling, the lookup, empty-row zeroing (or default_id) and
+    the reshapes all become one safe slot. Outputs stay equal, invalid ids and
+    weights <= 0 included."""
     rng = np.random.default_rng(seed)
-    t = tf.Variable(rng.standard_normal((60, 8)).astype(np.float32))
-    sig = [tf.SparseTensorSpec([None, None], tf.int64), tf.SparseTensorSpec([None, None], tf.float32)]
+    t = tf.Variable(rng.standard_normal((60, 8)).astype(table_dtype))
+    tid = tf.as_dtype(id_dtype)
+    # TensorFlow wants weights of the table's dtype (and computes in float32).
+    half_weights = weighted and table_dtype == np.float16
+    wdtype = np.float16 if half_weights else np.float32
+    sig = [tf.SparseTensorSpec([None, None], tid), tf.SparseTensorSpec([None, None], tf.as_dtype(wdtype))]
 
     def model(sp, w):
         return tf.nn.safe_embedding_lookup_sparse(t, sp, w if weighted else None, combiner=combiner,
@@ -213,15 +224,45 @@ def test_safe_lookup_is_partially_fused_and_equal(combiner, weighted, default_id
 
     gd, inputs, outputs = frozen(model, sig)
     new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=4)
-    assert report.replaced == 1, report.as_dict()
-    assert [e["idiom"] for e in report.left_alone] == ["safe_embedding_lookup_sparse (pruning, filling)"] * \
-        (2 if weighted else 1), report.as_dict()
-    assert "SparseFillEmptyRows" in {n.op for n in new_gd.node}
+    assert report.replaced == 1 and report.left_alone == [], report.as_dict()
+    ops = {n.op for n in new_gd.node}
+    assert not (SAFE_LEFTOVERS | {"SparseReshape", "Reshape"}) & ops, sorted(ops)
     for _ in range(3):
-        indices, ids, shape = sparse_batch(rng, 60, 12, 4, np.int64)
+        indices, ids, shape = sparse_batch(rng, 60, 12, 4, id_dtype)
         ids[rng.random(len(ids)) < 0.2] = -1                       # pruned by the safe lookup
-        weights = rng.choice([-1.0, 0.0, 0.5, 2.0], len(ids)).astype(np.float32)
+        weights = rng.choice([-1.0, 0.0, 0.5, 2.0], len(ids)).astype(wdtype)
         feeds = [indices, ids, shape, indices, weights, shape]
         for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
-            assert w_.shape == g_.shape
+            assert w_.shape == g_.shape and w_.dtype == g_.dtype
+            tol = 1e-6 if table_dtype == np.float32 else 1e-3
+            np.testing.assert_allclose(g_.astype(np.float64), w_.astype(np.float64), rtol=tol, atol=tol,
+                                       err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_safe_lookup_of_rank3_input_keeps_its_reshapes(weighted, tmp_path, seed):
+    """A rank-3 sparse input ([batch, steps, ids]): the op reads the
+    SparseReshape's outputs and the final Reshape back to [batch, steps, dim]
+    stays; everything between them is fused."""
+    rng = np.random.default_rng(seed)
+    t = tf.Variable(rng.standard_normal((30, 4)).astype(np.float32))
+    sig = [tf.SparseTensorSpec([None, None, None], tf.int64), tf.SparseTensorSpec([None, None, None], tf.float32)]
+
+    def model(sp, w):
+        return tf.nn.safe_embedding_lookup_sparse(t, sp, w if weighted else None, combiner="mean")
+
+    gd, inputs, outputs = frozen(model, sig)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=8)
+    assert report.replaced == 1 and report.left_alone == [], report.as_dict()
+    ops = {n.op for n in new_gd.node}
+    assert "SparseReshape" in ops and not SAFE_LEFTOVERS & ops, sorted(ops)
+    for _ in range(3):
+        indices2, ids, _ = sparse_batch(rng, 30, 12, 3, np.int64)        # 12 = 4 samples x 3 steps
+        indices = np.stack([indices2[:, 0] // 3, indices2[:, 0] % 3, indices2[:, 1]], 1).astype(np.int64)
+        shape = np.array([4, 3, 3], np.int64)
+        ids[rng.random(len(ids)) < 0.2] = -1
+        weights = rng.choice([-1.0, 0.5, 2.0], len(ids)).astype(np.float32)
+        feeds = [indices, ids, shape, indices, weights, shape]
+        for w_, g_ in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
+            assert w_.shape == g_.shape == (4, 3, 4)
             np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-6, err_msg=f"seed {seed}")

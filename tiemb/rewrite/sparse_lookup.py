@@ -55,7 +55,10 @@ class Lookup:
     removable: List[str] = field(default_factory=list)
     weights: Optional[str] = None   # float32 tensor of per-id weights
     half_output: bool = False       # the output is the float16 Cast of the float32 result
-    mode: str = "plain"             # "gather": one row per id (dense_gather.py)
+    mode: str = "plain"             # "gather": one row per id (dense_gather.py); "safe" (safe_lookup.py)
+    num_rows: Optional[str] = None  # safe mode: the dense_shape (or row count) tensor
+    default_id: int = -1            # safe mode: the row of empty samples (-1: zeros)
+    half_weights: bool = False      # weights is float16: the op reads it through a Cast to float32
 
 
 @dataclass
@@ -98,6 +101,9 @@ def _match(view: GraphView, node, report: RewriteReport):
             return leave("the gather's indices are not Unique(ids).y with Unique(ids).idx as segment indices")
         ids, id_dtype = unique.input[0], unique.attr["T"].type
         removable += [data.name, unique.name]
+    elif data.op in ("DynamicStitch", "ParallelDynamicStitch"):
+        return leave("sharded table (embedding_lookup over a list of tables: DynamicPartition ... DynamicStitch): "
+                     "the per-shard row gathers are fused, the partitioning and the combiner stay TensorFlow ops")
     else:
         return leave(f"data comes from {data.op}, not a table or a gather from one")
     table = view.const_value(table_node)
@@ -260,7 +266,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             path (a SavedModel export makes it an asset).
         max_batch_size, max_nnz: the engine's buffer sizes (see EngineConfig).
     """
-    from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
+    from tensorflow.core.framework import graph_pb2
     from .. import tf_ops
 
     view = GraphView(graph_def)
@@ -285,13 +291,11 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             if m is not None:
                 matches.append(m)
                 inside.update(m.removable)
-    # safe_embedding_lookup_sparse / feature columns: the inner lookup is
-    # matched above; the pruning, row filling and empty-row zeroing around it
-    # stay TensorFlow ops for now, and the report says so.
-    for node in graph_def.node:
-        if node.op == "SparseFillEmptyRows":
-            report.left_alone.append({"node": node.name, "idiom": "safe_embedding_lookup_sparse (pruning, filling)",
-                                      "reason": "kept as TensorFlow ops; the lookup inside it is fused"})
+    # safe_embedding_lookup_sparse / feature columns: widen the inner lookup
+    # to the whole safe subgraph where it is TensorFlow's.
+    from .safe_lookup import match_safe
+
+    matches = [match_safe(view, m, report) or m for m in matches]
     # Dense row gathers, except those inside the sparse patterns above.
     from .dense_gather import match_gather
 
@@ -311,67 +315,156 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             fname = re.sub(r"[^A-Za-z0-9_.-]", "_", m.table_node) + ".tiemb"
             files[m.table_node] = fname
             tables[fname] = m.table
-    n = len(matches)
-    tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size, slot_num=n, max_nnz=max_nnz)
+    levels = _levels(view, matches)
+    tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
+                       slot_num=max(levels.count(k) for k in set(levels)), max_nnz=max_nnz)
 
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
-    # All lookups in one op: one engine call for the whole batch.
-    op = node_def_pb2.NodeDef(name=f"{prefix}/lookup_0", op="TiembLookup")
-    op.input.append(f"{prefix}/store")
-    op.input.extend(m.ids for m in matches)
-    op.input.extend(m.segment_ids or f"{prefix}/no_segments" for m in matches)
-    op.input.extend(m.weights or f"{prefix}/no_weights" for m in matches)
-    op.input.extend([f"{prefix}/no_rows"] * n)
-    half = types_pb2.DT_HALF
-    for key, val in _attr(N=n, Tids=("types", [m.id_dtype for m in matches]),
-                          Tsegs=("types", [m.seg_dtype for m in matches]), tables=[files[m.table_node] for m in matches],
-                          dims=[int(m.table.shape[1]) for m in matches], combiners=[m.combiner for m in matches],
-                          modes=[m.mode for m in matches], default_ids=[-1] * n,
-                          weighted=[m.weights is not None for m in matches],
-                          out_types=("types", [half if (m.table.dtype == np.float16 and
-                                                        (m.weights is None or m.half_output))
-                                               else types_pb2.DT_FLOAT for m in matches])).items():
-        op.attr[key].CopyFrom(val)
+    # One op per dependency level (normally one op in all: one engine call for
+    # the whole batch); a lookup whose inputs need another's output goes into
+    # a later op, so the rewritten graph has no cycle.
+    ops, rename, weight_casts = [], {}, []
+    for level in sorted(set(levels)):
+        group = [m for m, k in zip(matches, levels) if k == level]
+        op, casts = _lookup_op(f"{prefix}/lookup_{level}", prefix, group, files)
+        ops.append(op)
+        weight_casts += casts
+        rename.update({m.output: tensor_name(op.name, s) for s, m in enumerate(group)})
+        report.ops.append({"name": op.name, "slots": [m.output for m in group]})
+    report.replaced += len(matches)
     constants = {f"{prefix}/store": np.array(os.path.abspath(store_dir).encode(), dtype=object),
                  f"{prefix}/no_weights": np.zeros([0], np.float32),
                  f"{prefix}/no_rows": np.array(-1, np.int64),
                  f"{prefix}/no_segments": np.zeros([0], np.int64)}
-    new_nodes = [_const_node(name, value) for name, value in constants.items() if name in op.input] + [op]
-    rename = {m.output: tensor_name(op.name, s) for s, m in enumerate(matches)}  # replaced tensor -> op output
-    report.ops.append({"name": op.name, "slots": [m.output for m in matches]})
-    report.replaced += n
+    used_inputs = {i for op in ops for i in op.input}
+    new_nodes = [_const_node(name, value) for name, value in constants.items() if name in used_inputs] \
+        + weight_casts + ops
+    op_of = {m.output: ops[sorted(set(levels)).index(k)].name for m, k in zip(matches, levels)}
 
-    # Rewire consumers of the replaced outputs; control edges onto removed
-    # nodes move to the op that replaced them.
-    removed = {m.output for m in matches}
+    # Everything a replaced output was computed from may go once unused,
+    # except graph inputs.
     candidates = {name for m in matches for name in m.removable}
-    replacement_of = {name: op.name for m in matches for name in [m.output] + m.removable}
+    stack, seen = [m.output for m in matches], set()
+    while stack:
+        n = view.nodes.get(stack.pop())
+        if n is None or n.name in seen or n.op in ("Placeholder", "PlaceholderWithDefault"):
+            continue
+        seen.add(n.name)
+        stack.extend(split_input(i)[0] for i in n.input if not i.startswith("^"))
+    candidates |= seen
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    removed = set(op_of)
     for node in out.node:
         for i, inp in enumerate(node.input):
             src, idx, control = split_input(inp)
-            if control and src in replacement_of:
-                node.input[i] = "^" + replacement_of[src]
-            elif not control and src in rename and idx == 0:
+            if not control and src in rename and idx == 0:
                 node.input[i] = rename[src]
-        # Several control edges may now name the same op: keep one.
-        seen, inputs = set(), []
-        for inp in node.input:
-            if inp.startswith("^") and inp in seen:
-                continue
-            seen.add(inp)
-            inputs.append(inp)
-        if len(inputs) != len(node.input):
-            del node.input[:]
-            node.input.extend(inputs)
-    # Drop the replaced reductions, then pattern nodes nothing uses any more.
     kept = [nd for nd in out.node if nd.name not in removed]
     while True:
-        used = {split_input(i)[0] for nd in kept for i in nd.input} | {split_input(i)[0] for nd in new_nodes for i in nd.input}
+        used = {split_input(i)[0] for nd in kept + new_nodes for i in nd.input if not i.startswith("^")}
         drop = {nd.name for nd in kept if nd.name in candidates and nd.name not in used}
         if not drop:
             break
+        removed |= drop
         kept = [nd for nd in kept if nd.name not in drop]
+    # Control edges: onto a removed node they now wait for the op that
+    # replaced it; out of a removed node (an Assert guarding the ids, say)
+    # the op takes them over, so nothing that used to run is skipped.
+    owner = {name: op_of.get(name, ops[0].name) for name in removed}
+    inherited = {}
+    for nd in graph_def.node:
+        if nd.name in removed:
+            for inp in nd.input:
+                src = split_input(inp)[0]
+                if inp.startswith("^") and src not in removed:
+                    inherited.setdefault(owner[nd.name], []).append("^" + src)
+    for nd in kept + ops:
+        inputs = [("^" + owner[split_input(i)[0]]) if i.startswith("^") and split_input(i)[0] in removed else i
+                  for i in nd.input] + inherited.get(nd.name, [])
+        seen, unique = set(), []
+        for i in inputs:   # several control edges may now name the same node: keep one
+            if i.startswith("^") and (i in seen or i[1:] == nd.name):
+                continue
+            seen.add(i)
+            unique.append(i)
+        del nd.input[:]
+        nd.input.extend(unique)
     del out.node[:]
     out.node.extend(kept + new_nodes)
     return out, report
+
+
+def _levels(view: GraphView, matches: List[Lookup]) -> List[int]:
+    """Per lookup, 0 unless its inputs depend on another lookup's output
+    (then one more than the deepest such lookup)."""
+    outputs = {m.output: k for k, m in enumerate(matches)}
+    memo: Dict[str, frozenset] = {}
+
+    def upstream(name: str) -> frozenset:
+        """Indices of the lookups whose outputs ``name`` depends on."""
+        stack, order = [name], []
+        while stack:    # iterative post-order: graphs can be deep
+            n = stack.pop()
+            if n in memo or n not in view.nodes:
+                continue
+            pending = [split_input(i)[0] for i in view.nodes[n].input if split_input(i)[0] not in memo]
+            if pending and n not in order:
+                order.append(n)
+                stack.append(n)
+                stack.extend(pending)
+                continue
+            deps = set()
+            for i in view.nodes[n].input:
+                src = split_input(i)[0]
+                deps |= memo.get(src, frozenset())
+                if src in outputs:
+                    deps.add(outputs[src])
+            memo[n] = frozenset(deps)
+        return memo.get(name, frozenset())
+
+    deps = []
+    for m in matches:
+        d = set()
+        for t in [m.ids, m.segment_ids, m.weights, m.num_rows]:
+            if t:
+                d |= upstream(split_input(t)[0]) | ({outputs[split_input(t)[0]]} if split_input(t)[0] in outputs else set())
+        deps.append(d)
+    levels: List[Optional[int]] = [None] * len(matches)
+
+    def level(k: int) -> int:
+        if levels[k] is None:
+            levels[k] = 1 + max((level(j) for j in deps[k]), default=-1)
+        return levels[k]
+
+    return [level(k) for k in range(len(matches))]
+
+
+def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str]):
+    """The TiembLookup NodeDef serving ``group``, and the Casts of its float16 weights."""
+    from tensorflow.core.framework import node_def_pb2, types_pb2
+
+    n = len(group)
+    op = node_def_pb2.NodeDef(name=name, op="TiembLookup")
+    op.input.append(f"{prefix}/store")
+    op.input.extend(m.ids for m in group)
+    op.input.extend(m.segment_ids or f"{prefix}/no_segments" for m in group)
+    casts = []
+    for s, m in enumerate(group):
+        if m.half_weights:
+            cast = node_def_pb2.NodeDef(name=f"{name}/weights_{s}", op="Cast", input=[m.weights])
+            cast.attr["SrcT"].type, cast.attr["DstT"].type = types_pb2.DT_HALF, types_pb2.DT_FLOAT
+            casts.append(cast)
+    cast_of = {c.input[0]: c.name for c in casts}
+    op.input.extend(cast_of.get(m.weights, m.weights) if m.weights else f"{prefix}/no_weights" for m in group)
+    op.input.extend(m.num_rows or f"{prefix}/no_rows" for m in group)
+    half = types_pb2.DT_HALF
+    for key, val in _attr(N=n, Tids=("types", [m.id_dtype for m in group]),
+                          Tsegs=("types", [m.seg_dtype for m in group]), tables=[files[m.table_node] for m in group],
+                          dims=[int(m.table.shape[1]) for m in group], combiners=[m.combiner for m in group],
+                          modes=[m.mode for m in group], default_ids=[m.default_id for m in group],
+                          weighted=[m.weights is not None for m in group],
+                          out_types=("types", [half if (m.table.dtype == np.float16 and
+                                                        (m.weights is None or m.half_output))
+                                               else types_pb2.DT_FLOAT for m in group])).items():
+        op.attr[key].CopyFrom(val)
+    return op, casts

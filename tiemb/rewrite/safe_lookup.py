@@ -1,0 +1,217 @@
+"""Fusion of ``tf.nn.safe_embedding_lookup_sparse`` and the feature columns
+built on it (``embedding_column``, linear-model categorical columns).
+
+TensorFlow's safe lookup wraps an ``embedding_lookup_sparse`` (matched by
+sparse_lookup.py, the "inner" lookup) like this::
+
+    SparseReshape(indices, dense_shape, [prod(shape[:-1]), shape[-1]])
+      ─► retain ids >= 0 (and weights > 0 unless the combiner is sum):
+             GatherV2(x, Reshape(Where(cond), [-1]))   for x in indices, ids, weights
+      ─► SparseFillEmptyRows(·, ·, ·, 0)              (weights: a second one, filling 1.0)
+      ─► inner lookup over the filled ids, segment ids = filled_indices[:, 0]
+      ─► Select(Tile(empty_row_indicator), zeros, ·)   (empty rows become zeros)
+      ─► Reshape(·, concat(shape[:-1], [dim]))
+
+All of it is TiembLookup's "safe" mode over the original ids, indices and
+dense shape: prune, one row per ``dense_shape[0]`` row, zeros for empty rows.
+When the sparse input is statically of rank 2 the reshapes are identities and
+the whole subgraph goes; otherwise the op reads the SparseReshape's outputs
+and the final Reshape stays. The op reads ``indices`` (column 0) and
+``dense_shape`` (entry 0) in place. A subgraph that differs from this in any
+checked detail is left as it was (the inner lookup is still fused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .graph import GraphView, split_input, tensor_name
+
+
+def _canon(t: str) -> str:
+    node, idx, _ = split_input(t)
+    return tensor_name(node, idx)
+
+
+def _producer(view: GraphView, t: str):
+    node, idx, _ = split_input(t)
+    return view.nodes.get(node), idx
+
+
+def _const_equals(view: GraphView, t: str, value) -> bool:
+    v = view.const_value(_producer(view, t)[0])
+    return v is not None and np.array_equal(np.asarray(v).reshape(-1), np.asarray(value).reshape(-1))
+
+
+def _source(view: GraphView, t: str) -> str:
+    """The tensor t forwards through Identity and Cast nodes (same values)."""
+    node, idx = _producer(view, t)
+    while node is not None and node.op in ("Identity", "Cast"):
+        node, idx = view.input(node, 0)
+    return tensor_name(node.name, idx) if node is not None else _canon(t)
+
+
+def _retained(view: GraphView, t: str) -> Optional[Tuple[str, str]]:
+    """For t = GatherV2(x, Reshape(Where(cond), [-1]), axis=0): (x, cond), else None."""
+    g, idx = _producer(view, t)
+    if g is None or g.op != "GatherV2" or idx != 0 or g.attr["batch_dims"].i != 0 or not _const_equals(view, g.input[2], 0):
+        return None
+    r, _ = view.input(g, 1)
+    if r is None or r.op != "Reshape" or not _const_equals(view, r.input[1], [-1]):
+        return None
+    w, _ = view.input(r, 0)
+    if w is None or w.op != "Where":
+        return None
+    return g.input[0], _canon(w.input[0])
+
+
+def _filter_kind(view: GraphView, cond: str, values: str, weights: Optional[str]) -> Optional[str]:
+    """What a retain condition keeps: "ids" (ids >= 0), "weights" (weights > 0), or None."""
+    c, idx = _producer(view, cond)
+    if c is None or idx != 0:
+        return None
+
+    def ids_valid(node):
+        return node is not None and node.op == "GreaterEqual" and _canon(node.input[0]) == _canon(values) \
+            and _const_equals(view, node.input[1], 0)
+
+    if ids_valid(c):
+        return "ids"
+    if c.op == "LogicalAnd" and weights is not None:
+        a, _ = view.input(c, 0)
+        ones, _ = view.input(c, 1)   # ones_like(weights, bool)
+        shape, _ = view.input(ones, 0) if ones is not None and ones.op == "Fill" else (None, 0)
+        if ids_valid(a) and shape is not None and shape.op == "Shape" and _canon(shape.input[0]) == _canon(weights) \
+                and _const_equals(view, ones.input[1], True):
+            return "ids"
+    if c.op == "Greater" and weights is not None and _canon(c.input[0]) == _canon(weights) \
+            and _const_equals(view, c.input[1], 0):
+        return "weights"
+    return None
+
+
+def _unprune(view: GraphView, indices: str, values: str, weights: Optional[str]):
+    """Follows the retain steps back from SparseFillEmptyRows' inputs: the
+    tensors before them and the set of filters they applied."""
+    kinds = set()
+    while True:
+        steps = [_retained(view, t) for t in (indices, values, weights) if t is not None]
+        if any(s is None for s in steps) or len({cond for _, cond in steps}) != 1:
+            return indices, values, weights, kinds
+        sources = [src for src, _ in steps]
+        kind = _filter_kind(view, steps[0][1], sources[1], sources[2] if weights is not None else None)
+        if kind is None:
+            return indices, values, weights, kinds
+        kinds.add(kind)
+        indices, values = sources[0], sources[1]
+        weights = sources[2] if weights is not None else None
+
+
+def _is_column0(view: GraphView, t: str, indices: str) -> bool:
+    """t is indices[:, 0] (a StridedSlice, maybe Cast)."""
+    s, _ = _producer(view, t)
+    while s is not None and s.op in ("Cast", "Identity"):
+        s, _ = view.input(s, 0)
+    return s is not None and s.op == "StridedSlice" and _canon(s.input[0]) == _canon(indices) \
+        and _const_equals(view, s.input[1], [0, 0]) and _const_equals(view, s.input[2], [0, 1]) \
+        and _const_equals(view, s.input[3], [1, 1]) and s.attr["shrink_axis_mask"].i == 2 \
+        and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0
+
+
+def _fold_rank2(view: GraphView, select, indices: str, shape: str):
+    # select: the node whose output the safe lookup's result is (Select, or the inner lookup)
+    """(final Reshape, original indices, original dense_shape) when the sparse
+    input is statically of rank 2, so that SparseReshape and the final
+    Reshape are identities; else None."""
+    sr, k = _producer(view, indices)
+    shape_node, shape_idx = view.skip_identity(*_producer(view, shape))
+    if sr is None or sr.op != "SparseReshape" or k != 0 or shape_node is not sr or shape_idx != 1:
+        return None
+    s0 = _canon(sr.input[1])
+    pack, _ = view.input(sr, 2)   # [prod(shape[:rank-1]), shape[rank-1]] with rank - 1 == 1
+    if pack is None or pack.op != "Pack" or len(pack.input) != 2:
+        return None
+    last, _ = view.input(pack, 1)
+    if last is None or last.op != "GatherV2" or _canon(last.input[0]) != s0 or not _const_equals(view, last.input[1], 1):
+        return None
+    users = view.data_consumers(select.name)
+    reshapes = [n for n, i in users if n.op == "Reshape" and i == 0]
+    if len(reshapes) != 1 or any(n.op not in ("Reshape", "Shape") for n, _ in users):
+        return None
+    final = reshapes[0]
+    concat, _ = view.input(final, 1)   # concat(shape[:rank-1], shape(select)[1:])
+    if concat is None or concat.op != "ConcatV2" or len(concat.input) != 3:
+        return None
+    head, _ = view.input(concat, 0)
+    tail, _ = view.input(concat, 1)
+    if head is None or tail is None or head.op != "Slice" or tail.op != "Slice":
+        return None
+    tail_shape, _ = view.input(tail, 0)
+    if _source(view, head.input[0]) != _source(view, s0) \
+            or not _const_equals(view, head.input[1], [0]) or not _const_equals(view, head.input[2], [1]) \
+            or tail_shape is None or tail_shape.op != "Shape" or tail_shape.input[0] != select.name \
+            or not _const_equals(view, tail.input[1], [1]) or not _const_equals(view, tail.input[2], [-1]):
+        return None
+    return final, sr.input[0], sr.input[1]
+
+
+def match_safe(view: GraphView, inner, report):
+    """The safe lookup around plain Lookup ``inner``, as a "safe" Lookup, or
+    None when ``inner`` is not the lookup of a safe_embedding_lookup_sparse
+    (or the wrapper differs from TensorFlow's in a checked detail; then the
+    reason is reported and ``inner`` alone is fused)."""
+    fill, ids_idx = view.skip_identity(*_producer(view, inner.ids))
+    if fill is None or fill.op != "SparseFillEmptyRows" or ids_idx != 1:
+        return None
+    users = view.data_consumers(inner.output)
+    selects = [n for n, i in users if n.op in ("Select", "SelectV2") and i == 2]
+    anchor = selects[0] if len(selects) == 1 else view.nodes[inner.output]
+
+    def leave(reason):
+        report.left_alone.append({"node": anchor.name, "idiom": "safe_embedding_lookup_sparse", "reason": reason
+                                  + "; the embedding_lookup_sparse inside it is fused, the rest stays TensorFlow ops"})
+
+    if anchor.op in ("Select", "SelectV2"):   # default_id None: empty rows become zeros
+        zeros, _ = view.input(anchor, 1)
+        tile, _ = view.input(anchor, 0)
+        flag, _ = view.input(tile, 0) if tile is not None and tile.op == "Tile" else (None, 0)
+        flag_fill, k = view.input(flag, 0) if flag is not None and flag.op == "Reshape" else (None, 0)
+        if zeros is None or zeros.op != "ZerosLike" or zeros.input[0] != inner.output or flag_fill is not fill \
+                or k != 2:
+            return leave("empty rows are not zeroed by Select(Tile(SparseFillEmptyRows.empty_row_indicator), zeros, ·)")
+        default_id = -1
+    else:                                       # default_id d: empty rows are filled with id d
+        default = view.const_value(_producer(view, fill.input[3])[0])
+        if default is None or np.ndim(default) != 0 or int(default) < 0:
+            return leave("empty rows are filled with something other than a constant default id")
+        default_id = int(default)
+    if not _is_column0(view, inner.segment_ids, tensor_name(fill.name, 0)):
+        return leave("the lookup's segment ids are not filled_indices[:, 0]")
+    weights = None
+    if inner.weights is not None:
+        wfill, widx = view.skip_identity(*_producer(view, inner.weights))
+        half_weights = wfill is not None and wfill.op == "Cast" and wfill.attr["SrcT"].type == 19  # DT_HALF:
+        if half_weights:                                     # TF casts float16 weights to float32
+            wfill, widx = view.skip_identity(*view.input(wfill, 0))
+        if wfill is None or wfill.op != "SparseFillEmptyRows" or widx != 1 \
+                or not _const_equals(view, wfill.input[3], 1.0):
+            return leave("the weights are not filled by SparseFillEmptyRows with weight 1")
+        if _source(view, wfill.input[2]) != _source(view, fill.input[2]):
+            return leave("the ids and the weights are filled against different dense shapes")
+        weights = wfill.input[1]
+    indices, values, weights, kinds = _unprune(view, fill.input[0], fill.input[1], weights)
+    if "ids" not in kinds:
+        return leave("ids < 0 are not pruned before the lookup as TensorFlow's safe lookup does")
+    if inner.weights is not None and ("weights" in kinds) != (inner.combiner != "sum"):
+        return leave("weights <= 0 are pruned only when the combiner is not sum; this graph differs")
+    output, num_rows = anchor, fill.input[2]
+    folded = _fold_rank2(view, anchor, indices, num_rows)
+    if folded is not None:
+        output, indices, num_rows = folded
+    return replace(inner, output=output.name, ids=values, segment_ids=indices, seg_dtype=9,  # DT_INT64
+                   id_dtype=fill.attr["T"].type, weights=weights, num_rows=num_rows, mode="safe",
+                   default_id=default_id, half_weights=inner.weights is not None and half_weights,
+                   removable=inner.removable + [anchor.name, inner.output])
