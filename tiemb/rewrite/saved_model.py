@@ -40,7 +40,9 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     graph_def = frozen.graph.as_graph_def()
     specs = fn.structured_input_signature[1]               # {arg name: TensorSpec}
     arg_names = sorted(specs)
-    input_tensors = {name: frozen.graph.get_operation_by_name(name).outputs[0].name for name in arg_names}
+    # The frozen function's inputs are the signature's, flattened (keys sorted);
+    # their placeholders need not be named after the keys (TF1 signatures).
+    input_tensors = {name: t.name for name, t in zip(arg_names, frozen.inputs)}
     # The frozen function's outputs are the signature's, flattened (keys sorted).
     keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
     outputs = {name: t.name for name, t in zip(keys, frozen.outputs)}
@@ -49,6 +51,10 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     try:
         store = os.path.join(work, "store")
         new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz)
+        if not report.replaced:   # nothing to do: the model itself, byte for byte
+            shutil.copytree(src, os.path.join(work, "model"))
+            _replace_dir(os.path.join(work, "model"), dst)
+            return report
         tf_ops.load()
         out_names = sorted(outputs)
         has_store = any(n.name == "tiemb/store" for n in new_gd.node)
@@ -83,9 +89,13 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         module.serve = serve
         saved = os.path.join(work, "model")
         tf.saved_model.save(module, saved, signatures={signature: serve})
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        shutil.move(saved, dst)
+        _replace_dir(saved, dst)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace_dir(src: str, dst: str):
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.move(src, dst)

@@ -67,9 +67,11 @@ class RewriteReport:
     replaced: int = 0
     left_alone: List[dict] = field(default_factory=list)   # {"node", "idiom", "reason"}
     ops: List[dict] = field(default_factory=list)          # {"name", "slots"}
+    note: str = ""
 
     def as_dict(self) -> dict:
-        return {"found": self.found, "replaced": self.replaced, "left_alone": self.left_alone, "ops": self.ops}
+        return {"found": self.found, "replaced": self.replaced, "left_alone": self.left_alone, "ops": self.ops,
+                "note": self.note}
 
 
 def _match(view: GraphView, node, report: RewriteReport):
@@ -101,7 +103,7 @@ def _match(view: GraphView, node, report: RewriteReport):
             return leave("the gather's indices are not Unique(ids).y with Unique(ids).idx as segment indices")
         ids, id_dtype = unique.input[0], unique.attr["T"].type
         removable += [data.name, unique.name]
-    elif data.op in ("DynamicStitch", "ParallelDynamicStitch"):
+    elif _stitched(view, data):
         return leave("sharded table (embedding_lookup over a list of tables: DynamicPartition ... DynamicStitch): "
                      "the per-shard row gathers are fused, the partitioning and the combiner stay TensorFlow ops")
     else:
@@ -113,6 +115,13 @@ def _match(view: GraphView, node, report: RewriteReport):
     return Lookup(output=node.name, combiner=COMBINERS[node.op], table_node=table_node.name, table=table,
                   ids=ids, segment_ids=node.input[2], id_dtype=id_dtype,
                   seg_dtype=node.attr["Tsegmentids"].type, removable=removable)
+
+
+def _stitched(view: GraphView, node) -> bool:
+    """node is (a reshape of) the DynamicStitch of a sharded embedding_lookup."""
+    while node is not None and node.op in ("Reshape", "Identity"):
+        node, _ = view.input(node, 0)
+    return node is not None and node.op in ("DynamicStitch", "ParallelDynamicStitch")
 
 
 def _gathered_rows(view: GraphView, node):
@@ -305,6 +314,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
         if m is not None:
             matches.append(m)
     if not matches:
+        report.note = ("no embedding lookups found; the model is unchanged" if not report.found else
+                       "no embedding lookup could be replaced (see left_alone); the model is unchanged")
         return copy.deepcopy(graph_def), report
 
     # Tables: one file per distinct constant, named after it.
