@@ -280,3 +280,46 @@ def test_deepctr_models(kind, tmp_path, seed):
 
     batches = [batch(512), batch(1), batch(200, real=True)]
     assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches), what=kind)
+
+
+def test_dense_backends_level1_and_tolerance_drop(tmp_path, seed, monkeypatch):
+    """Level 1: float16 tables and bfloat16 matmuls; every available backend
+    is compared and timed, the report names the one kept. A backend beyond
+    the tolerance is dropped with the measured difference."""
+    from tiemb import backends
+
+    src = str(tmp_path / "wd")
+    spec = models.wide_deep(src, VOCAB, tower=(128, 128), seed=seed % 1000)
+    rng = np.random.default_rng(seed)
+    batches = [models.random_batch(spec, 256, rng), models.real_batch(spec)]
+    report = rewrite_saved_model(src, str(tmp_path / "l1"), max_batch_size=512, max_nnz=8, level=1,
+                                 test_batches=batches)
+    dense = report.dense
+    names = [r["name"] for r in dense["backend_results"]]
+    assert names == ["xla", "tensorflow", "tensorflow-fp32"], dense
+    assert dense["dense_backend"] in names and dense["level"] == 1
+    chosen = next(r for r in dense["backend_results"] if r["name"] == dense["dense_backend"])
+    assert 0 < chosen["max_rel_diff"] <= backends.TOLERANCE[1]
+    if dense["dense_backend"] != "tensorflow-fp32":
+        assert any("bfloat16" in n for n in dense["notes"]), dense
+    got = serve_fresh(str(tmp_path / "l1"), batches)
+    for w, g in zip(serve_here(src, batches), got):
+        assert backends.relative_difference(w, g)[1] <= backends.TOLERANCE[1]
+    # A tolerance the bfloat16 matmuls cannot meet: they are dropped, float32 is kept.
+    monkeypatch.setitem(backends.TOLERANCE, 1, 1e-3)
+    report = rewrite_saved_model(src, str(tmp_path / "strict"), max_batch_size=512, max_nnz=8, level=1,
+                                 test_batches=batches)
+    dropped = {d["name"]: d["reason"] for d in report.dense["dropped_backends"]}
+    assert report.dense["dense_backend"] == "tensorflow-fp32", report.dense
+    assert set(dropped) == {"xla", "tensorflow"} and all("beyond level 1's tolerance" in r for r in dropped.values())
+
+
+def test_tensorrt_is_detected_not_assumed():
+    from tiemb import backends
+
+    ok, reason = backends.tensorrt_status()
+    if not tf.sysconfig.get_build_info().get("is_tensorrt_build", False):
+        assert not ok and "TensorRT" in reason
+    first = backends.candidates(0, "gpu")[0]
+    assert first[0] == "tf-trt" and first[1] == ok
+    assert "tf-trt" not in [c[0] for c in backends.candidates(0, "cpu")]

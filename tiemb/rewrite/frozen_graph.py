@@ -13,14 +13,18 @@ def store_path(pb_path: str) -> str:
     return pb_path + ".store"
 
 
-def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False):
+def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False,
+                         level: int = 0, backend: str = "tensorflow"):
     """Reads frozen GraphDef ``src``, fuses its lookups, writes ``dst`` and its
-    store ``dst.store/``. Returns the RewriteReport; raises ValueError for an
+    store ``dst.store/``; ``level`` and ``backend`` as for
+    :func:`rewrite_saved_model` (unverified here: a GraphDef has no signature
+    to feed). Returns the RewriteReport; raises ValueError for an
     unreadable ``src`` or an existing ``dst`` without ``overwrite``. Nothing is
     left at ``dst`` when it fails."""
     from google.protobuf.message import DecodeError
     from tensorflow.core.framework import graph_pb2
 
+    from .. import backends
     from .sparse_lookup import rewrite_sparse_lookups
 
     if os.path.exists(dst) and not overwrite:
@@ -35,7 +39,9 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
     shutil.rmtree(tmp_store, ignore_errors=True)
     try:
         new_gd, report = rewrite_sparse_lookups(graph_def, tmp_store, max_batch_size=max_batch_size,
-                                                max_nnz=max_nnz)
+                                                max_nnz=max_nnz, half_tables=level >= 1)
+        new_gd, notes = backends.apply(backend, new_gd, level)
+        report.dense = {"dense_backend": backend, "notes": notes, "level": level, "verified": False}
         with open(tmp_pb, "wb") as f:
             f.write(new_gd.SerializeToString())
         shutil.rmtree(store_path(dst), ignore_errors=True)

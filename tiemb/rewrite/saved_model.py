@@ -1,15 +1,19 @@
-"""Rewriting a SavedModel: freeze a signature, fuse its lookups, save a
-SavedModel whose table store is an asset (so the directory can be moved)."""
+"""Rewriting a SavedModel: freeze a signature, fuse its lookups, pick the
+dense backend, save a SavedModel whose table store is an asset (so the
+directory can be moved)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
+import time
 
 
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
-                        signature: str = "serving_default", overwrite: bool = False):
+                        signature: str = "serving_default", overwrite: bool = False, level: int = 0,
+                        device: str = "cpu", test_batches=None, backend: str = None):
     """Writes an optimized copy of SavedModel ``src`` to ``dst``.
 
     The signature is frozen (variables become constants), its embedding
@@ -17,16 +21,30 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     store's files become the model's assets (``dst/assets/``) and the model is saved with the same
     signature name, inputs and outputs. Load it after ``import tiemb``.
 
-    Returns the RewriteReport. Raises ValueError for a missing signature, an
+    Args:
+        level: 0 lossless; 1 float16 tables and bfloat16 dense matmuls.
+        device: "cpu" or "gpu": which dense backends are candidates.
+        test_batches: feed dicts (signature argument name -> array). With
+            them every available dense backend (see :mod:`tiemb.backends`) is
+            built, compared with the original on them and timed; the fastest
+            within the level's tolerance is saved and the others are listed
+            with the reason they were dropped. Without them: ``backend`` (default
+            "tensorflow" at level 0; at level 1 also bf16 matmuls) unverified.
+        backend: force one backend by name.
+
+    Returns the RewriteReport (with ``dense``: the backend chosen and why).
+    Raises ValueError for a missing signature, an unreadable model, an
     existing non-empty ``dst`` without ``overwrite``; nothing is left at
     ``dst`` when it fails.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from .. import tf_ops
+    from .. import backends, tf_ops
     from .sparse_lookup import rewrite_sparse_lookups
 
+    if level not in backends.TOLERANCE:
+        raise ValueError(f"optimization level must be one of {sorted(backends.TOLERANCE)}, got {level!r}")
     if os.path.exists(dst) and os.listdir(dst) and not overwrite:
         raise ValueError(f"{dst} exists and is not empty (pass overwrite=True to replace it)")
     try:
@@ -50,49 +68,107 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     work = tempfile.mkdtemp(prefix="tiemb-", dir=os.path.dirname(os.path.abspath(dst)) or None)
     try:
         store = os.path.join(work, "store")
-        new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz)
-        if not report.replaced:   # nothing to do: the model itself, byte for byte
+        new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
+                                                half_tables=level >= 1)
+        if not report.replaced and level == 0:   # nothing to do: the model itself, byte for byte
             shutil.copytree(src, os.path.join(work, "model"))
             _replace_dir(os.path.join(work, "model"), dst)
             return report
         tf_ops.load()
-        out_names = sorted(outputs)
-        has_store = any(n.name == "tiemb/store" for n in new_gd.node)
-
-        def imported(*args):
-            feed = {input_tensors[name]: a for name, a in zip(arg_names, args[:len(arg_names)])}
-            if has_store:
-                feed["tiemb/store:0"] = args[len(arg_names)]
-            return tf.compat.v1.import_graph_def(new_gd, input_map=feed,
-                                                 return_elements=[outputs[n] for n in out_names], name="")
-
+        has_store = any(n.op == "TiembLookup" for n in new_gd.node)
         arg_specs = [tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in arg_names]
-        store_spec = [tf.TensorSpec([], tf.string)] if has_store else []
-        wrapped = tf.compat.v1.wrap_function(imported, arg_specs + store_spec)
 
-        module = tf.Module()
-        module.graph = wrapped
-        if has_store:
-            # Assets are files: every store file is one, copied into the
-            # model's assets/; the store is the manifest's directory, wherever
-            # the model is loaded from.
-            module.store_files = [tf.saved_model.Asset(os.path.join(store, f)) for f in sorted(os.listdir(store))
-                                  if f != "manifest.txt"]
-            module.manifest = tf.saved_model.Asset(os.path.join(store, "manifest.txt"))
+        def build(name):
+            gd, notes = backends.apply(name, new_gd, level)
+            return _module(tf, gd, arg_names, arg_specs, input_tensors, outputs, store if has_store else None), notes
 
-        @tf.function(input_signature=arg_specs)
-        def serve(*args):
-            extra = [tf.strings.regex_replace(module.manifest.asset_path, "/[^/]*$", "")] if has_store else []
-            result = module.graph(*args, *extra)
-            return {n: r for n, r in zip(out_names, result)}
+        if test_batches:
+            want = [{k: v.numpy() for k, v in fn(**_feeds(tf, b)).items()} for b in test_batches]
 
-        module.serve = serve
+            def evaluate(candidate):
+                module, _ = candidate
+                def call(b):
+                    return module.serve(*[tf.constant(b[n]) for n in arg_names])
+
+                diffs = [backends.relative_difference(w, {k: v.numpy() for k, v in call(b).items()})
+                         for w, b in zip(want, test_batches)]
+                return max(d[0] for d in diffs), max(d[1] for d in diffs), _median_time(call, test_batches[0])
+
+            name, (module, notes), info = backends.choose(level, device, build, evaluate) if backend is None else \
+                _forced(backend, build, evaluate, level)
+        else:
+            name = backend or "tensorflow"
+            module, notes = build(name)
+            info = {"dense_backend": name, "backend_results": [], "dropped_backends": [],
+                    "verified": False}
+        report.dense = dict(info, notes=notes, level=level)
         saved = os.path.join(work, "model")
-        tf.saved_model.save(module, saved, signatures={signature: serve})
+        tf.saved_model.save(module, saved, signatures={signature: module.serve})
         _replace_dir(saved, dst)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _forced(name, build, evaluate, level):
+    from .. import backends
+
+    candidate = build(name)
+    abs_d, rel_d, seconds = evaluate(candidate)
+    result = {"name": name, "max_abs_diff": abs_d, "max_rel_diff": rel_d, "median_s": seconds}
+    if rel_d > backends.TOLERANCE[level]:
+        raise ValueError(f"dense backend {name!r} changes the outputs by {rel_d:.3g} relative, beyond level "
+                         f"{level}'s tolerance {backends.TOLERANCE[level]:g}")
+    return name, candidate, {"dense_backend": name, "backend_results": [result], "dropped_backends": []}
+
+
+def _feeds(tf, batch):
+    return {k: tf.constant(v) for k, v in batch.items()}
+
+
+def _median_time(f, batch, runs: int = 20) -> float:
+    for _ in range(3):
+        f(batch)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f(batch)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _module(tf, graph_def, arg_names, arg_specs, input_tensors, outputs, store):
+    """A tf.Module serving ``graph_def`` with the signature's inputs and
+    outputs; its TiembLookup ops read ``store``, saved as assets."""
+    out_names = sorted(outputs)
+
+    def imported(*args):
+        feed = {input_tensors[name]: a for name, a in zip(arg_names, args[:len(arg_names)])}
+        if store is not None:
+            feed["tiemb/store:0"] = args[len(arg_names)]
+        return tf.compat.v1.import_graph_def(graph_def, input_map=feed,
+                                             return_elements=[outputs[n] for n in out_names], name="")
+
+    store_spec = [tf.TensorSpec([], tf.string)] if store is not None else []
+    wrapped = tf.compat.v1.wrap_function(imported, arg_specs + store_spec)
+    module = tf.Module()
+    module.graph = wrapped
+    if store is not None:
+        # Assets are files: every store file is one, copied into the model's
+        # assets/; the store is the manifest's directory, wherever the model
+        # is loaded from.
+        module.store_files = [tf.saved_model.Asset(os.path.join(store, f)) for f in sorted(os.listdir(store))
+                              if f != "manifest.txt"]
+        module.manifest = tf.saved_model.Asset(os.path.join(store, "manifest.txt"))
+
+    @tf.function(input_signature=arg_specs)
+    def serve(*args):
+        extra = [tf.strings.regex_replace(module.manifest.asset_path, "/[^/]*$", "")] if store is not None else []
+        result = module.graph(*args, *extra)
+        return {n: r for n, r in zip(out_names, result)}
+
+    module.serve = serve
+    return module
 
 
 def _replace_dir(src: str, dst: str):

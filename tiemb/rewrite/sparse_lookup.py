@@ -68,10 +68,11 @@ class RewriteReport:
     left_alone: List[dict] = field(default_factory=list)   # {"node", "idiom", "reason"}
     ops: List[dict] = field(default_factory=list)          # {"name", "slots"}
     note: str = ""
+    dense: dict = field(default_factory=dict)              # the dense backend chosen (saved_model.py)
 
     def as_dict(self) -> dict:
         return {"found": self.found, "replaced": self.replaced, "left_alone": self.left_alone, "ops": self.ops,
-                "note": self.note}
+                "note": self.note, "dense": self.dense}
 
 
 def _match(view: GraphView, node, report: RewriteReport):
@@ -261,7 +262,8 @@ def _const_node(name: str, value: np.ndarray):
     return n
 
 
-def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb"):
+def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
+                           half_tables: bool = False):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
     table (Keras Embedding, tf.gather; dense_gather.py).
@@ -274,6 +276,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
         store_dir: where the table store is written; the op reads it from this
             path (a SavedModel export makes it an asset).
         max_batch_size, max_nnz: the engine's buffer sizes (see EngineConfig).
+        half_tables: store float32 tables as float16 (optimization level 1:
+            half the bytes; lookups still accumulate and output float32).
     """
     from tensorflow.core.framework import graph_pb2
     from .. import tf_ops
@@ -325,7 +329,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
         if m.table_node not in files:
             fname = re.sub(r"[^A-Za-z0-9_.-]", "_", m.table_node) + ".tiemb"
             files[m.table_node] = fname
-            tables[fname] = m.table
+            tables[fname] = m.table.astype(np.float16) if half_tables else m.table
     levels = _levels(view, matches)
     tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
                        slot_num=max(levels.count(k) for k in set(levels)), max_nnz=max_nnz)
