@@ -30,8 +30,8 @@ def saved_ops(path):
     return {n.op for n in gd.node} | {n.op for fn in gd.library.function for n in fn.node_def}
 
 
-def optimize_and_compare(src, dst, spec, rng, expect_replaced, max_nnz=8):
-    report = rewrite_saved_model(src, dst, max_batch_size=512, max_nnz=max_nnz)
+def optimize_and_compare(src, dst, spec, rng, expect_replaced, max_nnz=8, freeze_limit_bytes=64 << 20):
+    report = rewrite_saved_model(src, dst, max_batch_size=512, max_nnz=max_nnz, freeze_limit_bytes=freeze_limit_bytes)
     assert report.found == expect_replaced and report.replaced == expect_replaced, report.as_dict()
     assert report.left_alone == [], report.left_alone
     batches = [models.random_batch(spec, 512, rng, missing=0.1), models.random_batch(spec, 1, rng),
@@ -40,10 +40,17 @@ def optimize_and_compare(src, dst, spec, rng, expect_replaced, max_nnz=8):
     return report
 
 
-def test_keras_wide_deep(tmp_path, seed):
+# Tables frozen into the graph (small ones, the default) or read straight from
+# the variables (what happens to tables too big for a 2 GB GraphDef).
+FREEZE_LIMITS = pytest.mark.parametrize("freeze_limit", [64 << 20, 0], ids=["frozen-tables", "variable-tables"])
+
+
+@FREEZE_LIMITS
+def test_keras_wide_deep(freeze_limit, tmp_path, seed):
     src = str(tmp_path / "wd")
     spec = models.wide_deep(src, VOCAB, tower=(256, 256), seed=seed % 1000)
-    optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed), 2 * models.NUM_CAT)
+    optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed), 2 * models.NUM_CAT,
+                         freeze_limit_bytes=freeze_limit)
     ops = saved_ops(str(tmp_path / "opt"))
     assert "TiembLookup" in ops and "GatherV2" not in ops, sorted(ops)
 
@@ -56,6 +63,8 @@ def test_keras_dlrm(tmp_path, seed):
 
 @pytest.mark.parametrize("control_flow_v1", [True, False], ids=["switch-merge", "cf-v2"])
 def test_feature_column_deepfm_tf1_graph(control_flow_v1, tmp_path, seed):
+    # TF1 control flow with tables frozen, TF2 control flow with tables read from the variables.
+    freeze_limit = 64 << 20 if control_flow_v1 else 0
     """TF1 graph: embedding_column over categorical_column_with_identity (26
     features + a multi-valued mean-combined one of unknown rank) and a
     linear_model over the same columns. The rank check around the
@@ -67,7 +76,8 @@ def test_feature_column_deepfm_tf1_graph(control_flow_v1, tmp_path, seed):
     assert "SparseFillEmptyRows" in before and "Assert" in before
     if control_flow_v1:
         assert {"Switch", "Merge"} <= before
-    optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed), 2 * (models.NUM_CAT + 1))
+    optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed), 2 * (models.NUM_CAT + 1),
+                         freeze_limit_bytes=freeze_limit)
     after = saved_ops(str(tmp_path / "opt"))
     assert "TiembLookup" in after and not {"SparseFillEmptyRows", "SparseSegmentSum", "SparseSegmentMean", "Unique",
                                            "ZerosLike", "Tile"} & after, sorted(after)
@@ -128,8 +138,9 @@ def test_feature_column_hash_bucket_and_linear_model(tmp_path, seed):
     assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches))
 
 
+@FREEZE_LIMITS
 @pytest.mark.parametrize("weighted", [False, True])
-def test_embedding_lookup_sparse_saved_model_each_combiner(weighted, tmp_path, seed):
+def test_embedding_lookup_sparse_saved_model_each_combiner(weighted, freeze_limit, tmp_path, seed):
     """tf.nn.embedding_lookup_sparse with each combiner in one SavedModel, sparse
     inputs with empty and trailing-empty rows, served from a fresh process."""
     rng = np.random.default_rng(seed)
@@ -151,7 +162,7 @@ def test_embedding_lookup_sparse_saved_model_each_combiner(weighted, tmp_path, s
     m = M()
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     tf.saved_model.save(m, src, signatures={"serving_default": m.serve})
-    report = rewrite_saved_model(src, dst, max_batch_size=64, max_nnz=8)
+    report = rewrite_saved_model(src, dst, max_batch_size=64, max_nnz=8, freeze_limit_bytes=freeze_limit)
     assert report.replaced == 3, report.as_dict()
     batches = []
     for rows in (12, 1, 40):
@@ -323,3 +334,37 @@ def test_tensorrt_is_detected_not_assumed():
     first = backends.candidates(0, "gpu")[0]
     assert first[0] == "tf-trt" and first[1] == ok
     assert "tf-trt" not in [c[0] for c in backends.candidates(0, "cpu")]
+
+
+def test_big_tables_stay_variables_only_when_every_read_is_fused(tmp_path, seed):
+    """A matrix also read some other way (a reduce) is not a table: frozen even
+    over the limit, its gather still fused. A table too big to freeze whose
+    gather cannot be fused (batch_dims) cannot be served from a frozen graph:
+    a clear error, nothing written."""
+    rng = np.random.default_rng(seed)
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = tf.Variable(rng.standard_normal((40, 4)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
+        def serve(self, ids):
+            return {"y": tf.gather(self.t, ids) * tf.reduce_sum(self.t)}
+
+        @tf.function(input_signature=[tf.TensorSpec([40, 2], tf.int64, name="ids")])
+        def batched(self, ids):
+            return {"y": tf.gather(self.t, ids, axis=1, batch_dims=1)}
+
+    m = M()
+    src = str(tmp_path / "src")
+    tf.saved_model.save(m, src, signatures={"serving_default": m.serve, "batched": m.batched})
+    report = rewrite_saved_model(src, str(tmp_path / "limit0"), max_batch_size=64, max_nnz=1, freeze_limit_bytes=0)
+    assert report.replaced == 1
+    batches = [{"ids": rng.integers(0, 40, 9)}]
+    assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "limit0"), batches))
+    with pytest.raises(ValueError, match=r"table .* is read by .*, which is not an embedding lookup tiemb replaces, "
+                                         r"and is too big to freeze"):
+        rewrite_saved_model(src, str(tmp_path / "bad"), max_batch_size=64, max_nnz=1, freeze_limit_bytes=0,
+                            signature="batched")
+    assert not os.path.exists(tmp_path / "bad")

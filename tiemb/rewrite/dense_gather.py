@@ -4,6 +4,7 @@
 Pattern replaced::
 
     table Const ─► Identity* ─► GatherV2(·, ids, axis=0, batch_dims=0) ─► [ids.shape..., dim]
+    big-table variable ─► ResourceGather(·, ids, batch_dims=0)          ─► [ids.shape..., dim]
 
 (Keras 3 first wraps negative ids, ``SelectV2(ids < 0, ids + rows, ids)``;
 whatever tensor feeds the gather is what the op reads.) The replacement is a
@@ -20,27 +21,22 @@ from .graph import GraphView
 
 
 def match_gather(view: GraphView, node, exclude: set, report):
-    """A Lookup (mode "gather") for a GatherV2 node, or None."""
+    """A Lookup (mode "gather") for a GatherV2 / ResourceGather node, or None."""
     from .sparse_lookup import Lookup
 
-    if node.op != "GatherV2" or node.name in exclude:
+    if node.op not in ("GatherV2", "ResourceGather") or node.name in exclude:
         return None
-    removable = []
-    n, _ = view.input(node, 0)
-    while n is not None and n.op == "Identity":
-        removable.append(n.name)
-        n, _ = view.input(n, 0)
-    if n is None or n.op != "Const":
+    gather = view.row_gather(node)
+    if gather is None:
         return None
-    table = view.const_value(n)
+    table = view.table_value(view.input(node, 0)[0])
     if table is None or table.ndim != 2 or table.dtype not in (np.float32, np.float16):
-        return None
+        return None                      # not a table: a gather of something else
     report.found += 1
-    axis = view.const_value(view.input(node, 2)[0])
-    if axis is None or int(axis) != 0 or node.attr["batch_dims"].i != 0:
-        report.left_alone.append({"node": node.name, "idiom": "gather", "reason": "not a gather of rows (axis 0)"})
+    if isinstance(gather, str):
+        report.left_alone.append({"node": node.name, "idiom": "gather", "reason": gather})
         return None
-    removable.append(n.name)
-    return Lookup(output=node.name, combiner="sum", table_node=n.name, table=table, ids=node.input[1],
-                  segment_ids="", id_dtype=node.attr["Tindices"].type, seg_dtype=9,  # DT_INT64
-                  removable=removable, mode="gather")
+    table_node, chain, ids, id_dtype = gather
+    return Lookup(output=node.name, combiner="sum", table_node=table_node.name, table=table, ids=ids,
+                  segment_ids="", id_dtype=id_dtype, seg_dtype=9,  # DT_INT64
+                  removable=chain + [table_node.name], mode="gather")

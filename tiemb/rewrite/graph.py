@@ -19,8 +19,11 @@ def tensor_name(node: str, index: int) -> str:
 
 
 class GraphView:
-    def __init__(self, graph_def):
+    def __init__(self, graph_def, resources: Optional[Dict[str, object]] = None):
         self.graph_def = graph_def
+        # Tables left as variables (too big to freeze into a GraphDef): resource
+        # placeholder name -> numpy value.
+        self.resources = resources or {}
         self.nodes: Dict[str, object] = {n.name: n for n in graph_def.node}
         # consumers[node] = [(consumer node, input position, is_control)]
         self.consumers: Dict[str, List[Tuple[object, int, bool]]] = defaultdict(list)
@@ -51,6 +54,44 @@ class GraphView:
         from tensorflow.python.framework import tensor_util
 
         return tensor_util.MakeNdarray(node.attr["value"].tensor)
+
+    def table_source(self, node):
+        """(table node, [nodes forwarding it]) for a tensor that is a table:
+        Identity* of a Const, or Identity/ReadVariableOp* of a big variable's
+        resource placeholder; (node, chain) as far as it got otherwise."""
+        chain = []
+        while node is not None and node.op in ("Identity", "ReadVariableOp"):
+            chain.append(node.name)
+            node, _ = self.input(node, 0)
+        return node, chain
+
+    def table_value(self, node):
+        """numpy value of a table: a Const, or a resource placeholder of a big variable; else None."""
+        node, _ = self.table_source(node)
+        if node is not None and node.op == "Placeholder" and node.name in self.resources:
+            return self.resources[node.name]
+        return self.const_value(node)
+
+    def row_gather(self, node):
+        """For a gather of rows from a table (GatherV2(Identity*(table), ids, axis 0)
+        or ResourceGather(variable, ids)): (table node, [Identity nodes], ids tensor,
+        id dtype); None when node is no gather, a reason string when it is a gather
+        of something else."""
+        if node is None or node.op not in ("GatherV2", "ResourceGather"):
+            return None
+        table, chain = self.table_source(self.input(node, 0)[0])
+        big = table is not None and table.op == "Placeholder" and table.name in self.resources
+        if node.op == "ResourceGather" and not big:
+            return "the gathered variable is not a table tiemb read from the model"
+        if node.op == "GatherV2" and not big and (table is None or table.op != "Const"):
+            return "the gathered table is not a constant (freeze the model's variables first)"
+        if node.attr["batch_dims"].i != 0:
+            return "the gather has batch dimensions"
+        if node.op == "GatherV2":
+            axis = self.const_value(self.input(node, 2)[0])
+            if axis is None or int(axis) != 0:
+                return "the gather is not along axis 0"
+        return table, chain, node.input[1], node.attr["Tindices"].type
 
     def data_consumers(self, node_name: str) -> List[Tuple[object, int]]:
         return [(n, i) for n, i, control in self.consumers.get(node_name, []) if not control]

@@ -13,7 +13,8 @@ import time
 
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
                         signature: str = "serving_default", overwrite: bool = False, level: int = 0,
-                        device: str = "cpu", test_batches=None, backend: str = None):
+                        device: str = "cpu", test_batches=None, backend: str = None,
+                        freeze_limit_bytes: int = 64 << 20):
     """Writes an optimized copy of SavedModel ``src`` to ``dst``.
 
     The signature is frozen (variables become constants), its embedding
@@ -31,6 +32,9 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
             with the reason they were dropped. Without them: ``backend`` (default
             "tensorflow" at level 0; at level 1 also bf16 matmuls) unverified.
         backend: force one backend by name.
+        freeze_limit_bytes: 2-D float variables larger than this are not
+            frozen into the GraphDef (which cannot exceed 2 GB): their values
+            go straight from the model's variables to the table store.
 
     Returns the RewriteReport (with ``dense``: the backend chosen and why).
     Raises ValueError for a missing signature, an unreadable model, an
@@ -38,8 +42,6 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     ``dst`` when it fails.
     """
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     from .. import backends, tf_ops
     from .sparse_lookup import rewrite_sparse_lookups
 
@@ -54,7 +56,7 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     if signature not in loaded.signatures:
         raise ValueError(f"{src} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
     fn = loaded.signatures[signature]
-    frozen = convert_variables_to_constants_v2(fn)
+    frozen, resources = _freeze(fn, freeze_limit_bytes)
     graph_def = frozen.graph.as_graph_def()
     specs = fn.structured_input_signature[1]               # {arg name: TensorSpec}
     arg_names = sorted(specs)
@@ -69,7 +71,8 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     try:
         store = os.path.join(work, "store")
         new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
-                                                half_tables=level >= 1)
+                                                half_tables=level >= 1, resources=resources)
+        new_gd = _drop_resources(new_gd, resources, src)
         if not report.replaced and level == 0:   # nothing to do: the model itself, byte for byte
             shutil.copytree(src, os.path.join(work, "model"))
             _replace_dir(os.path.join(work, "model"), dst)
@@ -108,6 +111,89 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _freeze(fn, limit_bytes: int):
+    """``fn`` with its variables as constants, except 2-D float variables over
+    ``limit_bytes`` (embedding tables: they may not fit a 2 GB GraphDef),
+    which stay resource inputs. Returns (frozen function, {resource
+    placeholder name: value})."""
+    import numpy as np
+    from tensorflow.python.framework import convert_to_constants as c2c
+
+    by_handle = {id(v.handle): v for v in fn.variables}
+    keep = {}
+    for external, internal in zip(fn.captured_inputs, fn.graph.internal_captures):
+        v = by_handle.get(id(external))
+        if v is None or len(v.shape) != 2 or v.dtype not in ("float32", "float16"):
+            continue
+        if int(np.prod(v.shape)) * v.dtype.size > limit_bytes:
+            keep[internal.op.name] = v
+    def convert(denylist):
+        # convert_variables_to_constants_v2 with a denylist (its public form has none).
+        data = c2c._FunctionConverterDataInEager(func=fn, lower_control_flow=True, aggressive_inlining=False,
+                                                 variable_names_denylist=set(denylist))
+        return c2c._replace_variables_by_constants(converter_data=data)
+
+    graph_def, converted = convert(keep)
+    # Only tables stay variables: a big matrix some op other than a row gather
+    # reads (a dense kernel) is frozen like the rest.
+    not_tables = _read_otherwise(graph_def, keep)
+    if not_tables:
+        keep = {k: v for k, v in keep.items() if k not in not_tables}
+        graph_def, converted = convert(keep)
+    frozen = c2c._construct_concrete_function(fn, graph_def, converted)
+    return frozen, {name: v.numpy() for name, v in keep.items()}
+
+
+def _read_otherwise(graph_def, resources):
+    """The resource placeholders in ``resources`` read by anything but row
+    gathers (through Identity / ReadVariableOp)."""
+    from collections import defaultdict
+
+    from .graph import split_input
+
+    consumers = defaultdict(list)
+    for n in graph_def.node:
+        for k, i in enumerate(n.input):
+            if not i.startswith("^"):
+                consumers[split_input(i)[0]].append((n, k))
+    bad = set()
+    for name in resources:
+        stack = [name]
+        while stack:
+            for n, k in consumers[stack.pop()]:
+                if n.op in ("Identity", "ReadVariableOp"):
+                    stack.append(n.name)
+                elif not (n.op in ("ResourceGather", "GatherV2") and k == 0):
+                    bad.add(name)
+    return bad
+
+
+def _drop_resources(graph_def, resources, src):
+    """Removes the big tables' resource placeholders once nothing reads them;
+    a big table still read by an op tiemb did not replace cannot be served
+    from a frozen graph, and is an error naming both."""
+    from .graph import split_input
+
+    if not resources:
+        return graph_def
+    users = {}
+    for n in graph_def.node:
+        for i in n.input:
+            src_name = split_input(i)[0]
+            if src_name in resources:
+                users.setdefault(src_name, n.name)
+    if users:
+        name, user = next(iter(users.items()))
+        raise ValueError(f"{src}: table {name} ({resources[name].nbytes >> 20} MB) is read by {user}, which is not an "
+                         "embedding lookup tiemb replaces, and is too big to freeze into a GraphDef; raise "
+                         "freeze_limit_bytes if it fits in 2 GB")
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    del out.node[:]
+    out.node.extend(n for n in graph_def.node if n.name not in resources)
+    return out
 
 
 def _forced(name, build, evaluate, level):

@@ -92,24 +92,22 @@ def _match(view: GraphView, node, report: RewriteReport):
         n, _ = view.input(n, 0)
     if data.op == "Const":
         table_node, ids, id_dtype = data, node.input[1], node.attr["Tidx"].type
-    elif data.op == "GatherV2":
-        table_node, _ = view.skip_identity(*view.input(data, 0))
-        axis = view.const_value(view.input(data, 2)[0])
+    elif data.op in ("GatherV2", "ResourceGather"):
+        gather = view.row_gather(data)
+        if isinstance(gather, str):
+            return leave(gather)
+        table_node, chain, _, _ = gather
         unique, uy = view.input(data, 1)
-        if table_node is None or table_node.op != "Const":
-            return leave("the gathered table is not a constant (freeze the model's variables first)")
-        if axis is None or int(axis) != 0 or data.attr["batch_dims"].i != 0:
-            return leave("the gather is not along axis 0")
         if unique is None or unique.op != "Unique" or uy != 0 or idx_node.name != unique.name or idx_out != 1:
             return leave("the gather's indices are not Unique(ids).y with Unique(ids).idx as segment indices")
         ids, id_dtype = unique.input[0], unique.attr["T"].type
-        removable += [data.name, unique.name]
+        removable += chain + [data.name, unique.name]
     elif _stitched(view, data):
         return leave("sharded table (embedding_lookup over a list of tables: DynamicPartition ... DynamicStitch): "
                      "the per-shard row gathers are fused, the partitioning and the combiner stay TensorFlow ops")
     else:
         return leave(f"data comes from {data.op}, not a table or a gather from one")
-    table = view.const_value(table_node)
+    table = view.table_value(table_node)
     if table is None or table.ndim != 2 or table.dtype not in (np.float32, np.float16):
         return leave("the table is not a 2-D float32/float16 constant")
     removable.append(table_node.name)
@@ -133,26 +131,30 @@ def _gathered_rows(view: GraphView, node):
     while n is not None and n.op in ("Cast", "Identity"):
         removable.append(n.name)
         n, _ = view.input(n, 0)
-    if n is None or n.op != "GatherV2":
+    if n is None or n.op not in ("GatherV2", "ResourceGather"):
         return "the weighted rows are not gathered from a table"
     removable.append(n.name)
-    source, _ = view.input(n, 0)
-    while source is not None and source.op == "Identity":
-        removable.append(source.name)
-        source, _ = view.input(source, 0)
     idx_node, idx_out = view.input(n, 1)
-    if source is not None and source.op == "Const":
-        return source, n.input[1], n.attr["Tindices"].type, removable
-    if source is None or source.op != "GatherV2":
+    gather = view.row_gather(n)
+    if not isinstance(gather, str):            # rows gathered straight from the table
+        table, chain, ids, id_dtype = gather
+        return table, ids, id_dtype, removable + chain
+    source, _ = view.skip_identity(*view.input(n, 0))   # rows = GatherV2(GatherV2(table, Unique.y), Unique.idx)
+    inner = view.row_gather(source)
+    if inner is None:
         return "the weighted rows do not come from a table"
-    table, _ = view.skip_identity(*view.input(source, 0))
+    if isinstance(inner, str):
+        return inner
+    table, chain, _, _ = inner
     unique, uy = view.input(source, 1)
-    if table is None or table.op != "Const":
-        return "the gathered table is not a constant (freeze the model's variables first)"
     if unique is None or unique.op != "Unique" or uy != 0 or idx_node is None or idx_node.name != unique.name \
             or idx_out != 1:
         return "the rows are not gathered through Unique(ids)"
-    removable += [source.name, unique.name]
+    n2, _ = view.input(n, 0)
+    while n2 is not None and n2.op == "Identity":
+        removable.append(n2.name)
+        n2, _ = view.input(n2, 0)
+    removable += chain + [source.name, unique.name]
     return table, unique.input[0], unique.attr["T"].type, removable
 
 
@@ -209,7 +211,7 @@ def _match_weighted(view: GraphView, root, report: RewriteReport):
         combiner = "sum"
     if reshape.attr["T"].type != 1:  # DT_FLOAT
         return leave("the weights are not float32")
-    table = view.const_value(table_node)
+    table = view.table_value(table_node)
     if table is None or table.ndim != 2 or table.dtype not in (np.float32, np.float16):
         return leave("the table is not a 2-D float32/float16 constant")
     # The shape arithmetic that broadcasts the weights, if nothing else uses it.
@@ -263,7 +265,7 @@ def _const_node(name: str, value: np.ndarray):
 
 
 def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
-                           half_tables: bool = False):
+                           half_tables: bool = False, resources=None):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
     table (Keras Embedding, tf.gather; dense_gather.py).
@@ -278,11 +280,14 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
         max_batch_size, max_nnz: the engine's buffer sizes (see EngineConfig).
         half_tables: store float32 tables as float16 (optimization level 1:
             half the bytes; lookups still accumulate and output float32).
+        resources: tables left as variables (too big to freeze): resource
+            placeholder name -> numpy value; gathers from them are matched like
+            gathers from constants.
     """
     from tensorflow.core.framework import graph_pb2
     from .. import tf_ops
 
-    view = GraphView(graph_def)
+    view = GraphView(graph_def, resources)
     report = RewriteReport()
     matches: List[Lookup] = []
     for node in graph_def.node:
