@@ -62,7 +62,8 @@ def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_s
 def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str], dims: Sequence[int],
            combiners: Sequence[str], modes: Sequence[str], weights: Optional[Sequence] = None,
            num_rows: Optional[Sequence] = None, default_ids: Optional[Sequence[int]] = None,
-           out_types: Optional[Sequence] = None):
+           out_types: Optional[Sequence] = None, id_columns: Optional[Sequence[int]] = None,
+           wrap_negative: Optional[Sequence[bool]] = None):
     """Builds one TiembLookup op over N slots; returns N tensors [rows, dim].
 
     Args:
@@ -75,6 +76,10 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         num_rows: per slot the row count of safe slots (``dense_shape[0]``); plain slots ignore it.
         default_ids: per slot the safe-mode default row, or -1.
         out_types: per slot tf.float32 (default) or tf.float16.
+        id_columns: per slot -1 (ids as given) or c: the slot's ids are column
+            c of its 2-D ids tensor, read in place (one output row per row).
+        wrap_negative: per slot, gather mode: a negative id i reads row
+            rows + i, as Keras ``Embedding`` does.
     """
     import tensorflow as tf
 
@@ -88,4 +93,5 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         store=store, ids=list(ids), segment_ids=list(segment_ids), weights=w, num_rows=rows, tables=list(tables),
         dims=[int(d) for d in dims], combiners=list(combiners), modes=list(modes),
         default_ids=[-1 if d is None else int(d) for d in (default_ids or [-1] * n)], weighted=weighted,
-        out_types=list(out_types or [tf.float32] * n))
+        out_types=list(out_types or [tf.float32] * n), id_columns=list(id_columns or [-1] * n),
+        wrap_negative=list(wrap_negative or [False] * n))

@@ -29,6 +29,9 @@ struct slot_config {
   row_mode mode = row_mode::plain;
   int64_t default_id = -1;               ///< safe mode: row for empty samples; -1 = zeros
   dtype output_dtype = dtype::float32;   ///< float32 or float16
+  /// Gather mode: a negative id i reads row rows + i (Keras Embedding's
+  /// Python-style indexing); ids below -rows are out of range.
+  bool wrap_negative = false;
 };
 
 }  // namespace tiemb

@@ -13,6 +13,9 @@ struct slot_request {
   const void* ids = nullptr;  ///< int32 or int64, num_ids entries
   dtype id_type = dtype::int64;
   int64_t num_ids = 0;
+  /// Elements between consecutive ids: 1 for a 1-D array; k to read one
+  /// column of a row-major [num_ids, k] id matrix in place. CPU engine only.
+  int64_t id_stride = 1;
   /// Sorted segment ids (one per id, the sample each id belongs to) or, when
   /// segments_are_offsets, row offsets (rows + 1 entries, CSR style).
   const void* segments = nullptr;

@@ -10,15 +10,17 @@ int64_t index_at(const void* p, dtype type, int64_t i) {
                               : static_cast<const int64_t*>(p)[i];
 }
 
-// Validates ids against the table range; plain mode rejects negatives too.
+// Validates ids against the table range; plain mode rejects negatives too,
+// safe mode prunes them, wrapping gathers read rows + id down to -rows.
 template <class IdT>
-void check_ids(const IdT* ids, int64_t n, int64_t table_rows, bool allow_negative, int64_t slot,
-               int32_t table_id) {
+void check_ids(const IdT* ids, int64_t n, int64_t stride, int64_t table_rows, bool allow_negative, bool wrap,
+               int64_t slot, int32_t table_id) {
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = static_cast<int64_t>(ids[i]);
+    const int64_t id = static_cast<int64_t>(ids[i * stride]);
+    if (wrap && id < 0 && id >= -table_rows) continue;
     if (id >= table_rows || (id < 0 && !allow_negative)) {
-      throw error(detail::concat("slot ", slot, ": ids[", i, "] = ", id, " is out of range [0, ",
-                                 table_rows, ") of table ", table_id));
+      throw error(detail::concat("slot ", slot, ": ids[", i, "] = ", id, " is out of range [",
+                                 wrap ? -table_rows : 0, ", ", table_rows, ") of table ", table_id));
     }
   }
 }
@@ -48,6 +50,9 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     TIEMB_EXPECT(req.weights == nullptr, "slot ", s, ": gather mode takes no weights");
     return;
   }
+  TIEMB_EXPECT(req.id_stride >= 1, "slot ", s, ": id_stride must be >= 1, got ", req.id_stride);
+  TIEMB_EXPECT(!sc.wrap_negative || sc.mode == row_mode::gather, "slot ", s,
+               ": wrap_negative is a gather-mode option");
   TIEMB_EXPECT(req.segment_stride >= 1 && (req.segment_stride == 1 || !req.segments_are_offsets), "slot ", s,
                ": segment_stride must be >= 1, and 1 for row_offsets; got ", req.segment_stride);
   // An empty device array may have a null address: only ids need segments.
@@ -133,9 +138,9 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
   }
 
   if (req.id_type == dtype::int32) {
-    check_ids(static_cast<const int32_t*>(req.ids), n, table_rows, safe, s, sc.table);
+    check_ids(static_cast<const int32_t*>(req.ids), n, req.id_stride, table_rows, safe, sc.wrap_negative, s, sc.table);
   } else {
-    check_ids(static_cast<const int64_t*>(req.ids), n, table_rows, safe, s, sc.table);
+    check_ids(static_cast<const int64_t*>(req.ids), n, req.id_stride, table_rows, safe, sc.wrap_negative, s, sc.table);
   }
   return rows;
 }

@@ -119,6 +119,8 @@ template <class IdT, class TabT, class OutT>
 void run_task(const slot_config& sc, const table& t, const slot_request& req,
               const int64_t* offsets, void* out, float* acc, int64_t row_begin, int64_t row_end) {
   pooling_args<IdT, TabT, OutT> a{static_cast<const IdT*>(req.ids),
+                                  req.id_stride,
+                                  sc.wrap_negative,
                                   req.weights,
                                   offsets,
                                   static_cast<const TabT*>(t.data()),

@@ -47,6 +47,8 @@ constexpr int64_t kPrefetchDistance = 8;
 template <class IdT, class TabT, class OutT>
 struct pooling_args {
   const IdT* ids;
+  int64_t id_stride;      // elements between consecutive ids
+  bool wrap_negative;     // gather mode: id < 0 reads row table_rows + id
   const float* weights;   // nullptr = unweighted
   const int64_t* offsets; // rows + 1 entries; nullptr = row r is id r (gather mode)
   const TabT* table;
@@ -59,9 +61,35 @@ struct pooling_args {
   float* acc;  // dim floats of scratch
 };
 
+/// Gather mode: output row r is table row ids[r], converted to the output type.
+template <class IdT, class TabT, class OutT>
+void gather_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_t row_end) {
+  const int64_t dim = a.dim;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    if (r + detail::kPrefetchDistance < row_end) {
+      int64_t ahead = static_cast<int64_t>(a.ids[(r + detail::kPrefetchDistance) * a.id_stride]);
+      if (ahead < 0) ahead += a.table_rows;
+      __builtin_prefetch(a.table + ahead * dim);
+    }
+    int64_t id = static_cast<int64_t>(a.ids[r * a.id_stride]);
+    if (id < 0) id += a.table_rows;  // only wrap_negative slots get here with id < 0 (checked by the plan)
+    const TabT* row = a.table + id * dim;
+    OutT* out = a.out + r * dim;
+    if constexpr (std::is_same_v<TabT, OutT>) {
+      std::memcpy(out, row, static_cast<size_t>(dim) * sizeof(OutT));
+    } else {
+      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, detail::load(row, k));
+    }
+  }
+}
+
 /// Reduces rows [row_begin, row_end). Ids were range-checked by the plan.
 template <class IdT, class TabT, class OutT>
 void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_t row_end) {
+  if (a.offsets == nullptr) {
+    gather_rows(a, row_begin, row_end);
+    return;
+  }
   const int64_t dim = a.dim;
   const bool prune_weights = a.safe && a.weights != nullptr && a.comb != combiner::sum;
   const int64_t id_end = a.offsets != nullptr ? a.offsets[row_end] : row_end;
@@ -81,11 +109,14 @@ void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_
     int64_t count = 0;
     for (int64_t j = first; j < last; ++j) {
       if (j + detail::kPrefetchDistance < id_end) {
-        const int64_t ahead = static_cast<int64_t>(a.ids[j + detail::kPrefetchDistance]);
+        const int64_t ahead = static_cast<int64_t>(a.ids[(j + detail::kPrefetchDistance) * a.id_stride]);
         if (ahead >= 0) __builtin_prefetch(a.table + ahead * dim);
       }
-      const int64_t id = static_cast<int64_t>(a.ids[j]);
-      if (id < 0) continue;  // only reachable in safe mode: pruned
+      int64_t id = static_cast<int64_t>(a.ids[j * a.id_stride]);
+      if (id < 0) {
+        if (!a.wrap_negative) continue;  // safe mode: pruned
+        id += a.table_rows;              // checked by the plan: >= 0 now
+      }
       float w = 1.f;
       if (a.weights != nullptr) {
         w = a.weights[j];

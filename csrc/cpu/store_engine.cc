@@ -6,6 +6,7 @@
 #include <mutex>
 #include <vector>
 
+#include "../core/error.h"
 #include "../core/table_file.h"
 
 namespace tiemb {
@@ -26,6 +27,14 @@ std::shared_ptr<cpu_engine> shared_cpu_engine(const std::string& dir, const stor
     return live;
   }
   auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
+  // Serving processes size the lookup threads next to TensorFlow's own pools.
+  if (const char* env = std::getenv("TIEMB_CPU_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    TIEMB_EXPECT(end != env && *end == '\0' && n >= 0 && n <= 4096,
+                 "TIEMB_CPU_THREADS must be a thread count (0 = all cores), got '", env, "'");
+    m->config.num_threads = static_cast<int32_t>(n);
+  }
   auto engine = std::make_shared<cpu_engine>(m->config);
   std::vector<char> rows;
   for (const auto& file : m->tables) {

@@ -296,6 +296,8 @@ void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const
   check_slot_shape(cfg, sc, req, s);
   TIEMB_EXPECT(req.segment_stride == 1, "slot ", s, ": the GPU engine takes 1-D segment_ids (segment_stride 1), got ",
                "segment_stride ", req.segment_stride);
+  TIEMB_EXPECT(req.id_stride == 1 && !sc.wrap_negative, "slot ", s,
+               ": the GPU engine takes 1-D ids (id_stride 1) without wrap_negative");
 }
 
 }  // namespace

@@ -51,19 +51,29 @@ REGISTER_OP("TiembLookup")
     .Attr("default_ids: list(int)")
     .Attr("weighted: list(bool)")
     .Attr("out_types: list({float, half})")
+    // Per slot (empty = none): read column c of a 2-D ids matrix in place
+    // (-1: ids as given), and Keras-style negative ids (gather mode).
+    .Attr("id_columns: list(int) = []")
+    .Attr("wrap_negative: list(bool) = []")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int n = 0;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
-      std::vector<int64_t> dims;
+      std::vector<int64_t> dims, columns;
       std::vector<std::string> modes;
       TF_RETURN_IF_ERROR(c->GetAttr("dims", &dims));
       TF_RETURN_IF_ERROR(c->GetAttr("modes", &modes));
+      TF_RETURN_IF_ERROR(c->GetAttr("id_columns", &columns));
       if (static_cast<int>(dims.size()) != n || static_cast<int>(modes.size()) != n) {
         return absl::InvalidArgumentError(absl::StrCat("TiembLookup: dims and modes need N = ", n, " entries"));
       }
       for (int s = 0; s < n; ++s) {
         // Safe slots have num_rows rows (known when it is a constant); plain
         // slots max(segment id) + 1, known only at run time.
+        const bool column = static_cast<int>(columns.size()) > s && columns[s] >= 0;
+        if (modes[s] == "gather" && column) {  // one row per row of the id matrix
+          c->set_output(s, c->Matrix(c->Dim(c->input(1 + s), 0), dims[s]));
+          continue;
+        }
         if (modes[s] == "gather") {  // the ids' shape + [dim]
           shape_inference::ShapeHandle out;
           TF_RETURN_IF_ERROR(c->Concatenate(c->input(1 + s), c->Vector(dims[s]), &out));
@@ -98,10 +108,15 @@ class TiembLookupOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("default_ids", &default_ids_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("weighted", &weighted_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("out_types", &out_types_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("id_columns", &id_columns_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("wrap_negative", &wrap_negative_));
     const size_t n = static_cast<size_t>(n_);
+    if (id_columns_.empty()) id_columns_.assign(n, -1);
+    if (wrap_negative_.empty()) wrap_negative_.assign(n, false);
     OP_REQUIRES(ctx,
                 tables_.size() == n && dims_.size() == n && combiners_.size() == n && modes_.size() == n &&
-                    default_ids_.size() == n && weighted_.size() == n && out_types_.size() == n,
+                    default_ids_.size() == n && weighted_.size() == n && out_types_.size() == n &&
+                    id_columns_.size() == n && wrap_negative_.size() == n,
                 absl::InvalidArgumentError(absl::StrCat("TiembLookup: every per-slot attribute needs N = ", n_, " entries")));
     for (size_t s = 0; s < n; ++s) {
       OP_REQUIRES(ctx, combiner_code(combiners_[s]) >= 0,
@@ -130,10 +145,19 @@ class TiembLookupOp : public OpKernel {
         const Tensor& id = ids[s];
         const Tensor& sg = segs[s];
         const bool gather = modes_[static_cast<size_t>(s)] == "gather";
-        TIEMB_EXPECT(gather || id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
-        r.ids = id.data();
+        const int64_t column = id_columns_[static_cast<size_t>(s)];
         r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
-        r.num_ids = id.NumElements();
+        if (column >= 0) {  // column `column` of a [rows, k] id matrix, read in place
+          TIEMB_EXPECT(id.dims() == 2 && column < id.dim_size(1), "slot ", s, ": ids must be a matrix with more than ",
+                       column, " columns, got shape ", id.shape().DebugString());
+          r.ids = static_cast<const char*>(id.data()) + column * (r.id_type == dtype::int32 ? 4 : 8);
+          r.num_ids = id.dim_size(0);
+          r.id_stride = id.dim_size(1);
+        } else {
+          TIEMB_EXPECT(gather || id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
+          r.ids = id.data();
+          r.num_ids = id.NumElements();
+        }
         if (!gather) {  // gather slots ignore their segment_ids input
           // 1-D segment ids, or sp_ids.indices ([n, rank]) read in place: column 0.
           TIEMB_EXPECT(sg.dims() == 1 || (sg.dims() == 2 && sg.dim_size(1) >= 1), "slot ", s,
@@ -162,7 +186,7 @@ class TiembLookupOp : public OpKernel {
         for (int s = 0; s < n_ && alloc_status.ok(); ++s) {
           Tensor* out = nullptr;
           TensorShape shape({rows[s], dims_[static_cast<size_t>(s)]});
-          if (modes_[static_cast<size_t>(s)] == "gather") {  // the ids' shape + [dim]
+          if (modes_[static_cast<size_t>(s)] == "gather" && id_columns_[static_cast<size_t>(s)] < 0) {  // ids' shape + [dim]
             shape = ids[s].shape();
             shape.AddDim(dims_[static_cast<size_t>(s)]);
           }
@@ -198,6 +222,7 @@ class TiembLookupOp : public OpKernel {
       sc.mode = modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain;
       sc.default_id = default_ids_[s];
       sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
+      sc.wrap_negative = wrap_negative_[s];
     }
     store_group& g = groups_[store];
     g.engine = std::move(engine);
@@ -212,8 +237,8 @@ class TiembLookupOp : public OpKernel {
 
   int n_ = 0;
   std::vector<std::string> tables_, combiners_, modes_;
-  std::vector<int64_t> dims_, default_ids_;
-  std::vector<bool> weighted_;
+  std::vector<int64_t> dims_, default_ids_, id_columns_;
+  std::vector<bool> weighted_, wrap_negative_;
   std::vector<::tensorflow::DataType> out_types_;
   std::mutex mutex_;
   std::map<std::string, store_group> groups_;

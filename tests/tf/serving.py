@@ -48,7 +48,8 @@ def serve_here(model_dir, batches, signature="serving_default"):
     """The same in this process (the original model)."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(model_dir).signatures[signature]
+    model = tf.saved_model.load(model_dir)    # kept alive: its variables back the signature
+    fn = model.signatures[signature]
     return [{k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in feeds.items()}).items()} for feeds in batches]
 
 

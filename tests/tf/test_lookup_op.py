@@ -146,3 +146,59 @@ def test_gather_slots_equal_tf_gather(tmp_path, seed):
     a, b = f(tf.constant(i0), tf.constant(i1))
     np.testing.assert_array_equal(a.numpy(), tf.gather(tables["a.tiemb"], i0).numpy())
     np.testing.assert_array_equal(b.numpy(), tf.gather(tables["b.tiemb"], i1).numpy())
+
+
+def test_gather_slots_read_matrix_columns_and_wrap_negative_ids(tmp_path, seed):
+    """What a Keras embedding layer becomes: every slot reads one column of
+    the same id matrix in place, negative ids index from the end."""
+    rng = np.random.default_rng(seed)
+    tables = {"a.tiemb": rng.standard_normal((30, 6)).astype(np.float32),
+              "b.tiemb": rng.standard_normal((9, 1)).astype(np.float16)}
+    store = str(tmp_path / "store")
+    tf_ops.write_store(store, tables, max_batch_size=16, slot_num=3, max_nnz=1)
+    for dtype in (np.int32, np.int64):
+        ids = np.stack([rng.integers(-30, 30, 16), rng.integers(0, 9, 16), rng.integers(-9, 9, 16)], 1).astype(dtype)
+        no_seg = tf.zeros([0], tf.int64)
+        outs = tf_ops.lookup(store, [tf.constant(ids)] * 3, [no_seg] * 3, tables=["a.tiemb", "b.tiemb", "b.tiemb"],
+                             dims=[6, 1, 1], combiners=["sum"] * 3, modes=["gather"] * 3, id_columns=[0, 1, 2],
+                             wrap_negative=[True, False, True], out_types=[tf.float32, tf.float32, tf.float16])
+        for out, (name, col) in zip(outs, [("a.tiemb", 0), ("b.tiemb", 1), ("b.tiemb", 2)]):
+            t = tables[name]
+            want = t[np.where(ids[:, col] < 0, ids[:, col] + len(t), ids[:, col])]
+            assert out.shape == (16, t.shape[1])
+            np.testing.assert_array_equal(out.numpy(), want.astype(out.dtype.as_numpy_dtype))
+    no_seg = tf.zeros([0], tf.int64)
+    bad = np.zeros((4, 2), np.int64)
+    bad[2, 1] = -31
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids\[2\] = -31 is out of range \[-30, 30\)"):
+        tf_ops.lookup(store, [tf.constant(bad)], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"],
+                      modes=["gather"], id_columns=[1], wrap_negative=[True])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids\[0\] = -1 is out of range \[0, 30\)"):
+        tf_ops.lookup(store, [tf.constant(-np.ones((4, 2), np.int64))], [no_seg], tables=["a.tiemb"], dims=[6],
+                      combiners=["sum"], modes=["gather"], id_columns=[1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids must be a matrix with more than 2 columns"):
+        tf_ops.lookup(store, [tf.constant(bad)], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"],
+                      modes=["gather"], id_columns=[2])
+
+
+def test_cpu_threads_from_the_environment(tmp_path):
+    """TIEMB_CPU_THREADS sizes the op's lookup threads; a bad value is an error that says what it wants."""
+    import os
+    import subprocess
+    import sys
+
+    store = str(tmp_path / "store")
+    tf_ops.write_store(store, {"a.tiemb": np.ones((3, 2), np.float32)}, max_batch_size=4, slot_num=1, max_nnz=1)
+    code = ("import sys, tensorflow as tf, tiemb\n"
+            "from tiemb import tf_ops\n"
+            "out = tf_ops.lookup(sys.argv[1], [tf.constant([0, 2], tf.int64)], [tf.zeros([0], tf.int64)],\n"
+            "                    tables=['a.tiemb'], dims=[2], combiners=['sum'], modes=['gather'])\n"
+            "print(float(tf.reduce_sum(out[0])))\n")
+    for value, ok in (("1", True), ("0", True), ("two", False), ("-3", False)):
+        proc = subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True,
+                              env={**os.environ, "TIEMB_CPU_THREADS": value, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd="/")
+        if ok:
+            assert proc.returncode == 0 and proc.stdout.strip() == "4.0", proc.stderr[-2000:]
+        else:
+            assert proc.returncode != 0 and f"TIEMB_CPU_THREADS must be a thread count (0 = all cores), got '{value}'" \
+                in proc.stderr, proc.stderr[-2000:]

@@ -49,10 +49,22 @@ FREEZE_LIMITS = pytest.mark.parametrize("freeze_limit", [64 << 20, 0], ids=["fro
 def test_keras_wide_deep(freeze_limit, tmp_path, seed):
     src = str(tmp_path / "wd")
     spec = models.wide_deep(src, VOCAB, tower=(256, 256), seed=seed % 1000)
-    optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed), 2 * models.NUM_CAT,
+    rng = np.random.default_rng(seed)
+    optimize_and_compare(src, str(tmp_path / "opt"), spec, rng, 2 * models.NUM_CAT,
                          freeze_limit_bytes=freeze_limit)
     ops = saved_ops(str(tmp_path / "opt"))
-    assert "TiembLookup" in ops and "GatherV2" not in ops, sorted(ops)
+    # The whole embedding layer is the op: Keras' id wrapping and the column slices are folded in.
+    assert "TiembLookup" in ops and not {"GatherV2", "SelectV2", "StridedSlice"} & ops, sorted(ops)
+    # Keras indexes Python-style: -1 is the last row, -rows the first; below that both fail.
+    wrapped = models.random_batch(spec, 64, rng)
+    wrapped["cat"][::3, 3] = -1
+    wrapped["cat"][1::5, 0] = -VOCAB[0]
+    assert_same_outputs(serve_here(src, [wrapped]), serve_fresh(str(tmp_path / "opt"), [wrapped]))
+    wrapped["cat"][0, 2] = -VOCAB[2] - 1
+    with pytest.raises(Exception, match=rf"(?i)(out of range \[-{VOCAB[2]}, {VOCAB[2]}\)|not in \[0, {VOCAB[2]}\))"):
+        serve_here(src, [wrapped])
+    with pytest.raises(Exception, match=rf"out of range \[-{VOCAB[2]}, {VOCAB[2]}\)"):
+        serve_fresh(str(tmp_path / "opt"), [wrapped])
 
 
 def test_keras_dlrm(tmp_path, seed):

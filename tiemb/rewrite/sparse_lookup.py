@@ -59,6 +59,8 @@ class Lookup:
     num_rows: Optional[str] = None  # safe mode: the dense_shape (or row count) tensor
     default_id: int = -1            # safe mode: the row of empty samples (-1: zeros)
     half_weights: bool = False      # weights is float16: the op reads it through a Cast to float32
+    id_column: int = -1             # ids is a matrix and the slot reads this column of it
+    wrap_negative: bool = False     # gather mode: Keras-style negative ids (rows + id)
 
 
 @dataclass
@@ -483,6 +485,7 @@ def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str
                           dims=[int(m.table.shape[1]) for m in group], combiners=[m.combiner for m in group],
                           modes=[m.mode for m in group], default_ids=[m.default_id for m in group],
                           weighted=[m.weights is not None for m in group],
+                          id_columns=[m.id_column for m in group], wrap_negative=[m.wrap_negative for m in group],
                           out_types=("types", [half if (m.table.dtype == np.float16 and
                                                         (m.weights is None or m.half_output))
                                                else types_pb2.DT_FLOAT for m in group])).items():

@@ -1,0 +1,306 @@
+"""Whole-model benchmark: original SavedModel vs the tiemb-optimized one, side
+by side in one process on identical inputs.
+
+Per model, batch and level it reports three pairs of numbers:
+
+* embedding part: the original graph from the inputs to the lookup outputs
+  (the tensors tiemb replaces) vs the optimized graph from the inputs to the
+  fused op's outputs, as TF1 session runs fetching the same tensors (less
+  call overhead than an eager function; the copies back are the same in both);
+* whole model: the original signature vs the optimized signature (loaded
+  from disk, as a server would);
+* floor: the optimized model's dense part alone (the fused op's outputs fed
+  as precomputed tensors), run by the same dense backend: what the whole
+  optimized model could take if its lookups were free.
+
+Runs alternate between the graphs being compared (baseline, optimized,
+baseline, ...) after a warm-up; medians of ``runs`` calls with min and max.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+
+from . import models
+
+# Reference shapes (issue 4's and the seed's): W&D 26 x dim 16 with a 5 x 1024
+# tower; DeepFM dim 8, DNN 256-128-64; DLRM 26 x dim 64.
+DEFAULT_KW = {"wd": {"dim": 16, "tower": (1024,) * 5}, "deepfm": {"dim": 8}, "dlrm": {"dim": 64}}
+SMALL_KW = {"wd": {"dim": 16, "tower": (64, 64)}, "deepfm": {"dim": 8, "dnn": (32, 16)},
+            "dlrm": {"dim": 16, "bottom": (32,), "top": (32, 16)}}
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+
+    @staticmethod
+    def of(seconds: Sequence[float]) -> "Timing":
+        ms = [s * 1e3 for s in seconds]
+        return Timing(statistics.median(ms), min(ms), max(ms))
+
+
+@dataclass
+class Row:
+    model: str
+    batch: int
+    level: int
+    lookups_found: int
+    lookups_fused: int
+    dense_backend: str
+    embedding_original: Timing
+    embedding_fused: Timing
+    whole_original: Timing
+    whole_optimized: Timing
+    floor: Timing
+    max_abs_diff: float
+    max_rel_diff: float
+    dropped_backends: List[dict] = field(default_factory=list)
+    profile: Dict[str, object] = field(default_factory=dict)   # embedding part, per op type (see op_profile)
+
+    @property
+    def embedding_speedup(self) -> float:
+        return self.embedding_original.median_ms / self.embedding_fused.median_ms
+
+    @property
+    def speedup(self) -> float:
+        return self.whole_original.median_ms / self.whole_optimized.median_ms
+
+    @property
+    def over_floor(self) -> float:
+        return self.whole_optimized.median_ms / self.floor.median_ms
+
+    @property
+    def qps_original(self) -> float:
+        return self.batch * 1e3 / self.whole_original.median_ms
+
+    @property
+    def qps_optimized(self) -> float:
+        return self.batch * 1e3 / self.whole_optimized.median_ms
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(embedding_speedup=self.embedding_speedup, speedup=self.speedup, over_floor=self.over_floor,
+                 qps_original=self.qps_original, qps_optimized=self.qps_optimized)
+        return d
+
+
+def machine() -> str:
+    """CPU model and core count (the GPU suite names its GPU itself)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def alternate(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 5) -> List[Timing]:
+    """Times the callables interleaved (a, b, a, b, ...): same machine state for each."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    samples = [[] for _ in fns]
+    for _ in range(runs):
+        for k, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            samples[k].append(time.perf_counter() - t)
+    return [Timing.of(s) for s in samples]
+
+
+def session_runner(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[str], store: str = None):
+    """A no-argument callable running ``graph_def`` in a TF1 session from
+    fixed ``feeds`` to ``fetches`` (a session run has less overhead around
+    the graph than an eager function call)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        input_map = {"tiemb/store:0": tf.constant(store)} if store else None
+        tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
+    session = tf.compat.v1.Session(graph=graph)
+    names = list(feeds)
+    run = session.make_callable([graph.get_tensor_by_name(t) for t in fetches],
+                                [graph.get_tensor_by_name(n) for n in names])
+    values = [feeds[n] for n in names]
+    return lambda: run(*values)
+
+
+def op_profile(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[str], store: str = None,
+               runs: int = 30, top: int = 8):
+    """Per-op-type time inside one session run (TensorFlow's step stats, full
+    trace): (median run span in ms, [(op type, mean ms per run, nodes)] largest
+    first). Tracing adds a little to every op, so spans are for reading the
+    split, not for the headline numbers."""
+    graph = tf.Graph()
+    with graph.as_default():
+        input_map = {"tiemb/store:0": tf.constant(store)} if store else None
+        tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
+    session = tf.compat.v1.Session(graph=graph)
+    feed = {graph.get_tensor_by_name(k): v for k, v in feeds.items()}
+    fetch = [graph.get_tensor_by_name(t) for t in fetches]
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+    op_type = {n.name: n.op for n in graph_def.node}
+    spans, per_type, nodes = [], {}, {}
+    for i in range(runs + 5):
+        meta = tf.compat.v1.RunMetadata()
+        session.run(fetch, feed_dict=feed, options=options, run_metadata=meta)
+        if i < 5:
+            continue
+        starts, ends = [], []
+        for dev in meta.step_stats.dev_stats:
+            for ns in dev.node_stats:
+                if ns.node_name not in op_type:
+                    continue
+                starts.append(ns.all_start_micros)
+                ends.append(ns.all_start_micros + ns.all_end_rel_micros)
+                kind = op_type[ns.node_name]
+                per_type[kind] = per_type.get(kind, 0) + ns.all_end_rel_micros
+                nodes.setdefault(kind, set()).add(ns.node_name)
+        if starts:
+            spans.append((max(ends) - min(starts)) / 1e3)
+    ranked = sorted(((t / runs / 1e3, k) for k, t in per_type.items()), reverse=True)[:top]
+    return statistics.median(spans) if spans else 0.0, [(k, ms, len(nodes[k])) for ms, k in ranked]
+
+
+def dense_part(graph_def, ops: Sequence[dict]):
+    """The rewritten graph with its TiembLookup ops' outputs turned into
+    placeholders ``<op>/out_<k>``: the dense part alone."""
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    from ..rewrite.graph import split_input
+
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    lookups = {n.name: n for n in out.node if n.op == "TiembLookup"}
+    del out.node[:]
+    for n in graph_def.node:
+        if n.name in lookups:
+            for k, t in enumerate(n.attr["out_types"].list.type):
+                p = node_def_pb2.NodeDef(name=f"{n.name}/out_{k}", op="Placeholder")
+                p.attr["dtype"].type = t
+                out.node.append(p)
+            continue
+        c = out.node.add()
+        c.CopyFrom(n)
+        inputs = []
+        for inp in c.input:
+            src, idx, control = split_input(inp)
+            if src in lookups and control:
+                continue          # nothing to wait for: the lookups are given
+            inputs.append(f"{src}/out_{idx}" if src in lookups else inp)
+        del c.input[:]
+        c.input.extend(inputs)
+    return out
+
+
+def _pruned(tf, graph_def, feeds: Sequence[str], fetches: Sequence[str], store: str = None, specs=None):
+    """A concrete function running ``graph_def`` from tensors ``feeds`` (fed
+    with tensors of ``specs``: TensorSpecs) to ``fetches``."""
+    def imported(*args):
+        input_map = dict(zip(feeds, args))
+        if store:
+            input_map["tiemb/store:0"] = tf.constant(store)
+        return tf.compat.v1.import_graph_def(graph_def, input_map=input_map, return_elements=list(fetches), name="")
+
+    return tf.compat.v1.wrap_function(imported, specs)
+
+
+def bench_model(name: str, *, batch: int, levels: Sequence[int], scale: str = "small", runs: int = 50,
+                small: bool = False, seed: int = 0, work_dir: str = None, progress=print,
+                profile_ops: bool = False) -> List[Row]:
+    """Builds reference model ``name``, optimizes it per level and measures it (see module doc)."""
+    import tensorflow as tf
+
+    from .. import backends, tf_ops
+    from ..rewrite import rewrite_saved_model
+    from ..rewrite.saved_model import _freeze
+    from ..rewrite.sparse_lookup import rewrite_sparse_lookups
+
+    tf_ops.load()
+    work = work_dir or tempfile.mkdtemp(prefix="tiemb-bench-")
+    src = os.path.join(work, name)
+    kw = dict((SMALL_KW if small else DEFAULT_KW)[name], seed=seed)
+    progress(f"building {name} ({scale} vocabularies)")
+    spec = models.BUILDERS[name](src, models.vocab_for(scale), **kw)
+    rng = np.random.default_rng(seed)
+    feeds = models.random_batch(spec, batch, rng, missing=0.05 if name == "deepfm" else 0.0)
+    checks = [feeds, models.real_batch(spec)]
+    loaded = [tf.saved_model.load(src)]            # keep the objects: their variables back the functions
+    original = loaded[0].signatures["serving_default"]
+    arg_names = sorted(original.structured_input_signature[1])
+    tensors = {k: tf.constant(v) for k, v in feeds.items()}
+    frozen, resources = _freeze(original, 64 << 20)
+    graph_def = frozen.graph.as_graph_def()
+    inputs = [t.name for t in frozen.inputs[:len(arg_names)]]
+    rows = []
+    for level in levels:
+        progress(f"optimizing {name} at level {level}")
+        dst = os.path.join(work, f"{name}_l{level}")
+        report = rewrite_saved_model(src, dst, max_batch_size=max(batch, 256), max_nnz=models.GENRES_LEN,
+                                     level=level, test_batches=checks, overwrite=True)
+        loaded.append(tf.saved_model.load(dst))
+        optimized = loaded[-1].signatures["serving_default"]
+        # The same rewrite in memory, for the parts: lookup outputs and the dense part.
+        store = os.path.join(work, f"store_l{level}")
+        new_gd, again = rewrite_sparse_lookups(graph_def, store, max_batch_size=max(batch, 256),
+                                               max_nnz=models.GENRES_LEN, half_tables=level >= 1,
+                                               resources=resources)
+        replaced = [s for op in again.ops for s in op["slots"]]
+        op_outputs = [f"{op['name']}:{k}" for op in again.ops for k in range(len(op["slots"]))]
+        dense_gd, _ = backends.apply(report.dense["dense_backend"], dense_part(new_gd, again.ops), level)
+        fetches = [t.name for t in frozen.outputs]
+        args = [tensors[n] for n in arg_names]
+        specs = [tf.TensorSpec(a.shape, a.dtype) for a in args]
+        emb_orig = _pruned(tf, graph_def, inputs, [f"{s}:0" for s in replaced], specs=specs)
+        emb_fused = _pruned(tf, new_gd, inputs, op_outputs, store, specs=specs)
+        looked_up = emb_fused(*args)
+        placeholders = [f"{op['name']}/out_{k}:0" for op in again.ops for k in range(len(op["slots"]))]
+        dense = _pruned(tf, dense_gd, inputs + placeholders, fetches,
+                        specs=specs + [tf.TensorSpec(t.shape, t.dtype) for t in looked_up])
+        dense_args = args + list(looked_up)
+        progress(f"timing {name} batch {batch} level {level}: {runs} runs each, alternating")
+        # The embedding part as session runs: both fetch the same tensors.
+        np_feeds = {t: feeds[n] for t, n in zip(inputs, arg_names)}
+        e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
+                            session_runner(tf, new_gd, np_feeds, op_outputs, store)], runs)
+        profile = {}
+        if profile_ops:
+            profile = {"original": op_profile(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
+                       "fused": op_profile(tf, new_gd, np_feeds, op_outputs, store)}
+        w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
+                                lambda: dense(*dense_args)], runs)
+        want = {k: v.numpy() for k, v in original(**tensors).items()}
+        got = {k: v.numpy() for k, v in optimized(**tensors).items()}
+        abs_d, rel_d = backends.relative_difference(want, got)
+        rows.append(Row(name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
+                        e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile))
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The seed-style table plus our columns."""
+    head = ("| model | batch | level | TF ms | tiemb ms | speedup | QPS TF | QPS tiemb | embedding TF ms | "
+            "embedding fused ms | embedding speedup | floor ms | tiemb / floor | max rel diff | fused | backend |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.batch} | {r.level} | {r.whole_original.median_ms:.2f} | "
+            f"{r.whole_optimized.median_ms:.2f} | {r.speedup:.2f}x | {r.qps_original:,.0f} | {r.qps_optimized:,.0f} | "
+            f"{r.embedding_original.median_ms:.3f} | {r.embedding_fused.median_ms:.3f} | {r.embedding_speedup:.1f}x | "
+            f"{r.floor.median_ms:.2f} | {r.over_floor:.2f} | {r.max_rel_diff:.1e} | "
+            f"{r.lookups_fused}/{r.lookups_found} | {r.dense_backend} |")
+    return "\n".join(lines)
