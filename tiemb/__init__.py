@@ -16,8 +16,12 @@ except ImportError as e:  # pragma: no cover - depends on how tiemb was installe
         "If that is the source tree, build it first (pip install -e .) or run from outside it "
         "(plain `pytest`, not `python -m pytest`, which puts the source tree first on sys.path)."
     ) from e
+from .config import ConfigError, OptimizeConfig
 from .engine import EmbeddingEngine, EngineConfig, LookupGroup, Slot
 from .gpu import GpuEmbeddingEngine, GpuLookupGroup, TierConfig
+from .optimizer import OptimizeError, inspect, optimize
+from .report import OptimizedReport
+from .shapes import InputShape, ShapeSpecError, parse_input_shapes
 
 
 if "tensorflow" in __import__("sys").modules:
@@ -40,5 +44,5 @@ def cuda_available() -> bool:
 
 
 __all__ = ["EmbeddingEngine", "EngineConfig", "LookupGroup", "Slot", "GpuEmbeddingEngine", "GpuLookupGroup",
-           "TierConfig", "build_info", "cuda_available",
-           "__version__"]
+           "TierConfig", "build_info", "cuda_available", "optimize", "inspect", "OptimizeConfig", "OptimizedReport",
+           "OptimizeError", "ConfigError", "parse_input_shapes", "InputShape", "ShapeSpecError", "__version__"]

@@ -1,5 +1,8 @@
 """The `tiemb` command line.
 
+    tiemb optimize MODEL --save OUT [--level 0|1] [--device cpu|gpu] [--input-shapes SPEC ...]
+                   [--config cfg.json | --param tiemb/cache_percentage=0.2 ...] [--overwrite] [--runs 50]
+    tiemb inspect MODEL
     tiemb bench [--nnz 1,10] [--batch 512] [--vocab 100000] [--dim 16] [--slots 26] [--json OUT]
     tiemb info
 
@@ -42,6 +45,75 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _input_shapes(values):
+    """--input-shapes: tensor-info lines (name:dtype(shape)), seed-000 size
+    strings, or one JSON list (seed 000's dict forms)."""
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            return json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--input-shapes: not valid JSON: {e}") from None
+    return list(values)
+
+
+def _config(args):
+    from .config import OptimizeConfig
+
+    if args.config and args.param:
+        raise ValueError("give --config or --param, not both")
+    if args.config:
+        try:
+            with open(args.config) as f:
+                return OptimizeConfig.from_dict(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {args.config}: {e}") from None
+    return OptimizeConfig.from_params(args.param or [])
+
+
+class _Progress:
+    """Progress lines, and a bar for the timing runs, on stderr."""
+
+    def __init__(self):
+        self.last = None
+
+    def __call__(self, stage, done=None, total=None):
+        if done is None:
+            if self.last == "bar":
+                sys.stderr.write("\n")
+            print(f"tiemb optimize: {stage}...", file=sys.stderr, flush=True)
+            self.last = stage
+            return
+        width = 30
+        filled = width * done // total
+        sys.stderr.write(f"\r  timing [{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+        self.last = "bar" if done < total else None
+
+
+def _cmd_optimize(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from .optimizer import optimize
+
+    if args.input_shapes is None:
+        raise ValueError("--input-shapes is required (e.g. 'dense:float(512*13)' 'cat:int64(512*26)'); "
+                         "`tiemb inspect MODEL` lists the inputs")
+    _, report = optimize(args.model, args.level, args.device, _input_shapes(args.input_shapes),
+                         save_path=args.save, optimization_config=_config(args), overwrite=args.overwrite,
+                         runs=args.runs, progress=_Progress())
+    print(report)
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from .optimizer import inspect
+
+    print(json.dumps(inspect(args.model), indent=2))
+    return 0
+
+
 def _cmd_info(_args) -> int:
     import tiemb
 
@@ -67,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=_positive_int, default=30, help="timing rounds of 10 calls (default 30)")
     b.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     b.set_defaults(func=_cmd_bench)
+    o = sub.add_parser("optimize", help="optimize a SavedModel or frozen graph, check it, time it, report")
+    o.add_argument("model", help="SavedModel directory or frozen graph .pb")
+    o.add_argument("--save", required=True, metavar="OUT", help="output SavedModel directory or .pb file")
+    o.add_argument("--level", type=int, choices=[0, 1], default=0, help="0 lossless (default), 1 FP16/BF16")
+    o.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where it will be served (default cpu)")
+    o.add_argument("--input-shapes", nargs="+", metavar="SPEC",
+                   help="per input 'name:dtype(shape)' (seed 001), or sizes like 512*26 (seed 000), or a JSON list")
+    o.add_argument("--config", metavar="cfg.json", help="tiemb/* parameters as a JSON object")
+    o.add_argument("--param", action="append", metavar="KEY=VALUE", help="one tiemb/* parameter (repeatable)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    o.add_argument("--runs", type=_positive_int, default=50, help="timed runs of each model (default 50)")
+    o.set_defaults(func=_cmd_optimize)
+    n = sub.add_parser("inspect", help="list inputs, outputs and the embedding lookups found; change nothing")
+    n.add_argument("model", help="SavedModel directory or frozen graph .pb")
+    n.set_defaults(func=_cmd_inspect)
     i = sub.add_parser("info", help="print what this build contains (CUDA part, TF op library)")
     i.set_defaults(func=_cmd_info)
     return p

@@ -14,7 +14,7 @@ def store_path(pb_path: str) -> str:
 
 
 def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False,
-                         level: int = 0, backend: str = "tensorflow"):
+                         level: int = 0, backend: str = "tensorflow", store_files=None):
     """Reads frozen GraphDef ``src``, fuses its lookups, writes ``dst`` and its
     store ``dst.store/``; ``level`` and ``backend`` as for
     :func:`rewrite_saved_model` (unverified here: a GraphDef has no signature
@@ -25,6 +25,7 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
     from tensorflow.core.framework import graph_pb2
 
     from .. import backends
+    from .saved_model import write_store_files
     from .sparse_lookup import rewrite_sparse_lookups
 
     if os.path.exists(dst) and not overwrite:
@@ -42,6 +43,8 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
                                                 max_nnz=max_nnz, half_tables=level >= 1)
         new_gd, notes = backends.apply(backend, new_gd, level)
         report.dense = {"dense_backend": backend, "notes": notes, "level": level, "verified": False}
+        if report.replaced:
+            write_store_files(tmp_store, store_files)
         with open(tmp_pb, "wb") as f:
             f.write(new_gd.SerializeToString())
         shutil.rmtree(store_path(dst), ignore_errors=True)

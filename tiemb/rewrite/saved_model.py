@@ -14,7 +14,7 @@ import time
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
                         signature: str = "serving_default", overwrite: bool = False, level: int = 0,
                         device: str = "cpu", test_batches=None, backend: str = None,
-                        freeze_limit_bytes: int = 64 << 20):
+                        freeze_limit_bytes: int = 64 << 20, store_files=None):
     """Writes an optimized copy of SavedModel ``src`` to ``dst``.
 
     The signature is frozen (variables become constants), its embedding
@@ -32,6 +32,8 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
             with the reason they were dropped. Without them: ``backend`` (default
             "tensorflow" at level 0; at level 1 also bf16 matmuls) unverified.
         backend: force one backend by name.
+        store_files: {file name: text} written into the table store (saved as
+            assets with it), e.g. the optimization config.
         freeze_limit_bytes: 2-D float variables larger than this are not
             frozen into the GraphDef (which cannot exceed 2 GB): their values
             go straight from the model's variables to the table store.
@@ -73,6 +75,8 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
                                                 half_tables=level >= 1, resources=resources)
         new_gd = _drop_resources(new_gd, resources, src)
+        if report.replaced:
+            write_store_files(store, store_files)
         if not report.replaced and level == 0:   # nothing to do: the model itself, byte for byte
             shutil.copytree(src, os.path.join(work, "model"))
             _replace_dir(os.path.join(work, "model"), dst)
@@ -255,6 +259,12 @@ def _module(tf, graph_def, arg_names, arg_specs, input_tensors, outputs, store):
 
     module.serve = serve
     return module
+
+
+def write_store_files(store: str, files) -> None:
+    for name, text in (files or {}).items():
+        with open(os.path.join(store, name), "w") as f:
+            f.write(text)
 
 
 def _replace_dir(src: str, dst: str):

@@ -71,10 +71,13 @@ class RewriteReport:
     ops: List[dict] = field(default_factory=list)          # {"name", "slots"}
     note: str = ""
     dense: dict = field(default_factory=dict)              # the dense backend chosen (saved_model.py)
+    # Per replaced lookup: {"output", "idiom", "mode", "combiner", "table", "rows", "dim", "dtype", "ids",
+    # "id_column", "weighted"}.
+    lookups: List[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"found": self.found, "replaced": self.replaced, "left_alone": self.left_alone, "ops": self.ops,
-                "note": self.note, "dense": self.dense}
+                "note": self.note, "dense": self.dense, "lookups": self.lookups}
 
 
 def _match(view: GraphView, node, report: RewriteReport):
@@ -337,6 +340,11 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
             fname = re.sub(r"[^A-Za-z0-9_.-]", "_", m.table_node) + ".tiemb"
             files[m.table_node] = fname
             tables[fname] = m.table.astype(np.float16) if half_tables else m.table
+    idioms = {"plain": "embedding_lookup_sparse", "safe": "safe_embedding_lookup_sparse", "gather": "gather"}
+    report.lookups = [{"output": m.output, "idiom": idioms[m.mode], "mode": m.mode, "combiner": m.combiner,
+                       "table": m.table_node, "rows": int(m.table.shape[0]), "dim": int(m.table.shape[1]),
+                       "dtype": str(m.table.dtype), "ids": m.ids, "id_column": m.id_column,
+                       "weighted": m.weights is not None} for m in matches]
     levels = _levels(view, matches)
     tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
                        slot_num=max(levels.count(k) for k in set(levels)), max_nnz=max_nnz)
