@@ -22,7 +22,7 @@ def main():
     a = ap.parse_args()
     rows = []
     for name in a.models.split(","):
-        rows += mb.bench_model(name, batch=a.batch, levels=[0, 1], scale=a.scale, runs=a.runs, profile_ops=True)
+        rows += mb.bench_model(name, batches=[a.batch], levels=[0, 1], scale=a.scale, runs=a.runs, profile_ops=True)
     print(f"machine: {mb.machine()}")
     print(mb.format_table(rows))
     for r in rows:

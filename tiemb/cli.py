@@ -3,7 +3,8 @@
     tiemb optimize MODEL --save OUT [--level 0|1] [--device cpu|gpu] [--input-shapes SPEC ...]
                    [--config cfg.json | --param tiemb/cache_percentage=0.2 ...] [--overwrite] [--runs 50]
     tiemb inspect MODEL
-    tiemb bench [--nnz 1,10] [--batch 512] [--vocab 100000] [--dim 16] [--slots 26] [--json OUT]
+    tiemb bench [--model wd|deepfm|dlrm|all|layer] [--batch 1,8,64,512,4096] [--level 0,1] [--device cpu]
+                [--scale tiny|small|full] [--runs 30] [--json OUT] [--plot OUT.png]
     tiemb info
 
 Exit codes: 0 ok; 2 bad arguments; 1 any other failure, with a one-line reason.
@@ -25,6 +26,16 @@ def _int_list(text: str):
     return values
 
 
+def _level_list(text: str):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v not in (0, 1) for v in values):
+        raise argparse.ArgumentTypeError(f"levels are 0 and/or 1, comma-separated; got {text!r}")
+    return values
+
+
 def _positive_int(text: str) -> int:
     (v,) = _int_list(text)
     return v
@@ -32,6 +43,37 @@ def _positive_int(text: str) -> int:
 
 def _cmd_bench(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.model == "layer":
+        return _bench_layer(args)
+    if args.device == "gpu":
+        raise ValueError("the model harness runs TensorFlow models, and the TiembLookup op has no GPU kernel yet; "
+                         "GPU numbers come from `bash benchmarks/gpu_suite.sh` on a GPU host")
+    from .bench import model_bench
+
+    names = ["wd", "deepfm", "dlrm"] if args.model == "all" else [args.model]
+    import tensorflow as tf
+
+    print(f"tiemb {_version()} bench: {', '.join(names)}, batch {','.join(map(str, args.batch))}, level "
+          f"{','.join(map(str, args.level))}, {args.scale} vocabularies; machine: {model_bench.machine()}; "
+          f"TensorFlow {tf.__version__}; original vs optimized SavedModel alternating in one process, "
+          f"{args.runs} runs each after warm-up, medians", flush=True)
+    rows = []
+    for name in names:
+        rows += model_bench.bench_model(name, batches=args.batch, levels=args.level, scale=args.scale,
+                                        runs=args.runs, small=args.small_models,
+                                        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    print(model_bench.format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": model_bench.machine(), "tensorflow": tf.__version__, "tiemb": _version(),
+                       "rows": [r.as_dict() for r in rows]}, f, indent=2)
+    if args.plot:
+        model_bench.plot(rows, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _bench_layer(args) -> int:
     from .bench import embedding
 
     cases = [embedding.EmbeddingCase(batch=b, slots=args.slots, vocab=args.vocab, dim=args.dim, nnz=n)
@@ -130,13 +172,22 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tiemb", description="Fused, cache-tiered embedding lookups for TF models")
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="time TensorFlow's embedding lookups against tiemb's on this machine")
+    b = sub.add_parser("bench", help="reference models (W&D, DeepFM, DLRM): original vs optimized on this machine")
+    b.add_argument("--model", choices=["wd", "deepfm", "dlrm", "all", "layer"], default="wd",
+                   help="reference model, all three, or 'layer': the embedding layer alone (default wd)")
     b.add_argument("--batch", type=_int_list, default=[512], help="batch sizes, comma-separated (default 512)")
-    b.add_argument("--nnz", type=_int_list, default=[1, 10], help="ids per sample and slot (default 1,10)")
-    b.add_argument("--slots", type=_positive_int, default=26, help="feature slots (default 26)")
-    b.add_argument("--vocab", type=_positive_int, default=100_000, help="rows per table (default 100000)")
-    b.add_argument("--dim", type=_positive_int, default=16, help="embedding dimension (default 16)")
-    b.add_argument("--rounds", type=_positive_int, default=30, help="timing rounds of 10 calls (default 30)")
+    b.add_argument("--level", type=_level_list, default=[0, 1], help="optimization levels (default 0,1)")
+    b.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    b.add_argument("--scale", choices=["tiny", "small", "full"], default="small",
+                   help="vocabulary sizes: tiny (hundreds), small (up to 100k rows), full (up to 2M)")
+    b.add_argument("--runs", type=_positive_int, default=30, help="timed runs per measurement (default 30)")
+    b.add_argument("--small-models", action="store_true", help="small dense towers (quick checks)")
+    b.add_argument("--plot", metavar="OUT.png", help="latency and speedup against batch size (needs matplotlib)")
+    b.add_argument("--nnz", type=_int_list, default=[1, 10], help="layer only: ids per sample and slot (1,10)")
+    b.add_argument("--slots", type=_positive_int, default=26, help="layer only: feature slots (default 26)")
+    b.add_argument("--vocab", type=_positive_int, default=100_000, help="layer only: rows per table (100000)")
+    b.add_argument("--dim", type=_positive_int, default=16, help="layer only: embedding dimension (default 16)")
+    b.add_argument("--rounds", type=_positive_int, default=30, help="layer only: rounds of 10 calls (default 30)")
     b.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     b.set_defaults(func=_cmd_bench)
     o = sub.add_parser("optimize", help="optimize a SavedModel or frozen graph, check it, time it, report")

@@ -219,10 +219,12 @@ def _pruned(tf, graph_def, feeds: Sequence[str], fetches: Sequence[str], store: 
     return tf.compat.v1.wrap_function(imported, specs)
 
 
-def bench_model(name: str, *, batch: int, levels: Sequence[int], scale: str = "small", runs: int = 50,
-                small: bool = False, seed: int = 0, work_dir: str = None, progress=print,
+def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], scale: str = "small",
+                runs: int = 50, small: bool = False, seed: int = 0, work_dir: str = None, progress=print,
                 profile_ops: bool = False) -> List[Row]:
-    """Builds reference model ``name``, optimizes it per level and measures it (see module doc)."""
+    """Builds reference model ``name`` once, optimizes it per level (engine
+    sized for the largest batch; dense backend chosen on that batch and the
+    real rows) and measures it at every batch size (see module doc)."""
     import tensorflow as tf
 
     from .. import backends, tf_ops
@@ -237,64 +239,79 @@ def bench_model(name: str, *, batch: int, levels: Sequence[int], scale: str = "s
     progress(f"building {name} ({scale} vocabularies)")
     spec = models.BUILDERS[name](src, models.vocab_for(scale), **kw)
     rng = np.random.default_rng(seed)
-    feeds = models.random_batch(spec, batch, rng, missing=0.05 if name == "deepfm" else 0.0)
-    checks = [feeds, models.real_batch(spec)]
+    missing = 0.05 if name == "deepfm" else 0.0
+    feeds_by_batch = {b: models.random_batch(spec, b, rng, missing=missing) for b in batches}
+    real = models.real_batch(spec)
+    largest = max(batches)
     loaded = [tf.saved_model.load(src)]            # keep the objects: their variables back the functions
     original = loaded[0].signatures["serving_default"]
     arg_names = sorted(original.structured_input_signature[1])
-    tensors = {k: tf.constant(v) for k, v in feeds.items()}
     frozen, resources = _freeze(original, 64 << 20)
     graph_def = frozen.graph.as_graph_def()
     inputs = [t.name for t in frozen.inputs[:len(arg_names)]]
+    specs = [tf.TensorSpec([None] + list(feeds_by_batch[largest][n].shape[1:]),
+                           tf.as_dtype(feeds_by_batch[largest][n].dtype)) for n in arg_names]
     rows = []
     for level in levels:
         progress(f"optimizing {name} at level {level}")
         dst = os.path.join(work, f"{name}_l{level}")
-        report = rewrite_saved_model(src, dst, max_batch_size=max(batch, 256), max_nnz=models.GENRES_LEN,
-                                     level=level, test_batches=checks, overwrite=True)
+        max_batch = max(largest, len(real["cat"]))
+        report = rewrite_saved_model(src, dst, max_batch_size=max_batch, max_nnz=models.GENRES_LEN, level=level,
+                                     test_batches=[feeds_by_batch[largest], real], overwrite=True)
         loaded.append(tf.saved_model.load(dst))
         optimized = loaded[-1].signatures["serving_default"]
         # The same rewrite in memory, for the parts: lookup outputs and the dense part.
         store = os.path.join(work, f"store_l{level}")
-        new_gd, again = rewrite_sparse_lookups(graph_def, store, max_batch_size=max(batch, 256),
-                                               max_nnz=models.GENRES_LEN, half_tables=level >= 1,
-                                               resources=resources)
+        new_gd, again = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
+                                               half_tables=level >= 1, resources=resources)
         replaced = [s for op in again.ops for s in op["slots"]]
         op_outputs = [f"{op['name']}:{k}" for op in again.ops for k in range(len(op["slots"]))]
         dense_gd, _ = backends.apply(report.dense["dense_backend"], dense_part(new_gd, again.ops), level)
         fetches = [t.name for t in frozen.outputs]
-        args = [tensors[n] for n in arg_names]
-        specs = [tf.TensorSpec(a.shape, a.dtype) for a in args]
-        emb_orig = _pruned(tf, graph_def, inputs, [f"{s}:0" for s in replaced], specs=specs)
         emb_fused = _pruned(tf, new_gd, inputs, op_outputs, store, specs=specs)
-        looked_up = emb_fused(*args)
         placeholders = [f"{op['name']}/out_{k}:0" for op in again.ops for k in range(len(op["slots"]))]
-        dense = _pruned(tf, dense_gd, inputs + placeholders, fetches,
-                        specs=specs + [tf.TensorSpec(t.shape, t.dtype) for t in looked_up])
-        dense_args = args + list(looked_up)
-        progress(f"timing {name} batch {batch} level {level}: {runs} runs each, alternating")
-        # The embedding part as session runs: both fetch the same tensors.
-        np_feeds = {t: feeds[n] for t, n in zip(inputs, arg_names)}
-        e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
-                            session_runner(tf, new_gd, np_feeds, op_outputs, store)], runs)
-        profile = {}
-        if profile_ops:
-            profile = {"original": op_profile(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
-                       "fused": op_profile(tf, new_gd, np_feeds, op_outputs, store)}
-        w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
-                                lambda: dense(*dense_args)], runs)
-        want = {k: v.numpy() for k, v in original(**tensors).items()}
-        got = {k: v.numpy() for k, v in optimized(**tensors).items()}
-        abs_d, rel_d = backends.relative_difference(want, got)
-        rows.append(Row(name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
-                        e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile))
+        dense = None
+        for batch in batches:
+            feeds = feeds_by_batch[batch]
+            tensors = {k: tf.constant(v) for k, v in feeds.items()}
+            args = [tensors[n] for n in arg_names]
+            looked_up = emb_fused(*args)
+            if dense is None:
+                dense = _pruned(tf, dense_gd, inputs + placeholders, fetches,
+                                specs=specs + [tf.TensorSpec([None] + t.shape[1:].as_list(), t.dtype)
+                                               for t in looked_up])
+            dense_args = args + list(looked_up)
+            progress(f"timing {name} batch {batch} level {level}: {runs} runs each, alternating")
+            # The embedding part as session runs: both fetch the same tensors.
+            np_feeds = {t: feeds[n] for t, n in zip(inputs, arg_names)}
+            e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
+                                session_runner(tf, new_gd, np_feeds, op_outputs, store)], runs)
+            profile = {}
+            if profile_ops:
+                profile = {"original": op_profile(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
+                           "fused": op_profile(tf, new_gd, np_feeds, op_outputs, store)}
+            w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
+                                    lambda: dense(*dense_args)], runs)
+            abs_d = rel_d = 0.0
+            for check in (feeds, real):
+                t = {k: tf.constant(v) for k, v in check.items()}
+                a, r = backends.relative_difference({k: v.numpy() for k, v in original(**t).items()},
+                                                    {k: v.numpy() for k, v in optimized(**t).items()})
+                abs_d, rel_d = max(abs_d, a), max(rel_d, r)
+            rows.append(Row(name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
+                            e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile))
     return rows
+
+
+# On the CPU every table is resident in host memory: there is no cache to miss.
+CACHE_HIT_CPU = "n/a (CPU: all resident)"
 
 
 def format_table(rows: Sequence[Row]) -> str:
     """The seed-style table plus our columns."""
     head = ("| model | batch | level | TF ms | tiemb ms | speedup | QPS TF | QPS tiemb | embedding TF ms | "
-            "embedding fused ms | embedding speedup | floor ms | tiemb / floor | max rel diff | fused | backend |")
+            "embedding fused ms | embedding speedup | floor ms | tiemb / floor | max rel diff | fused | backend | "
+            "cache hit rate |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -302,5 +319,35 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{r.whole_optimized.median_ms:.2f} | {r.speedup:.2f}x | {r.qps_original:,.0f} | {r.qps_optimized:,.0f} | "
             f"{r.embedding_original.median_ms:.3f} | {r.embedding_fused.median_ms:.3f} | {r.embedding_speedup:.1f}x | "
             f"{r.floor.median_ms:.2f} | {r.over_floor:.2f} | {r.max_rel_diff:.1e} | "
-            f"{r.lookups_fused}/{r.lookups_found} | {r.dense_backend} |")
+            f"{r.lookups_fused}/{r.lookups_found} | {r.dense_backend} | {CACHE_HIT_CPU} |")
     return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], path: str) -> None:
+    """Latency (original and optimized) and speedup against batch size, per model and level."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    names = sorted({r.model for r in rows})
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False)
+    for col, name in enumerate(names):
+        for level in sorted({r.level for r in rows}):
+            sel = sorted((r for r in rows if r.model == name and r.level == level), key=lambda r: r.batch)
+            x = [r.batch for r in sel]
+            if level == min(r.level for r in rows):
+                axes[0][col].plot(x, [r.whole_original.median_ms for r in sel], "o--", color="gray",
+                                  label="TensorFlow")
+            axes[0][col].plot(x, [r.whole_optimized.median_ms for r in sel], "o-", label=f"tiemb level {level}")
+            axes[1][col].plot(x, [r.speedup for r in sel], "o-", label=f"level {level}")
+        axes[0][col].set(title=name, xscale="log", yscale="log", xlabel="batch", ylabel="latency ms (median)")
+        axes[1][col].axhline(1.0, color="gray", lw=0.8)
+        axes[1][col].set(xscale="log", xlabel="batch", ylabel="speedup vs TensorFlow")
+        axes[0][col].legend()
+        axes[1][col].legend()
+    fig.suptitle(f"tiemb vs TensorFlow, {machine()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
