@@ -26,7 +26,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "tiemb" / "_version.py")
 
 _TF_PROBE = (
     "import json, tensorflow as tf; "
-    "print(json.dumps([tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()]))"
+    "print(json.dumps([tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags(), "
+    "bool(tf.sysconfig.get_build_info().get('is_cuda_build'))]))"
 )
 
 
@@ -76,8 +77,9 @@ class CMakeBuild(build_ext):
             cmake_args.append(f"-DTIEMB_CUDA_ARCHITECTURES={os.environ['TIEMB_CUDA_ARCHITECTURES']}")
         # Always passed, empty without TensorFlow, so a cached value from an
         # earlier build cannot outlive the TensorFlow it came from.
-        tf = tensorflow_flags() or ([], [])
-        cmake_args += [f"-DTIEMB_TF_CFLAGS={' '.join(tf[0])}", f"-DTIEMB_TF_LFLAGS={' '.join(tf[1])}"]
+        tf = tensorflow_flags() or ([], [], False)
+        cmake_args += [f"-DTIEMB_TF_CFLAGS={' '.join(tf[0])}", f"-DTIEMB_TF_LFLAGS={' '.join(tf[1])}",
+                       f"-DTIEMB_TF_CUDA={'ON' if tf[2] else 'OFF'}"]
         if shutil.which("ninja"):
             cmake_args += ["-G", "Ninja"]
         cmake_args += shlex.split(os.environ.get("CMAKE_ARGS", ""))

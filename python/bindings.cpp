@@ -23,6 +23,9 @@ using namespace tiemb::bind;
 #ifndef TIEMB_VERSION
 #define TIEMB_VERSION "0.0.0+unknown"
 #endif
+#ifndef TIEMB_TF_GPU_KERNEL
+#define TIEMB_TF_GPU_KERNEL 0
+#endif
 #ifndef TIEMB_TF_OPS_BUILT
 #define TIEMB_TF_OPS_BUILT 0
 #endif
@@ -115,6 +118,7 @@ PYBIND11_MODULE(_C, m) {
     d["cuda_runtime_version"] = cuda_runtime_version();
     d["cuda_architectures"] = cuda_architectures();
     d["tf_ops_built"] = static_cast<bool>(TIEMB_TF_OPS_BUILT);
+    d["tf_gpu_kernel"] = static_cast<bool>(TIEMB_TF_GPU_KERNEL);
     return d;
   });
 

@@ -46,8 +46,14 @@ def _cmd_bench(args) -> int:
     if args.model == "layer":
         return _bench_layer(args)
     if args.device == "gpu":
-        raise ValueError("the model harness runs TensorFlow models, and the TiembLookup op has no GPU kernel yet; "
-                         "GPU numbers come from `bash benchmarks/gpu_suite.sh` on a GPU host")
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            raise ValueError("--device gpu: TensorFlow sees no GPU here; GPU engine numbers come from "
+                             "`bash benchmarks/gpu_suite.sh` on a GPU host")
+        raise ValueError("--device gpu: the reference models' lookups (Keras gathers, feature columns) are not "
+                         "served by the TiembLookup GPU kernel yet; GPU engine numbers come from "
+                         "`bash benchmarks/gpu_suite.sh`")
     from .bench import model_bench
 
     names = ["wd", "deepfm", "dlrm"] if args.model == "all" else [args.model]

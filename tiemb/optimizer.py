@@ -355,8 +355,9 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     if device == "gpu":
         if not tf.config.list_physical_devices("GPU"):
             raise OptimizeError("device_type asks for a GPU but TensorFlow sees none here; use device_type=1 (CPU)")
-        notes.append("the TiembLookup op has no GPU kernel yet: lookups run on the CPU engine, the dense part on "
-                     "the GPU")
+        notes.append("the TiembLookup GPU kernel serves embedding_lookup_sparse slots; ops with other slots are "
+                     "pinned to the CPU engine (see rewrite.note); the GPU kernel is compiled but was never run here "
+                     "(no machine has both TensorFlow and a GPU)")
     cfg = (optimization_config or OptimizeConfig())
     if not isinstance(cfg, OptimizeConfig):
         raise OptimizeError(f"optimization_config must be a tiemb.OptimizeConfig, got {type(cfg).__name__}")
@@ -435,7 +436,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
             for backend in ("tensorflow", "tensorflow-fp32") if optimization_level else ("tensorflow",):
                 rewrite = rewrite_frozen_graph(src, staged, max_batch_size=max_b, max_nnz=max_n,
                                                level=optimization_level, backend=backend, overwrite=True,
-                                               store_files={"tiemb_config.json": config_json})
+                                               store_files={"tiemb_config.json": config_json}, device=device)
                 optimized_gd = _read_graph(staged)
                 optimized_run = _graph_fn(optimized_gd, model.inputs, model.outputs,
                                           os.path.abspath(store_path(staged)), model.input_dtypes)

@@ -22,6 +22,14 @@
 #include "../core/error.h"
 #include "../cpu/store_engine.h"
 
+#if TIEMB_TF_GPU
+#include <cuda_runtime_api.h>
+
+#include "../cuda/gpu_engine.h"
+#include "../cuda/store_gpu_engine.h"
+#include "xla/stream_executor/stream.h"
+#endif
+
 namespace tiemb {
 namespace {
 
@@ -97,9 +105,12 @@ tf.nn.safe_embedding_lookup_sparse (mode "safe"), served from a tiemb table stor
 
 int combiner_code(const std::string& c) { return c == "sum" ? 0 : c == "mean" ? 1 : c == "sqrtn" ? 2 : -1; }
 
-class TiembLookupOp : public OpKernel {
+// What both kernels share: the attributes, and turning inputs into requests
+// and attributes into slot configs. Errors become InvalidArgument naming the
+// slot; nothing throws out of Compute.
+class TiembLookupBase : public OpKernel {
  public:
-  explicit TiembLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit TiembLookupBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("tables", &tables_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dims", &dims_));
@@ -126,74 +137,121 @@ class TiembLookupOp : public OpKernel {
     }
   }
 
-  void Compute(OpKernelContext* ctx) override {
+
+ protected:
+  /// The store path and one request per slot (pointers into the input tensors).
+  std::string read_inputs(OpKernelContext* ctx, std::vector<slot_request>& req, OpInputList& ids) {
     const Tensor& store = ctx->input(0);
-    OP_REQUIRES(ctx, store.dims() == 0, absl::InvalidArgumentError(absl::StrCat("store must be a string scalar")));
-    OpInputList ids, segs, weights, num_rows;
-    OP_REQUIRES_OK(ctx, ctx->input_list("ids", &ids));
-    OP_REQUIRES_OK(ctx, ctx->input_list("segment_ids", &segs));
-    OP_REQUIRES_OK(ctx, ctx->input_list("weights", &weights));
-    OP_REQUIRES_OK(ctx, ctx->input_list("num_rows", &num_rows));
-    OP_REQUIRES(ctx, ids.size() == n_ && segs.size() == n_,
-                absl::InvalidArgumentError(absl::StrCat("TiembLookup: ids and segment_ids need N = ", n_,
-                                                        " tensors, got ", ids.size(), " and ", segs.size())));
-    try {
-      cpu_lookup_group& group = ensure_group(std::string(store.scalar<::tensorflow::tstring>()()));
-      std::vector<slot_request> req(static_cast<size_t>(n_));
-      for (int s = 0; s < n_; ++s) {
-        slot_request& r = req[static_cast<size_t>(s)];
-        const Tensor& id = ids[s];
-        const Tensor& sg = segs[s];
-        const bool gather = modes_[static_cast<size_t>(s)] == "gather";
-        const int64_t column = id_columns_[static_cast<size_t>(s)];
-        r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
-        if (column >= 0) {  // column `column` of a [rows, k] id matrix, read in place
-          TIEMB_EXPECT(id.dims() == 2 && column < id.dim_size(1), "slot ", s, ": ids must be a matrix with more than ",
-                       column, " columns, got shape ", id.shape().DebugString());
-          r.ids = static_cast<const char*>(id.data()) + column * (r.id_type == dtype::int32 ? 4 : 8);
-          r.num_ids = id.dim_size(0);
-          r.id_stride = id.dim_size(1);
-        } else {
-          TIEMB_EXPECT(gather || id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
-          r.ids = id.data();
-          r.num_ids = id.NumElements();
-        }
-        if (!gather) {  // gather slots ignore their segment_ids input
-          // 1-D segment ids, or sp_ids.indices ([n, rank]) read in place: column 0.
-          TIEMB_EXPECT(sg.dims() == 1 || (sg.dims() == 2 && sg.dim_size(1) >= 1), "slot ", s,
-                       ": segment_ids must be 1-D segment ids or 2-D sparse indices, got shape ",
-                       sg.shape().DebugString());
-          r.segments = sg.data();
-          r.segment_type = sg.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
-          r.num_segments = sg.dim_size(0);
-          r.segment_stride = sg.dims() == 2 ? sg.dim_size(1) : 1;
-        }
-        if (weighted_[static_cast<size_t>(s)]) {
-          TIEMB_EXPECT(weights[s].dims() == 1, "slot ", s, ": weights must be 1-D, got shape ",
-                       weights[s].shape().DebugString());
-          r.weights = weights[s].flat<float>().data();
-          r.num_weights = weights[s].NumElements();
-        }
-        // The row count, or a sparse tensor's dense_shape (its first entry).
-        const Tensor& nr = num_rows[s];
-        TIEMB_EXPECT(nr.dims() == 0 || (nr.dims() == 1 && nr.NumElements() >= 1), "slot ", s,
-                     ": num_rows must be a scalar or a dense_shape vector, got shape ", nr.shape().DebugString());
-        r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
+    TIEMB_EXPECT(store.dims() == 0, "store must be a string scalar");
+    OpInputList segs, weights, num_rows;
+    auto ok = [](const absl::Status& st) { TIEMB_EXPECT(st.ok(), std::string(st.message())); };
+    ok(ctx->input_list("ids", &ids));
+    ok(ctx->input_list("segment_ids", &segs));
+    ok(ctx->input_list("weights", &weights));
+    ok(ctx->input_list("num_rows", &num_rows));
+    TIEMB_EXPECT(ids.size() == n_ && segs.size() == n_, "TiembLookup: ids and segment_ids need N = ", n_,
+                 " tensors, got ", ids.size(), " and ", segs.size());
+    req.assign(static_cast<size_t>(n_), slot_request{});
+    for (int s = 0; s < n_; ++s) {
+      slot_request& r = req[static_cast<size_t>(s)];
+      const Tensor& id = ids[s];
+      const Tensor& sg = segs[s];
+      const bool gather = modes_[static_cast<size_t>(s)] == "gather";
+      const int64_t column = id_columns_[static_cast<size_t>(s)];
+      r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
+      if (column >= 0) {  // column `column` of a [rows, k] id matrix, read in place
+        TIEMB_EXPECT(id.dims() == 2 && column < id.dim_size(1), "slot ", s, ": ids must be a matrix with more than ",
+                     column, " columns, got shape ", id.shape().DebugString());
+        r.ids = static_cast<const char*>(id.data()) + column * (r.id_type == dtype::int32 ? 4 : 8);
+        r.num_ids = id.dim_size(0);
+        r.id_stride = id.dim_size(1);
+      } else {
+        TIEMB_EXPECT(gather || id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
+        r.ids = id.data();
+        r.num_ids = id.NumElements();
       }
+      if (!gather) {  // gather slots ignore their segment_ids input
+        // 1-D segment ids, or sp_ids.indices ([n, rank]) read in place: column 0.
+        TIEMB_EXPECT(sg.dims() == 1 || (sg.dims() == 2 && sg.dim_size(1) >= 1), "slot ", s,
+                     ": segment_ids must be 1-D segment ids or 2-D sparse indices, got shape ",
+                     sg.shape().DebugString());
+        r.segments = sg.data();
+        r.segment_type = sg.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
+        r.num_segments = sg.dim_size(0);
+        r.segment_stride = sg.dims() == 2 ? sg.dim_size(1) : 1;
+      }
+      if (weighted_[static_cast<size_t>(s)]) {
+        TIEMB_EXPECT(weights[s].dims() == 1, "slot ", s, ": weights must be 1-D, got shape ",
+                     weights[s].shape().DebugString());
+        r.weights = weights[s].flat<float>().data();
+        r.num_weights = weights[s].NumElements();
+      }
+      // The row count, or a sparse tensor's dense_shape (its first entry).
+      const Tensor& nr = num_rows[s];
+      TIEMB_EXPECT(nr.dims() == 0 || (nr.dims() == 1 && nr.NumElements() >= 1), "slot ", s,
+                   ": num_rows must be a scalar or a dense_shape vector, got shape ", nr.shape().DebugString());
+      r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
+    }
+    return std::string(store.scalar<::tensorflow::tstring>()());
+  }
+
+  /// The output shape of slot s for rows[s] output rows.
+  TensorShape output_shape(const OpInputList& ids, int s, int64_t rows) const {
+    const auto su = static_cast<size_t>(s);
+    if (modes_[su] == "gather" && id_columns_[su] < 0) {  // the ids' shape + [dim]
+      TensorShape shape = ids[s].shape();
+      shape.AddDim(dims_[su]);
+      return shape;
+    }
+    return TensorShape({rows, dims_[su]});
+  }
+
+  /// Slot configs against a store's manifest; `table_dim(id)` gives a table's dimension.
+  template <class TableDim>
+  std::vector<slot_config> slot_configs(const store_manifest& manifest, const std::string& store,
+                                        TableDim&& table_dim) const {
+    std::vector<slot_config> slots(static_cast<size_t>(n_));
+    for (size_t s = 0; s < slots.size(); ++s) {
+      slot_config& sc = slots[s];
+      sc.table = manifest.table_id(tables_[s], store);
+      const int64_t dim = table_dim(sc.table);
+      TIEMB_EXPECT(dim == dims_[s], "slot ", s, ": table ", tables_[s], " has dimension ", dim,
+                   " but the op expects ", dims_[s]);
+      sc.comb = static_cast<combiner>(combiner_code(combiners_[s]));
+      sc.mode = modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain;
+      sc.default_id = default_ids_[s];
+      sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
+      sc.wrap_negative = wrap_negative_[s];
+    }
+    return slots;
+  }
+
+  int n_ = 0;
+  std::vector<std::string> tables_, combiners_, modes_;
+  std::vector<int64_t> dims_, default_ids_, id_columns_;
+  std::vector<bool> weighted_, wrap_negative_;
+  std::vector<::tensorflow::DataType> out_types_;
+  std::mutex mutex_;
+};
+
+// CPU kernel: the CPU engine of the store, shared process-wide.
+class TiembLookupOp : public TiembLookupBase {
+ public:
+  using TiembLookupBase::TiembLookupBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    try {
+      std::vector<slot_request> req;
+      OpInputList ids;
+      cpu_lookup_group& group = ensure_group(read_inputs(ctx, req, ids));
       std::vector<void*> outputs(static_cast<size_t>(n_));
-      absl::Status alloc_status;
       group.lookup(req.data(), n_, [&](const int64_t* rows) {
-        for (int s = 0; s < n_ && alloc_status.ok(); ++s) {
+        for (int s = 0; s < n_; ++s) {
           Tensor* out = nullptr;
-          TensorShape shape({rows[s], dims_[static_cast<size_t>(s)]});
-          if (modes_[static_cast<size_t>(s)] == "gather" && id_columns_[static_cast<size_t>(s)] < 0) {  // ids' shape + [dim]
-            shape = ids[s].shape();
-            shape.AddDim(dims_[static_cast<size_t>(s)]);
-          }
-          alloc_status = ctx->allocate_output(s, shape, &out);
-          if (alloc_status.ok()) outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
+          const absl::Status st = ctx->allocate_output(s, output_shape(ids, s, rows[s]), &out);
+          TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
+          outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
         }
-        TIEMB_EXPECT(alloc_status.ok(), "allocating outputs failed: ", std::string(alloc_status.message()));
         return static_cast<void* const*>(outputs.data());
       });
     } catch (const std::exception& e) {
@@ -211,19 +269,8 @@ class TiembLookupOp : public OpKernel {
     if (it != groups_.end()) return *it->second.group;
     const store_manifest* manifest = nullptr;
     std::shared_ptr<cpu_engine> engine = shared_cpu_engine(store, &manifest);
-    std::vector<slot_config> slots(static_cast<size_t>(n_));
-    for (size_t s = 0; s < slots.size(); ++s) {
-      slot_config& sc = slots[s];
-      sc.table = manifest->table_id(tables_[s], store);
-      const table& shape = engine->tables().at(sc.table);
-      TIEMB_EXPECT(shape.dim() == dims_[s], "slot ", s, ": table ", tables_[s], " has dimension ", shape.dim(),
-                   " but the op expects ", dims_[s]);
-      sc.comb = static_cast<combiner>(combiner_code(combiners_[s]));
-      sc.mode = modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain;
-      sc.default_id = default_ids_[s];
-      sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
-      sc.wrap_negative = wrap_negative_[s];
-    }
+    std::vector<slot_config> slots =
+        slot_configs(*manifest, store, [&](int32_t t) { return engine->tables().at(t).dim(); });
     store_group& g = groups_[store];
     g.engine = std::move(engine);
     g.group = std::make_unique<cpu_lookup_group>(*g.engine, std::move(slots));
@@ -234,17 +281,75 @@ class TiembLookupOp : public OpKernel {
     std::shared_ptr<cpu_engine> engine;
     std::unique_ptr<cpu_lookup_group> group;
   };
-
-  int n_ = 0;
-  std::vector<std::string> tables_, combiners_, modes_;
-  std::vector<int64_t> dims_, default_ids_, id_columns_;
-  std::vector<bool> weighted_, wrap_negative_;
-  std::vector<::tensorflow::DataType> out_types_;
-  std::mutex mutex_;
   std::map<std::string, store_group> groups_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(DEVICE_CPU), TiembLookupOp);
+
+#if TIEMB_TF_GPU
+// GPU kernel: a thin call into the GPU engine (the code tests/gpu exercises),
+// on TensorFlow's stream. Inputs and outputs stay in device memory; plain
+// slots read their row count back (as TensorFlow's own GPU kernel does).
+// Data errors found on the device surface at the next call of the same op.
+// The GPU engine's limits apply and are reported by name (no gather mode,
+// no in-place column / sparse-index reads yet).
+class TiembLookupGpuOp : public TiembLookupBase {
+ public:
+  using TiembLookupBase::TiembLookupBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    try {
+      std::vector<slot_request> req;
+      OpInputList ids;
+      const std::string store = read_inputs(ctx, req, ids);
+      int device = 0;
+      TIEMB_EXPECT(cudaGetDevice(&device) == cudaSuccess, "TiembLookup: no current CUDA device");
+      auto* stream = ctx->op_device_context()->stream();
+      TIEMB_EXPECT(stream != nullptr, "TiembLookup: no GPU stream");
+      void* cuda_stream = stream->platform_specific_handle().stream;
+      std::lock_guard<std::mutex> lk(mutex_);  // calls on one group must not overlap
+      gpu_lookup_group& group = ensure_group(store, device);
+      group.check(false);
+      std::vector<int64_t> rows(static_cast<size_t>(n_));
+      group.device_rows(req.data(), n_, rows.data(), cuda_stream);
+      std::vector<void*> outputs(static_cast<size_t>(n_));
+      for (int s = 0; s < n_; ++s) {
+        Tensor* out = nullptr;
+        const absl::Status st = ctx->allocate_output(s, output_shape(ids, s, rows[static_cast<size_t>(s)]), &out);
+        TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
+        outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
+      }
+      group.launch(req.data(), n_, rows.data(), outputs.data(), cuda_stream);
+    } catch (const std::exception& e) {
+      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
+    }
+  }
+
+ private:
+  gpu_lookup_group& ensure_group(const std::string& store, int device) {
+    auto key = std::make_pair(store, device);
+    auto it = groups_.find(key);
+    if (it != groups_.end()) return *it->second.group;
+    const store_manifest* manifest = nullptr;
+    std::shared_ptr<gpu_engine> engine = shared_gpu_engine(store, device, &manifest);
+    std::vector<slot_config> slots =
+        slot_configs(*manifest, store, [&](int32_t t) { return engine->shape(t).dim; });
+    store_group& g = groups_[key];
+    g.engine = std::move(engine);
+    g.group = std::make_unique<gpu_lookup_group>(*g.engine, std::move(slots));
+    return *g.group;
+  }
+
+  struct store_group {
+    std::shared_ptr<gpu_engine> engine;
+    std::unique_ptr<gpu_lookup_group> group;
+  };
+  std::map<std::pair<std::string, int>, store_group> groups_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_GPU).HostMemory("store").HostMemory("num_rows"),
+                        TiembLookupGpuOp);
+#endif  // TIEMB_TF_GPU
 
 }  // namespace
 }  // namespace tiemb

@@ -61,3 +61,44 @@ def test_tf_op_library_built_where_tensorflow_imports():
     assert tiemb.build_info()["tf_ops_built"], "TensorFlow imports here but tiemb was built without its op library " \
                                                "(was TensorFlow installed after tiemb? reinstall tiemb)"
     assert tf_ops.available()
+
+
+def test_op_gpu_kernel_built_where_tensorflow_has_cuda():
+    """The TiembLookup GPU kernel is compiled (and registered) where TensorFlow
+    was built with CUDA and nvcc exists; it cannot run on a machine without a
+    GPU, but its registration can be seen."""
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow.python.framework import kernels
+
+    from tiemb import tf_ops
+
+    tf_ops.load()
+    devices = {k.device_type for k in kernels.get_registered_kernels_for_op("TiembLookup").kernel}
+    want_gpu = bool(tf.sysconfig.get_build_info().get("is_cuda_build")) and tiemb.build_info()["cuda_compiled"]
+    assert tiemb.build_info()["tf_gpu_kernel"] == want_gpu
+    assert devices == ({"CPU", "GPU"} if want_gpu else {"CPU"})
+
+
+def test_rewritten_ops_are_pinned_where_their_slots_can_run(tmp_path):
+    """device='cpu' pins every op to the CPU kernel; device='gpu' leaves an op
+    to the GPU kernel only when the GPU engine serves all its slots."""
+    tf = pytest.importorskip("tensorflow")
+    import numpy as np
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tiemb.rewrite import rewrite_sparse_lookups
+
+    t = tf.Variable(np.ones((10, 4), np.float32))
+    sig = [tf.SparseTensorSpec([None, None], tf.int64), tf.TensorSpec([None], tf.int64)]
+
+    def frozen(fn):
+        f = tf.function(fn, input_signature=sig)
+        return convert_variables_to_constants_v2(f.get_concrete_function()).graph.as_graph_def()
+
+    plain = frozen(lambda sp, d: tf.nn.embedding_lookup_sparse(t, sp, None, combiner="mean"))
+    mixed = frozen(lambda sp, d: tf.nn.embedding_lookup_sparse(t, sp, None)[:1] + tf.gather(t, d)[:1])
+    for gd, device, want in [(plain, "cpu", "/device:CPU:0"), (plain, "gpu", ""), (mixed, "gpu", "/device:CPU:0")]:
+        new, report = rewrite_sparse_lookups(gd, str(tmp_path / "s"), max_batch_size=8, max_nnz=4, device=device)
+        (op,) = [n for n in new.node if n.op == "TiembLookup"]
+        assert op.device == want, (device, op.device)
+        assert ("CPU engine" in report.note) == (device == "gpu" and want != "")

@@ -54,7 +54,7 @@ def test_every_model_through_the_harness(tmp_path):
 
 def test_harness_errors():
     proc = run_cli("bench", "--device", "gpu")
-    assert proc.returncode == 1 and "no GPU kernel yet" in proc.stderr
+    assert proc.returncode == 1 and "--device gpu: TensorFlow sees no GPU here" in proc.stderr
     proc = run_cli("bench", "--level", "2")
     assert proc.returncode == 2 and "levels are 0 and/or 1" in proc.stderr
     proc = run_cli("bench", "--model", "bert")

@@ -14,7 +14,7 @@ def store_path(pb_path: str) -> str:
 
 
 def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False,
-                         level: int = 0, backend: str = "tensorflow", store_files=None):
+                         level: int = 0, backend: str = "tensorflow", store_files=None, device: str = "cpu"):
     """Reads frozen GraphDef ``src``, fuses its lookups, writes ``dst`` and its
     store ``dst.store/``; ``level`` and ``backend`` as for
     :func:`rewrite_saved_model` (unverified here: a GraphDef has no signature
@@ -40,7 +40,7 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
     shutil.rmtree(tmp_store, ignore_errors=True)
     try:
         new_gd, report = rewrite_sparse_lookups(graph_def, tmp_store, max_batch_size=max_batch_size,
-                                                max_nnz=max_nnz, half_tables=level >= 1)
+                                                max_nnz=max_nnz, half_tables=level >= 1, device=device)
         new_gd, notes = backends.apply(backend, new_gd, level)
         report.dense = {"dense_backend": backend, "notes": notes, "level": level, "verified": False}
         if report.replaced:

@@ -73,7 +73,7 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     try:
         store = os.path.join(work, "store")
         new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
-                                                half_tables=level >= 1, resources=resources)
+                                                half_tables=level >= 1, resources=resources, device=device)
         new_gd = _drop_resources(new_gd, resources, src)
         if report.replaced:
             write_store_files(store, store_files)

@@ -270,7 +270,7 @@ def _const_node(name: str, value: np.ndarray):
 
 
 def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
-                           half_tables: bool = False, resources=None):
+                           half_tables: bool = False, resources=None, device: str = "cpu"):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
     table (Keras Embedding, tf.gather; dense_gather.py).
@@ -288,6 +288,10 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
         resources: tables left as variables (too big to freeze): resource
             placeholder name -> numpy value; gathers from them are matched like
             gathers from constants.
+        device: "cpu" pins the ops to the CPU kernel; "gpu" leaves an op to
+            TensorFlow's placement (its GPU kernel) when every slot is one the
+            GPU engine serves (1-D ids and segment ids: embedding_lookup_sparse),
+            and pins it to the CPU otherwise (said in report.note).
     """
     from tensorflow.core.framework import graph_pb2
     from .. import tf_ops
@@ -356,6 +360,12 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
     for level in sorted(set(levels)):
         group = [m for m, k in zip(matches, levels) if k == level]
         op, casts = _lookup_op(f"{prefix}/lookup_{level}", prefix, group, files)
+        gpu_ready = all(m.mode == "plain" and m.id_column < 0 and not m.wrap_negative for m in group)
+        if device != "gpu" or not gpu_ready:
+            op.device = "/device:CPU:0"
+            if device == "gpu":
+                report.note = ("lookups run on the CPU engine: the GPU engine does not serve gather slots or "
+                               "in-place sparse-index reads yet")
         ops.append(op)
         weight_casts += casts
         rename.update({m.output: tensor_name(op.name, s) for s, m in enumerate(group)})
