@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "../csrc/cuda/gpu_engine.h"
+#include "../csrc/cuda/store_gpu_engine.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -46,7 +47,17 @@ std::vector<slot_request> device_requests(const py::list& ids, const py::list& s
 class py_gpu_engine {
  public:
   py_gpu_engine(int64_t max_batch_size, int64_t slot_num, int64_t max_nnz, int device)
-      : engine_(engine_config{max_batch_size, slot_num, max_nnz, 0}, device) {}
+      : engine_(std::make_shared<gpu_engine>(engine_config{max_batch_size, slot_num, max_nnz, 0}, device)) {}
+
+  /// The engine the TensorFlow op's GPU kernel uses for a table store
+  /// (shared per store and device; tiers from its tiemb_config.json).
+  static py_gpu_engine from_store(const std::string& dir, int device) {
+    const store_manifest* manifest = nullptr;
+    py_gpu_engine e(shared_gpu_engine(dir, device, &manifest));
+    e.tables_ = manifest->tables;
+    return e;
+  }
+  const std::vector<std::string>& store_tables() const { return tables_; }
 
   int32_t add_table(const py::array& weights, double cache_percentage, double cpu_cache_percentage,
                     double hit_rate_threshold, const std::string& backing_file, bool host_zero_copy,
@@ -65,7 +76,7 @@ class py_gpu_engine {
       prof = p.data();
       nprof = p.size();
     }
-    return engine_.add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1), weights.data(), tiers,
+    return engine_->add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1), weights.data(), tiers,
                              prof, nprof);
   }
 
@@ -73,7 +84,7 @@ class py_gpu_engine {
     table_stats s;
     {
       py::gil_scoped_release release;
-      s = engine_.stats(id);
+      s = engine_->stats(id);
     }
     py::dict d;
     d["lookups"] = s.lookups;
@@ -92,15 +103,17 @@ class py_gpu_engine {
   }
 
   py::tuple table_info(int32_t id) {
-    const table_file_header h = engine_.shape(id);
+    const table_file_header h = engine_->shape(id);
     return py::make_tuple(h.rows, h.dim, to_string(h.type));
   }
 
-  int32_t num_tables() const { return engine_.num_tables(); }
-  gpu_engine& engine() { return engine_; }
+  int32_t num_tables() const { return engine_->num_tables(); }
+  gpu_engine& engine() { return *engine_; }
 
  private:
-  gpu_engine engine_;
+  explicit py_gpu_engine(std::shared_ptr<gpu_engine> e) : engine_(std::move(e)) {}
+  std::shared_ptr<gpu_engine> engine_;
+  std::vector<std::string> tables_;
 };
 
 class py_gpu_group;
@@ -205,7 +218,9 @@ void bind_gpu(py::module_& m) {
            py::arg("backing_file") = "", py::arg("host_zero_copy") = true, py::arg("profile_ids") = py::none())
       .def("stats", &py_gpu_engine::stats, py::arg("table"))
       .def("table_info", &py_gpu_engine::table_info, py::arg("table"))
-      .def_property_readonly("num_tables", &py_gpu_engine::num_tables);
+      .def_property_readonly("num_tables", &py_gpu_engine::num_tables)
+      .def_static("from_store", &py_gpu_engine::from_store, py::arg("store"), py::arg("device") = 0)
+      .def_property_readonly("store_tables", &py_gpu_engine::store_tables);
 
   py::class_<prepared_lookup>(m, "GpuPreparedLookup").def("run", &prepared_lookup::run);
 

@@ -138,6 +138,20 @@ class GpuEmbeddingEngine:
         self.device = device
         self._engine = _C.GpuEngine(config.max_batch_size, config.slot_num, config.max_nnz, device)
 
+    @classmethod
+    def from_store(cls, store: str, device: int = 0) -> "GpuEmbeddingEngine":
+        """The engine the TensorFlow op's GPU kernel serves a table store with
+        (one per store and device per process; tables in the manifest's order,
+        tiers from the store's ``tiemb_config.json``, resident without one)."""
+        _require_cuda()
+        self = cls.__new__(cls)
+        self.device = device
+        self._engine = _C.GpuEngine.from_store(store, device)
+        manifest = _C.read_store_manifest(store)
+        self.config = EngineConfig(manifest["max_batch_size"], manifest["slot_num"], manifest["max_nnz"]).validate()
+        self.store_tables = list(self._engine.store_tables)
+        return self
+
     @property
     def num_tables(self) -> int:
         return self._engine.num_tables

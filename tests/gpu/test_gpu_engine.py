@@ -356,3 +356,32 @@ def test_gather_mode_is_refused_by_name():
     t = e.add_table(np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"slot 0: gather mode is not supported by the GPU engine yet"):
         e.group([tiemb.Slot(t, mode="gather")])
+
+
+@pytest.mark.parametrize("config", [None, {"tiemb/cache_percentage": 0.25, "tiemb/cpu_cache_percentage": 0.5,
+                                           "tiemb/hit_rate_threshold": 0.9}], ids=["resident", "tiered"])
+def test_engine_from_a_table_store(config, tmp_path, seed):
+    """The engine the TensorFlow op's GPU kernel builds from a table store
+    (shared per store and device; tiers from tiemb_config.json) gives the CPU
+    engine's results."""
+    import json
+
+    from tiemb import tf_ops
+
+    rng = np.random.default_rng(seed)
+    cases = [random_slot(rng, combiner=c, mode=m, weighted=w, id_dtype=np.int64, table_dtype=np.float32, dim=8,
+                         max_batch=MAX_BATCH, vocab=300, max_nnz=MAX_NNZ)
+             for c, m, w in (("sum", "plain", False), ("mean", "safe", True), ("sqrtn", "plain", True))]
+    store = str(tmp_path / "store")
+    tf_ops.write_store(store, {f"t{k}.tiemb": c.table for k, c in enumerate(cases)}, max_batch_size=MAX_BATCH,
+                       slot_num=len(cases), max_nnz=MAX_NNZ)
+    if config:
+        (tmp_path / "store" / "tiemb_config.json").write_text(json.dumps(config))
+    e = tiemb.GpuEmbeddingEngine.from_store(store)
+    assert e.store_tables == [f"t{k}.tiemb" for k in range(len(cases))]
+    assert tiemb.GpuEmbeddingEngine.from_store(store)._engine.num_tables == len(cases)
+    group = e.group([tiemb.Slot(k, c.combiner, c.mode, c.default_id) for k, c in enumerate(cases)])
+    for _ in range(3):     # tiered: misses, then hits
+        check_against_references(gpu_lookup(group, cases, device=True), cases, seed, f"store ({config})")
+    if config:
+        assert e.stats(0)["rows_gpu"] < cases[0].table.shape[0] and e.stats(0)["rows_file"] > 0, e.stats(0)
