@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import GraphView, split_input
+from .graph import GraphView
 
 
 def match_gather(view: GraphView, node, exclude: set, report):
@@ -46,16 +46,11 @@ def match_gather(view: GraphView, node, exclude: set, report):
                   removable=chain + [table_node.name], mode="gather", id_column=column, wrap_negative=wrap)
 
 
-def _const_is(view: GraphView, tensor: str, value) -> bool:
-    v = view.const_value(view.nodes.get(split_input(tensor)[0]))
-    return v is not None and np.array_equal(np.asarray(v).reshape(-1), np.asarray(value).reshape(-1))
-
-
 def _static(view: GraphView, tensor: str):
     """The value of a small int expression the graph computes from constants
     and table shapes (Const, Cast, Identity, Shape of a table, StridedSlice of
     those), or None."""
-    node = view.nodes.get(split_input(tensor)[0])
+    node, _ = view.producer(tensor)
     if node is None:
         return None
     if node.op == "Const":
@@ -63,13 +58,13 @@ def _static(view: GraphView, tensor: str):
     if node.op in ("Cast", "Identity"):
         return _static(view, node.input[0])
     if node.op == "Shape":
-        table = view.table_value(view.nodes.get(split_input(node.input[0])[0]))
+        table = view.table_value(view.producer(node.input[0])[0])
         return None if table is None else np.array(table.shape, np.int64)
     if node.op == "StridedSlice" and node.attr["shrink_axis_mask"].i == 1 and node.attr["ellipsis_mask"].i == 0 \
             and node.attr["new_axis_mask"].i == 0:
         x, begin = _static(view, node.input[0]), _static(view, node.input[1])
         if x is not None and begin is not None and np.ndim(x) == 1 and np.shape(begin) == (1,) \
-                and _const_is(view, node.input[3], [1]):
+                and view.const_equals(node.input[3], [1]):
             return x[int(begin[0])]
     return None
 
@@ -79,13 +74,13 @@ def _unwrapped(view: GraphView, ids: str, table):
     SelectV2(ids < 0, ids + rows, ids), rows being the table's row count (a
     constant or Shape(table)[0]). Returns (ids before it, True) for that exact
     pattern, else (ids, False)."""
-    sel = view.nodes.get(split_input(ids)[0])
-    if sel is None or sel.op not in ("SelectV2", "Select") or split_input(ids)[1] != 0:
+    sel, idx = view.producer(ids)
+    if sel is None or sel.op not in ("SelectV2", "Select") or idx != 0:
         return ids, False
     x = sel.input[2]
-    less = view.nodes.get(split_input(sel.input[0])[0])
-    add = view.nodes.get(split_input(sel.input[1])[0])
-    if less is None or less.op != "Less" or less.input[0] != x or not _const_is(view, less.input[1], 0):
+    less, _ = view.producer(sel.input[0])
+    add, _ = view.producer(sel.input[1])
+    if less is None or less.op != "Less" or less.input[0] != x or not view.const_equals(less.input[1], 0):
         return ids, False
     if add is None or add.op not in ("AddV2", "Add") or len(add.input) < 2:
         return ids, False
@@ -100,14 +95,14 @@ def _unwrapped(view: GraphView, ids: str, table):
 
 def _column(view: GraphView, ids: str):
     """ids = matrix[:, c] of a rank-2 placeholder's value: (matrix, c), else (ids, -1)."""
-    s = view.nodes.get(split_input(ids)[0])
-    if s is None or s.op != "StridedSlice" or split_input(ids)[1] != 0:
+    s, idx = view.producer(ids)
+    if s is None or s.op != "StridedSlice" or idx != 0:
         return ids, -1
-    begin = view.const_value(view.nodes.get(split_input(s.input[1])[0]))
+    begin = view.const_value(view.producer(s.input[1])[0])
     if begin is None or np.shape(begin) != (2,):
         return ids, -1
     c = int(begin[1])
-    if not (_const_is(view, s.input[2], [0, c + 1]) and _const_is(view, s.input[3], [1, 1]) and c >= 0
+    if not (view.const_equals(s.input[2], [0, c + 1]) and view.const_equals(s.input[3], [1, 1]) and c >= 0
             and s.attr["begin_mask"].i & 1 and s.attr["end_mask"].i & 1 and s.attr["shrink_axis_mask"].i == 2
             and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0):
         return ids, -1

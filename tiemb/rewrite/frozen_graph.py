@@ -13,6 +13,20 @@ def store_path(pb_path: str) -> str:
     return pb_path + ".store"
 
 
+def read_graph_def(path: str):
+    """The GraphDef in file ``path``; ValueError naming the file when it cannot be read."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import graph_pb2
+
+    graph_def = graph_pb2.GraphDef()
+    try:
+        with open(path, "rb") as f:
+            graph_def.ParseFromString(f.read())
+    except (OSError, ValueError, DecodeError) as e:
+        raise ValueError(f"cannot read a frozen GraphDef from {path}: {e}") from None
+    return graph_def
+
+
 def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False,
                          level: int = 0, backend: str = "tensorflow", store_files=None, device: str = "cpu"):
     """Reads frozen GraphDef ``src``, fuses its lookups, writes ``dst`` and its
@@ -21,21 +35,13 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
     to feed). Returns the RewriteReport; raises ValueError for an
     unreadable ``src`` or an existing ``dst`` without ``overwrite``. Nothing is
     left at ``dst`` when it fails."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.framework import graph_pb2
-
     from .. import backends
     from .saved_model import write_store_files
     from .sparse_lookup import rewrite_sparse_lookups
 
     if os.path.exists(dst) and not overwrite:
         raise ValueError(f"{dst} exists (pass overwrite=True to replace it)")
-    graph_def = graph_pb2.GraphDef()
-    try:
-        with open(src, "rb") as f:
-            graph_def.ParseFromString(f.read())
-    except (OSError, ValueError, DecodeError) as e:
-        raise ValueError(f"cannot read a frozen GraphDef from {src}: {e}") from None
+    graph_def = read_graph_def(src)
     tmp_store, tmp_pb = store_path(dst) + ".tmp", dst + ".tmp"
     shutil.rmtree(tmp_store, ignore_errors=True)
     try:
@@ -63,13 +69,10 @@ def load_frozen_graph(path: str, inputs, outputs):
     ``outputs`` (tensor names), with its TiembLookup ops reading the store
     beside the file."""
     import tensorflow as tf
-    from tensorflow.core.framework import graph_pb2
 
     from .. import tf_ops
 
-    graph_def = graph_pb2.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
+    graph_def = read_graph_def(path)
     has_store = any(n.name == "tiemb/store" for n in graph_def.node)
     if has_store:
         tf_ops.load()

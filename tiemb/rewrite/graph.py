@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
 
 def split_input(name: str) -> Tuple[str, int, bool]:
     """'node:1' -> ('node', 1, False); '^node' -> ('node', 0, True); 'node' -> ('node', 0, False)."""
@@ -40,6 +42,16 @@ class GraphView:
         if control:
             return None, 0
         return self.nodes.get(src), idx
+
+    def producer(self, tensor: str):
+        """(node, output index) of a tensor name ('node:1'); node is None when absent."""
+        node, idx, _ = split_input(tensor)
+        return self.nodes.get(node), idx
+
+    def const_equals(self, tensor: str, value) -> bool:
+        """The tensor is a Const whose values equal ``value`` (shapes flattened)."""
+        v = self.const_value(self.producer(tensor)[0])
+        return v is not None and np.array_equal(np.asarray(v).reshape(-1), np.asarray(value).reshape(-1))
 
     def skip_identity(self, node, index: int = 0):
         """Follows Identity nodes back to the tensor they forward."""

@@ -36,19 +36,9 @@ def _canon(t: str) -> str:
     return tensor_name(node, idx)
 
 
-def _producer(view: GraphView, t: str):
-    node, idx, _ = split_input(t)
-    return view.nodes.get(node), idx
-
-
-def _const_equals(view: GraphView, t: str, value) -> bool:
-    v = view.const_value(_producer(view, t)[0])
-    return v is not None and np.array_equal(np.asarray(v).reshape(-1), np.asarray(value).reshape(-1))
-
-
 def _source(view: GraphView, t: str) -> str:
     """The tensor t forwards through Identity and Cast nodes (same values)."""
-    node, idx = _producer(view, t)
+    node, idx = view.producer(t)
     while node is not None and node.op in ("Identity", "Cast"):
         node, idx = view.input(node, 0)
     return tensor_name(node.name, idx) if node is not None else _canon(t)
@@ -56,11 +46,11 @@ def _source(view: GraphView, t: str) -> str:
 
 def _retained(view: GraphView, t: str) -> Optional[Tuple[str, str]]:
     """For t = GatherV2(x, Reshape(Where(cond), [-1]), axis=0): (x, cond), else None."""
-    g, idx = _producer(view, t)
-    if g is None or g.op != "GatherV2" or idx != 0 or g.attr["batch_dims"].i != 0 or not _const_equals(view, g.input[2], 0):
+    g, idx = view.producer(t)
+    if g is None or g.op != "GatherV2" or idx != 0 or g.attr["batch_dims"].i != 0 or not view.const_equals(g.input[2], 0):
         return None
     r, _ = view.input(g, 1)
-    if r is None or r.op != "Reshape" or not _const_equals(view, r.input[1], [-1]):
+    if r is None or r.op != "Reshape" or not view.const_equals(r.input[1], [-1]):
         return None
     w, _ = view.input(r, 0)
     if w is None or w.op != "Where":
@@ -70,13 +60,13 @@ def _retained(view: GraphView, t: str) -> Optional[Tuple[str, str]]:
 
 def _filter_kind(view: GraphView, cond: str, values: str, weights: Optional[str]) -> Optional[str]:
     """What a retain condition keeps: "ids" (ids >= 0), "weights" (weights > 0), or None."""
-    c, idx = _producer(view, cond)
+    c, idx = view.producer(cond)
     if c is None or idx != 0:
         return None
 
     def ids_valid(node):
         return node is not None and node.op == "GreaterEqual" and _canon(node.input[0]) == _canon(values) \
-            and _const_equals(view, node.input[1], 0)
+            and view.const_equals(node.input[1], 0)
 
     if ids_valid(c):
         return "ids"
@@ -85,10 +75,10 @@ def _filter_kind(view: GraphView, cond: str, values: str, weights: Optional[str]
         ones, _ = view.input(c, 1)   # ones_like(weights, bool)
         shape, _ = view.input(ones, 0) if ones is not None and ones.op == "Fill" else (None, 0)
         if ids_valid(a) and shape is not None and shape.op == "Shape" and _canon(shape.input[0]) == _canon(weights) \
-                and _const_equals(view, ones.input[1], True):
+                and view.const_equals(ones.input[1], True):
             return "ids"
     if c.op == "Greater" and weights is not None and _canon(c.input[0]) == _canon(weights) \
-            and _const_equals(view, c.input[1], 0):
+            and view.const_equals(c.input[1], 0):
         return "weights"
     return None
 
@@ -112,12 +102,12 @@ def _unprune(view: GraphView, indices: str, values: str, weights: Optional[str])
 
 def _is_column0(view: GraphView, t: str, indices: str) -> bool:
     """t is indices[:, 0] (a StridedSlice, maybe Cast)."""
-    s, _ = _producer(view, t)
+    s, _ = view.producer(t)
     while s is not None and s.op in ("Cast", "Identity"):
         s, _ = view.input(s, 0)
     return s is not None and s.op == "StridedSlice" and _canon(s.input[0]) == _canon(indices) \
-        and _const_equals(view, s.input[1], [0, 0]) and _const_equals(view, s.input[2], [0, 1]) \
-        and _const_equals(view, s.input[3], [1, 1]) and s.attr["shrink_axis_mask"].i == 2 \
+        and view.const_equals(s.input[1], [0, 0]) and view.const_equals(s.input[2], [0, 1]) \
+        and view.const_equals(s.input[3], [1, 1]) and s.attr["shrink_axis_mask"].i == 2 \
         and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0
 
 
@@ -126,8 +116,8 @@ def _fold_rank2(view: GraphView, select, indices: str, shape: str):
     """(final Reshape, original indices, original dense_shape) when the sparse
     input is statically of rank 2, so that SparseReshape and the final
     Reshape are identities; else None."""
-    sr, k = _producer(view, indices)
-    shape_node, shape_idx = view.skip_identity(*_producer(view, shape))
+    sr, k = view.producer(indices)
+    shape_node, shape_idx = view.skip_identity(*view.producer(shape))
     if sr is None or sr.op != "SparseReshape" or k != 0 or shape_node is not sr or shape_idx != 1:
         return None
     s0 = _canon(sr.input[1])
@@ -135,7 +125,7 @@ def _fold_rank2(view: GraphView, select, indices: str, shape: str):
     if pack is None or pack.op != "Pack" or len(pack.input) != 2:
         return None
     last, _ = view.input(pack, 1)
-    if last is None or last.op != "GatherV2" or _canon(last.input[0]) != s0 or not _const_equals(view, last.input[1], 1):
+    if last is None or last.op != "GatherV2" or _canon(last.input[0]) != s0 or not view.const_equals(last.input[1], 1):
         return None
     users = view.data_consumers(select.name)
     reshapes = [n for n, i in users if n.op == "Reshape" and i == 0]
@@ -151,9 +141,9 @@ def _fold_rank2(view: GraphView, select, indices: str, shape: str):
         return None
     tail_shape, _ = view.input(tail, 0)
     if _source(view, head.input[0]) != _source(view, s0) \
-            or not _const_equals(view, head.input[1], [0]) or not _const_equals(view, head.input[2], [1]) \
+            or not view.const_equals(head.input[1], [0]) or not view.const_equals(head.input[2], [1]) \
             or tail_shape is None or tail_shape.op != "Shape" or tail_shape.input[0] != select.name \
-            or not _const_equals(view, tail.input[1], [1]) or not _const_equals(view, tail.input[2], [-1]):
+            or not view.const_equals(tail.input[1], [1]) or not view.const_equals(tail.input[2], [-1]):
         return None
     return final, sr.input[0], sr.input[1]
 
@@ -163,7 +153,7 @@ def match_safe(view: GraphView, inner, report):
     None when ``inner`` is not the lookup of a safe_embedding_lookup_sparse
     (or the wrapper differs from TensorFlow's in a checked detail; then the
     reason is reported and ``inner`` alone is fused)."""
-    fill, ids_idx = view.skip_identity(*_producer(view, inner.ids))
+    fill, ids_idx = view.skip_identity(*view.producer(inner.ids))
     if fill is None or fill.op != "SparseFillEmptyRows" or ids_idx != 1:
         return None
     users = view.data_consumers(inner.output)
@@ -184,7 +174,7 @@ def match_safe(view: GraphView, inner, report):
             return leave("empty rows are not zeroed by Select(Tile(SparseFillEmptyRows.empty_row_indicator), zeros, ·)")
         default_id = -1
     else:                                       # default_id d: empty rows are filled with id d
-        default = view.const_value(_producer(view, fill.input[3])[0])
+        default = view.const_value(view.producer(fill.input[3])[0])
         if default is None or np.ndim(default) != 0 or int(default) < 0:
             return leave("empty rows are filled with something other than a constant default id")
         default_id = int(default)
@@ -192,12 +182,12 @@ def match_safe(view: GraphView, inner, report):
         return leave("the lookup's segment ids are not filled_indices[:, 0]")
     weights = None
     if inner.weights is not None:
-        wfill, widx = view.skip_identity(*_producer(view, inner.weights))
+        wfill, widx = view.skip_identity(*view.producer(inner.weights))
         half_weights = wfill is not None and wfill.op == "Cast" and wfill.attr["SrcT"].type == 19  # DT_HALF:
         if half_weights:                                     # TF casts float16 weights to float32
             wfill, widx = view.skip_identity(*view.input(wfill, 0))
         if wfill is None or wfill.op != "SparseFillEmptyRows" or widx != 1 \
-                or not _const_equals(view, wfill.input[3], 1.0):
+                or not view.const_equals(wfill.input[3], 1.0):
             return leave("the weights are not filled by SparseFillEmptyRows with weight 1")
         if _source(view, wfill.input[2]) != _source(view, fill.input[2]):
             return leave("the ids and the weights are filled against different dense shapes")

@@ -8,7 +8,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 
 
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
@@ -153,20 +152,14 @@ def _freeze(fn, limit_bytes: int):
 def _read_otherwise(graph_def, resources):
     """The resource placeholders in ``resources`` read by anything but row
     gathers (through Identity / ReadVariableOp)."""
-    from collections import defaultdict
+    from .graph import GraphView
 
-    from .graph import split_input
-
-    consumers = defaultdict(list)
-    for n in graph_def.node:
-        for k, i in enumerate(n.input):
-            if not i.startswith("^"):
-                consumers[split_input(i)[0]].append((n, k))
+    view = GraphView(graph_def)
     bad = set()
     for name in resources:
         stack = [name]
         while stack:
-            for n, k in consumers[stack.pop()]:
+            for n, k in view.data_consumers(stack.pop()):
                 if n.op in ("Identity", "ReadVariableOp"):
                     stack.append(n.name)
                 elif not (n.op in ("ResourceGather", "GatherV2") and k == 0):
@@ -178,18 +171,14 @@ def _drop_resources(graph_def, resources, src):
     """Removes the big tables' resource placeholders once nothing reads them;
     a big table still read by an op tiemb did not replace cannot be served
     from a frozen graph, and is an error naming both."""
-    from .graph import split_input
+    from .graph import GraphView
 
     if not resources:
         return graph_def
-    users = {}
-    for n in graph_def.node:
-        for i in n.input:
-            src_name = split_input(i)[0]
-            if src_name in resources:
-                users.setdefault(src_name, n.name)
+    view = GraphView(graph_def)
+    users = [(name, view.consumers[name][0][0].name) for name in resources if view.consumers.get(name)]
     if users:
-        name, user = next(iter(users.items()))
+        name, user = users[0]
         raise ValueError(f"{src}: table {name} ({resources[name].nbytes >> 20} MB) is read by {user}, which is not an "
                          "embedding lookup tiemb replaces, and is too big to freeze into a GraphDef; raise "
                          "freeze_limit_bytes if it fits in 2 GB")
@@ -217,14 +206,9 @@ def _feeds(tf, batch):
 
 
 def _median_time(f, batch, runs: int = 20) -> float:
-    for _ in range(3):
-        f(batch)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        f(batch)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    from ..bench.timing import alternate
+
+    return statistics.median(alternate([lambda: f(batch)], runs, warmup=3)[0])
 
 
 def _module(tf, graph_def, arg_names, arg_specs, input_tensors, outputs, store):
