@@ -23,7 +23,7 @@ def main():
     rows = []
     for name in a.models.split(","):
         rows += mb.bench_model(name, batches=[a.batch], levels=[0, 1], scale=a.scale, runs=a.runs, profile_ops=True)
-    print(f"machine: {mb.machine()}")
+    print(f"machine: {mb.machine_name()}")
     print(mb.format_table(rows))
     for r in rows:
         for side in ("original", "fused"):

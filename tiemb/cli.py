@@ -60,7 +60,7 @@ def _cmd_bench(args) -> int:
     import tensorflow as tf
 
     print(f"tiemb {_version()} bench: {', '.join(names)}, batch {','.join(map(str, args.batch))}, level "
-          f"{','.join(map(str, args.level))}, {args.scale} vocabularies; machine: {model_bench.machine()}; "
+          f"{','.join(map(str, args.level))}, {args.scale} vocabularies; machine: {model_bench.machine_name()}; "
           f"TensorFlow {tf.__version__}; original vs optimized SavedModel alternating in one process, "
           f"{args.runs} runs each after warm-up, medians", flush=True)
     rows = []
@@ -71,7 +71,7 @@ def _cmd_bench(args) -> int:
     print(model_bench.format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": model_bench.machine(), "tensorflow": tf.__version__, "tiemb": _version(),
+            json.dump({"machine": model_bench.machine_name(), "tensorflow": tf.__version__, "tiemb": _version(),
                        "rows": [r.as_dict() for r in rows]}, f, indent=2)
     if args.plot:
         model_bench.plot(rows, args.plot)

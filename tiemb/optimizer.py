@@ -14,12 +14,12 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .bench.timing import alternate
 from .config import ConfigError, OptimizeConfig
 from .report import OptimizedReport, hardware_environment, optimization_result, software_environment
 from .shapes import InputShape, parse_input_shapes
@@ -100,16 +100,13 @@ def _load(input_model, kind: str, input_names, output_names) -> _Model:
         graph_def = input_model
         path = None
         if kind == "frozen":
-            from google.protobuf.message import DecodeError
-            from tensorflow.core.framework import graph_pb2
+            from .rewrite.frozen_graph import read_graph_def
 
             path = os.fspath(input_model)
-            graph_def = graph_pb2.GraphDef()
             try:
-                with open(path, "rb") as f:
-                    graph_def.ParseFromString(f.read())
-            except (OSError, DecodeError, ValueError) as e:
-                raise OptimizeError(f"cannot read a frozen GraphDef from {path}: {e}") from None
+                graph_def = read_graph_def(path)
+            except ValueError as e:
+                raise OptimizeError(str(e)) from None
         placeholders = [n for n in graph_def.node if n.op == "Placeholder"]
         consumed = {i.split(":")[0].lstrip("^") for n in graph_def.node for i in n.input}
         sinks = [n.name for n in graph_def.node if n.name not in consumed and n.op not in GRAPH_SINK_SKIP]
@@ -198,7 +195,7 @@ def _id_bounds(model: _Model, lookups: List[dict]) -> Dict[object, int]:
                 bounds[key] = min(bounds.get(key, lk["rows"]), lk["rows"])
                 continue
             if n.op == "StridedSlice":      # x[:, c] or x[:, c:c+1] straight off an input: one column
-                begin = view.const_value(view.nodes.get(split_input(n.input[1])[0]))
+                begin = view.const_value(view.producer(n.input[1])[0])
                 src, _ = view.skip_identity(*view.input(n, 0))
                 if begin is not None and np.shape(begin) == (2,) and src is not None and src.name in by_placeholder:
                     column = int(begin[1])
@@ -294,21 +291,6 @@ def _match_specs(model: _Model, specs: List[InputShape]) -> Dict[str, InputShape
 
 # ----------------------------------------------------------------- timing
 
-def _time(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 5, progress=None) -> List[List[float]]:
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    samples = [[] for _ in fns]
-    for r in range(runs):
-        for k, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            samples[k].append(time.perf_counter() - t)
-        if progress:
-            progress(r + 1, runs)
-    return samples
-
-
 def _stats(seconds: List[float]) -> dict:
     ms = [s * 1e3 for s in seconds]
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "runs": len(ms)}
@@ -344,7 +326,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
 
     from . import backends, tf_ops
     from .rewrite import rewrite_frozen_graph, rewrite_saved_model
-    from .rewrite.frozen_graph import store_path
+    from .rewrite.frozen_graph import read_graph_def, store_path
     from .rewrite.sparse_lookup import rewrite_sparse_lookups
 
     say = progress or (lambda *a: None)
@@ -370,9 +352,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     by_name = _match_specs(model, specs)
 
     # What the rewriter finds (for the engine sizes and the generated data).
-    with tempfile.TemporaryDirectory(prefix="tiemb-inspect-") as tmp:
-        _, found = rewrite_sparse_lookups(model.graph_def, os.path.join(tmp, "store"), max_batch_size=1, max_nnz=1,
-                                          resources=model.resources)
+    _, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)
     rng = np.random.default_rng(seed)
     if test_data is None:
         batches = _generate(model, by_name, found.lookups, rng)
@@ -437,7 +417,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
                 rewrite = rewrite_frozen_graph(src, staged, max_batch_size=max_b, max_nnz=max_n,
                                                level=optimization_level, backend=backend, overwrite=True,
                                                store_files={"tiemb_config.json": config_json}, device=device)
-                optimized_gd = _read_graph(staged)
+                optimized_gd = read_graph_def(staged)
                 optimized_run = _graph_fn(optimized_gd, model.inputs, model.outputs,
                                           os.path.abspath(store_path(staged)), model.input_dtypes)
                 original_run = _graph_fn(model.graph_def, model.inputs, model.outputs, None, model.input_dtypes)
@@ -459,8 +439,8 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
                                 f"{optimization_level} allows {tol:g}); nothing was written")
         say("timing")
         timed = batches[0]
-        base_s, opt_s = _time([lambda: original_run(timed), lambda: optimized_run(timed)], runs,
-                              progress=(lambda i, n: say("timing", i, n)) if progress else None)
+        base_s, opt_s = alternate([lambda: original_run(timed), lambda: optimized_run(timed)], runs,
+                                  progress=(lambda i, n: say("timing", i, n)) if progress else None)
         # Into place.
         if os.path.exists(save_path):
             if os.path.isdir(save_path):
@@ -508,15 +488,6 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     return output_model, report
 
 
-def _read_graph(path: str):
-    from tensorflow.core.framework import graph_pb2
-
-    gd = graph_pb2.GraphDef()
-    with open(path, "rb") as f:
-        gd.ParseFromString(f.read())
-    return gd
-
-
 def _with_store(graph_def, store: str):
     """The GraphDef with its store constant pointing at ``store`` (a GraphDef
     object has no place for assets: its ops read this path)."""
@@ -535,9 +506,7 @@ def inspect(input_model, input_nodes_names=None, output_nodes_names=None) -> dic
 
     kind = _kind(input_model)
     model = _load(input_model, kind, input_nodes_names, output_nodes_names)
-    with tempfile.TemporaryDirectory(prefix="tiemb-inspect-") as tmp:
-        _, report = rewrite_sparse_lookups(model.graph_def, os.path.join(tmp, "store"), max_batch_size=1,
-                                           max_nnz=1, resources=model.resources)
+    _, report = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)
     return {"kind": kind,
             "inputs": [{"name": n, "dtype": model.input_dtypes[n], "shape": model.input_shapes[n]}
                        for n in model.inputs],

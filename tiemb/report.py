@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List
 
@@ -77,16 +76,9 @@ def hardware_environment(device: str) -> Dict[str, str]:
         gpus = tf.config.list_physical_devices("GPU")
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "none"
         return {"device_type": "gpu", "microarchitecture": name}
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"device_type": "cpu", "microarchitecture": f"{name} ({os.cpu_count()} cores)"}
+    from .bench.timing import machine_name
+
+    return {"device_type": "cpu", "microarchitecture": machine_name()}
 
 
 def optimization_result(baseline_ms: float, optimized_ms: float, batch: int) -> Dict[str, str]:

@@ -20,16 +20,15 @@ baseline, ...) after a warm-up; medians of ``runs`` calls with min and max.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from . import models
+from . import models, timing
+from .timing import machine_name
 
 # Reference shapes (issue 4's and the seed's): W&D 26 x dim 16 with a 5 x 1024
 # tower; DeepFM dim 8, DNN 256-128-64; DLRM 26 x dim 64.
@@ -95,32 +94,9 @@ class Row:
         return d
 
 
-def machine() -> str:
-    """CPU model and core count (the GPU suite names its GPU itself)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def alternate(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 5) -> List[Timing]:
     """Times the callables interleaved (a, b, a, b, ...): same machine state for each."""
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    samples = [[] for _ in fns]
-    for _ in range(runs):
-        for k, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            samples[k].append(time.perf_counter() - t)
-    return [Timing.of(s) for s in samples]
+    return [Timing.of(s) for s in timing.alternate(fns, runs, warmup=warmup)]
 
 
 def session_runner(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[str], store: str = None):
@@ -260,9 +236,10 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
                                      test_batches=[feeds_by_batch[largest], real], overwrite=True)
         loaded.append(tf.saved_model.load(dst))
         optimized = loaded[-1].signatures["serving_default"]
-        # The same rewrite in memory, for the parts: lookup outputs and the dense part.
-        store = os.path.join(work, f"store_l{level}")
-        new_gd, again = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
+        # The same rewrite in memory, for the parts (lookup outputs, dense part),
+        # reading the saved model's own store: its assets.
+        store = os.path.join(dst, "assets")
+        new_gd, again = rewrite_sparse_lookups(graph_def, None, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
                                                half_tables=level >= 1, resources=resources)
         replaced = [s for op in again.ops for s in op["slots"]]
         op_outputs = [f"{op['name']}:{k}" for op in again.ops for k in range(len(op["slots"]))]
@@ -348,6 +325,6 @@ def plot(rows: Sequence[Row], path: str) -> None:
         axes[1][col].set(xscale="log", xlabel="batch", ylabel="speedup vs TensorFlow")
         axes[0][col].legend()
         axes[1][col].legend()
-    fig.suptitle(f"tiemb vs TensorFlow, {machine()}")
+    fig.suptitle(f"tiemb vs TensorFlow, {machine_name()}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

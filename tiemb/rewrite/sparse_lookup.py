@@ -269,7 +269,7 @@ def _const_node(name: str, value: np.ndarray):
     return n
 
 
-def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
+def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
                            half_tables: bool = False, resources=None, device: str = "cpu"):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
@@ -280,7 +280,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
     modified. A graph with nothing to replace comes back unchanged.
 
     Args:
-        store_dir: where the table store is written; the op reads it from this
+        store_dir: where the table store is written (None: nothing is
+            written, for analysis such as ``tiemb inspect``); the op reads it from this
             path (a SavedModel export makes it an asset).
         max_batch_size, max_nnz: the engine's buffer sizes (see EngineConfig).
         half_tables: store float32 tables as float16 (optimization level 1:
@@ -350,8 +351,9 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
                        "dtype": str(m.table.dtype), "ids": m.ids, "id_column": m.id_column,
                        "weighted": m.weights is not None} for m in matches]
     levels = _levels(view, matches)
-    tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
-                       slot_num=max(levels.count(k) for k in set(levels)), max_nnz=max_nnz)
+    if store_dir is not None:
+        tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
+                           slot_num=max(levels.count(k) for k in set(levels)), max_nnz=max_nnz)
 
     # One op per dependency level (normally one op in all: one engine call for
     # the whole batch); a lookup whose inputs need another's output goes into
@@ -371,7 +373,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: str, *, max_batch_size: int, ma
         rename.update({m.output: tensor_name(op.name, s) for s, m in enumerate(group)})
         report.ops.append({"name": op.name, "slots": [m.output for m in group]})
     report.replaced += len(matches)
-    constants = {f"{prefix}/store": np.array(os.path.abspath(store_dir).encode(), dtype=object),
+    constants = {f"{prefix}/store": np.array(os.path.abspath(store_dir).encode() if store_dir else b"", dtype=object),
                  f"{prefix}/no_weights": np.zeros([0], np.float32),
                  f"{prefix}/no_rows": np.array(-1, np.int64),
                  f"{prefix}/no_segments": np.zeros([0], np.int64)}
