@@ -1,5 +1,6 @@
 #include "table_store.h"
 
+#include <climits>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -91,6 +92,23 @@ int32_t store_manifest::table_id(const std::string& file, const std::string& dir
     if (tables[i] == file) return static_cast<int32_t>(i);
   }
   throw error(detail::concat("table store ", dir, " has no table '", file, "'"));
+}
+
+std::string store_key(const std::string& dir) {
+  char resolved[PATH_MAX];
+  return ::realpath(dir.c_str(), resolved) != nullptr ? std::string(resolved) : dir;
+}
+
+void for_each_store_table(const std::string& dir, const store_manifest& manifest,
+                          const std::function<void(const table_file_header&, const void*)>& add) {
+  std::vector<char> rows;
+  for (const auto& file : manifest.tables) {
+    table_file_reader r(dir + "/" + file);
+    const auto& h = r.header();
+    rows.resize(static_cast<size_t>(h.rows * h.row_bytes()));
+    r.read_all(rows.data());
+    add(h, rows.data());
+  }
 }
 
 }  // namespace tiemb

@@ -2,17 +2,12 @@
 
 #include <unistd.h>
 
-#include <climits>
 #include <cstdlib>
 #include <fstream>
-#include <map>
-#include <mutex>
 #include <sstream>
 #include <utility>
-#include <vector>
 
 #include "../core/error.h"
-#include "../core/table_file.h"
 
 namespace tiemb {
 namespace {
@@ -48,43 +43,23 @@ tier_config store_tiers(const std::string& dir) {
 }
 
 std::shared_ptr<gpu_engine> shared_gpu_engine(const std::string& dir, int device, const store_manifest** manifest) {
-  struct entry {
-    std::weak_ptr<gpu_engine> engine;
-    std::shared_ptr<store_manifest> manifest;
-  };
-  static std::mutex mutex;
-  static std::map<std::pair<std::string, int>, entry> engines;
-  static int backing_files = 0;
-  char resolved[PATH_MAX];
-  const std::string key = ::realpath(dir.c_str(), resolved) != nullptr ? std::string(resolved) : dir;
-  std::lock_guard<std::mutex> lk(mutex);
-  entry& e = engines[{key, device}];
-  if (auto live = e.engine.lock()) {
-    *manifest = e.manifest.get();
-    return live;
-  }
-  auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
-  const tier_config base = store_tiers(dir);
-  auto engine = std::make_shared<gpu_engine>(m->config, device);
-  std::vector<char> rows;
-  for (const auto& file : m->tables) {
-    table_file_reader r(dir + "/" + file);
-    const auto& h = r.header();
-    rows.resize(static_cast<size_t>(h.rows * h.row_bytes()));
-    r.read_all(rows.data());
-    tier_config tiers = base;
-    // The tiered table writes its own backing file; never into the model's
-    // (possibly read-only) store.
-    const char* tmp = std::getenv("TMPDIR");
-    tiers.backing_file = std::string(tmp != nullptr ? tmp : "/tmp") + "/tiemb-" + std::to_string(::getpid()) + "-" +
-                         std::to_string(device) + "-" + std::to_string(backing_files++) + ".tiemb";
-    engine->add_table(h.type, h.rows, h.dim, rows.data(), tiers, nullptr, 0);
-  }
-  engine->freeze();
-  e.engine = engine;
-  e.manifest = m;
-  *manifest = m.get();
-  return engine;
+  return shared_store_engine<gpu_engine>(std::make_pair(store_key(dir), device), dir, manifest,
+                                         [&](store_manifest& m) {
+    static int backing_files = 0;  // guarded by shared_store_engine's lock
+    const tier_config base = store_tiers(dir);
+    auto engine = std::make_shared<gpu_engine>(m.config, device);
+    for_each_store_table(dir, m, [&](const table_file_header& h, const void* rows) {
+      tier_config tiers = base;
+      // The tiered table writes its own backing file; never into the model's
+      // (possibly read-only) store.
+      const char* tmp = std::getenv("TMPDIR");
+      tiers.backing_file = std::string(tmp != nullptr ? tmp : "/tmp") + "/tiemb-" + std::to_string(::getpid()) +
+                           "-" + std::to_string(device) + "-" + std::to_string(backing_files++) + ".tiemb";
+      engine->add_table(h.type, h.rows, h.dim, rows, tiers, nullptr, 0);
+    });
+    engine->freeze();
+    return engine;
+  });
 }
 
 }  // namespace tiemb

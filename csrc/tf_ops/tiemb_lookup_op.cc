@@ -206,6 +206,43 @@ class TiembLookupBase : public OpKernel {
     return TensorShape({rows, dims_[su]});
   }
 
+  /// Allocates every slot's output (rows[s] rows); returns their buffers.
+  std::vector<void*> allocate_outputs(OpKernelContext* ctx, const OpInputList& ids, const int64_t* rows) const {
+    std::vector<void*> outputs(static_cast<size_t>(n_));
+    for (int s = 0; s < n_; ++s) {
+      Tensor* out = nullptr;
+      const absl::Status st = ctx->allocate_output(s, output_shape(ids, s, rows[s]), &out);
+      TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
+      outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
+    }
+    return outputs;
+  }
+
+  template <class Engine, class Group>
+  struct store_group {
+    std::shared_ptr<Engine> engine;
+    std::unique_ptr<Group> group;
+  };
+
+  // One group per store (and device), built on first use: the store path is
+  // an input (assets are resolved where the model was loaded from), and eager
+  // TensorFlow shares one kernel among all ops with the same attributes.
+  // `open(&manifest)` returns the store's shared engine; `table_dim(engine, id)`
+  // a table's dimension. Call with mutex_ held.
+  template <class Engine, class Group, class Key, class Open, class TableDim>
+  Group& group_for(std::map<Key, store_group<Engine, Group>>& groups, const Key& key, const std::string& store,
+                   Open&& open, TableDim&& table_dim) {
+    auto it = groups.find(key);
+    if (it != groups.end()) return *it->second.group;
+    const store_manifest* manifest = nullptr;
+    std::shared_ptr<Engine> engine = open(&manifest);
+    std::vector<slot_config> slots = slot_configs(*manifest, store, [&](int32_t t) { return table_dim(*engine, t); });
+    store_group<Engine, Group>& g = groups[key];
+    g.engine = std::move(engine);
+    g.group = std::make_unique<Group>(*g.engine, std::move(slots));
+    return *g.group;
+  }
+
   /// Slot configs against a store's manifest; `table_dim(id)` gives a table's dimension.
   template <class TableDim>
   std::vector<slot_config> slot_configs(const store_manifest& manifest, const std::string& store,
@@ -243,15 +280,16 @@ class TiembLookupOp : public TiembLookupBase {
     try {
       std::vector<slot_request> req;
       OpInputList ids;
-      cpu_lookup_group& group = ensure_group(read_inputs(ctx, req, ids));
-      std::vector<void*> outputs(static_cast<size_t>(n_));
-      group.lookup(req.data(), n_, [&](const int64_t* rows) {
-        for (int s = 0; s < n_; ++s) {
-          Tensor* out = nullptr;
-          const absl::Status st = ctx->allocate_output(s, output_shape(ids, s, rows[s]), &out);
-          TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
-          outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
-        }
+      const std::string store = read_inputs(ctx, req, ids);
+      cpu_lookup_group* group = nullptr;
+      {
+        std::lock_guard<std::mutex> lk(mutex_);
+        group = &group_for(groups_, store, store, [&](const store_manifest** m) { return shared_cpu_engine(store, m); },
+                           [](cpu_engine& e, int32_t t) { return e.tables().at(t).dim(); });
+      }
+      std::vector<void*> outputs;
+      group->lookup(req.data(), n_, [&](const int64_t* rows) {
+        outputs = allocate_outputs(ctx, ids, rows);
         return static_cast<void* const*>(outputs.data());
       });
     } catch (const std::exception& e) {
@@ -260,28 +298,7 @@ class TiembLookupOp : public TiembLookupBase {
   }
 
  private:
-  // One group per store, built on first use: the store path is an input
-  // (assets are resolved where the model was loaded from), and eager
-  // TensorFlow shares one kernel among all ops with the same attributes.
-  cpu_lookup_group& ensure_group(const std::string& store) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    auto it = groups_.find(store);
-    if (it != groups_.end()) return *it->second.group;
-    const store_manifest* manifest = nullptr;
-    std::shared_ptr<cpu_engine> engine = shared_cpu_engine(store, &manifest);
-    std::vector<slot_config> slots =
-        slot_configs(*manifest, store, [&](int32_t t) { return engine->tables().at(t).dim(); });
-    store_group& g = groups_[store];
-    g.engine = std::move(engine);
-    g.group = std::make_unique<cpu_lookup_group>(*g.engine, std::move(slots));
-    return *g.group;
-  }
-
-  struct store_group {
-    std::shared_ptr<cpu_engine> engine;
-    std::unique_ptr<cpu_lookup_group> group;
-  };
-  std::map<std::string, store_group> groups_;
+  std::map<std::string, store_group<cpu_engine, cpu_lookup_group>> groups_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(DEVICE_CPU), TiembLookupOp);
@@ -308,17 +325,14 @@ class TiembLookupGpuOp : public TiembLookupBase {
       TIEMB_EXPECT(stream != nullptr, "TiembLookup: no GPU stream");
       void* cuda_stream = stream->platform_specific_handle().stream;
       std::lock_guard<std::mutex> lk(mutex_);  // calls on one group must not overlap
-      gpu_lookup_group& group = ensure_group(store, device);
+      gpu_lookup_group& group =
+          group_for(groups_, std::make_pair(store, device), store,
+                    [&](const store_manifest** m) { return shared_gpu_engine(store, device, m); },
+                    [](gpu_engine& e, int32_t t) { return e.shape(t).dim; });
       group.check(false);
       std::vector<int64_t> rows(static_cast<size_t>(n_));
       group.device_rows(req.data(), n_, rows.data(), cuda_stream);
-      std::vector<void*> outputs(static_cast<size_t>(n_));
-      for (int s = 0; s < n_; ++s) {
-        Tensor* out = nullptr;
-        const absl::Status st = ctx->allocate_output(s, output_shape(ids, s, rows[static_cast<size_t>(s)]), &out);
-        TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
-        outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
-      }
+      const std::vector<void*> outputs = allocate_outputs(ctx, ids, rows.data());
       group.launch(req.data(), n_, rows.data(), outputs.data(), cuda_stream);
     } catch (const std::exception& e) {
       ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
@@ -326,25 +340,7 @@ class TiembLookupGpuOp : public TiembLookupBase {
   }
 
  private:
-  gpu_lookup_group& ensure_group(const std::string& store, int device) {
-    auto key = std::make_pair(store, device);
-    auto it = groups_.find(key);
-    if (it != groups_.end()) return *it->second.group;
-    const store_manifest* manifest = nullptr;
-    std::shared_ptr<gpu_engine> engine = shared_gpu_engine(store, device, &manifest);
-    std::vector<slot_config> slots =
-        slot_configs(*manifest, store, [&](int32_t t) { return engine->shape(t).dim; });
-    store_group& g = groups_[key];
-    g.engine = std::move(engine);
-    g.group = std::make_unique<gpu_lookup_group>(*g.engine, std::move(slots));
-    return *g.group;
-  }
-
-  struct store_group {
-    std::shared_ptr<gpu_engine> engine;
-    std::unique_ptr<gpu_lookup_group> group;
-  };
-  std::map<std::pair<std::string, int>, store_group> groups_;
+  std::map<std::pair<std::string, int>, store_group<gpu_engine, gpu_lookup_group>> groups_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_GPU).HostMemory("store").HostMemory("num_rows"),
