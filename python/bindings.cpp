@@ -65,15 +65,15 @@ class py_cpu_lookup_group {
   py_cpu_lookup_group(py_cpu_engine& engine, const std::vector<int32_t>& tables,
                       const std::vector<int32_t>& combiners, const std::vector<int32_t>& modes,
                       const std::vector<int64_t>& default_ids,
-                      const std::vector<int32_t>& output_dtypes)
-      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes)) {}
+                      const std::vector<int32_t>& output_dtypes, const std::vector<int32_t>& features)
+      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes, features)) {}
 
   py::list lookup(const py::list& ids, const py::list& segments, bool segments_are_offsets,
-                  const py::list& weights, const std::vector<int64_t>& num_rows) {
+                  const py::list& weights, const std::vector<int64_t>& num_rows, const std::vector<int64_t>& samples) {
     const auto n = static_cast<int64_t>(ids.size());
     TIEMB_EXPECT(n == group_.num_slots(), "lookup got ids for ", n, " slots but the group has ",
                  group_.num_slots());
-    std::vector<slot_request> req = numpy_requests(ids, segments, segments_are_offsets, weights, num_rows);
+    std::vector<slot_request> req = numpy_requests(ids, segments, segments_are_offsets, weights, num_rows, samples);
 
     py::list out(static_cast<size_t>(n));
     std::vector<void*> out_ptrs(static_cast<size_t>(n));
@@ -155,6 +155,13 @@ PYBIND11_MODULE(_C, m) {
     }
     return py::make_tuple(h.rows, h.dim, to_string(h.type), out);
   }, py::arg("path"), py::arg("ids"), "(rows, dim, dtype, the given rows) of a table file.");
+  m.def("tier_defaults", [] {
+    py::dict d;
+    d["tiemb/cache_percentage"] = kDefaultCachePercentage;
+    d["tiemb/cpu_cache_percentage"] = kDefaultCpuCachePercentage;
+    d["tiemb/hit_rate_threshold"] = kDefaultHitRateThreshold;
+    return d;
+  }, "The C++ side's defaults of the tier parameters (they must equal tiemb.config's).");
   m.def("tier_sizes", [](int64_t rows, double cache_percentage, double cpu_cache_percentage) {
     tier_config c;
     c.cache_percentage = cache_percentage;

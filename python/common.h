@@ -73,14 +73,17 @@ inline py::array new_output(bool half, int64_t rows, int64_t dim) {
 /// values of csrc/core/types.h), checked for equal lengths.
 inline std::vector<slot_config> make_slots(const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
                                            const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
-                                           const std::vector<int32_t>& output_dtypes) {
+                                           const std::vector<int32_t>& output_dtypes,
+                                           const std::vector<int32_t>& features) {
   const size_t n = tables.size();
-  TIEMB_EXPECT(combiners.size() == n && modes.size() == n && default_ids.size() == n && output_dtypes.size() == n,
+  TIEMB_EXPECT(combiners.size() == n && modes.size() == n && default_ids.size() == n && output_dtypes.size() == n &&
+                   (features.empty() || features.size() == n),
                "slot settings must all have one entry per slot");
   std::vector<slot_config> slots(n);
   for (size_t s = 0; s < n; ++s) {
     slots[s] = slot_config{tables[s], static_cast<combiner>(combiners[s]), static_cast<row_mode>(modes[s]),
                            default_ids[s], static_cast<dtype>(output_dtypes[s])};
+    slots[s].feature = features.empty() ? -1 : features[s];
   }
   return slots;
 }
@@ -89,7 +92,8 @@ inline std::vector<slot_config> make_slots(const std::vector<int32_t>& tables, c
 /// views of them; the arrays stay owned by the caller's lists.
 inline std::vector<slot_request> numpy_requests(const py::list& ids, const py::list& segments,
                                                 bool segments_are_offsets, const py::list& weights,
-                                                const std::vector<int64_t>& num_rows) {
+                                                const std::vector<int64_t>& num_rows,
+                                                const std::vector<int64_t>& samples = {}) {
   const auto n = static_cast<int64_t>(ids.size());
   const char* seg_name = segments_are_offsets ? "row_offsets" : "segment_ids";
   TIEMB_EXPECT(static_cast<int64_t>(segments.size()) == n, seg_name, " has ", segments.size(),
@@ -114,6 +118,7 @@ inline std::vector<slot_request> numpy_requests(const py::list& ids, const py::l
     r.segments_are_offsets = segments_are_offsets;
     r.weights = weights_array(weights[i], s, &r.num_weights);
     r.num_rows = num_rows[i];
+    r.samples = i < samples.size() ? samples[i] : -1;
   }
   return req;
 }

@@ -139,8 +139,8 @@ class py_gpu_group {
  public:
   py_gpu_group(py_gpu_engine& engine, const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
                const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
-               const std::vector<int32_t>& output_dtypes)
-      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes)) {}
+               const std::vector<int32_t>& output_dtypes, const std::vector<int32_t>& features)
+      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes, features)) {}
 
   py::list lookup_host(const py::list& ids, const py::list& segments, bool offsets, const py::list& weights,
                        const std::vector<int64_t>& num_rows) {
@@ -226,9 +226,10 @@ void bind_gpu(py::module_& m) {
 
   py::class_<py_gpu_group>(m, "GpuLookupGroup")
       .def(py::init<py_gpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,
-                    const std::vector<int32_t>&, const std::vector<int64_t>&, const std::vector<int32_t>&>(),
+                    const std::vector<int32_t>&, const std::vector<int64_t>&, const std::vector<int32_t>&,
+                    const std::vector<int32_t>&>(),
            py::arg("engine"), py::arg("tables"), py::arg("combiners"), py::arg("modes"), py::arg("default_ids"),
-           py::arg("output_dtypes"), py::keep_alive<1, 2>())
+           py::arg("output_dtypes"), py::arg("features") = std::vector<int32_t>{}, py::keep_alive<1, 2>())
       .def("lookup_host", &py_gpu_group::lookup_host)
       .def("device_rows", &py_gpu_group::device_rows)
       .def("prepare", &py_gpu_group::prepare, py::keep_alive<0, 1>())

@@ -33,9 +33,13 @@ class EngineConfig:
     """Sizes of every buffer the engine uses; nothing grows past them per call.
 
     Attributes:
-        max_batch_size: most output rows (samples) per slot in one call.
-        slot_num: most slots (features) one lookup group serves.
-        max_nnz: most ids one sample has in one slot; a call may carry at most
+        max_batch_size: most samples per call: the output rows of a pooled
+            slot (``dense_shape[0]`` of a sparse input, never its number of
+            ids), the leading dimension of a gather slot's ids.
+        slot_num: most features (distinct id inputs) one lookup group serves;
+            slots that read the same ids (``Slot.feature``) count once.
+        max_nnz: most ids one sample has in one slot (the width of a
+            ``[batch, k]`` id matrix); a call may carry at most
             ``max_batch_size * max_nnz`` ids per slot.
         num_threads: CPU threads used by lookups (0 = all cores).
     """
@@ -74,6 +78,10 @@ class Slot:
         default_id: safe mode only: the row returned for samples with no valid id.
         output_dtype: ``"float32"`` or ``"float16"``; None = the table's dtype,
             which is what TensorFlow returns.
+        feature: the feature (distinct id input) the slot reads: slots with the
+            same int share their ids (several tables looked up with the same
+            ids) and count once against the engine's ``slot_num``; None = a
+            feature of its own.
     """
 
     table: int
@@ -81,6 +89,7 @@ class Slot:
     mode: str = "plain"
     default_id: Optional[int] = None
     output_dtype: Optional[str] = None
+    feature: Optional[int] = None
 
     def validate(self) -> "Slot":
         if self.combiner not in COMBINERS:
@@ -95,6 +104,9 @@ class Slot:
                 raise ValueError(f"default_id must be an int >= 0 or None, got {self.default_id!r}")
         if self.output_dtype not in (None, "float32", "float16"):
             raise ValueError(f"output_dtype must be 'float32', 'float16' or None, got {self.output_dtype!r}")
+        if self.feature is not None and (isinstance(self.feature, bool) or not isinstance(self.feature, (int, np.integer))
+                                         or self.feature < 0):
+            raise ValueError(f"feature must be an int >= 0 or None, got {self.feature!r}")
         return self
 
 
@@ -162,6 +174,11 @@ def lookup_lists(n: int, ids, segment_ids, row_offsets, weights, num_rows, check
     return ids, segments, weights, rows
 
 
+def slot_features(slots: Sequence[Slot]) -> list:
+    """Per slot its feature index for the core, -1 for a feature of its own."""
+    return [-1 if s.feature is None else int(s.feature) for s in slots]
+
+
 def checked_slots(engine, slots: Sequence[Slot]):
     """Validates slots against an engine's tables; returns (slots, output dtype codes)."""
     slots = list(slots)
@@ -196,6 +213,7 @@ class LookupGroup:
             [ROW_MODES[s.mode] for s in slots],
             [-1 if s.default_id is None else int(s.default_id) for s in slots],
             out_dtypes,
+            slot_features(slots),
         )
 
     def lookup(self, ids: Sequence[np.ndarray], segment_ids: Optional[Sequence[np.ndarray]] = None,
@@ -222,13 +240,14 @@ class LookupGroup:
         """
         ids, segments, weights, rows = lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights,
                                                     num_rows, check_ids=False)
-        # Gather slots take ids of any shape; the output gets the ids' shape + [dim].
-        shapes = {}
+        # Gather slots take ids of any shape ([samples, ...]); the output gets the ids' shape + [dim].
+        shapes, samples = {}, [-1] * len(ids)
         for s, slot in enumerate(self.slots[:len(ids)]):
             if slot.mode == "gather" and isinstance(ids[s], np.ndarray) and ids[s].ndim != 1:
                 shapes[s] = ids[s].shape
+                samples[s] = ids[s].shape[0] if ids[s].ndim else 1
                 ids[s] = ids[s].reshape(-1)
-        outs = self._group.lookup(ids, segments, row_offsets is not None, weights, rows)
+        outs = self._group.lookup(ids, segments, row_offsets is not None, weights, rows, samples)
         for s, shape in shapes.items():
             outs[s] = outs[s].reshape(shape + (outs[s].shape[1],))
         return outs

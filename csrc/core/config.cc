@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <set>
 #include <thread>
 
 #include "error.h"
@@ -15,6 +16,19 @@ void engine_config::validate() const {
   // to 32-bit GPU indexing later: keep the product well inside int32.
   TIEMB_EXPECT(max_batch_size <= (int64_t{1} << 31) / max_nnz,
                "max_batch_size * max_nnz must be < 2^31, got ", max_batch_size, " * ", max_nnz);
+}
+
+int64_t count_features(const std::vector<slot_config>& slots) {
+  std::set<int32_t> shared;
+  int64_t alone = 0;
+  for (const slot_config& s : slots) {
+    if (s.feature >= 0) {
+      shared.insert(s.feature);
+    } else {
+      ++alone;
+    }
+  }
+  return alone + static_cast<int64_t>(shared.size());
 }
 
 }  // namespace tiemb

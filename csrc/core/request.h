@@ -31,6 +31,9 @@ struct slot_request {
   /// Safe mode with segment ids: the number of output rows (dense_shape[0]).
   /// -1 where it follows from the input.
   int64_t num_rows = -1;
+  /// Gather mode: the samples the ids belong to (the ids' leading dimension:
+  /// [samples, k] ids are k per sample). -1: one sample per id (1-D ids).
+  int64_t samples = -1;
 };
 
 }  // namespace tiemb

@@ -37,9 +37,6 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
   TIEMB_EXPECT(req.segment_type == dtype::int32 || req.segment_type == dtype::int64, "slot ", s,
                ": ", req.segments_are_offsets ? "row_offsets" : "segment_ids",
                " must be int32 or int64, got ", to_string(req.segment_type));
-  TIEMB_EXPECT(n <= cfg.max_ids_per_slot(), "slot ", s, ": ", n,
-               " ids exceed max_batch_size * max_nnz = ", cfg.max_batch_size, " * ", cfg.max_nnz,
-               " = ", cfg.max_ids_per_slot());
   if (req.weights != nullptr) {
     TIEMB_EXPECT(req.num_weights == n, "slot ", s, ": weights has ", req.num_weights,
                  " entries but ids has ", n);
@@ -48,8 +45,20 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
                  ": gather mode takes no segment_ids or row_offsets (every id is its own row)");
     TIEMB_EXPECT(req.weights == nullptr, "slot ", s, ": gather mode takes no weights");
+    // [samples, k] ids: samples against max_batch_size, k against max_nnz.
+    const int64_t samples = req.samples >= 0 ? req.samples : n;
+    TIEMB_EXPECT(samples <= cfg.max_batch_size, "slot ", s, ": ", samples,
+                 " samples exceed max_batch_size = ", cfg.max_batch_size);
+    TIEMB_EXPECT(samples > 0 ? n % samples == 0 : n == 0, "slot ", s, ": ", n, " ids do not split evenly over ",
+                 samples, " samples");
+    const int64_t per_sample = samples > 0 ? n / samples : 0;
+    TIEMB_EXPECT(per_sample <= cfg.max_nnz, "slot ", s, ": every sample has ", per_sample,
+                 " ids, more than max_nnz = ", cfg.max_nnz);
     return;
   }
+  TIEMB_EXPECT(n <= cfg.max_ids_per_slot(), "slot ", s, ": ", n,
+               " ids exceed max_batch_size * max_nnz = ", cfg.max_batch_size, " * ", cfg.max_nnz,
+               " = ", cfg.max_ids_per_slot());
   TIEMB_EXPECT(req.id_stride >= 1, "slot ", s, ": id_stride must be >= 1, got ", req.id_stride);
   TIEMB_EXPECT(!sc.wrap_negative || sc.mode == row_mode::gather, "slot ", s,
                ": wrap_negative is a gather-mode option");
@@ -100,6 +109,8 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
       const int64_t o = index_at(req.segments, req.segment_type, r);
       TIEMB_EXPECT(o >= prev, "slot ", s, ": row_offsets must be non-decreasing, but row_offsets[",
                    r, "] = ", o, " < row_offsets[", r - 1, "] = ", prev);
+      TIEMB_EXPECT(o - prev <= cfg.max_nnz, "slot ", s, ": sample ", r - 1, " has ", o - prev,
+                   " ids, more than max_nnz = ", cfg.max_nnz);
       if (o > prev) last_nonempty = r - 1;
       if (offsets != nullptr) offsets[r] = o;
       prev = o;
@@ -115,9 +126,20 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
                  " output rows exceed max_batch_size = ", cfg.max_batch_size);
     int64_t prev = 0;
     int64_t r = 0;  // next row whose start offset is unset
+    int64_t run = 0;  // ids of sample `prev` so far
     if (offsets != nullptr) offsets[0] = 0;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t seg = index_at(req.segments, req.segment_type, i * req.segment_stride);
+      run = (i > 0 && seg == prev) ? run + 1 : 1;
+      if (run > cfg.max_nnz) {  // error path only: count the sample's ids for the message
+        int64_t count = run;
+        while (i + count - run + 1 < n &&
+               index_at(req.segments, req.segment_type, (i + count - run + 1) * req.segment_stride) == seg) {
+          ++count;
+        }
+        throw error(detail::concat("slot ", s, ": sample ", seg, " has ", count, " ids, more than max_nnz = ",
+                                   cfg.max_nnz));
+      }
       TIEMB_EXPECT(seg >= 0, "slot ", s, ": segment_ids[", i, "] = ", seg, " is negative");
       TIEMB_EXPECT(seg >= prev, "slot ", s, ": segment_ids must be sorted, but segment_ids[", i,
                    "] = ", seg, " < segment_ids[", i - 1, "] = ", prev);

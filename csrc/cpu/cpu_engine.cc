@@ -34,8 +34,9 @@ cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> 
   const engine_config& cfg = engine_.config();
   const int64_t n = num_slots();
   TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
-  TIEMB_EXPECT(n <= cfg.slot_num, "a lookup group has ", n, " slots, more than slot_num = ",
-               cfg.slot_num);
+  const int64_t features = count_features(slots_);
+  TIEMB_EXPECT(features <= cfg.slot_num, "a lookup group reads ", features,
+               " features (distinct id inputs), more than slot_num = ", cfg.slot_num);
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
     TIEMB_EXPECT(sc.table >= 0 && sc.table < engine_.tables().size(), "slot ", s, ": table id ",

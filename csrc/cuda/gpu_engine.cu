@@ -149,7 +149,9 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   const engine_config& cfg = engine_.config();
   const int64_t n = num_slots();
   TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
-  TIEMB_EXPECT(n <= cfg.slot_num, "a lookup group has ", n, " slots, more than slot_num = ", cfg.slot_num);
+  const int64_t features = count_features(slots_);
+  TIEMB_EXPECT(features <= cfg.slot_num, "a lookup group reads ", features,
+               " features (distinct id inputs), more than slot_num = ", cfg.slot_num);
   int64_t max_row_bytes = 0;
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
@@ -389,6 +391,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
         d.offsets_checked = true;
       }
       d.slot_index = static_cast<int32_t>(s);
+      d.max_nnz = cfg.max_nnz;
       d.warp_begin = warps;
       warps += (rows[s] + (32 / d.group) - 1) / (32 / d.group);
       p.slots[i] = d;
@@ -556,6 +559,9 @@ void gpu_lookup_group::check(bool wait) {
                                  e.index, "] = ", e.value, " is below its predecessor"));
     case gpu::kErrOffsetsStart:
       throw error(detail::concat("slot ", e.slot, ": row_offsets[0] must be 0, got ", e.value));
+    case gpu::kErrNnz:
+      throw error(detail::concat("slot ", e.slot, ": sample ", e.index, " has ", e.value,
+                                 " ids, more than max_nnz = ", engine_.config().max_nnz));
     case gpu::kErrOffsetsEnd:
       throw error(detail::concat("slot ", e.slot, ": row_offsets ends at ", e.value,
                                  " but ids has a different number of entries"));

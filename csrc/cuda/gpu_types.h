@@ -27,6 +27,7 @@ enum error_code : int32_t {
   kErrOffsetsDecreasing = 4,
   kErrOffsetsStart = 5,
   kErrOffsetsEnd = 6,
+  kErrNnz = 7,            // a sample has more than max_nnz ids
 };
 
 struct lookup_error {
@@ -67,6 +68,7 @@ struct slot_desc {
   bool segments_are_offsets;
   bool out_half;
   bool offsets_checked;      // offsets come from the pre-pass, already validated
+  int64_t max_nnz;           // most ids one sample may have (the engine's max_nnz)
 };
 
 /// Slots with at most this many rows find their ids by a binary search in

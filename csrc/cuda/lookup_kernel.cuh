@@ -152,6 +152,7 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
   // Bad input was reported above or by the pre-pass; never read outside the ids.
   begin = min(max(begin, int64_t{0}), d.num_ids);
   end = min(max(end, begin), d.num_ids);
+  if (lane == 0 && end - begin > d.max_nnz) report_error(err, kErrNnz, slot, r, end - begin);
 
   const int32_t dim = d.dim;
   const int32_t step = group * Vec;

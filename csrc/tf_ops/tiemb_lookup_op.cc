@@ -63,6 +63,10 @@ REGISTER_OP("TiembLookup")
     // (-1: ids as given), and Keras-style negative ids (gather mode).
     .Attr("id_columns: list(int) = []")
     .Attr("wrap_negative: list(bool) = []")
+    // Per slot (empty = every slot its own feature): the feature (distinct id
+    // input) it reads; slots sharing ids share a feature and count once
+    // against the store's slot_num.
+    .Attr("features: list(int) = []")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int n = 0;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
@@ -121,13 +125,15 @@ class TiembLookupBase : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("out_types", &out_types_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("id_columns", &id_columns_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("wrap_negative", &wrap_negative_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("features", &features_));
     const size_t n = static_cast<size_t>(n_);
     if (id_columns_.empty()) id_columns_.assign(n, -1);
     if (wrap_negative_.empty()) wrap_negative_.assign(n, false);
+    if (features_.empty()) features_.assign(n, -1);
     OP_REQUIRES(ctx,
                 tables_.size() == n && dims_.size() == n && combiners_.size() == n && modes_.size() == n &&
                     default_ids_.size() == n && weighted_.size() == n && out_types_.size() == n &&
-                    id_columns_.size() == n && wrap_negative_.size() == n,
+                    id_columns_.size() == n && wrap_negative_.size() == n && features_.size() == n,
                 absl::InvalidArgumentError(absl::StrCat("TiembLookup: every per-slot attribute needs N = ", n_, " entries")));
     for (size_t s = 0; s < n; ++s) {
       OP_REQUIRES(ctx, combiner_code(combiners_[s]) >= 0,
@@ -165,10 +171,12 @@ class TiembLookupBase : public OpKernel {
         r.ids = static_cast<const char*>(id.data()) + column * (r.id_type == dtype::int32 ? 4 : 8);
         r.num_ids = id.dim_size(0);
         r.id_stride = id.dim_size(1);
+        r.samples = id.dim_size(0);  // one id per sample
       } else {
         TIEMB_EXPECT(gather || id.dims() == 1, "slot ", s, ": ids must be 1-D, got shape ", id.shape().DebugString());
         r.ids = id.data();
         r.num_ids = id.NumElements();
+        if (gather) r.samples = id.dims() >= 1 ? id.dim_size(0) : 1;  // [samples, ...] ids
       }
       if (!gather) {  // gather slots ignore their segment_ids input
         // 1-D segment ids, or sp_ids.indices ([n, rank]) read in place: column 0.
@@ -259,13 +267,14 @@ class TiembLookupBase : public OpKernel {
       sc.default_id = default_ids_[s];
       sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
       sc.wrap_negative = wrap_negative_[s];
+      sc.feature = static_cast<int32_t>(features_[s]);
     }
     return slots;
   }
 
   int n_ = 0;
   std::vector<std::string> tables_, combiners_, modes_;
-  std::vector<int64_t> dims_, default_ids_, id_columns_;
+  std::vector<int64_t> dims_, default_ids_, id_columns_, features_;
   std::vector<bool> weighted_, wrap_negative_;
   std::vector<::tensorflow::DataType> out_types_;
   std::mutex mutex_;

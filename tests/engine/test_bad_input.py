@@ -101,6 +101,19 @@ def test_too_many_ids(group):
         lookup(group, ids, segs)
 
 
+def test_too_many_ids_in_one_sample(group):
+    # max_nnz = 2: sample 1 of slot 0 has 3 ids, though the slot's 4 ids fit max_batch_size * max_nnz.
+    ids = [np.zeros(4, np.int64), np.array([0], np.int32)]
+    segs = [np.array([0, 1, 1, 1], np.int64), np.array([0], np.int64)]
+    with pytest.raises(ValueError, match=r"slot 0: sample 1 has 3 ids, more than max_nnz = 2"):
+        lookup(group, ids, segs)
+    with pytest.raises(ValueError, match=r"slot 0: sample 1 has 3 ids, more than max_nnz = 2"):
+        group.lookup(ids, row_offsets=[np.array([0, 1, 4], np.int64), np.array([0, 1], np.int64)])
+    segs[0] = np.array([0, 1, 1, 2], np.int64)       # two ids per sample at most: fine
+    a, _ = lookup(group, ids, segs)
+    assert a.shape[0] == 3
+
+
 def test_too_many_rows(group):
     ids, segs = ok_inputs()
     segs[0] = np.array([0, 0, 4], np.int64)
@@ -179,9 +192,12 @@ def test_bad_config_and_tables():
         engine.group([tiemb.Slot(t, "sum", mode="safe", default_id=3)])
     with pytest.raises(ValueError, match=r"slot 0: table id 7 does not exist \(engine has 1 tables\)"):
         engine.group([tiemb.Slot(7, "sum")])
-    with pytest.raises(ValueError, match=r"a lookup group has 2 slots, more than slot_num = 1"):
+    with pytest.raises(ValueError, match=r"a lookup group reads 2 features \(distinct id inputs\), more than slot_num = 1"):
         engine.group([tiemb.Slot(t, "sum"), tiemb.Slot(t, "sum")])
-    engine.group([tiemb.Slot(t, "sum")])
+    with pytest.raises(ValueError, match=r"slot 1: feature must be an int >= 0 or None, got -2"):
+        engine.group([tiemb.Slot(t, "sum"), tiemb.Slot(t, "sum", feature=-2)])
+    # Two tables looked up with the same ids are one feature: slot_num counts features, not lookups.
+    engine.group([tiemb.Slot(t, "sum", feature=0), tiemb.Slot(t, "mean", feature=0)])
     with pytest.raises(ValueError, match=r"tables must be added before the first lookup group is created"):
         engine.add_table(np.ones((3, 2), np.float32))
 

@@ -17,7 +17,7 @@ def test_gather_equals_numpy_take(id_dtype, table_dtype, seed):
                           tiemb.Slot(t[2], "sum"), tiemb.Slot(t[2], mode="gather")])
     ids = [rng.integers(0, 50, (16, 5)).astype(id_dtype), rng.integers(0, 7, 16).astype(id_dtype),
            rng.integers(0, 1000, 9).astype(id_dtype), rng.integers(0, 1000, (4, 2)).astype(id_dtype)]
-    seg = np.sort(rng.integers(0, 4, 9)).astype(np.int64)
+    seg = np.sort(rng.permutation(np.repeat(np.arange(4), 5))[:9]).astype(np.int64)   # at most max_nnz per sample
     out = group.lookup(ids, segment_ids=[None, None, seg, None])
     for s in (0, 1, 3):
         want = np.take(tables[[0, 1, 2, 2][s]], ids[s], axis=0)
@@ -40,7 +40,14 @@ def test_gather_mode_errors():
         g.lookup(ok, segment_ids=[np.array([0, 1], np.int64), np.array([0], np.int64)])
     with pytest.raises(ValueError, match=r"slot 0: gather mode takes no weights"):
         g.lookup(ok, segment_ids=[None, np.array([0], np.int64)], weights=[np.ones(2, np.float32), None])
-    with pytest.raises(ValueError, match=r"slot 0: 7 ids exceed max_batch_size \* max_nnz = 2 \* 3 = 6"):
+    with pytest.raises(ValueError, match=r"slot 0: 7 samples exceed max_batch_size = 2"):
         g.lookup([np.zeros(7, np.int64), ok[1]], segment_ids=[None, np.array([0], np.int64)])
     with pytest.raises(ValueError, match=r"slot 1: needs segment_ids or row_offsets"):
         g.lookup(ok)
+    # [samples, k] ids: samples against max_batch_size, k ids per sample against max_nnz.
+    with pytest.raises(ValueError, match=r"slot 0: 3 samples exceed max_batch_size = 2"):
+        g.lookup([np.zeros((3, 1), np.int64), ok[1]], segment_ids=[None, np.array([0], np.int64)])
+    with pytest.raises(ValueError, match=r"slot 0: every sample has 4 ids, more than max_nnz = 3"):
+        g.lookup([np.zeros((1, 4), np.int64), ok[1]], segment_ids=[None, np.array([0], np.int64)])
+    out, _ = g.lookup([np.zeros((2, 3), np.int64), ok[1]], segment_ids=[None, np.array([0], np.int64)])
+    assert out.shape == (2, 3, 2)

@@ -241,6 +241,8 @@ def _inputs(cp, ids0=(1, 2, 3), seg0=(0, 0, 1), ids1=(0, 4), seg1=(0, 2)):
     (dict(ids1=(0, 5)), r"slot 1: ids\[1\] = 5 is out of range \[0, 5\) of table 1"),
     (dict(seg0=(0, 1, 0)), r"slot 0: segment_ids must be sorted"),
     (dict(seg1=(-1, 2)), r"slot 1: segment_ids\[0\] = -1 is negative"),
+    (dict(seg0=(0, 0, 0)), r"slot 0: sample 0 has 3 ids, more than max_nnz = 2"),
+    (dict(seg1=(1, 1, 1), ids1=(0, 1, 2)), r"slot 1: sample 1 has 3 ids, more than max_nnz = 2"),
 ])
 def test_device_data_errors_are_raised_after_the_call(small_group, kw, msg):
     cp = cupy()
@@ -268,6 +270,7 @@ def test_device_error_surfaces_at_next_lookup(small_group):
 @pytest.mark.parametrize("kw,msg", [
     (dict(ids0=(1, 10, 3)), r"slot 0: ids\[1\] = 10 is out of range \[0, 10\) of table 0"),
     (dict(seg0=(1, 0, 1)), r"slot 0: segment_ids must be sorted, but segment_ids\[1\] = 0 < segment_ids\[0\] = 1"),
+    (dict(seg0=(0, 0, 0)), r"slot 0: sample 0 has 3 ids, more than max_nnz = 2"),
 ])
 def test_numpy_inputs_give_the_cpu_messages(small_group, kw, msg):
     ids = [np.array(kw.get("ids0", (1, 2, 3)), np.int64), np.array((0, 4), np.int32)]
