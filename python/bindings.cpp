@@ -133,11 +133,13 @@ PYBIND11_MODULE(_C, m) {
   py::class_<py_cpu_lookup_group>(m, "CpuLookupGroup")
       .def(py::init<py_cpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,
                     const std::vector<int32_t>&, const std::vector<int64_t>&,
-                    const std::vector<int32_t>&>(),
+                    const std::vector<int32_t>&, const std::vector<int32_t>&>(),
            py::arg("engine"), py::arg("tables"), py::arg("combiners"), py::arg("modes"),
-           py::arg("default_ids"), py::arg("output_dtypes"), py::keep_alive<1, 2>())
+           py::arg("default_ids"), py::arg("output_dtypes"), py::arg("features") = std::vector<int32_t>{},
+           py::keep_alive<1, 2>())
       .def("lookup", &py_cpu_lookup_group::lookup, py::arg("ids"), py::arg("segments"),
-           py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"));
+           py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"),
+           py::arg("samples") = std::vector<int64_t>{});
 
   m.def("write_table_file", [](const std::string& path, const py::array& table) {
     const int t = engine_dtype(table);

@@ -213,9 +213,9 @@ void bind_gpu(py::module_& m) {
   py::class_<py_gpu_engine>(m, "GpuEngine")
       .def(py::init<int64_t, int64_t, int64_t, int>(), py::arg("max_batch_size"), py::arg("slot_num"),
            py::arg("max_nnz"), py::arg("device") = 0)
-      .def("add_table", &py_gpu_engine::add_table, py::arg("weights"), py::arg("cache_percentage") = 1.0,
-           py::arg("cpu_cache_percentage") = 1.0, py::arg("hit_rate_threshold") = 0.95,
-           py::arg("backing_file") = "", py::arg("host_zero_copy") = true, py::arg("profile_ids") = py::none())
+      .def("add_table", &py_gpu_engine::add_table, py::arg("weights"), py::arg("cache_percentage"),
+           py::arg("cpu_cache_percentage"), py::arg("hit_rate_threshold"), py::arg("backing_file"),
+           py::arg("host_zero_copy"), py::arg("profile_ids"))
       .def("stats", &py_gpu_engine::stats, py::arg("table"))
       .def("table_info", &py_gpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_gpu_engine::num_tables)

@@ -24,7 +24,8 @@ import numpy as np
 
 from . import _C
 from ._enums import COMBINERS, DTYPES, ROW_MODES
-from .engine import EngineConfig, Slot, checked_slots, lookup_lists
+from .config import PARAMETERS
+from .engine import EngineConfig, Slot, checked_slots, lookup_lists, slot_features
 
 _TYPESTR = {"<i4": DTYPES["int32"], "<i8": DTYPES["int64"], "<f4": DTYPES["float32"], "<f2": DTYPES["float16"]}
 
@@ -41,6 +42,9 @@ def _require_cuda():
 class TierConfig:
     """How one table's rows are split over GPU cache, host memory and a backing file.
 
+    The defaults are the ``tiemb/*`` parameters' (:mod:`tiemb.config`): a GPU
+    cache of 20% of the rows over a host tier holding all of them.
+
     Attributes:
         cache_percentage: share of rows in the GPU cache, in (0, 1]; 1 keeps the
             whole table on the GPU and skips the cache probe.
@@ -55,9 +59,9 @@ class TierConfig:
             or ``"copy"`` (the host gathers them and copies in one transfer).
     """
 
-    cache_percentage: float = 1.0
-    cpu_cache_percentage: float = 1.0
-    hit_rate_threshold: float = 0.95
+    cache_percentage: float = PARAMETERS["tiemb/cache_percentage"][1]
+    cpu_cache_percentage: float = PARAMETERS["tiemb/cpu_cache_percentage"][1]
+    hit_rate_threshold: float = PARAMETERS["tiemb/hit_rate_threshold"][1]
     backing_file: Optional[str] = None
     host_read: str = "zero_copy"
 
@@ -71,6 +75,9 @@ class TierConfig:
         _C.validate_tiers(rows, float(self.cache_percentage), float(self.cpu_cache_percentage),
                           float(self.hit_rate_threshold), self.backing_file or "")
         return self
+
+
+RESIDENT = TierConfig(cache_percentage=1.0)
 
 
 def _default_stream() -> int:
@@ -160,14 +167,15 @@ class GpuEmbeddingEngine:
         """Adds a 2-D float32/float16 host array (rows x dim); returns its id.
 
         Args:
-            tiers: how rows are split over the tiers (default: GPU-resident).
+            tiers: how rows are split over the tiers; None keeps the whole
+                table on the GPU (``TierConfig(cache_percentage=1.0)``).
             profile_ids: sample ids (e.g. the test data) whose frequencies pick
                 the rows that start in the GPU cache and host tier; without
                 them the first rows do.
         """
         if not isinstance(weights, np.ndarray):
             raise ValueError(f"table must be a numpy array, got {type(weights).__name__}")
-        tiers = (tiers or TierConfig())
+        tiers = tiers or RESIDENT
         if weights.ndim == 2:
             tiers.validate(weights.shape[0])
         if profile_ids is not None:
@@ -213,7 +221,7 @@ class GpuLookupGroup:
         self._group = _C.GpuLookupGroup(
             engine._engine, [int(s.table) for s in slots], [COMBINERS[s.combiner] for s in slots],
             [ROW_MODES[s.mode] for s in slots], [-1 if s.default_id is None else int(s.default_id) for s in slots],
-            out_dtypes)
+            out_dtypes, slot_features(slots))
 
     def _normalise(self, ids, segment_ids, row_offsets, weights, num_rows):
         return lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights, num_rows)

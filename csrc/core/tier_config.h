@@ -7,12 +7,19 @@
 
 namespace tiemb {
 
-/// How one table's rows are split over the tiers. Defaults keep the whole
-/// table on the GPU.
+/// The defaults of the tiemb/cache_percentage, tiemb/cpu_cache_percentage
+/// and tiemb/hit_rate_threshold parameters: the C++ side's one copy. Keep in
+/// sync with PARAMETERS in tiemb/config.py (tests/build checks they agree).
+constexpr double kDefaultCachePercentage = 0.2;
+constexpr double kDefaultCpuCachePercentage = 1.0;
+constexpr double kDefaultHitRateThreshold = 0.95;
+
+/// How one table's rows are split over the tiers; the defaults are the
+/// tiemb/* parameters' (a GPU cache of 20% of the rows over host memory).
 struct tier_config {
-  double cache_percentage = 1.0;      ///< share of rows in the GPU cache; 1 = resident, no probe
-  double cpu_cache_percentage = 1.0;  ///< share of rows in pinned host memory
-  double hit_rate_threshold = 0.95;   ///< below: insert misses before returning; else in background
+  double cache_percentage = kDefaultCachePercentage;         ///< share of rows in the GPU cache; 1 = resident, no probe
+  double cpu_cache_percentage = kDefaultCpuCachePercentage;  ///< share of rows in pinned host memory
+  double hit_rate_threshold = kDefaultHitRateThreshold;      ///< below: insert misses before returning; else in background
   std::string backing_file;           ///< rows beyond the host tier are read from here
   bool host_zero_copy = true;         ///< read host-tier misses in place (else batched copy)
 

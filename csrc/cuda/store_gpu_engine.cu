@@ -29,16 +29,16 @@ double json_number(const std::string& text, const std::string& key, double fallb
 }  // namespace
 
 tier_config store_tiers(const std::string& dir) {
-  tier_config t;  // resident by default
+  tier_config t;  // the tiemb/* parameters' defaults
   const std::string file = dir + "/tiemb_config.json";
   std::ifstream in(file);
   if (!in) return t;
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
-  t.cache_percentage = json_number(text, "tiemb/cache_percentage", 1.0, file);
-  t.cpu_cache_percentage = json_number(text, "tiemb/cpu_cache_percentage", 1.0, file);
-  t.hit_rate_threshold = json_number(text, "tiemb/hit_rate_threshold", 0.95, file);
+  t.cache_percentage = json_number(text, "tiemb/cache_percentage", kDefaultCachePercentage, file);
+  t.cpu_cache_percentage = json_number(text, "tiemb/cpu_cache_percentage", kDefaultCpuCachePercentage, file);
+  t.hit_rate_threshold = json_number(text, "tiemb/hit_rate_threshold", kDefaultHitRateThreshold, file);
   return t;
 }
 

@@ -14,7 +14,7 @@ namespace tiemb {
 /// The tiers of a store's tables: tiemb/cache_percentage,
 /// tiemb/cpu_cache_percentage and tiemb/hit_rate_threshold of
 /// <dir>/tiemb_config.json (written by tiemb.optimize()) where present,
-/// else resident tables. Throws naming the file on a malformed value.
+/// else the parameters' defaults (kDefaultCachePercentage, ...). Throws naming the file on a malformed value.
 tier_config store_tiers(const std::string& dir);
 
 /// One GPU engine per (store directory, device) per process, created with

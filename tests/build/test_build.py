@@ -102,3 +102,14 @@ def test_rewritten_ops_are_pinned_where_their_slots_can_run(tmp_path):
         (op,) = [n for n in new.node if n.op == "TiembLookup"]
         assert op.device == want, (device, op.device)
         assert ("CPU engine" in report.note) == (device == "gpu" and want != "")
+
+
+def test_parameter_defaults_agree_between_python_and_cpp():
+    """tiemb/* defaults live once per language; the two copies must agree."""
+    from tiemb import _C
+    from tiemb.config import PARAMETERS
+
+    cpp = _C.tier_defaults()
+    assert cpp == {k: PARAMETERS[k][1] for k in cpp}
+    assert cpp == {"tiemb/cache_percentage": 0.2, "tiemb/cpu_cache_percentage": 1.0, "tiemb/hit_rate_threshold": 0.95}
+    assert tiemb.TierConfig().cache_percentage == 0.2 and PARAMETERS["tiemb/enable_distributed"][1] is False

@@ -143,7 +143,7 @@ def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype,
     tables = [rng.standard_normal((vocab, dim)).astype(dtype) for _ in range(2)]
     batches = zipf_batches(rng, vocab, 12, 64, 8)
     combiners = ["sum", "mean", "sqrtn"]
-    ref, _ = run_batches(tiemb.TierConfig(), tables, batches, combiners)
+    ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, batches, combiners)
     tiers = tiemb.TierConfig(cache, cpu, threshold, str(tmp_path / "backing.tiemb"), host_read)
     for device in (True, False):
         got, e = run_batches(tiers, tables, batches, combiners, device=device)
@@ -179,7 +179,7 @@ def test_hit_rate_extremes(seed):
     seg = np.repeat(np.arange(64), 4).astype(np.int64)
     # Fresh ids every batch, none of them among the first rows the cold cache starts with.
     fresh = [(np.arange(5000 + b * 256, 5000 + (b + 1) * 256, dtype=np.int64), seg) for b in range(10)]
-    ref, _ = run_batches(tiemb.TierConfig(), tables, fresh, ["sum"] * 3)
+    ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, fresh, ["sum"] * 3)
     got, e = run_batches(tiemb.TierConfig(cache_percentage=0.05, hit_rate_threshold=1.0), tables, fresh, ["sum"] * 3)
     assert e.stats(0)["hits"] == 0 and e.stats(1)["hits"] == 0
     for r, g in zip(ref, got):
@@ -188,7 +188,7 @@ def test_hit_rate_extremes(seed):
     # The same few ids again and again, cache warm from a profile of them.
     hot = rng.choice(vocab, 200, replace=False).astype(np.int64)
     repeat = [(rng.choice(hot, 256), seg) for _ in range(10)]
-    ref, _ = run_batches(tiemb.TierConfig(), tables, repeat, ["mean"] * 3)
+    ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, repeat, ["mean"] * 3)
     got, e = run_batches(tiemb.TierConfig(cache_percentage=0.05), tables, repeat, ["mean"] * 3, profile=hot)
     for t in (0, 1):
         st = e.stats(t)
