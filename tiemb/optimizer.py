@@ -289,6 +289,89 @@ def _match_specs(model: _Model, specs: List[InputShape]) -> Dict[str, InputShape
     return dict(zip(model.inputs, specs))
 
 
+# ----------------------------------------------------------------- engine sizes
+
+SIZE_MEANING = {"tiemb/max_batch_size": "samples per call (a sparse input: dense_shape[0], never its number of ids)",
+                "tiemb/slot_num": "features (distinct id inputs) one fused op serves; tables looked up with the same "
+                                  "ids count once",
+                "tiemb/max_nnz": "ids per sample per feature (a dense id matrix: its width)"}
+
+
+def _input_of(model: _Model) -> Dict[str, str]:
+    """placeholder node -> the model input it is."""
+    return {p: name for name, p in model.placeholder_of.items()}
+
+
+def _check_generatable(model: _Model, lookups: List[dict]) -> None:
+    """Random values cannot stand for a sparse tensor's indices or dense shape:
+    a model taking SparseTensor pieces needs the user's test data."""
+    from .rewrite.graph import GraphView
+
+    view = GraphView(model.graph_def)
+    inputs = _input_of(model)
+    for lk in lookups:
+        for key in ("segment_ids", "num_rows"):
+            node, _ = view.skip_identity(*view.producer(lk[key])) if lk.get(key) else (None, 0)
+            if node is not None and node.name in inputs:
+                raise OptimizeError(f"input '{inputs[node.name]}' holds a sparse tensor's {key.replace('_', ' ')} "
+                                    f"(it feeds the lookup of {lk['table']}): random test data cannot stand for it; "
+                                    "pass test_data (a list of feed dicts of real batches)")
+
+
+def _tensor_values(model: _Model, names: List[str], batches) -> List[Dict[str, np.ndarray]]:
+    """The values of tensors ``names`` of the model's graph on each batch."""
+    import tensorflow as tf
+
+    placeholders = [model.placeholder_of[n] for n in model.inputs]
+
+    def imported():
+        tf.compat.v1.import_graph_def(model.graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    g = wrapped.graph
+    fn = wrapped.prune([g.get_tensor_by_name(f"{p}:0") for p in placeholders],
+                       [g.get_tensor_by_name(t if ":" in t else f"{t}:0") for t in names])
+    out = []
+    for b in batches:
+        values = fn(*[tf.constant(b[n]) for n in model.inputs])
+        out.append({t: v.numpy() for t, v in zip(names, values)})
+    return out
+
+
+def _engine_sizes(model: _Model, found, batches, params: dict, specs: Dict[str, InputShape]):
+    """tiemb/max_batch_size, slot_num and max_nnz: given ones checked, missing
+    ones inferred, from the lookups' own inputs on the test data (see tiemb.sizes)."""
+    from . import sizes as engine
+
+    inputs = _input_of(model)
+    lookups = found.lookups
+    for lk in lookups:          # name features after the model's inputs, not its placeholders
+        node, column = lk["feature_key"]
+        if node in inputs:
+            lk["feature"] = inputs[node] if column is None else f"{inputs[node]}[:, {column}]"
+    values = _tensor_values(model, engine.lookup_tensors(lookups), batches) if lookups else [{} for _ in batches]
+    widths, declared = [], 0
+    for b, batch in enumerate(batches):
+        width = {}
+        for lk in lookups:
+            node, column = lk["feature_key"]
+            feed = batch.get(inputs.get(node, ""))
+            if feed is None:
+                continue
+            if column is None and feed.ndim == 2:
+                width[lk["feature"]] = feed.shape[1]
+            # A dense id input's leading dimension is its batch: input_shapes may declare a larger one.
+            spec = specs.get(inputs[node])
+            if feed.ndim and spec is not None and spec.max_shape and \
+                    engine.sample_counts(lk, values[b])[0] == feed.shape[0]:
+                declared = max(declared, spec.max_shape[0])
+        widths.append(width)
+    need = engine.measure(lookups, values, widths)
+    need["tiemb/slot_num"] = engine.features_per_op(lookups, found.ops)
+    given = {k: params[k] for k in engine.KEYS}
+    return engine.engine_sizes(given, need, extra_batch=declared)
+
+
 # ----------------------------------------------------------------- timing
 
 def _stats(seconds: List[float]) -> dict:
@@ -355,25 +438,13 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     _, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)
     rng = np.random.default_rng(seed)
     if test_data is None:
+        _check_generatable(model, found.lookups)
         batches = _generate(model, by_name, found.lookups, rng)
         source = "tiacc provided"
     else:
         batches = _check_test_data(model, test_data)
         source = "user provided"
-    # Engine sizes: the config's, else the largest batch and id-list width seen.
-    widest = max((v.shape[1] if v.ndim >= 2 and v.dtype.kind in "iu" else 1) for b in batches for v in b.values())
-    biggest = max(max((v.shape[0] if v.ndim else 1) for v in b.values()) for b in batches)
-    spec_batch = max(s.max_shape[0] for s in by_name.values() if s.max_shape)
-    sizes = {"tiemb/max_batch_size": params["tiemb/max_batch_size"] or max(spec_batch, biggest),
-             "tiemb/max_nnz": params["tiemb/max_nnz"] or widest,
-             "tiemb/slot_num": params["tiemb/slot_num"] or max(found.replaced, 1)}
-    inferred = [k for k in sizes if params[k] is None]
-    if found.replaced and sizes["tiemb/slot_num"] < found.replaced:
-        raise ConfigError(f"tiemb/slot_num = {sizes['tiemb/slot_num']} but the model has {found.replaced} lookups "
-                          "served by one op")
-    if biggest > sizes["tiemb/max_batch_size"]:
-        raise ConfigError(f"tiemb/max_batch_size = {sizes['tiemb/max_batch_size']} but the test data has batches of "
-                          f"{biggest}")
+    sizes, inferred = _engine_sizes(model, found, batches, params, by_name)
     params.update(sizes)
     config_json = __import__("json").dumps({k: v for k, v in params.items()}, indent=2, sort_keys=True)
 
@@ -400,6 +471,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         if kind == "saved_model":
             staged = os.path.join(work, "model")
             rewrite = rewrite_saved_model(model.path, staged, max_batch_size=max_b, max_nnz=max_n,
+                                          slot_num=sizes["tiemb/slot_num"],
                                           level=optimization_level, device=device, test_batches=batches[:2],
                                           store_files={"tiemb_config.json": config_json})
             optimized = tf.saved_model.load(staged)
@@ -415,6 +487,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
             rewrite = None
             for backend in ("tensorflow", "tensorflow-fp32") if optimization_level else ("tensorflow",):
                 rewrite = rewrite_frozen_graph(src, staged, max_batch_size=max_b, max_nnz=max_n,
+                                               slot_num=sizes["tiemb/slot_num"],
                                                level=optimization_level, backend=backend, overwrite=True,
                                                store_files={"tiemb_config.json": config_json}, device=device)
                 optimized_gd = read_graph_def(staged)
@@ -480,7 +553,8 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
                "hit_rate": None,
                "note": "CPU serving: every table is resident in host memory (hit rate 1 by construction); the GPU "
                        "cache parameters apply to the GPU engine"},
-        config={"values": params, "inferred": inferred, "saved_as": "tiemb_config.json in the table store"},
+        config={"values": params, "inferred": inferred, "saved_as": "tiemb_config.json in the table store",
+                "meaning": SIZE_MEANING},
         notes=notes + ([rewrite.note] if rewrite.note else []))
     report_path = os.path.join(save_path, "tiemb_report.json") if kind == "saved_model" else save_path + ".report.json"
     report.save(report_path)
@@ -513,6 +587,7 @@ def inspect(input_model, input_nodes_names=None, output_nodes_names=None) -> dic
             "outputs": model.outputs,
             "lookups": [{"slot": k, "idiom": lk["idiom"], "output": lk["output"], "table": lk["table"],
                          "table_shape": [lk["rows"], lk["dim"]], "dtype": lk["dtype"], "combiner": lk["combiner"],
-                         "weighted": lk["weighted"]} for k, lk in enumerate(report.lookups)],
+                         "weighted": lk["weighted"], "feature": lk["feature"]} for k, lk in enumerate(report.lookups)],
+            "features": report.features,
             "found": report.found, "replaceable": report.replaced, "left_alone": report.left_alone,
             "note": report.note}

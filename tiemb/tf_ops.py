@@ -45,7 +45,8 @@ def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_s
     Args:
         directory: created if missing; the files in it are replaced.
         max_batch_size, slot_num, max_nnz: the engine sizes every op reading
-            the store runs with (see :class:`tiemb.EngineConfig`).
+            the store runs with (see :class:`tiemb.EngineConfig`): samples
+            per call, features per op, ids per sample and slot.
     """
     os.makedirs(directory, exist_ok=True)
     names = []
@@ -63,7 +64,7 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
            combiners: Sequence[str], modes: Sequence[str], weights: Optional[Sequence] = None,
            num_rows: Optional[Sequence] = None, default_ids: Optional[Sequence[int]] = None,
            out_types: Optional[Sequence] = None, id_columns: Optional[Sequence[int]] = None,
-           wrap_negative: Optional[Sequence[bool]] = None):
+           wrap_negative: Optional[Sequence[bool]] = None, features: Optional[Sequence[int]] = None):
     """Builds one TiembLookup op over N slots; returns N tensors [rows, dim].
 
     Args:
@@ -80,6 +81,9 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
             c of its 2-D ids tensor, read in place (one output row per row).
         wrap_negative: per slot, gather mode: a negative id i reads row
             rows + i, as Keras ``Embedding`` does.
+        features: per slot the feature (distinct id input) it reads: slots
+            with the same value share their ids and count once against the
+            store's ``slot_num``; None: every slot a feature of its own.
     """
     import tensorflow as tf
 
@@ -94,4 +98,4 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         dims=[int(d) for d in dims], combiners=list(combiners), modes=list(modes),
         default_ids=[-1 if d is None else int(d) for d in (default_ids or [-1] * n)], weighted=weighted,
         out_types=list(out_types or [tf.float32] * n), id_columns=list(id_columns or [-1] * n),
-        wrap_negative=list(wrap_negative or [False] * n))
+        wrap_negative=list(wrap_negative or [False] * n), features=list(features or []))

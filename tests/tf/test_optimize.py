@@ -68,7 +68,7 @@ def test_seed_call_end_to_end(wide_deep, tmp_path, seed):
     assert r["accuracy"]["max_rel_diff"] <= 1e-6 and r["accuracy"]["batches"] == 2    # range: largest and smallest
     assert r["rewrite"]["found"] == r["rewrite"]["replaced"] == 52
     assert r["dense_backend"]["dense_backend"] in ("xla", "tensorflow")
-    assert r["config"]["values"]["tiemb/slot_num"] == 52 and r["config"]["inferred"] == []
+    assert r["config"]["values"]["tiemb/slot_num"] == 52 and r["config"]["inferred"] == {}
     json.loads(str(optimized_report))                                   # prints as JSON
     with open(os.path.join(save_path, "tiemb_report.json")) as f:
         assert json.load(f)["optimization_result"] == res
@@ -90,9 +90,14 @@ def test_user_test_data_names_and_inference(wide_deep, tmp_path, seed):
                                output_nodes_names=["prob"], test_data=data, save_path=str(tmp_path / "o"), runs=3)
     r = report.to_dict()
     assert r["test_data_info"]["test_data_source"] == "user provided" and r["accuracy"]["batches"] == 2
-    # max_batch_size inferred from the data (200 real rows), max_nnz from the widest id input, slot_num from the model.
-    assert r["config"]["values"]["tiemb/max_batch_size"] == 200 and r["config"]["values"]["tiemb/max_nnz"] == 26
-    assert set(r["config"]["inferred"]) == {"tiemb/max_batch_size", "tiemb/max_nnz", "tiemb/slot_num"}
+    # max_batch_size inferred from the data (200 real rows); every feature is one column of `cat`, looked up by
+    # two tables (deep and wide): one id per sample, 26 features.
+    values, inferred = r["config"]["values"], r["config"]["inferred"]
+    assert values["tiemb/max_batch_size"] == 200 and values["tiemb/max_nnz"] == 1 and values["tiemb/slot_num"] == 26
+    assert set(inferred) == {"tiemb/max_batch_size", "tiemb/max_nnz", "tiemb/slot_num"}
+    assert inferred["tiemb/max_batch_size"].startswith("200: feature 'cat[:, 0]' has 200 samples in test batch 1")
+    assert inferred["tiemb/slot_num"].startswith("26: the fused op tiemb/lookup_0 reads 26 features (distinct id "
+                                                 "inputs: cat[:, 0], cat[:, 1],")
 
 
 def test_errors_say_what_is_wrong(wide_deep, tmp_path):
@@ -124,7 +129,8 @@ def test_errors_say_what_is_wrong(wide_deep, tmp_path):
             tiemb.optimize(input_model, 0, 0, shapes, save_path=out)
     cfg = tiemb.OptimizeConfig()
     cfg.parameter_map["tiemb/slot_num"].i = 8
-    with pytest.raises(ValueError, match=r"tiemb/slot_num = 8 but the model has 52 lookups served by one op"):
+    with pytest.raises(ValueError, match=r"tiemb/slot_num = 8 but the fused op tiemb/lookup_0 reads 26 features "
+                                         r"\(distinct id inputs: cat\[:, 0\], .*\) \(needs tiemb/slot_num >= 26\)"):
         tiemb.optimize(input_model, 0, 1, shapes, save_path=out, optimization_config=cfg)
     # An id outside a table: the check fails, and nothing is left at save_path.
     bad = models.random_batch(spec, 8, np.random.default_rng(0))

@@ -28,7 +28,8 @@ def read_graph_def(path: str):
 
 
 def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: int, overwrite: bool = False,
-                         level: int = 0, backend: str = "tensorflow", store_files=None, device: str = "cpu"):
+                         level: int = 0, backend: str = "tensorflow", store_files=None, device: str = "cpu",
+                         slot_num: int = None):
     """Reads frozen GraphDef ``src``, fuses its lookups, writes ``dst`` and its
     store ``dst.store/``; ``level`` and ``backend`` as for
     :func:`rewrite_saved_model` (unverified here: a GraphDef has no signature
@@ -46,7 +47,8 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
     shutil.rmtree(tmp_store, ignore_errors=True)
     try:
         new_gd, report = rewrite_sparse_lookups(graph_def, tmp_store, max_batch_size=max_batch_size,
-                                                max_nnz=max_nnz, half_tables=level >= 1, device=device)
+                                                max_nnz=max_nnz, half_tables=level >= 1, device=device,
+                                                slot_num=slot_num)
         new_gd, notes = backends.apply(backend, new_gd, level)
         report.dense = {"dense_backend": backend, "notes": notes, "level": level, "verified": False}
         if report.replaced:

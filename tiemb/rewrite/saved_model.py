@@ -13,7 +13,7 @@ import tempfile
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
                         signature: str = "serving_default", overwrite: bool = False, level: int = 0,
                         device: str = "cpu", test_batches=None, backend: str = None,
-                        freeze_limit_bytes: int = 64 << 20, store_files=None):
+                        freeze_limit_bytes: int = 64 << 20, store_files=None, slot_num: int = None):
     """Writes an optimized copy of SavedModel ``src`` to ``dst``.
 
     The signature is frozen (variables become constants), its embedding
@@ -33,6 +33,8 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         backend: force one backend by name.
         store_files: {file name: text} written into the table store (saved as
             assets with it), e.g. the optimization config.
+        slot_num: most features (distinct id inputs) an op serves (None:
+            what the model's ops read; see :func:`rewrite_sparse_lookups`).
         freeze_limit_bytes: 2-D float variables larger than this are not
             frozen into the GraphDef (which cannot exceed 2 GB): their values
             go straight from the model's variables to the table store.
@@ -72,7 +74,8 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
     try:
         store = os.path.join(work, "store")
         new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
-                                                half_tables=level >= 1, resources=resources, device=device)
+                                                half_tables=level >= 1, resources=resources, device=device,
+                                                slot_num=slot_num)
         new_gd = _drop_resources(new_gd, resources, src)
         if report.replaced:
             write_store_files(store, store_files)

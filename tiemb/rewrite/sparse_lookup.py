@@ -35,6 +35,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .features import feature_of, number_features
 from .graph import GraphView, split_input, tensor_name
 
 COMBINERS = {"SparseSegmentSum": "sum", "SparseSegmentMean": "mean", "SparseSegmentSqrtN": "sqrtn"}
@@ -69,6 +70,7 @@ class RewriteReport:
     replaced: int = 0
     left_alone: List[dict] = field(default_factory=list)   # {"node", "idiom", "reason"}
     ops: List[dict] = field(default_factory=list)          # {"name", "slots"}
+    features: int = 0    # most features (distinct id inputs) one op reads: what tiemb/slot_num must allow
     note: str = ""
     dense: dict = field(default_factory=dict)              # the dense backend chosen (saved_model.py)
     # Per replaced lookup: {"output", "idiom", "mode", "combiner", "table", "rows", "dim", "dtype", "ids",
@@ -77,7 +79,7 @@ class RewriteReport:
 
     def as_dict(self) -> dict:
         return {"found": self.found, "replaced": self.replaced, "left_alone": self.left_alone, "ops": self.ops,
-                "note": self.note, "dense": self.dense, "lookups": self.lookups}
+                "note": self.note, "dense": self.dense, "lookups": self.lookups, "features": self.features}
 
 
 def _match(view: GraphView, node, report: RewriteReport):
@@ -270,7 +272,8 @@ def _const_node(name: str, value: np.ndarray):
 
 
 def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
-                           half_tables: bool = False, resources=None, device: str = "cpu"):
+                           half_tables: bool = False, resources=None, device: str = "cpu",
+                           slot_num: Optional[int] = None):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
     table (Keras Embedding, tf.gather; dense_gather.py).
@@ -283,7 +286,11 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
         store_dir: where the table store is written (None: nothing is
             written, for analysis such as ``tiemb inspect``); the op reads it from this
             path (a SavedModel export makes it an asset).
-        max_batch_size, max_nnz: the engine's buffer sizes (see EngineConfig).
+        max_batch_size, max_nnz: the engine's sizes (see EngineConfig): most
+            samples per call, most ids per sample and slot.
+        slot_num: most features (distinct id inputs) one op serves, written
+            to the store; None: the most any op of this graph reads
+            (``report.lookups[k]["feature"]`` names each lookup's feature).
         half_tables: store float32 tables as float16 (optimization level 1:
             half the bytes; lookups still accumulate and output float32).
         resources: tables left as variables (too big to freeze): resource
@@ -346,14 +353,21 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
             files[m.table_node] = fname
             tables[fname] = m.table.astype(np.float16) if half_tables else m.table
     idioms = {"plain": "embedding_lookup_sparse", "safe": "safe_embedding_lookup_sparse", "gather": "gather"}
+    keys = [feature_of(view, m.ids, m.id_column) for m in matches]
     report.lookups = [{"output": m.output, "idiom": idioms[m.mode], "mode": m.mode, "combiner": m.combiner,
                        "table": m.table_node, "rows": int(m.table.shape[0]), "dim": int(m.table.shape[1]),
                        "dtype": str(m.table.dtype), "ids": m.ids, "id_column": m.id_column,
-                       "weighted": m.weights is not None} for m in matches]
+                       "segment_ids": m.segment_ids or None, "num_rows": m.num_rows,
+                       "weighted": m.weights is not None, "feature": name, "feature_key": key}
+                      for m, (key, name) in zip(matches, keys)]
     levels = _levels(view, matches)
+    features = {}   # per op level: per slot its feature index, and how many features the op reads
+    for level in set(levels):
+        features[level] = number_features([keys[k][0] for k, lv in enumerate(levels) if lv == level])
+    report.features = max(count for _, count in features.values())
     if store_dir is not None:
         tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
-                           slot_num=max(levels.count(k) for k in set(levels)), max_nnz=max_nnz)
+                           slot_num=slot_num or report.features, max_nnz=max_nnz)
 
     # One op per dependency level (normally one op in all: one engine call for
     # the whole batch); a lookup whose inputs need another's output goes into
@@ -361,7 +375,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     ops, rename, weight_casts = [], {}, []
     for level in sorted(set(levels)):
         group = [m for m, k in zip(matches, levels) if k == level]
-        op, casts = _lookup_op(f"{prefix}/lookup_{level}", prefix, group, files)
+        op, casts = _lookup_op(f"{prefix}/lookup_{level}", prefix, group, files, features[level][0])
         gpu_ready = all(m.mode == "plain" and m.id_column < 0 and not m.wrap_negative for m in group)
         if device != "gpu" or not gpu_ready:
             op.device = "/device:CPU:0"
@@ -481,8 +495,9 @@ def _levels(view: GraphView, matches: List[Lookup]) -> List[int]:
     return [level(k) for k in range(len(matches))]
 
 
-def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str]):
-    """The TiembLookup NodeDef serving ``group``, and the Casts of its float16 weights."""
+def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str], features: List[int]):
+    """The TiembLookup NodeDef serving ``group`` (``features``: per slot its
+    feature index), and the Casts of its float16 weights."""
     from tensorflow.core.framework import node_def_pb2, types_pb2
 
     n = len(group)
@@ -506,6 +521,7 @@ def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str
                           modes=[m.mode for m in group], default_ids=[m.default_id for m in group],
                           weighted=[m.weights is not None for m in group],
                           id_columns=[m.id_column for m in group], wrap_negative=[m.wrap_negative for m in group],
+                          features=list(features),
                           out_types=("types", [half if (m.table.dtype == np.float16 and
                                                         (m.weights is None or m.half_output))
                                                else types_pb2.DT_FLOAT for m in group])).items():
