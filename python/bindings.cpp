@@ -65,8 +65,10 @@ class py_cpu_lookup_group {
   py_cpu_lookup_group(py_cpu_engine& engine, const std::vector<int32_t>& tables,
                       const std::vector<int32_t>& combiners, const std::vector<int32_t>& modes,
                       const std::vector<int64_t>& default_ids,
-                      const std::vector<int32_t>& output_dtypes, const std::vector<int32_t>& features)
-      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes, features)) {}
+                      const std::vector<int32_t>& output_dtypes, const std::vector<int32_t>& features,
+                      const std::vector<bool>& wrap_negative)
+      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes, features,
+                                           wrap_negative)) {}
 
   py::list lookup(const py::list& ids, const py::list& segments, bool segments_are_offsets,
                   const py::list& weights, const std::vector<int64_t>& num_rows, const std::vector<int64_t>& samples) {
@@ -133,9 +135,10 @@ PYBIND11_MODULE(_C, m) {
   py::class_<py_cpu_lookup_group>(m, "CpuLookupGroup")
       .def(py::init<py_cpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,
                     const std::vector<int32_t>&, const std::vector<int64_t>&,
-                    const std::vector<int32_t>&, const std::vector<int32_t>&>(),
+                    const std::vector<int32_t>&, const std::vector<int32_t>&, const std::vector<bool>&>(),
            py::arg("engine"), py::arg("tables"), py::arg("combiners"), py::arg("modes"),
            py::arg("default_ids"), py::arg("output_dtypes"), py::arg("features") = std::vector<int32_t>{},
+           py::arg("wrap_negative") = std::vector<bool>{},
            py::keep_alive<1, 2>())
       .def("lookup", &py_cpu_lookup_group::lookup, py::arg("ids"), py::arg("segments"),
            py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"),

@@ -74,16 +74,18 @@ inline py::array new_output(bool half, int64_t rows, int64_t dim) {
 inline std::vector<slot_config> make_slots(const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
                                            const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
                                            const std::vector<int32_t>& output_dtypes,
-                                           const std::vector<int32_t>& features) {
+                                           const std::vector<int32_t>& features,
+                                           const std::vector<bool>& wrap_negative) {
   const size_t n = tables.size();
   TIEMB_EXPECT(combiners.size() == n && modes.size() == n && default_ids.size() == n && output_dtypes.size() == n &&
-                   (features.empty() || features.size() == n),
+                   (features.empty() || features.size() == n) && (wrap_negative.empty() || wrap_negative.size() == n),
                "slot settings must all have one entry per slot");
   std::vector<slot_config> slots(n);
   for (size_t s = 0; s < n; ++s) {
     slots[s] = slot_config{tables[s], static_cast<combiner>(combiners[s]), static_cast<row_mode>(modes[s]),
                            default_ids[s], static_cast<dtype>(output_dtypes[s])};
     slots[s].feature = features.empty() ? -1 : features[s];
+    slots[s].wrap_negative = !wrap_negative.empty() && wrap_negative[s];
   }
   return slots;
 }

@@ -15,24 +15,35 @@ using namespace tiemb::bind;
 
 namespace {
 
-// Per-slot device views: ids/segments as (ptr, dtype code, length), weights
-// None or (ptr, length).
+// Per-slot device views, checked by tiemb/gpu.py: ids as (ptr, dtype code,
+// count, element stride, ids per row, row stride), segments as (ptr, dtype
+// code, count, element stride) or None (gather slots, dense id matrices),
+// weights None or (ptr, count); samples per slot (gather) or empty.
 std::vector<slot_request> device_requests(const py::list& ids, const py::list& segments, bool offsets,
-                                          const py::list& weights, const std::vector<int64_t>& num_rows) {
+                                          const py::list& weights, const std::vector<int64_t>& num_rows,
+                                          const std::vector<int64_t>& samples) {
   const size_t n = ids.size();
-  TIEMB_EXPECT(segments.size() == n && weights.size() == n && num_rows.size() == n,
+  TIEMB_EXPECT(segments.size() == n && weights.size() == n && num_rows.size() == n &&
+                   (samples.empty() || samples.size() == n),
                "ids, segments, weights and num_rows need one entry per slot");
   std::vector<slot_request> req(n);
   for (size_t s = 0; s < n; ++s) {
-    auto i = ids[s].cast<std::tuple<uintptr_t, int, int64_t>>();
-    auto g = segments[s].cast<std::tuple<uintptr_t, int, int64_t>>();
+    auto i = ids[s].cast<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, int64_t>>();
     slot_request& r = req[s];
     r.ids = reinterpret_cast<const void*>(std::get<0>(i));
     r.id_type = static_cast<dtype>(std::get<1>(i));
     r.num_ids = std::get<2>(i);
-    r.segments = reinterpret_cast<const void*>(std::get<0>(g));
-    r.segment_type = static_cast<dtype>(std::get<1>(g));
-    r.num_segments = std::get<2>(g);
+    r.id_stride = std::get<3>(i);
+    r.ids_per_row = std::get<4>(i);
+    r.row_stride = std::get<5>(i);
+    r.samples = samples.empty() ? -1 : samples[s];
+    if (!segments[s].is_none()) {
+      auto g = segments[s].cast<std::tuple<uintptr_t, int, int64_t, int64_t>>();
+      r.segments = reinterpret_cast<const void*>(std::get<0>(g));
+      r.segment_type = static_cast<dtype>(std::get<1>(g));
+      r.num_segments = std::get<2>(g);
+      r.segment_stride = std::get<3>(g);
+    }
     r.segments_are_offsets = offsets;
     if (!weights[s].is_none()) {
       auto w = weights[s].cast<std::tuple<uintptr_t, int64_t>>();
@@ -139,14 +150,16 @@ class py_gpu_group {
  public:
   py_gpu_group(py_gpu_engine& engine, const std::vector<int32_t>& tables, const std::vector<int32_t>& combiners,
                const std::vector<int32_t>& modes, const std::vector<int64_t>& default_ids,
-               const std::vector<int32_t>& output_dtypes, const std::vector<int32_t>& features)
-      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes, features)) {}
+               const std::vector<int32_t>& output_dtypes, const std::vector<int32_t>& features,
+               const std::vector<bool>& wrap_negative)
+      : group_(engine.engine(), make_slots(tables, combiners, modes, default_ids, output_dtypes, features,
+                                           wrap_negative)) {}
 
   py::list lookup_host(const py::list& ids, const py::list& segments, bool offsets, const py::list& weights,
-                       const std::vector<int64_t>& num_rows) {
+                       const std::vector<int64_t>& num_rows, const std::vector<int64_t>& samples) {
     const auto n = static_cast<int64_t>(ids.size());
     TIEMB_EXPECT(n == group_.num_slots(), "lookup got ids for ", n, " slots but the group has ", group_.num_slots());
-    std::vector<slot_request> req = numpy_requests(ids, segments, offsets, weights, num_rows);
+    std::vector<slot_request> req = numpy_requests(ids, segments, offsets, weights, num_rows, samples);
     py::list out(static_cast<size_t>(n));
     std::vector<void*> ptrs(static_cast<size_t>(n));
     py::gil_scoped_release release;
@@ -165,8 +178,9 @@ class py_gpu_group {
   }
 
   std::vector<int64_t> device_rows(const py::list& ids, const py::list& segments, bool offsets,
-                                   const py::list& weights, const std::vector<int64_t>& num_rows, uintptr_t stream) {
-    std::vector<slot_request> req = device_requests(ids, segments, offsets, weights, num_rows);
+                                   const py::list& weights, const std::vector<int64_t>& num_rows,
+                                   const std::vector<int64_t>& samples, uintptr_t stream) {
+    std::vector<slot_request> req = device_requests(ids, segments, offsets, weights, num_rows, samples);
     std::vector<int64_t> rows(req.size());
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lk(mutex_);
@@ -175,9 +189,9 @@ class py_gpu_group {
   }
 
   prepared_lookup prepare(const py::list& ids, const py::list& segments, bool offsets, const py::list& weights,
-                          const std::vector<int64_t>& num_rows, const std::vector<int64_t>& rows,
-                          const std::vector<uintptr_t>& outputs, uintptr_t stream) {
-    std::vector<slot_request> req = device_requests(ids, segments, offsets, weights, num_rows);
+                          const std::vector<int64_t>& num_rows, const std::vector<int64_t>& samples,
+                          const std::vector<int64_t>& rows, const std::vector<uintptr_t>& outputs, uintptr_t stream) {
+    std::vector<slot_request> req = device_requests(ids, segments, offsets, weights, num_rows, samples);
     TIEMB_EXPECT(rows.size() == req.size() && outputs.size() == req.size(),
                  "rows and outputs need one entry per slot");
     std::vector<void*> out(outputs.size());
@@ -227,9 +241,10 @@ void bind_gpu(py::module_& m) {
   py::class_<py_gpu_group>(m, "GpuLookupGroup")
       .def(py::init<py_gpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,
                     const std::vector<int32_t>&, const std::vector<int64_t>&, const std::vector<int32_t>&,
-                    const std::vector<int32_t>&>(),
+                    const std::vector<int32_t>&, const std::vector<bool>&>(),
            py::arg("engine"), py::arg("tables"), py::arg("combiners"), py::arg("modes"), py::arg("default_ids"),
-           py::arg("output_dtypes"), py::arg("features") = std::vector<int32_t>{}, py::keep_alive<1, 2>())
+           py::arg("output_dtypes"), py::arg("features") = std::vector<int32_t>{},
+           py::arg("wrap_negative") = std::vector<bool>{}, py::keep_alive<1, 2>())
       .def("lookup_host", &py_gpu_group::lookup_host)
       .def("device_rows", &py_gpu_group::device_rows)
       .def("prepare", &py_gpu_group::prepare, py::keep_alive<0, 1>())

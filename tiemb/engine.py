@@ -82,6 +82,8 @@ class Slot:
             same int share their ids (several tables looked up with the same
             ids) and count once against the engine's ``slot_num``; None = a
             feature of its own.
+        wrap_negative: gather mode: an id ``i < 0`` reads row ``rows + i``, as
+            Keras ``Embedding`` does (ids below ``-rows`` are out of range).
     """
 
     table: int
@@ -90,6 +92,7 @@ class Slot:
     default_id: Optional[int] = None
     output_dtype: Optional[str] = None
     feature: Optional[int] = None
+    wrap_negative: bool = False
 
     def validate(self) -> "Slot":
         if self.combiner not in COMBINERS:
@@ -107,6 +110,9 @@ class Slot:
         if self.feature is not None and (isinstance(self.feature, bool) or not isinstance(self.feature, (int, np.integer))
                                          or self.feature < 0):
             raise ValueError(f"feature must be an int >= 0 or None, got {self.feature!r}")
+        if self.wrap_negative not in (False, True) or (self.wrap_negative and self.mode != "gather"):
+            raise ValueError(f"wrap_negative is a gather-mode option (True or False), got {self.wrap_negative!r} "
+                             f"in mode {self.mode!r}")
         return self
 
 
@@ -214,6 +220,7 @@ class LookupGroup:
             [-1 if s.default_id is None else int(s.default_id) for s in slots],
             out_dtypes,
             slot_features(slots),
+            [bool(s.wrap_negative) for s in slots],
         )
 
     def lookup(self, ids: Sequence[np.ndarray], segment_ids: Optional[Sequence[np.ndarray]] = None,

@@ -110,18 +110,56 @@ def _as_device_array(obj):
     return None
 
 
-def _device_view(obj, slot: int, what: str, allowed: tuple):
+def _device_view(obj, slot: int, what: str, allowed: tuple, ndims=(1,)):
+    """(address, dtype code, shape, element strides) of a device array of an allowed dtype and rank."""
     cai = obj.__cuda_array_interface__
     ts, shape, strides = cai["typestr"], tuple(cai["shape"]), cai.get("strides")
     name = np.dtype(ts).name
     if ts not in _TYPESTR or _TYPESTR[ts] not in allowed:
         kinds = " or ".join(k for k, v in DTYPES.items() if v in allowed)
         raise ValueError(f"slot {slot}: {what} must be {kinds}, got {name}")
-    if len(shape) != 1:
-        raise ValueError(f"slot {slot}: {what} must be 1-D, got {len(shape)}-D")
-    if strides is not None and shape[0] > 1 and strides != (np.dtype(ts).itemsize,):
-        raise ValueError(f"slot {slot}: {what} must be C-contiguous (use cupy.ascontiguousarray)")
-    return (int(cai["data"][0]), _TYPESTR[ts], int(shape[0]))
+    if len(shape) not in ndims:
+        raise ValueError(f"slot {slot}: {what} must be {' or '.join(f'{d}-D' for d in ndims)}, got {len(shape)}-D")
+    item = np.dtype(ts).itemsize
+    if strides is None:      # C-contiguous
+        elems = tuple(int(np.prod(shape[k + 1:])) for k in range(len(shape)))
+    else:
+        if any(st % item or st < 0 for st in strides):
+            raise ValueError(f"slot {slot}: {what} has strides {strides} that are not whole, non-negative "
+                             "elements (use cupy.ascontiguousarray)")
+        elems = tuple(st // item for st in strides)
+    # A dimension of size 1 may carry any stride: it is never stepped over.
+    elems = tuple(1 if n <= 1 and k == len(shape) - 1 else e for k, (n, e) in enumerate(zip(shape, elems)))
+    return int(cai["data"][0]), _TYPESTR[ts], shape, elems
+
+
+def _contiguous(shape, elems) -> bool:
+    return all(e == int(np.prod(shape[k + 1:])) for k, e in enumerate(elems) if shape[k] > 1)
+
+
+def _ids_view(obj, slot: int, mode: str, has_segments: bool):
+    """The binding's view of a slot's device ids, and its samples (gather, else -1):
+    1-D ids (any stride: one column of an id matrix is read in place); a gather
+    slot's C-contiguous ids of any rank ([samples, ...]); a safe slot's dense
+    [rows, k] id matrix when it has no segment ids (ids < 0 are padding)."""
+    ptr, code, shape, elems = _device_view(obj, slot, "ids", _INDEX, ndims=(0, 1, 2, 3, 4))
+    if len(shape) == 1:
+        return (ptr, code, shape[0], elems[0] or 1, 0, 0), (shape[0] if mode == "gather" else -1)
+    if mode == "gather":
+        if not _contiguous(shape, elems):
+            raise ValueError(f"slot {slot}: gather ids of rank {len(shape)} must be C-contiguous "
+                             "(one column of an id matrix may be strided)")
+        return (ptr, code, int(np.prod(shape)), 1, 0, 0), (shape[0] if shape else 1)
+    if len(shape) == 2 and mode == "safe" and not has_segments:
+        return (ptr, code, shape[0] * shape[1], elems[1], shape[1], elems[0]), -1
+    raise ValueError(f"slot {slot}: ids must be 1-D (or, in safe mode without segment ids, a [rows, k] id "
+                     f"matrix), got {len(shape)}-D")
+
+
+def _segments_view(obj, slot: int, what: str):
+    """1-D segment ids or row offsets (any stride), or sp_ids.indices ([n, rank]: column 0, read in place)."""
+    ptr, code, shape, elems = _device_view(obj, slot, what, _INDEX, ndims=(1, 2))
+    return ptr, code, shape[0], elems[0] or 1
 
 
 _INDEX = (DTYPES["int32"], DTYPES["int64"])
@@ -229,23 +267,32 @@ class GpuLookupGroup:
     def _device_inputs(self, ids, segments, weights, offsets):
         what = "row_offsets" if offsets else "segment_ids"
         ids = [_as_device_array(a) if not isinstance(a, np.ndarray) else a for a in ids]
-        segments = [_as_device_array(a) if not isinstance(a, np.ndarray) else a for a in segments]
+        segments = [a if a is None or isinstance(a, np.ndarray) else _as_device_array(a) for a in segments]
         weights = [w if w is None or isinstance(w, np.ndarray) else _as_device_array(w) for w in weights]
         for s, a in enumerate(ids + segments):
+            slot = s % len(ids)
+            if a is None and s >= len(ids):
+                continue                          # a gather slot or a dense id matrix: no segment ids
             if a is None or not hasattr(a, "__cuda_array_interface__"):
-                raise ValueError(f"slot {s % len(ids)}: mix of device and host arrays, or an array that is "
+                raise ValueError(f"slot {slot}: mix of device and host arrays, or an array that is "
                                  "neither numpy, __cuda_array_interface__ nor DLPack; give all inputs on the "
                                  "GPU or all as numpy")
-        dev_ids = [_device_view(a, s, "ids", _INDEX) for s, a in enumerate(ids)]
-        dev_segs = [_device_view(a, s, what, _INDEX) for s, a in enumerate(segments)]
+        dev_ids, samples = [], []
+        for s, a in enumerate(ids):
+            view, n = _ids_view(a, s, self.slots[s].mode, segments[s] is not None)
+            dev_ids.append(view)
+            samples.append(n)
+        dev_segs = [None if a is None else _segments_view(a, s, what) for s, a in enumerate(segments)]
         dev_w = []
         for s, w in enumerate(weights):
             if w is None:
                 dev_w.append(None)
-            else:
-                ptr, _, n = _device_view(w, s, "weights", (DTYPES["float32"],))
-                dev_w.append((ptr, n))
-        return dev_ids, dev_segs, dev_w
+                continue
+            ptr, _, shape, elems = _device_view(w, s, "weights", (DTYPES["float32"],), ndims=(1, 2))
+            if not _contiguous(shape, elems):
+                raise ValueError(f"slot {s}: weights must be C-contiguous (use cupy.ascontiguousarray)")
+            dev_w.append((ptr, int(np.prod(shape))))
+        return dev_ids, dev_segs, dev_w, samples
 
     def _outputs(self, rows, out):
         if out is not None:
@@ -289,7 +336,14 @@ class GpuLookupGroup:
         if all(isinstance(a, np.ndarray) for a in ids):
             if out is not None:
                 raise ValueError("out= is only for device inputs; numpy inputs return new numpy arrays")
-            return self._group.lookup_host(ids, segments, row_offsets is not None, weights, rows)
+            # Gather slots take ids of any shape ([samples, ...]); the output gets the ids' shape + [dim].
+            shapes, samples = {}, [-1] * len(ids)
+            for s, slot in enumerate(self.slots[:len(ids)]):
+                if slot.mode == "gather" and ids[s].ndim != 1:
+                    shapes[s], samples[s] = ids[s].shape, (ids[s].shape[0] if ids[s].ndim else 1)
+                    ids[s] = np.ascontiguousarray(ids[s]).reshape(-1)
+            outs = self._group.lookup_host(ids, segments, row_offsets is not None, weights, rows, samples)
+            return [o.reshape(shapes[s] + (o.shape[1],)) if s in shapes else o for s, o in enumerate(outs)]
         return self._bind(ids, segments, weights, rows, row_offsets is not None, out, stream).run()
 
     def prepare(self, ids, segment_ids=None, row_offsets=None, weights=None, num_rows=None, out=None,
@@ -303,11 +357,17 @@ class GpuLookupGroup:
     def _bind(self, ids, segments, weights, rows, offsets: bool, out, stream) -> GpuPreparedLookup:
         """Device inputs checked, output row counts known, outputs allocated: a lookup ready to run."""
         stream = _stream_ptr(stream)
-        dev_ids, dev_segs, dev_w = self._device_inputs(ids, segments, weights, offsets)
-        out_rows = self._group.device_rows(dev_ids, dev_segs, offsets, dev_w, rows, stream)
+        dev_ids, dev_segs, dev_w, samples = self._device_inputs(ids, segments, weights, offsets)
+        out_rows = self._group.device_rows(dev_ids, dev_segs, offsets, dev_w, rows, samples, stream)
+        given = out is not None          # the caller's arrays stay as given: (rows, dim)
         out, ptrs = self._outputs(out_rows, out)
-        handle = self._group.prepare(dev_ids, dev_segs, offsets, dev_w, rows, out_rows, ptrs, stream)
-        return GpuPreparedLookup(handle, out)
+        handle = self._group.prepare(dev_ids, dev_segs, offsets, dev_w, rows, samples, out_rows, ptrs, stream)
+        # A gather slot's output has its ids' shape + [dim] (a view of the rows written).
+        shaped = [o.reshape(tuple(ids[s].__cuda_array_interface__["shape"]) + (self._dims[s],))
+                  if not given and self.slots[s].mode == "gather" and len(ids[s].__cuda_array_interface__["shape"]) != 1
+                  else o
+                  for s, o in enumerate(out)]
+        return GpuPreparedLookup(handle, shaped)
 
     def synchronize(self):
         """Waits for this group's last lookup and raises the first data error it found."""

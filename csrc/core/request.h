@@ -14,7 +14,7 @@ struct slot_request {
   dtype id_type = dtype::int64;
   int64_t num_ids = 0;
   /// Elements between consecutive ids: 1 for a 1-D array; k to read one
-  /// column of a row-major [num_ids, k] id matrix in place. CPU engine only.
+  /// column of a row-major [num_ids, k] id matrix in place.
   int64_t id_stride = 1;
   /// Sorted segment ids (one per id, the sample each id belongs to) or, when
   /// segments_are_offsets, row offsets (rows + 1 entries, CSR style).
@@ -24,7 +24,7 @@ struct slot_request {
   bool segments_are_offsets = false;
   /// Elements between consecutive segment ids: 1 for a 1-D array; k to read
   /// column 0 of a row-major [num_ids, k] index matrix in place (sp_ids.indices).
-  /// CPU engine only, segment ids only.
+  /// Segment ids only.
   int64_t segment_stride = 1;
   const float* weights = nullptr;  ///< optional, one per id
   int64_t num_weights = 0;
@@ -34,6 +34,10 @@ struct slot_request {
   /// Gather mode: the samples the ids belong to (the ids' leading dimension:
   /// [samples, k] ids are k per sample). -1: one sample per id (1-D ids).
   int64_t samples = -1;
+  /// Dense id matrix form (safe mode): when > 0, the ids are a [num_rows, ids_per_row] matrix, row r owning
+  /// ids[r * row_stride + j * id_stride] for j < ids_per_row; no segment ids; ids < 0 are padding (pruned).
+  int64_t ids_per_row = 0;
+  int64_t row_stride = 0;   ///< elements between rows of that matrix; 0 = ids_per_row * id_stride
 };
 
 }  // namespace tiemb

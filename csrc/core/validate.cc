@@ -12,11 +12,12 @@ int64_t index_at(const void* p, dtype type, int64_t i) {
 
 // Validates ids against the table range; plain mode rejects negatives too,
 // safe mode prunes them, wrapping gathers read rows + id down to -rows.
-template <class IdT>
-void check_ids(const IdT* ids, int64_t n, int64_t stride, int64_t table_rows, bool allow_negative, bool wrap,
+// Logical id i is at ids[offset(i)].
+template <class IdT, class Offset>
+void check_ids(const IdT* ids, int64_t n, Offset&& offset, int64_t table_rows, bool allow_negative, bool wrap,
                int64_t slot, int32_t table_id) {
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = static_cast<int64_t>(ids[i * stride]);
+    const int64_t id = static_cast<int64_t>(ids[offset(i)]);
     if (wrap && id < 0 && id >= -table_rows) continue;
     if (id >= table_rows || (id < 0 && !allow_negative)) {
       throw error(detail::concat("slot ", slot, ": ids[", i, "] = ", id, " is out of range [",
@@ -54,6 +55,22 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     const int64_t per_sample = samples > 0 ? n / samples : 0;
     TIEMB_EXPECT(per_sample <= cfg.max_nnz, "slot ", s, ": every sample has ", per_sample,
                  " ids, more than max_nnz = ", cfg.max_nnz);
+    return;
+  }
+  if (req.ids_per_row > 0) {  // a dense [num_rows, ids_per_row] id matrix, -1 padded
+    TIEMB_EXPECT(safe, "slot ", s, ": a dense id matrix (ids_per_row > 0) is a safe-mode input, got mode ",
+                 to_string(sc.mode));
+    TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
+                 ": a dense id matrix takes no segment_ids or row_offsets (row r owns its row of ids)");
+    TIEMB_EXPECT(req.num_rows >= 0 && req.num_rows * req.ids_per_row == n, "slot ", s, ": a dense id matrix of ",
+                 req.num_rows, " rows x ", req.ids_per_row, " ids needs ", req.num_rows * req.ids_per_row,
+                 " ids, got ", n);
+    TIEMB_EXPECT(req.num_rows <= cfg.max_batch_size, "slot ", s, ": ", req.num_rows,
+                 " samples exceed max_batch_size = ", cfg.max_batch_size);
+    TIEMB_EXPECT(req.ids_per_row <= cfg.max_nnz, "slot ", s, ": every sample has ", req.ids_per_row,
+                 " ids, more than max_nnz = ", cfg.max_nnz);
+    TIEMB_EXPECT(req.id_stride >= 1 && req.row_stride >= 0, "slot ", s, ": id_stride must be >= 1 and row_stride ",
+                 ">= 0, got ", req.id_stride, " and ", req.row_stride);
     return;
   }
   TIEMB_EXPECT(n <= cfg.max_ids_per_slot(), "slot ", s, ": ", n,
@@ -98,6 +115,11 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
   int64_t rows = 0;
   if (sc.mode == row_mode::gather) {
     rows = n;  // one row per id; offsets are implicit
+  } else if (req.ids_per_row > 0) {
+    rows = req.num_rows;  // row r owns ids [r * ids_per_row, (r + 1) * ids_per_row)
+    if (offsets != nullptr) {
+      for (int64_t r = 0; r <= rows; ++r) offsets[r] = r * req.ids_per_row;
+    }
   } else if (req.segments_are_offsets) {
     const int64_t m = req.num_segments;
     TIEMB_EXPECT(index_at(req.segments, req.segment_type, 0) == 0, "slot ", s,
@@ -159,10 +181,13 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
     }
   }
 
+  const int64_t k = req.ids_per_row;
+  const int64_t row_stride = req.row_stride > 0 ? req.row_stride : k * req.id_stride;
+  auto offset = [&](int64_t i) { return k > 0 ? (i / k) * row_stride + (i % k) * req.id_stride : i * req.id_stride; };
   if (req.id_type == dtype::int32) {
-    check_ids(static_cast<const int32_t*>(req.ids), n, req.id_stride, table_rows, safe, sc.wrap_negative, s, sc.table);
+    check_ids(static_cast<const int32_t*>(req.ids), n, offset, table_rows, safe, sc.wrap_negative, s, sc.table);
   } else {
-    check_ids(static_cast<const int64_t*>(req.ids), n, req.id_stride, table_rows, safe, sc.wrap_negative, s, sc.table);
+    check_ids(static_cast<const int64_t*>(req.ids), n, offset, table_rows, safe, sc.wrap_negative, s, sc.table);
   }
   return rows;
 }

@@ -160,7 +160,6 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
     gpu_table& t = engine_.table(sc.table);
     TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
                  ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
-    TIEMB_EXPECT(sc.mode != row_mode::gather, "slot ", s, ": gather mode is not supported by the GPU engine yet");
     if (sc.mode == row_mode::plain) {
       TIEMB_EXPECT(sc.default_id == -1, "slot ", s, ": default_id is only meaningful in safe mode, got ",
                    sc.default_id);
@@ -196,7 +195,9 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
     in_bytes += align_up(static_cast<size_t>(max_ids) * 8) +
                 align_up(static_cast<size_t>(std::max(max_ids, cfg.max_batch_size + 1)) * 8) +
                 align_up(static_cast<size_t>(max_ids) * 4);
-    out_bytes += align_up(static_cast<size_t>(cfg.max_batch_size * dim(s)) * 4);
+    // A gather slot has one output row per id.
+    const int64_t out_rows = slots_[static_cast<size_t>(s)].mode == row_mode::gather ? max_ids : cfg.max_batch_size;
+    out_bytes += align_up(static_cast<size_t>(out_rows * dim(s)) * 4);
   }
   m.in_host = pinned_buffer(in_bytes);
   m.in_dev = device_buffer(in_bytes);
@@ -285,6 +286,12 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
   d.seg_is_64 = r.segment_type == dtype::int64;
   d.segments_are_offsets = r.segments_are_offsets;
   d.out_half = sc.output_dtype == dtype::float16;
+  d.id_stride = r.id_stride;
+  d.seg_stride = r.segment_stride;
+  d.ids_per_row = r.ids_per_row;
+  d.id_row_stride = r.row_stride > 0 ? r.row_stride : r.ids_per_row * r.id_stride;
+  d.gather = sc.mode == row_mode::gather;
+  d.wrap_negative = sc.wrap_negative;
   return d;
 }
 
@@ -292,14 +299,18 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
 
 namespace {
 
-// The kernels read 1-D segment ids; a strided view (column 0 of sp_ids.indices)
-// is a CPU-engine convenience for the TensorFlow op.
+// The checks that need no data, and the GPU engine's own limit: the kernels
+// index ids with 32-bit unique positions in tiered tables.
 void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const slot_request& req, int64_t s) {
   check_slot_shape(cfg, sc, req, s);
-  TIEMB_EXPECT(req.segment_stride == 1, "slot ", s, ": the GPU engine takes 1-D segment_ids (segment_stride 1), got ",
-               "segment_stride ", req.segment_stride);
-  TIEMB_EXPECT(req.id_stride == 1 && !sc.wrap_negative, "slot ", s,
-               ": the GPU engine takes 1-D ids (id_stride 1) without wrap_negative");
+}
+
+// Output rows of a slot whose row count needs no data on the device: gather
+// (one per id) and safe mode (given); -1 for plain mode.
+int64_t known_rows(const slot_config& sc, const slot_request& r) {
+  if (sc.mode == row_mode::gather) return r.num_ids;
+  if (sc.mode == row_mode::safe) return r.segments_are_offsets ? r.num_segments - 1 : r.num_rows;
+  return -1;
 }
 
 }  // namespace
@@ -311,9 +322,13 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   const engine_config& cfg = engine_.config();
   TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
   for (int64_t s = 0; s < n; ++s) {
-    check_gpu_slot_shape(cfg, slots_[static_cast<size_t>(s)], reqs[s], s);
-    TIEMB_EXPECT(rows[s] >= 0 && rows[s] <= cfg.max_batch_size, "slot ", s, ": ", rows[s],
-                 " output rows exceed max_batch_size = ", cfg.max_batch_size);
+    const slot_config& sc = slots_[static_cast<size_t>(s)];
+    check_gpu_slot_shape(cfg, sc, reqs[s], s);
+    // A gather slot's rows are its ids, checked as samples x ids per sample.
+    TIEMB_EXPECT(rows[s] >= 0 && (rows[s] <= cfg.max_batch_size || sc.mode == row_mode::gather), "slot ", s, ": ",
+                 rows[s], " output rows exceed max_batch_size = ", cfg.max_batch_size);
+    TIEMB_EXPECT(sc.mode != row_mode::gather || rows[s] == reqs[s].num_ids, "slot ", s, ": a gather slot has one "
+                 "output row per id (", reqs[s].num_ids, "), got ", rows[s]);
   }
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -331,7 +346,11 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
     p.err = m.err_dev.get<gpu::lookup_error>();
     int64_t threads = 0;
     for (int64_t s = base; s < std::min<int64_t>(n, base + gpu::kMaxSlotsPerLaunch); ++s) {
-      if (reqs[s].segments_are_offsets || rows[s] <= gpu::kSearchMaxRows) continue;
+      const slot_config& sc = slots_[static_cast<size_t>(s)];
+      if (sc.mode == row_mode::gather || reqs[s].ids_per_row > 0 || reqs[s].segments_are_offsets ||
+          rows[s] <= gpu::kSearchMaxRows) {
+        continue;
+      }
       const auto su = static_cast<size_t>(s);
       gpu::slot_desc d = describe(slots_[su], *m.tables[su], reqs[s], rows[s], nullptr, m.layout[su], m.lanes[su],
                                   nullptr, nullptr, nullptr);
@@ -360,6 +379,10 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
       v.n = reqs[s].num_ids;
       v.call = ti;
       v.is64 = reqs[s].id_type == dtype::int64;
+      v.id_stride = reqs[s].id_stride;
+      v.ids_per_row = reqs[s].ids_per_row;
+      v.row_stride = reqs[s].row_stride > 0 ? reqs[s].row_stride : reqs[s].ids_per_row * reqs[s].id_stride;
+      v.wrap_negative = slots_[static_cast<size_t>(s)].wrap_negative;
       m.views.push_back(v);
     }
     m.tiered->gather(m.views.data(), static_cast<int>(m.views.size()), stream);
@@ -384,9 +407,11 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
       }
       gpu::slot_desc d = describe(sc, t, reqs[s], rows[s], outputs[s], m.layout[su], m.lanes[su],
                                   m.defaults.get<char>() + s * m.default_stride, uidx, staging);
-      if (!reqs[s].segments_are_offsets && rows[s] > gpu::kSearchMaxRows) {
+      if (sc.mode != row_mode::gather && reqs[s].ids_per_row == 0 && !reqs[s].segments_are_offsets &&
+          rows[s] > gpu::kSearchMaxRows) {  // the pre-pass turned its segment ids into offsets
         d.segments = m.offsets.get<int64_t>() + s * m.offsets_stride;
         d.seg_is_64 = true;
+        d.seg_stride = 1;
         d.segments_are_offsets = true;
         d.offsets_checked = true;
       }
@@ -422,11 +447,8 @@ void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t*
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
     check_gpu_slot_shape(cfg, sc, reqs[s], s);
-    if (sc.mode == row_mode::safe) {
-      rows[s] = reqs[s].segments_are_offsets ? reqs[s].num_segments - 1 : reqs[s].num_rows;
-    } else {
-      need_device = true;
-    }
+    rows[s] = known_rows(sc, reqs[s]);
+    need_device = need_device || rows[s] < 0;
   }
   if (!need_device) return;
   auto stream = static_cast<cudaStream_t>(stream_ptr);
@@ -447,7 +469,7 @@ void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t*
                                    cudaMemcpyDeviceToHost, stream));
   TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (int64_t s = 0; s < n; ++s) {
-    if (slots_[static_cast<size_t>(s)].mode == row_mode::safe) continue;
+    if (slots_[static_cast<size_t>(s)].mode != row_mode::plain) continue;
     const int64_t r = m.rows_host.get<int64_t>()[s];
     TIEMB_EXPECT(r >= 0, "slot ", s, ": the last segment id is negative (", r - 1, ")");
     TIEMB_EXPECT(r <= cfg.max_batch_size, "slot ", s, ": ", r, " output rows exceed max_batch_size = ",
@@ -475,20 +497,31 @@ void gpu_lookup_group::run_host(const slot_request* reqs, int64_t n, void* const
   char* in_h = m.in_host.get<char>();
   char* in_d = m.in_dev.get<char>();
   size_t off = 0;
-  auto stage = [&](const void* src, size_t bytes) -> const void* {
+  // Strided views (a column of an id matrix, column 0 of sp_ids.indices, a
+  // dense id matrix with a row stride) are packed: what goes up is contiguous.
+  auto stage = [&](const void* src, int64_t count, int64_t elem, auto&& offset_of) -> const void* {
     if (src == nullptr) return nullptr;
-    std::memcpy(in_h + off, src, bytes);
+    const auto* from = static_cast<const char*>(src);
+    for (int64_t k = 0; k < count; ++k) {
+      std::memcpy(in_h + off + static_cast<size_t>(k * elem), from + offset_of(k) * elem, static_cast<size_t>(elem));
+    }
     const void* dev = in_d + off;
-    off += align_up(bytes);
+    off += align_up(static_cast<size_t>(count * elem));
     return dev;
   };
   for (int64_t s = 0; s < n; ++s) {
     const slot_request& r = reqs[s];
     slot_request& d = m.staged[static_cast<size_t>(s)];
     d = r;
-    d.ids = stage(r.ids, static_cast<size_t>(r.num_ids * size_of(r.id_type)));
-    d.segments = stage(r.segments, static_cast<size_t>(r.num_segments * size_of(r.segment_type)));
-    d.weights = static_cast<const float*>(stage(r.weights, static_cast<size_t>(r.num_weights) * 4));
+    const int64_t row_stride = r.row_stride > 0 ? r.row_stride : r.ids_per_row * r.id_stride;
+    d.ids = stage(r.ids, r.num_ids, size_of(r.id_type),
+                  [&](int64_t k) { return gpu::id_offset(k, r.id_stride, r.ids_per_row, row_stride); });
+    d.segments = stage(r.segments, r.num_segments, size_of(r.segment_type),
+                       [&](int64_t k) { return k * r.segment_stride; });
+    d.id_stride = 1;
+    d.segment_stride = 1;
+    d.row_stride = r.ids_per_row;
+    d.weights = static_cast<const float*>(stage(r.weights, r.num_weights, 4, [](int64_t k) { return k; }));
     // Empty arrays still need a valid (unused) address.
     if (d.ids == nullptr) d.ids = in_d;
     if (d.segments == nullptr) d.segments = in_d;
@@ -545,8 +578,9 @@ void gpu_lookup_group::check(bool wait) {
   const int32_t tid = slots_[s].table;
   switch (e.code) {
     case gpu::kErrIdRange:
-      throw error(detail::concat("slot ", e.slot, ": ids[", e.index, "] = ", e.value, " is out of range [0, ",
-                                 m.tables[s]->rows(), ") of table ", tid));
+      throw error(detail::concat("slot ", e.slot, ": ids[", e.index, "] = ", e.value, " is out of range [",
+                                 slots_[s].wrap_negative ? -m.tables[s]->rows() : 0, ", ", m.tables[s]->rows(),
+                                 ") of table ", tid));
     case gpu::kErrSegmentOrder:
       if (e.value < 0) throw error(detail::concat("slot ", e.slot, ": segment_ids[", e.index, "] = ", e.value, " is negative"));
       throw error(detail::concat("slot ", e.slot, ": segment_ids must be sorted, but segment_ids[", e.index,

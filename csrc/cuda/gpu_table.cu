@@ -5,6 +5,7 @@
 
 #include "cuda_check.h"
 #include "device_util.cuh"
+#include "gpu_types.h"
 
 namespace tiemb {
 namespace gpu {
@@ -38,7 +39,8 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
     const dedup_view& view = p.views[v];
     const tiered_call& c = p.calls[view.call];
     const int64_t i = g - view.begin;
-    const int64_t id = load_index(view.ids, view.is64, i);
+    const int64_t raw = load_index(view.ids, view.is64, id_offset(i, view.id_stride, view.ids_per_row, view.row_stride));
+    const int64_t id = (view.wrap_negative && raw < 0) ? raw + c.t.rows : raw;
     if (id < 0 || id >= c.t.rows) {
       view.unique_index[i] = -1;
       continue;

@@ -135,6 +135,10 @@ struct dedup_view {
   int64_t begin;  // prefix over views of n
   int32_t call;
   bool is64;
+  int64_t id_stride;    // logical id k is at ids[id_offset(k, id_stride, ids_per_row, row_stride)]
+  int64_t ids_per_row;
+  int64_t row_stride;
+  bool wrap_negative;   // gather: id < 0 means rows + id
 };
 
 struct tiered_params {

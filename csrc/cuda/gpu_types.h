@@ -1,5 +1,5 @@
-// Plain structs shared by the host side of the GPU engine and its kernels.
-// No CUDA headers: trivially copyable views only.
+// Plain structs shared by the host side of the GPU engine and its kernels
+// (included by CUDA sources only). No CUDA headers: trivially copyable views.
 #pragma once
 
 #include <cstdint>
@@ -69,7 +69,24 @@ struct slot_desc {
   bool out_half;
   bool offsets_checked;      // offsets come from the pre-pass, already validated
   int64_t max_nnz;           // most ids one sample may have (the engine's max_nnz)
+  int64_t id_stride;         // elements between ids (k: one column of a [n, k] id matrix, read in place)
+  int64_t seg_stride;        // elements between segment ids (k: column 0 of sp_ids.indices, read in place)
+  int64_t ids_per_row;       // > 0: a dense [rows, ids_per_row] id matrix (safe mode), no segment ids
+  int64_t id_row_stride;     // elements between the rows of that matrix
+  bool gather;               // tf.gather / Keras Embedding: every id is its own output row
+  bool wrap_negative;        // gather: an id i < 0 reads row table_rows + i (Keras)
 };
+
+/// Element offset of logical id k of a slot (k counts the ids in row-major
+/// order: a dense id matrix's row r, column j is k = r * ids_per_row + j).
+__host__ __device__ inline int64_t id_offset(int64_t k, int64_t id_stride, int64_t ids_per_row,
+                                             int64_t row_stride) {
+  if (ids_per_row > 0) {
+    const int64_t r = k / ids_per_row;
+    return r * row_stride + (k - r * ids_per_row) * id_stride;
+  }
+  return k * id_stride;
+}
 
 /// Slots with at most this many rows find their ids by a binary search in
 /// the lookup kernel; larger ones get a segment-ids -> offsets pre-pass.

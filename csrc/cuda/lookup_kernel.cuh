@@ -37,12 +37,12 @@ __device__ inline void report_error(lookup_error* err, int32_t code, int32_t slo
   }
 }
 
-// First position in sorted seg[0, n) whose value is >= key.
-__device__ inline int64_t lower_bound(const void* seg, bool is64, int64_t n, int64_t key) {
+// First position in sorted seg[0, n) (elements `stride` apart) whose value is >= key.
+__device__ inline int64_t lower_bound(const void* seg, bool is64, int64_t n, int64_t stride, int64_t key) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = (lo + hi) >> 1;
-    if (load_index(seg, is64, mid) < key) lo = mid + 1; else hi = mid;
+    if (load_index(seg, is64, mid * stride) < key) lo = mid + 1; else hi = mid;
   }
   return lo;
 }
@@ -120,7 +120,13 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
   const bool safe = d.safe;
   const bool prune_weights = safe && weighted && d.combiner != 0;
   int64_t begin, end;
-  if (d.segments_are_offsets) {
+  if (d.gather) {  // one id, one output row
+    begin = r;
+    end = r + 1;
+  } else if (d.ids_per_row > 0) {  // a dense id matrix: row r owns its ids_per_row ids
+    begin = r * d.ids_per_row;
+    end = begin + d.ids_per_row;
+  } else if (d.segments_are_offsets) {
     begin = load_index(d.segments, d.seg_is_64, r);
     end = load_index(d.segments, d.seg_is_64, r + 1);
     if (!d.offsets_checked && lane == 0) {
@@ -133,8 +139,9 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
     // checks prove seg sorted with values in [0, rows): lower_bound is
     // monotone in the key even on unsorted input, so the rows' ranges
     // partition [begin(0), end(rows-1)), and each row checks its own range.
-    begin = lower_bound(d.segments, d.seg_is_64, d.num_ids, r);
-    end = lower_bound(d.segments, d.seg_is_64, d.num_ids, r + 1);
+    const int64_t ss = d.seg_stride;
+    begin = lower_bound(d.segments, d.seg_is_64, d.num_ids, ss, r);
+    end = lower_bound(d.segments, d.seg_is_64, d.num_ids, ss, r + 1);
     if (lane == 0 && r == 0 && begin != 0) {
       report_error(err, kErrSegmentOrder, slot, 0, load_index(d.segments, d.seg_is_64, 0));
     }
@@ -142,10 +149,10 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       // Plain mode takes its row count from the last id: a larger one before
       // it can only mean the ids are out of order.
       report_error(err, d.safe ? kErrSegmentRange : kErrSegmentOrder, slot, end,
-                   load_index(d.segments, d.seg_is_64, end));
+                   load_index(d.segments, d.seg_is_64, end * ss));
     }
     for (int64_t j = begin + lane; j < end; j += group) {
-      const int64_t sj = load_index(d.segments, d.seg_is_64, j);
+      const int64_t sj = load_index(d.segments, d.seg_is_64, j * ss);
       if (sj != r) report_error(err, kErrSegmentOrder, slot, j, sj);
     }
   }
@@ -173,11 +180,12 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       float v[kInFlight][Vec];
 #pragma unroll
       for (int q = 0; q < kInFlight; ++q) {
-        id[q] = load_index(d.ids, is64, j + q);
+        const int64_t raw = load_index(d.ids, is64, id_offset(j + q, d.id_stride, d.ids_per_row, d.id_row_stride));
+        id[q] = (d.wrap_negative && raw < 0) ? raw + d.table_rows : raw;
         w[q] = weighted ? d.weights[j + q] : 1.f;
         ok[q] = id[q] >= 0 && id[q] < d.table_rows && !(prune_weights && !(w[q] > 0.f));
         if (k0 == lane * Vec && lane == 0 && (id[q] >= d.table_rows || (id[q] < 0 && !safe))) {
-          report_error(err, kErrIdRange, slot, j + q, id[q]);
+          report_error(err, kErrIdRange, slot, j + q, raw);
         }
       }
 #pragma unroll
@@ -196,10 +204,11 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       }
     }
     for (; j < end; ++j) {
-      const int64_t id = load_index(d.ids, is64, j);
+      const int64_t raw = load_index(d.ids, is64, id_offset(j, d.id_stride, d.ids_per_row, d.id_row_stride));
+      const int64_t id = (d.wrap_negative && raw < 0) ? raw + d.table_rows : raw;
       const float w = weighted ? d.weights[j] : 1.f;
       if (k0 == lane * Vec && lane == 0 && (id >= d.table_rows || (id < 0 && !safe))) {
-        report_error(err, kErrIdRange, slot, j, id);
+        report_error(err, kErrIdRange, slot, j, raw);
       }
       if (id < 0 || id >= d.table_rows || (prune_weights && !(w > 0.f))) continue;
       float v[Vec];
@@ -276,8 +285,8 @@ __global__ void segments_to_offsets_kernel(const __grid_constant__ launch_params
       for (int64_t r = 0; r <= d.rows; ++r) off[r] = 0;
       continue;
     }
-    const int64_t seg = load_index(d.segments, d.seg_is_64, i);
-    const int64_t prev = i > 0 ? load_index(d.segments, d.seg_is_64, i - 1) : -1;
+    const int64_t seg = load_index(d.segments, d.seg_is_64, i * d.seg_stride);
+    const int64_t prev = i > 0 ? load_index(d.segments, d.seg_is_64, (i - 1) * d.seg_stride) : -1;
     if (seg < 0) {
       report_error(p.err, kErrSegmentOrder, slot, i, seg);
       continue;
@@ -304,6 +313,7 @@ __global__ void plain_rows_kernel(const __grid_constant__ launch_params p, int64
   const int32_t s = blockIdx.x * blockDim.x + threadIdx.x;
   if (s >= p.num_slots) return;
   const slot_desc& d = p.slots[s];
+  if (d.safe || d.gather || d.ids_per_row > 0) return;  // their row counts need no device data
   if (d.num_ids == 0) {
     rows_out[d.slot_index] = 0;
   } else if (d.segments_are_offsets) {
@@ -315,7 +325,7 @@ __global__ void plain_rows_kernel(const __grid_constant__ launch_params p, int64
     }
     rows_out[d.slot_index] = lo;
   } else {
-    rows_out[d.slot_index] = load_index(d.segments, d.seg_is_64, d.num_ids - 1) + 1;
+    rows_out[d.slot_index] = load_index(d.segments, d.seg_is_64, (d.num_ids - 1) * d.seg_stride) + 1;
   }
 }
 

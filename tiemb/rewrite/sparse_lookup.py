@@ -296,10 +296,9 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
         resources: tables left as variables (too big to freeze): resource
             placeholder name -> numpy value; gathers from them are matched like
             gathers from constants.
-        device: "cpu" pins the ops to the CPU kernel; "gpu" leaves an op to
-            TensorFlow's placement (its GPU kernel) when every slot is one the
-            GPU engine serves (1-D ids and segment ids: embedding_lookup_sparse),
-            and pins it to the CPU otherwise (said in report.note).
+        device: "cpu" pins the ops to the CPU kernel; "gpu" leaves them to
+            TensorFlow's placement (the op's GPU kernel, on the GPU engine,
+            which serves every slot form the CPU engine does).
     """
     from tensorflow.core.framework import graph_pb2
     from .. import tf_ops
@@ -376,12 +375,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     for level in sorted(set(levels)):
         group = [m for m, k in zip(matches, levels) if k == level]
         op, casts = _lookup_op(f"{prefix}/lookup_{level}", prefix, group, files, features[level][0])
-        gpu_ready = all(m.mode == "plain" and m.id_column < 0 and not m.wrap_negative for m in group)
-        if device != "gpu" or not gpu_ready:
+        if device != "gpu":   # the GPU engine serves every slot form: a GPU target keeps TensorFlow's placement
             op.device = "/device:CPU:0"
-            if device == "gpu":
-                report.note = ("lookups run on the CPU engine: the GPU engine does not serve gather slots or "
-                               "in-place sparse-index reads yet")
         ops.append(op)
         weight_casts += casts
         rename.update({m.output: tensor_name(op.name, s) for s, m in enumerate(group)})
