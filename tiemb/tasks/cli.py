@@ -134,9 +134,21 @@ def _cmd_ui(args) -> int:
         import flask  # noqa: F401
     except ImportError:
         raise ValueError("the web page needs Flask: pip install 'tiemb[ui]' (or pip install flask)") from None
+    import subprocess
+
     from .web import serve
 
-    return serve(args.db or default_db(), host=args.host, port=args.port)
+    db = args.db or default_db()
+    worker = None
+    if args.jobs:  # a convenience: the same worker as `tiemb tasks worker`, in its own process
+        worker = subprocess.Popen([sys.executable, "-m", "tiemb", "tasks", "worker", "--db", db, "--jobs",
+                                   str(args.jobs)])
+    try:
+        return serve(db, host=args.host, port=args.port)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait()
 
 
 def _positive(text: str) -> int:
@@ -208,4 +220,6 @@ def add_parsers(sub) -> None:
     u.add_argument("--db", help=db_help)
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     u.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    u.add_argument("--jobs", type=int, default=0,
+                   help="also run a worker with this many jobs (default 0: run `tiemb tasks worker` yourself)")
     u.set_defaults(func=_cmd_ui)

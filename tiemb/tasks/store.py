@@ -95,7 +95,8 @@ class Store:
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
-        for stmt in _SCHEMA.split(";"):
+        have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for stmt in _SCHEMA.split(";") if not {"tasks", "workers"} <= have else ():
             if stmt.strip():
                 with self.transaction():
                     self.db.execute(stmt)
