@@ -1,0 +1,217 @@
+"""`tiemb tasks` end to end, each command its own process, as a person runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from taskhelp import LONG_RUNS, TENSOR_INFO, alive
+
+def test_bad_input_is_refused_and_queues_nothing(tasks, serving_model, tmp_path):
+    def refused(*args, match):
+        p = tasks("submit", "--runs", "3", *args, check=False)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert match in p.stderr, p.stderr
+        assert tasks.list() == []
+
+    out = str(tmp_path / "out")
+    ok = ["--tensor-info", TENSOR_INFO]
+    refused("--name", "a", "--model", str(tmp_path / "missing"), *ok, "--save-root", out,
+            match=f"{tmp_path / 'missing'} does not exist")
+    # One good model and one missing: still nothing queued.
+    refused("--name", "a", "--model", serving_model, "--model", serving_model + "@7", *ok, "--save-root", out,
+            match="has no version '7' (it has 1, 2)")
+    refused("--name", "a", "--model", serving_model, *ok, "--save-root", os.path.join(serving_model, "1", "opt"),
+            match="is inside the directory of model 'wd'")
+    refused("--name", "a", "--model", serving_model, *ok, "--save-root", os.path.dirname(serving_model),
+            match="contains the directory of model 'wd'")
+    refused("--name", "a", "--model", serving_model, "--save-root", out,
+            "--tensor-info", "dense:float(1*13,32*13)\ncat:int64(1*26,32*2x6)",
+            match="line 2 'cat:int64(1*26,32*2x6)': bad dimension '2x6' at position")
+    info = tmp_path / "info.txt"
+    info.write_text("dense:float(1*13)\ncat int64(1*26)\n")
+    refused("--name", "a", "--model", serving_model, "--save-root", out, "--tensor-info", str(info),
+            match=f"--tensor-info file {info}: line 2 'cat int64(1*26)': expected 'element:dtype(shape)', no ':'")
+    refused("--name", "a", "--model", serving_model, *ok, "--save-root", out, "--level", "1", "--config",
+            str(info), match=f"--config {info}")
+
+    # A duplicate name: the second submission queues nothing, the first stays alone.
+    assert tasks.submit("dup", serving_model + "@1") == [1]
+    p = tasks("submit", "--name", "dup", "--model", serving_model + "@2", *ok, "--save-root", out, check=False)
+    assert p.returncode == 1 and "a task named 'dup' exists already" in p.stderr
+    assert [t["name"] for t in tasks.list()] == ["dup"]
+
+
+def test_naming_follows_seed_001(tasks, serving_model):
+    ids = tasks.submit("nightly", serving_model, extra=["--tag", "team=ads"])
+    assert [t["name"] for t in tasks.list()] == ["nightly-wd-1#1", "nightly-wd-2#2"]
+    assert tasks.submit("one", serving_model + "@2") == [ids[-1] + 1]
+    t = tasks.get(ids[-1] + 1)
+    assert (t["name"], t["model"], t["version"], t["state"]) == ("one", "wd", "2", "queued")
+    assert t["model_path"] == os.path.join(serving_model, "2")
+    # An explicit version folder counts as that version of its model.
+    tasks.submit("explicit", os.path.join(serving_model, "1"))
+    assert tasks.list()[-1]["version"] == "1" and tasks.list()[-1]["model"] == "wd"
+
+
+def _outputs(path, batch):
+    import tensorflow as tf
+
+    from tiemb import tf_ops
+
+    tf_ops.load()  # TiembLookup, which the optimized model calls
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in batch.items()}).items()}
+
+
+def test_two_versions_stop_retry_tag_save_delete(tasks, serving_model, tmp_path):
+    ids = tasks.submit("wd", serving_model, extra=["--tag", "team=ads"])
+    long_id, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
+    worker = tasks.start_worker(jobs=2)
+
+    # The two versions go queued -> starting -> accelerating -> done.
+    seen = {i: [] for i in ids}
+    end = time.monotonic() + 120
+    while not all(s[-1:] == ["done"] for s in seen.values()):
+        assert time.monotonic() < end, f"not done after 120 s: {seen}"
+        for t in tasks.list():
+            if t["id"] in seen and seen[t["id"]][-1:] != [t["state"]]:
+                seen[t["id"]].append(t["state"])
+            assert t["state"] != "failed", t
+        time.sleep(0.1)
+    for i in ids:
+        assert seen[i][-1] == "done"
+        assert set(seen[i]) <= {"queued", "starting", "accelerating", "done"}
+        assert "starting" in seen[i] or "accelerating" in seen[i], seen[i]
+    for i in ids:
+        t = tasks.get(i)
+        assert t["progress"] == 100 and t["speedup"] > 0
+        assert t["report"]["timing"]["speedup"] == t["speedup"] and t["report"]["accuracy"]["max_rel_diff"] <= 1e-6
+        assert os.path.isfile(os.path.join(t["output_path"], "saved_model.pb"))
+        assert "done" in t["log_tail"]
+
+    # The long task runs beside them; stopping it kills its process alone.
+    t = tasks.wait(long_id, "accelerating")
+    pid = t["pid"]
+    assert alive(pid)
+    assert tasks("stop", str(long_id)).stdout.split() == [str(long_id), "stopped"]
+    end = time.monotonic() + 15
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive(pid), "the stopped task's process still runs"
+    assert worker.poll() is None, "the worker died with its task"
+    t = tasks.get(long_id)
+    assert t["state"] == "stopped" and t["reason"] == "stopped while accelerating"
+    p = tasks("stop", str(long_id), check=False)
+    assert p.returncode == 1 and "is stopped already" in p.stderr
+
+    # Retry with edited settings: few timing runs this time.
+    p = tasks("retry", str(ids[0]), check=False)
+    assert p.returncode == 1 and "only failed or stopped tasks are retried" in p.stderr
+    tasks("retry", str(long_id), "--runs", "3", "--level", "1")
+    t = tasks.wait(long_id, "done")
+    assert (t["runs"], t["level"], t["attempts"]) == (3, 1, 2) and t["speedup"] > 0
+
+    # Tags, and the list filtered by them.
+    assert tasks("tag", str(long_id), "team=search", "stage=canary").stdout.strip() == \
+        f"{long_id}\tstage=canary,team=search"
+    tasks("tag", str(ids[1]), "--remove", "team")
+    assert [t["id"] for t in tasks.list("--tag", "team=ads")] == [ids[0]]
+    assert [t["id"] for t in tasks.list("--tag", "team=search", "--state", "done")] == [long_id]
+    table = tasks("list").stdout
+    assert "wd-wd-2#2" in table and "SPEEDUP" in table and "stage=canary,team=search" in table
+
+    # Save into a repository in the TF Serving layout; the copy serves what the original does.
+    repo = tmp_path / "repo"
+    saved = tasks("save", str(ids[1]), "--repository", str(repo)).stdout.strip()
+    assert saved == str(repo / "wd" / "2")
+    p = tasks("save", str(ids[1]), "--repository", str(repo), check=False)
+    assert p.returncode == 1 and "exists already; it is not overwritten" in p.stderr
+    rng = np.random.default_rng(0)
+    batch = {"dense": rng.random((8, 13), dtype=np.float32),
+             "cat": rng.integers(0, 50, (8, 26)).astype(np.int64)}
+    want, got = _outputs(os.path.join(serving_model, "2"), batch), _outputs(saved, batch)
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+    # Delete: the task, its optimized model and its log go; the saved copy stays.
+    t = tasks.get(ids[0])
+    tasks("delete", str(ids[0]))
+    assert not os.path.exists(t["output_path"]) and not os.path.exists(t["log_path"])
+    assert ids[0] not in [x["id"] for x in tasks.list()]
+    assert os.path.isfile(os.path.join(saved, "saved_model.pb"))
+    p = tasks("show", str(ids[0]), check=False)
+    assert p.returncode == 1 and f"no task with id {ids[0]}" in p.stderr
+
+
+def test_delete_is_refused_while_running(tasks, serving_model):
+    tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
+    tasks.start_worker()
+    tasks.wait(tid, ("starting", "accelerating"))
+    p = tasks("delete", str(tid), check=False)
+    assert p.returncode == 1 and "stop it before deleting it" in p.stderr
+    tasks("stop", str(tid))
+    tasks("delete", str(tid))
+    assert tasks.list() == []
+
+
+def test_concurrent_submitters(tasks, serving_model, tmp_path):
+    """Eight processes submit at once (two of them the same name): every task
+    gets its own id, the name is taken once, nothing is half-written."""
+    names = [f"job{k}" for k in range(7)] + ["job0"]
+    procs = [subprocess.Popen([sys.executable, "-m", "tiemb", "tasks", "submit", "--db", tasks.db, "--name", n,
+                               "--model", serving_model, "--tensor-info", TENSOR_INFO,
+                               "--save-root", str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tasks.env)
+             for n in names]
+    results = [(p.wait(60), p.stdout.read(), p.stderr.read()) for p in procs]
+    failed = [r for r in results if r[0] != 0]
+    assert len(failed) == 1 and "a task named 'job0-wd-1#1' exists already" in failed[0][2], results
+    listed = tasks.list()
+    assert len(listed) == 14 and len({t["id"] for t in listed}) == 14
+    assert sorted(t["name"] for t in listed) == sorted(f"job{k}-wd-{v}#{v}" for k in range(7) for v in (1, 2))
+    # Each submission's two tasks are next to each other: one transaction each.
+    for k in range(7):
+        a, b = [t["id"] for t in listed if t["name"].startswith(f"job{k}-")]
+        assert b == a + 1
+    assert len({t["output_path"] for t in listed}) == 14
+
+
+def test_killed_worker_leaves_nothing_stuck(tasks, serving_model):
+    tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
+    queued, = tasks.submit("next", serving_model + "@2")
+    worker = tasks.start_worker()
+    t = tasks.wait(tid, "accelerating")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    # The task's process notices its worker is gone and ends by itself.
+    end = time.monotonic() + 10
+    while alive(t["pid"]) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive(t["pid"]), "the task outlived its killed worker"
+    assert tasks.get(tid)["state"] == "accelerating"   # nobody has looked yet
+    # The next worker marks it failed "worker stopped" and goes on with the queue.
+    p = tasks("worker", "--exit-when-idle", timeout=120)
+    assert "1 task(s) of a stopped worker marked failed" in p.stdout, p.stdout
+    t = tasks.get(tid)
+    assert (t["state"], t["reason"]) == ("failed", "worker stopped")
+    assert tasks.get(queued)["state"] == "done"
+    tasks("retry", str(tid), "--runs", "2")
+    assert tasks.get(tid)["state"] == "queued"
+
+
+def test_worker_stopped_with_sigterm_fails_its_tasks(tasks, serving_model):
+    tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
+    worker = tasks.start_worker()
+    pid = tasks.wait(tid, ("starting", "accelerating"))["pid"]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert not alive(pid)
+    t = tasks.get(tid)
+    assert (t["state"], t["reason"]) == ("failed", "worker stopped")
