@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -126,7 +125,7 @@ def _cmd_worker(args) -> int:
     from .worker import Worker
 
     return Worker(args.db or default_db(), jobs=args.jobs, exit_when_idle=args.exit_when_idle,
-                  say=lambda m: print(m, flush=True)).run()
+                  exit_with_parent=args.exit_with_parent, say=lambda m: print(m, flush=True)).run()
 
 
 def _cmd_ui(args) -> int:
@@ -134,15 +133,19 @@ def _cmd_ui(args) -> int:
         import flask  # noqa: F401
     except ImportError:
         raise ValueError("the web page needs Flask: pip install 'tiemb[ui]' (or pip install flask)") from None
+    import signal
     import subprocess
 
     from .web import serve
+
+    # SIGTERM ends the page like Ctrl-C does, so the worker below is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     db = args.db or default_db()
     worker = None
     if args.jobs:  # a convenience: the same worker as `tiemb tasks worker`, in its own process
         worker = subprocess.Popen([sys.executable, "-m", "tiemb", "tasks", "worker", "--db", db, "--jobs",
-                                   str(args.jobs)])
+                                   str(args.jobs), "--exit-with-parent"])
     try:
         return serve(db, host=args.host, port=args.port)
     finally:
@@ -215,6 +218,7 @@ def add_parsers(sub) -> None:
     w = cmd("worker", _cmd_worker, "run queued tasks, each in its own process, until Ctrl-C")
     w.add_argument("--jobs", type=_positive, default=1, help="tasks at a time (default 1)")
     w.add_argument("--exit-when-idle", action="store_true", help="return when nothing is queued or running")
+    w.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # `tiemb ui --jobs`
 
     u = sub.add_parser("ui", help="the task list as a web page, with a JSON API (needs flask: tiemb[ui])")
     u.add_argument("--db", help=db_help)

@@ -86,10 +86,13 @@ class Worker:
         jobs: tasks run at the same time (each its own process).
         poll_s: how often the queue and the running tasks' states are read.
         exit_when_idle: return once nothing is queued or running (scripts, tests).
+        exit_with_parent: stop (as on SIGTERM) when the process that started
+            this one is gone (the worker of ``tiemb ui --jobs``).
         say: where the worker's own one-line messages go.
     """
 
-    def __init__(self, db: str, jobs: int = 1, poll_s: float = 0.2, exit_when_idle: bool = False, say=print):
+    def __init__(self, db: str, jobs: int = 1, poll_s: float = 0.2, exit_when_idle: bool = False,
+                 exit_with_parent: bool = False, say=print):
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")
         self.store = Store(db)
@@ -97,6 +100,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000)}"
         self.children: Dict[int, subprocess.Popen] = {}
         self._stopping = False
+        self._parent = os.getppid() if exit_with_parent else None
         self._ended: Dict[int, float] = {}
 
     def _spawn(self, task: dict) -> subprocess.Popen:
@@ -161,6 +165,9 @@ class Worker:
                 if now - reap >= REAP_S:
                     reap_orphans(self.store, self.id)
                     reap = now
+                if self._parent is not None and os.getppid() != self._parent:
+                    self.say("the process that started this worker is gone; stopping")
+                    break
                 if self.exit_when_idle and not self.children and not self.store.list(state="queued"):
                     break
                 time.sleep(self.poll_s)
