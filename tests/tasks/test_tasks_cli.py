@@ -7,7 +7,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from taskhelp import LONG_RUNS, TENSOR_INFO, alive
 
@@ -70,12 +69,28 @@ def _outputs(path, batch):
 
 
 def test_two_versions_stop_retry_tag_save_delete(tasks, serving_model, tmp_path):
+    long_id, other_id = tasks.submit("long", serving_model, runs=LONG_RUNS)
     ids = tasks.submit("wd", serving_model, extra=["--tag", "team=ads"])
-    long_id, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
     worker = tasks.start_worker(jobs=2)
 
-    # The two versions go queued -> starting -> accelerating -> done.
-    seen = {i: [] for i in ids}
+    # Two long tasks run side by side; stopping one kills its process alone.
+    pid, other_pid = (tasks.wait(i, "accelerating")["pid"] for i in (long_id, other_id))
+    assert [tasks.get(i)["state"] for i in ids] == ["queued", "queued"]   # both jobs are busy
+    assert tasks("stop", str(long_id)).stdout.split() == [str(long_id), "stopped"]
+    end = time.monotonic() + 15
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive(pid), "the stopped task's process still runs"
+    assert alive(other_pid) and tasks.get(other_id)["state"] == "accelerating"
+    assert worker.poll() is None, "the worker died with its task"
+    t = tasks.get(long_id)
+    assert t["state"] == "stopped" and t["reason"] == "stopped while accelerating"
+    p = tasks("stop", str(long_id), check=False)
+    assert p.returncode == 1 and "is stopped already" in p.stderr
+    tasks("stop", str(other_id))
+
+    # Then the two versions go queued -> starting -> accelerating -> done.
+    seen = {i: ["queued"] for i in ids}
     end = time.monotonic() + 120
     while not all(s[-1:] == ["done"] for s in seen.values()):
         assert time.monotonic() < end, f"not done after 120 s: {seen}"
@@ -94,21 +109,6 @@ def test_two_versions_stop_retry_tag_save_delete(tasks, serving_model, tmp_path)
         assert t["report"]["timing"]["speedup"] == t["speedup"] and t["report"]["accuracy"]["max_rel_diff"] <= 1e-6
         assert os.path.isfile(os.path.join(t["output_path"], "saved_model.pb"))
         assert "done" in t["log_tail"]
-
-    # The long task runs beside them; stopping it kills its process alone.
-    t = tasks.wait(long_id, "accelerating")
-    pid = t["pid"]
-    assert alive(pid)
-    assert tasks("stop", str(long_id)).stdout.split() == [str(long_id), "stopped"]
-    end = time.monotonic() + 15
-    while alive(pid) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert not alive(pid), "the stopped task's process still runs"
-    assert worker.poll() is None, "the worker died with its task"
-    t = tasks.get(long_id)
-    assert t["state"] == "stopped" and t["reason"] == "stopped while accelerating"
-    p = tasks("stop", str(long_id), check=False)
-    assert p.returncode == 1 and "is stopped already" in p.stderr
 
     # Retry with edited settings: few timing runs this time.
     p = tasks("retry", str(ids[0]), check=False)
@@ -148,6 +148,13 @@ def test_two_versions_stop_retry_tag_save_delete(tasks, serving_model, tmp_path)
     assert os.path.isfile(os.path.join(saved, "saved_model.pb"))
     p = tasks("show", str(ids[0]), check=False)
     assert p.returncode == 1 and f"no task with id {ids[0]}" in p.stderr
+
+
+def test_ui_without_flask_says_how_to_install(tasks):
+    p = subprocess.run([sys.executable, "-c", "import sys; sys.modules['flask'] = None; from tiemb.cli import main; "
+                        f"sys.exit(main(['ui', '--db', {tasks.db!r}]))"],
+                       capture_output=True, text=True, env=tasks.env, timeout=60)
+    assert p.returncode == 1 and "pip install 'tiemb[ui]'" in p.stderr, p.stderr
 
 
 def test_delete_is_refused_while_running(tasks, serving_model):

@@ -197,9 +197,15 @@ def create_app(db: str) -> Flask:
 def serve(db: str, host: str = "127.0.0.1", port: int = 8765) -> int:
     """Serves the page until Ctrl-C; prints the address first (port 0 picks a
     free port, and the printed line says which)."""
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
-    server = make_server(host, port, create_app(db), threaded=True)
+    class Quiet(WSGIRequestHandler):
+        # The page polls /rows every second: log failures only.
+        def log_request(self, code="-", size="-"):
+            if str(code)[:1] in ("4", "5"):
+                super().log_request(code, size)
+
+    server = make_server(host, port, create_app(db), threaded=True, request_handler=Quiet)
     print(f"tiemb ui: http://{host}:{server.server_port}/ over {os.path.abspath(db)} "
           "(tasks run in `tiemb tasks worker`)", flush=True)
     try:
