@@ -157,13 +157,18 @@ def test_ui_without_flask_says_how_to_install(tasks):
     assert p.returncode == 1 and "pip install 'tiemb[ui]'" in p.stderr, p.stderr
 
 
-def test_delete_is_refused_while_running(tasks, serving_model):
+def test_delete_refused_while_running_and_retry_right_after_stop(tasks, serving_model):
     tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
     tasks.start_worker()
-    tasks.wait(tid, ("starting", "accelerating"))
+    pid = tasks.wait(tid, "accelerating")["pid"]
     p = tasks("delete", str(tid), check=False)
     assert p.returncode == 1 and "stop it before deleting it" in p.stderr
+    # Stopped and retried at once, before the worker has reaped the old
+    # process: the old one is killed and never writes into the new attempt.
     tasks("stop", str(tid))
+    tasks("retry", str(tid), "--runs", "3")
+    t = tasks.wait(tid, "done")
+    assert t["attempts"] == 2 and t["runs"] == 3 and t["pid"] != pid and not alive(pid)
     tasks("delete", str(tid))
     assert tasks.list() == []
 

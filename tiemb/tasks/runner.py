@@ -35,8 +35,8 @@ def _exit_with_parent(parent: int):
 
 
 class _Progress:
-    def __init__(self, store: Store, task_id: int):
-        self.store, self.id, self.last = store, task_id, 0.0
+    def __init__(self, store: Store, task_id: int, mine: dict):
+        self.store, self.id, self.mine, self.last = store, task_id, mine, 0.0
 
     def __call__(self, stage, done=None, total=None):
         if done is None:
@@ -46,13 +46,13 @@ class _Progress:
                 fields["state"] = ACCELERATING
             elif stage == "timing":
                 fields["progress"] = _TIMING_FROM
-            self.store.update(self.id, when=RUNNING, **fields)
+            self.store.update(self.id, when=RUNNING, match=self.mine, **fields)
             return
         now = time.monotonic()
         if done == total or now - self.last > 0.25:  # a write per quarter second at most
             self.last = now
             pct = _TIMING_FROM + (_TIMING_TO - _TIMING_FROM) * done / total
-            self.store.update(self.id, when=RUNNING, stage=f"timing {done}/{total}", progress=pct)
+            self.store.update(self.id, when=RUNNING, match=self.mine, stage=f"timing {done}/{total}", progress=pct)
 
 
 def run(db: str, task_id: int, worker: str) -> int:
@@ -63,7 +63,10 @@ def run(db: str, task_id: int, worker: str) -> int:
         return 0
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} task {task_id} {t['name']}: attempt {t['attempts']}, "
           f"model {t['model_path']}, level {t['level']}, device {t['device']}, runs {t['runs']}", flush=True)
-    store.update(task_id, when=RUNNING, stage="loading", progress=5.0)
+    # Every write below is for this attempt of this worker only: a process
+    # left over from an earlier attempt never touches a later one.
+    mine = {"worker": worker, "attempts": t["attempts"]}
+    store.update(task_id, when=RUNNING, match=mine, stage="loading", progress=5.0)
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from ..config import OptimizeConfig
@@ -74,16 +77,16 @@ def run(db: str, task_id: int, worker: str) -> int:
             save = os.path.join(save, os.path.basename(t["model_path"]))
         _, report = optimize(t["model_path"], t["level"], t["device"], t["tensor_info"], save_path=save,
                              optimization_config=OptimizeConfig.from_dict(t["config"]),
-                             overwrite=t["attempts"] > 1, runs=t["runs"], progress=_Progress(store, task_id))
+                             overwrite=t["attempts"] > 1, runs=t["runs"], progress=_Progress(store, task_id, mine))
     except Exception as e:
         traceback.print_exc()
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        store.update(task_id, when=RUNNING, state=FAILED, reason=f"{type(e).__name__}: {reason}",
+        store.update(task_id, when=RUNNING, match=mine, state=FAILED, reason=f"{type(e).__name__}: {reason}",
                      ended=time.time())
         return 1
     data = report.to_dict()
     print(report, flush=True)
-    ok = store.update(task_id, when=RUNNING, state=DONE, stage="done", progress=100.0,
+    ok = store.update(task_id, when=RUNNING, match=mine, state=DONE, stage="done", progress=100.0,
                       speedup=float(data["timing"]["speedup"]), report=json.dumps(data, default=str),
                       ended=time.time())
     print(f"{time.strftime('%H:%M:%S')} " + ("done" if ok else "finished, but the task was stopped meanwhile"),

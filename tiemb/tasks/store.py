@@ -166,9 +166,10 @@ class Store:
                 ids.append(tid)
         return ids
 
-    def update(self, task_id: int, when: Iterable[str] = (), **fields) -> bool:
+    def update(self, task_id: int, when: Iterable[str] = (), match: Optional[dict] = None, **fields) -> bool:
         """Sets ``fields`` if the task's state is one of ``when`` (any state
-        when empty); returns whether the row changed."""
+        when empty) and its columns equal ``match`` (e.g. the worker and the
+        attempt a task process belongs to); returns whether the row changed."""
         if "tags" in fields or "config" in fields:
             fields = {k: (json.dumps(v) if k in ("tags", "config") else v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -177,6 +178,8 @@ class Store:
         if when:
             sql += f" AND state IN ({', '.join('?' * len(when))})"
             args += list(when)
+        for k, v in (match or {}).items():
+            sql, args = sql + f" AND {k} = ?", args + [v]
         with self.transaction() as db:
             return db.execute(sql, args).rowcount == 1
 

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Dict, Optional
 
-from .store import FAILED, RUNNING, STOPPED, Store
+from .store import FAILED, QUEUED, RUNNING, STOPPED, Store
 
 STALE_S = 30.0          # a worker silent this long is dead, wherever it ran
 HEARTBEAT_S = 1.0
@@ -102,6 +102,7 @@ class Worker:
         self._stopping = False
         self._parent = os.getppid() if exit_with_parent else None
         self._ended: Dict[int, float] = {}
+        self.attempt: Dict[int, int] = {}
 
     def _spawn(self, task: dict) -> subprocess.Popen:
         os.makedirs(os.path.dirname(task["log_path"]), exist_ok=True)
@@ -119,15 +120,19 @@ class Worker:
                 t = self.store.get(tid)
             except ValueError:
                 t = None
+            # Still this worker's attempt? A stopped task may have been
+            # retried (and claimed again) before its old process was reaped.
+            ours = t is not None and t["worker"] == self.id and t["attempts"] == self.attempt[tid]
             if proc.poll() is not None:
                 del self.children[tid]
-                if t is not None and t["state"] in RUNNING:  # it died without saying why
-                    self.store.update(tid, when=RUNNING, state=FAILED, ended=time.time(),
+                if ours and t["state"] in RUNNING:  # it died without saying why
+                    self.store.update(tid, when=RUNNING, match={"worker": self.id, "attempts": t["attempts"]},
+                                      state=FAILED, ended=time.time(),
                                       reason=f"the task's process exited with code {proc.returncode}; see its log")
                     t = self.store.get(tid)
                 self.say(f"task {tid}: {t['state'] if t else 'deleted'}"
                          + (f" ({t['reason']})" if t and t["reason"] else ""))
-            elif t is None or t["state"] == STOPPED:
+            elif not ours or t["state"] in (STOPPED, QUEUED):
                 _kill_group(proc)
                 del self.children[tid]
                 self.say(f"task {tid}: {t['state'] if t else 'deleted'}, its process killed")
@@ -158,6 +163,8 @@ class Worker:
                     if task is None:
                         break
                     self.children[task["id"]] = self._spawn(task)
+                    self.attempt[task["id"]] = task["attempts"]
+                    self._ended.pop(task["id"], None)
                 now = time.monotonic()
                 if now - beat >= HEARTBEAT_S:
                     self.store.heartbeat(self.id)
@@ -174,7 +181,8 @@ class Worker:
         finally:
             for tid, proc in list(self.children.items()):
                 _kill_group(proc)
-                self.store.update(tid, when=RUNNING, state=FAILED, reason="worker stopped", ended=time.time())
+                self.store.update(tid, when=RUNNING, match={"worker": self.id, "attempts": self.attempt[tid]},
+                                  state=FAILED, reason="worker stopped", ended=time.time())
                 self.say(f"task {tid}: failed (worker stopped)")
             self.store.remove_worker(self.id)
             for s, h in old.items():
