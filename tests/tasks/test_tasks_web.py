@@ -155,5 +155,14 @@ def test_json_api(ui, page, tasks, serving_model, tmp_path):
     r = req.post(ui + "api/tasks/1/save", data={"repository": str(tmp_path / "repo")})
     assert r.status == 400 and "only done tasks are saved" in r.json()["error"]
     assert req.get(ui + "api/tasks/9").status == 404
+    # A page of another site cannot act on the tasks (there is no login).
+    assert req.post(ui + "api/tasks/1/stop", headers={"Origin": "http://evil.example"}).status == 403
+    assert req.delete(ui + "api/tasks/1", headers={"Origin": "http://evil.example"}).status == 403
+    # Tensor info through the API is text: a file name is not read on the server.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x:int64(1*26)\n")
+    r = req.post(ui + "api/tasks", data={"name": "f", "models": [serving_model + "@1"], "tensor_info": str(secret),
+                                         "save_root": str(tmp_path / "out")})
+    assert r.status == 400 and "expected 'element:dtype(shape)'" in r.json()["error"]
     assert req.delete(ui + "api/tasks/1").json() == {"deleted": 1}
     assert req.get(ui + "api/tasks").json() == []

@@ -29,19 +29,21 @@ def stop(store: Store, task_id: int) -> str:
 
 
 def retry(store: Store, task_id: int, *, level: Optional[int] = None, tensor_info=None, device: Optional[str] = None,
-          runs: Optional[int] = None, config: Optional[dict] = None) -> dict:
+          runs: Optional[int] = None, config: Optional[dict] = None, tensor_info_files: bool = False) -> dict:
     """Queues a failed or stopped task again, with any settings given here
     replacing its old ones (the same checks as at submit); returns the task.
 
     Args:
         level, tensor_info, device, runs, config: new settings; None keeps the old.
+        tensor_info_files: a tensor_info string may name a file of lines
+            (the command line; never the web page).
     """
     t = store.get(task_id)
     if t["state"] not in (FAILED, STOPPED):
         raise TaskError(f"task {task_id} ({t['name']}) is {t['state']}; only failed or stopped tasks are retried")
     settings = check_settings(t["level"] if level is None else level, device or t["device"],
                               t["runs"] if runs is None else runs, t["config"] if config is None else config)
-    info = t["tensor_info"] if tensor_info is None else read_tensor_info(tensor_info)
+    info = t["tensor_info"] if tensor_info is None else read_tensor_info(tensor_info, files=tensor_info_files)
     if not store.update(task_id, when=(FAILED, STOPPED), state=QUEUED, reason=None, stage=None, progress=0,
                         speedup=None, report=None, pid=None, worker=None, started=None, ended=None,
                         tensor_info=info, **settings):

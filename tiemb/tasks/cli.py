@@ -32,7 +32,8 @@ def _fmt_tags(t: dict) -> str:
 
 def _cmd_submit(args) -> int:
     ids = submit(_store(args), args.name, args.model, args.tensor_info, args.save_root, level=args.level,
-                 device=args.device, config=read_config_file(args.config), tags=parse_tags(args.tag), runs=args.runs)
+                 device=args.device, config=read_config_file(args.config), tags=parse_tags(args.tag), runs=args.runs,
+                 tensor_info_files=True)
     store = _store(args)
     for i in ids:
         t = store.get(i)
@@ -97,7 +98,7 @@ def _cmd_stop(args) -> int:
 def _cmd_retry(args) -> int:
     config = read_config_file(args.config) if args.config else None
     t = actions.retry(_store(args), args.id, level=args.level, tensor_info=args.tensor_info, device=args.device,
-                      runs=args.runs, config=config)
+                      runs=args.runs, config=config, tensor_info_files=True)
     print(f"{t['id']}\t{t['name']}\t{t['state']}")
     return 0
 

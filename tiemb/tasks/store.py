@@ -197,6 +197,9 @@ class Store:
     def claim(self, worker: str) -> Optional[dict]:
         """The oldest queued task, moved to "starting" for ``worker``; None when
         the queue is empty. One transaction, so two workers never share a task."""
+        # A read first: an idle worker polling must not take the write lock each time.
+        if self.db.execute("SELECT 1 FROM tasks WHERE state = ? LIMIT 1", (QUEUED,)).fetchone() is None:
+            return None
         with self.transaction() as db:
             row = db.execute("SELECT id FROM tasks WHERE state = ? ORDER BY id LIMIT 1", (QUEUED,)).fetchone()
             if row is None:

@@ -110,10 +110,11 @@ def check_save_root(save_root: str, units: Sequence[ModelVersion]) -> str:
     return root
 
 
-def read_tensor_info(values) -> str:
-    """``--tensor-info``: each value a file of lines or lines themselves;
-    returns the joined text after parsing it (errors name the file, the line
-    and the position in it)."""
+def read_tensor_info(values, files: bool = True) -> str:
+    """``--tensor-info``: each value lines themselves or, with ``files``, a
+    file of lines; returns the joined text after parsing it (errors name the
+    file, the line and the position in it). The web page passes
+    ``files=False``: a remote form must not make the server read its files."""
     if isinstance(values, str):
         values = [values]
     if not values:
@@ -122,7 +123,9 @@ def read_tensor_info(values) -> str:
     pieces = []
     for v in values:
         source = "--tensor-info"
-        if "(" not in v and os.path.isfile(v):
+        if not isinstance(v, str):
+            raise ValueError(f"--tensor-info: expected text lines, got {type(v).__name__} {v!r}")
+        if files and "(" not in v and os.path.isfile(v):
             source = f"--tensor-info file {v}"
             with open(v) as f:
                 v = f.read()
@@ -190,7 +193,7 @@ def task_names(name: str, units: Sequence[ModelVersion]) -> List[str]:
 
 def submit(store: Store, name: str, models: Sequence[str], tensor_info, save_root: str, *, level: int = 0,
            device: str = "cpu", config: Optional[dict] = None, tags: Optional[Dict[str, str]] = None,
-           runs: int = 50) -> List[int]:
+           runs: int = 50, tensor_info_files: bool = False) -> List[int]:
     """Queues one task per model version; returns their ids. Nothing is
     queued when anything is wrong.
 
@@ -198,7 +201,8 @@ def submit(store: Store, name: str, models: Sequence[str], tensor_info, save_roo
         store: the task database.
         name: the task name (the prefix when there are several versions).
         models: ``PATH[@VERSION,...]`` strings (see the module doc).
-        tensor_info: seed 001 lines (a string or a list of strings or files).
+        tensor_info: seed 001 lines (a string or a list of strings; with
+            ``tensor_info_files``, a string may name a file of lines).
         save_root: where the optimized models go (``<save_root>/<id>-<name>``);
             it may not overlap a model's directory.
         level: 0 lossless, 1 FP16.
@@ -221,7 +225,7 @@ def submit(store: Store, name: str, models: Sequence[str], tensor_info, save_roo
             raise ValueError(f"model {u.model} version {u.version} ({u.path}) is given twice")
         seen.add(u.path)
     root = check_save_root(save_root, units)
-    info = read_tensor_info(tensor_info)
+    info = read_tensor_info(tensor_info, files=tensor_info_files)
     settings = check_settings(level, device, runs, config)
     rows = [dict(settings, name=n, model=u.model, version=u.version, model_path=u.path, save_root=root,
                  tensor_info=info, tags=dict(tags or {}))

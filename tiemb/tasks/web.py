@@ -50,6 +50,15 @@ def create_app(db: str) -> Flask:
         except TaskError:
             abort(404)
 
+    @app.before_request
+    def _same_origin():
+        # No login: at least refuse changes posted by another site's page
+        # (a browser names that page's origin; same-origin forms and API
+        # clients without an Origin header pass).
+        origin = request.headers.get("Origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != request.host_url.rstrip("/"):
+            abort(403)
+
     # ----------------------------------------------------------------- page
 
     @app.get("/")
