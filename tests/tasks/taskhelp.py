@@ -48,8 +48,8 @@ class Tasks:
     def get(self, task_id):
         return json.loads(self("show", str(task_id), "--json").stdout)
 
-    def submit(self, name, *models, runs="3", extra=(), save_root=None):
-        args = ["submit", "--name", name, "--tensor-info", TENSOR_INFO, "--runs", runs,
+    def submit(self, name, *models, runs="3", extra=(), save_root=None, info=TENSOR_INFO):
+        args = ["submit", "--name", name, "--tensor-info", info, "--runs", runs,
                 "--save-root", save_root or os.path.join(os.path.dirname(self.db), "out")]
         for m in models:
             args += ["--model", m]

@@ -232,3 +232,31 @@ def test_worker_stopped_with_sigterm_fails_its_tasks(tasks, serving_model):
     assert not alive(pid)
     t = tasks.get(tid)
     assert (t["state"], t["reason"]) == ("failed", "worker stopped")
+
+
+def test_frozen_graph_task(tasks, tmp_path):
+    """A frozen graph .pb is version 1 of a model named after the file; its
+    optimized .pb, table store and report are saved together."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    table = tf.Variable(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int64, name="ids")])
+    def f(ids):
+        return tf.reduce_sum(tf.gather(table, ids), 1, name="out")
+
+    src = tmp_path / "graphs" / "ctr.pb"
+    src.parent.mkdir()
+    src.write_bytes(convert_variables_to_constants_v2(f.get_concrete_function()).graph.as_graph_def()
+                    .SerializeToString())
+    p = tasks("submit", "--name", "pb", "--model", str(src), "--tensor-info", "ids:int64(1*3,16*3)", "--runs", "3",
+              "--save-root", str(tmp_path / "graphs" / "out"), check=False)
+    assert p.returncode == 1 and "is inside the directory of model 'ctr'" in p.stderr
+    tid, = tasks.submit("pb", str(src), info="ids:int64(1*3,16*3)")
+    tasks("worker", "--exit-when-idle", timeout=120)
+    t = tasks.get(tid)
+    assert (t["state"], t["model"], t["version"]) == ("done", "ctr", "1"), t["log_tail"]
+    assert t["report"]["rewrite"]["replaced"] == 1 and t["speedup"] > 0
+    saved = tasks("save", str(tid), "--repository", str(tmp_path / "repo")).stdout.strip()
+    assert sorted(os.listdir(saved)) == ["ctr.pb", "ctr.pb.report.json", "ctr.pb.store"]
