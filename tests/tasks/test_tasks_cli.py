@@ -219,8 +219,13 @@ def test_killed_worker_leaves_nothing_stuck(tasks, serving_model):
     t = tasks.get(tid)
     assert (t["state"], t["reason"]) == ("failed", "worker stopped")
     assert tasks.get(queued)["state"] == "done"
-    tasks("retry", str(tid), "--runs", "2")
-    assert tasks.get(tid)["state"] == "queued"
+    # A retry with malformed settings changes nothing; good ones queue it again.
+    p = tasks("retry", str(tid), "--tensor-info", "dense:float(1*13)", "cat:int64(1*26", check=False)
+    assert p.returncode == 1 and "line 1 'cat:int64(1*26': expected '(shape)'" in p.stderr, p.stderr
+    assert tasks.get(tid)["state"] == "failed"
+    tasks("retry", str(tid), "--runs", "2", "--tensor-info", "dense:float(4*13)", "cat:int64(4*26)")
+    t = tasks.get(tid)
+    assert (t["state"], t["runs"], t["tensor_info"]) == ("queued", 2, "dense:float(4*13)\ncat:int64(4*26)")
 
 
 def test_worker_stopped_with_sigterm_fails_its_tasks(tasks, serving_model):
