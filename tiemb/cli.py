@@ -6,6 +6,8 @@
     tiemb bench [--model wd|deepfm|dlrm|all|layer] [--batch 1,8,64,512,4096] [--level 0,1] [--device cpu]
                 [--scale tiny|small|full] [--runs 30] [--json OUT] [--plot OUT.png]
     tiemb info
+    tiemb tasks submit|list|show|stop|retry|delete|tag|save|worker ...   (see tiemb/tasks/cli.py)
+    tiemb ui [--port P]
 
 Exit codes: 0 ok; 2 bad arguments; 1 any other failure, with a one-line reason.
 """
@@ -213,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=_cmd_inspect)
     i = sub.add_parser("info", help="print what this build contains (CUDA part, TF op library)")
     i.set_defaults(func=_cmd_info)
+    from .tasks.cli import add_parsers as add_task_parsers
+
+    add_task_parsers(sub)
     return p
 
 
