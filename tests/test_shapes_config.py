@@ -4,6 +4,7 @@ OptimizeConfig (the seed's parameter_map lines, and bad entries). No TensorFlow 
 import pytest
 
 from tiemb import ConfigError, OptimizeConfig, ShapeSpecError, parse_input_shapes
+from seed import seed_config
 
 
 def parsed(spec):
@@ -75,19 +76,6 @@ def test_every_seed_form_parses(spec, want):
 def test_malformed_specs_point_at_the_bad_part(spec, message):
     with pytest.raises(ShapeSpecError, match=message):
         parse_input_shapes(spec)
-
-
-def seed_config(batch_size=512, slot_num=26, max_nnz=10):
-    """The seed's lines, verbatim."""
-    optimization_config = OptimizeConfig()
-    optimization_config.parameter_map["tiemb/max_batch_size"].i = batch_size
-    optimization_config.parameter_map["tiemb/slot_num"].i = slot_num
-    optimization_config.parameter_map["tiemb/max_nnz"].i = max_nnz
-    optimization_config.parameter_map["tiemb/cache_percentage"].f = 0.2
-    optimization_config.parameter_map["tiemb/cpu_cache_percentage"].f = 1.0
-    optimization_config.parameter_map["tiemb/hit_rate_threshold"].f = 0.95
-    optimization_config.parameter_map["tiemb/enable_distributed"].b = False
-    return optimization_config
 
 
 def test_seed_config_and_defaults():

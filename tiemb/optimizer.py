@@ -172,34 +172,14 @@ def _saved_fn(fn, outputs):
 def _id_bounds(model: _Model, lookups: List[dict]) -> Dict[object, int]:
     """Per input (and per (input, column) where a lookup reads one column):
     the smallest table row count its values index."""
-    from .rewrite.graph import GraphView, split_input
-
-    view = GraphView(model.graph_def)
-    by_placeholder = {p: name for name, p in model.placeholder_of.items()}
+    inputs = _input_of(model)
     bounds: Dict[object, int] = {}
     for lk in lookups:
-        start = split_input(lk["ids"])[0]
-        node = view.nodes.get(start)
-        if node is not None and node.name in by_placeholder and lk["id_column"] >= 0:
-            key = (by_placeholder[node.name], lk["id_column"])
-            bounds[key] = min(bounds.get(key, lk["rows"]), lk["rows"])
+        node, column = lk["feature_key"]      # where the lookup's ids come from (tiemb.rewrite.features)
+        if node not in inputs:
             continue
-        stack, seen, column = [start], set(), None
-        while stack:
-            n = view.nodes.get(stack.pop())
-            if n is None or n.name in seen:
-                continue
-            seen.add(n.name)
-            if n.name in by_placeholder:
-                key = (by_placeholder[n.name], column) if column is not None else by_placeholder[n.name]
-                bounds[key] = min(bounds.get(key, lk["rows"]), lk["rows"])
-                continue
-            if n.op == "StridedSlice":      # x[:, c] or x[:, c:c+1] straight off an input: one column
-                begin = view.const_value(view.producer(n.input[1])[0])
-                src, _ = view.skip_identity(*view.input(n, 0))
-                if begin is not None and np.shape(begin) == (2,) and src is not None and src.name in by_placeholder:
-                    column = int(begin[1])
-            stack.extend(split_input(i)[0] for i in n.input if not i.startswith("^"))
+        key = inputs[node] if column is None else (inputs[node], column)
+        bounds[key] = min(bounds.get(key, lk["rows"]), lk["rows"])
     return bounds
 
 

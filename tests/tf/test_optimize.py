@@ -13,6 +13,7 @@ tf = pytest.importorskip("tensorflow")
 
 import tiemb  # noqa: E402
 from serving import assert_same_outputs, serve_fresh, serve_here  # noqa: E402
+from seed import seed_config  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 from tiemb.bench import models  # noqa: E402
 
@@ -28,21 +29,6 @@ def wide_deep(tmp_path_factory):
     return path, spec
 
 
-def seed_config():
-    import tiacc_tf
-
-    batch_size, slot_num, max_nnz = 512, 52, 26
-    optimization_config = tiacc_tf.OptimizeConfig()
-    optimization_config.parameter_map["tiemb/max_batch_size"].i = batch_size
-    optimization_config.parameter_map["tiemb/slot_num"].i = slot_num
-    optimization_config.parameter_map["tiemb/max_nnz"].i = max_nnz
-    optimization_config.parameter_map["tiemb/cache_percentage"].f = 0.2
-    optimization_config.parameter_map["tiemb/cpu_cache_percentage"].f = 1.0
-    optimization_config.parameter_map["tiemb/hit_rate_threshold"].f = 0.95
-    optimization_config.parameter_map["tiemb/enable_distributed"].b = False
-    return optimization_config
-
-
 def test_seed_call_end_to_end(wide_deep, tmp_path, seed):
     import tiacc_inference
 
@@ -50,7 +36,7 @@ def test_seed_call_end_to_end(wide_deep, tmp_path, seed):
     input_shapes = [{"range": ["1*26", "512*26"], "int": True}, {"range": ["1*13", "512*13"]}]   # cat, dense
     save_path = str(tmp_path / "optimized")
     output_model, optimized_report = tiacc_inference.optimize(input_model, 0, 1, input_shapes, None, None, None,
-                                                              save_path, seed_config())
+                                                              save_path, seed_config(512, 52, 26))
     r = optimized_report.to_dict()
     # The seed's fields, with the right types and consistent numbers.
     assert {e["software"] for e in r["software_environment"]} >= {"tensorflow", "tiemb"}

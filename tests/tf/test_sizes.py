@@ -15,27 +15,13 @@ tf = pytest.importorskip("tensorflow")
 
 import tiemb  # noqa: E402
 from serving import assert_same_outputs, serve_fresh, serve_here  # noqa: E402
+from seed import seed_config  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 from tiemb.bench import models  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
 
 VOCAB = models.vocab_for("tiny")
-
-
-def seed_config(batch_size, slot_num, max_nnz):
-    """Seed 000's example, line for line."""
-    import tiacc_tf
-
-    optimization_config = tiacc_tf.OptimizeConfig()
-    optimization_config.parameter_map["tiemb/max_batch_size"].i = batch_size
-    optimization_config.parameter_map["tiemb/slot_num"].i = slot_num
-    optimization_config.parameter_map["tiemb/max_nnz"].i = max_nnz
-    optimization_config.parameter_map["tiemb/cache_percentage"].f = 0.2
-    optimization_config.parameter_map["tiemb/cpu_cache_percentage"].f = 1.0
-    optimization_config.parameter_map["tiemb/hit_rate_threshold"].f = 0.95
-    optimization_config.parameter_map["tiemb/enable_distributed"].b = False
-    return optimization_config
 
 
 def optimize(src, dst, shapes, cfg, test_data=None):
