@@ -237,10 +237,13 @@ class TiembLookupBase : public OpKernel {
     const store_manifest* manifest = nullptr;
     std::shared_ptr<Engine> engine = open(&manifest);
     std::vector<slot_config> slots = slot_configs(*manifest, store, [&](int32_t t) { return table_dim(*engine, t); });
-    store_group<Engine, Group>& g = groups[key];
+    // Built completely before it is cached: a build that throws (slots the
+    // store cannot serve) must leave no entry, or the next call would use an
+    // empty group.
+    store_group<Engine, Group> g;
+    g.group = std::make_unique<Group>(*engine, std::move(slots));
     g.engine = std::move(engine);
-    g.group = std::make_unique<Group>(*g.engine, std::move(slots));
-    return *g.group;
+    return *groups.emplace(key, std::move(g)).first->second.group;
   }
 
   /// Slot configs against a store's manifest; `table_dim(id)` gives a table's dimension.
