@@ -393,12 +393,16 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         raise OptimizeError(f"save_path {save_path} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
     parent = os.path.dirname(os.path.abspath(save_path))
     os.makedirs(parent, exist_ok=True)
-    work = _files.new_work_dir(parent)
     # SIGTERM (a supervisor stopping the job) unwinds like Ctrl-C, so the
     # `finally` below removes the work directory; SIGKILL leaves it to the
     # next run's new_work_dir.
     guard = _files.terminate_as_interrupt()
     guard.__enter__()
+    try:
+        work = _files.new_work_dir(parent)
+    except BaseException:
+        guard.__exit__(None, None, None)
+        raise
     try:
         say("optimizing")
         tf_ops.load()
