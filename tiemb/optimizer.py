@@ -270,6 +270,40 @@ def _check_test_data(model: _Model, test_data) -> List[Dict[str, np.ndarray]]:
     return out
 
 
+# The most test data optimize() generates from input_shapes (all inputs, all
+# generated batches together); larger asks are an error that says to pass
+# test_data or smaller shapes, not a run out of memory.
+MAX_GENERATED_BYTES = 1 << 30
+
+
+def _check_spec_shapes(model: _Model, by_name: Dict[str, InputShape], generated: bool) -> None:
+    """Every input_shapes entry against the model's input (rank and fixed
+    dimensions: a width or order mistake is named here, in one line, not as a
+    graph execution error at the first run), and the size of the data to
+    generate against MAX_GENERATED_BYTES."""
+    total = 0
+    for name, spec in by_name.items():
+        want = model.input_shapes.get(name)
+        for shape in spec.shapes:
+            if want is None:
+                continue
+            if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape)):
+                model_shape = str(tuple(want))
+                raise OptimizeError(f"input_shapes gives {name} the shape {'*'.join(map(str, shape))}, but the "
+                                    f"model's input {name} has shape {model_shape} (positional entries follow the "
+                                    f"order {model.inputs})")
+        dtype = spec.dtype or model.input_dtypes.get(name) or "float32"
+        try:
+            itemsize = np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize
+        except TypeError:
+            itemsize = 8       # strings and other kinds: a pointer's worth, at least
+        total += sum(int(np.prod(s, dtype=np.float64)) * itemsize for s in {spec.max_shape, spec.min_shape})
+    if generated and total > MAX_GENERATED_BYTES:
+        raise OptimizeError(f"input_shapes asks for {total / 1e9:.3g} GB of generated test data, more than the "
+                            f"{MAX_GENERATED_BYTES >> 20} MB optimize() generates; pass test_data, or smaller "
+                            "input_shapes (the serving batch size, not the data set)")
+
+
 def _match_specs(model: _Model, specs: List[InputShape]) -> Dict[str, InputShape]:
     named = [s for s in specs if s.name is not None]
     if named and len(named) != len(specs):
@@ -351,6 +385,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     kind = _kind(input_model)
     model = _load(input_model, kind, input_nodes_names, output_nodes_names)
     by_name = _match_specs(model, specs)
+    _check_spec_shapes(model, by_name, generated=test_data is None)
 
     # What the rewriter finds (for the engine sizes and the generated data).
     _, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)

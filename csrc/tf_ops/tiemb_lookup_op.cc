@@ -190,6 +190,12 @@ class TiembLookupBase : public OpKernel {
       const Tensor& nr = num_rows[s];
       TIEMB_EXPECT(nr.dims() == 0 || (nr.dims() == 1 && nr.NumElements() >= 1), "slot ", s,
                    ": num_rows must be a scalar or a dense_shape vector, got shape ", nr.shape().DebugString());
+      // A safe slot's dense_shape is a rank-2 sparse input's: the original
+      // graph's SparseReshape refuses any other rank, and the rewriter folds
+      // that SparseReshape away, so the check lives here.
+      TIEMB_EXPECT(modes_[static_cast<size_t>(s)] != "safe" || nr.dims() == 0 || nr.NumElements() == 2, "slot ", s,
+                   ": the sparse input's dense_shape has ", nr.NumElements(),
+                   " entries, but this lookup takes a rank-2 sparse input (dense_shape of 2 entries)");
       r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
     }
     return std::string(store.scalar<::tensorflow::tstring>()());
