@@ -30,3 +30,23 @@ def feeds(seed=0, batch=16, vocab=50):
 def serve(model, feed):
     fn = model.signatures["serving_default"]
     return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in feed.items()}).items()}
+
+
+def sparse_input_model(path, seed, vocab=30, dim=4, default_id=None):
+    """A model taking SparseTensor pieces (indices, values, dense_shape), as a
+    serving signature over tf.nn.safe_embedding_lookup_sparse, then a dense layer."""
+    rng = np.random.default_rng(seed)
+    module = tf.Module()
+    module.table = tf.Variable(rng.standard_normal((vocab, dim)).astype(np.float32))
+    module.kernel = tf.Variable(rng.standard_normal((dim, 2)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int64, name="indices"),
+                                  tf.TensorSpec([None], tf.int64, name="values"),
+                                  tf.TensorSpec([2], tf.int64, name="dense_shape")])
+    def serve(indices, values, dense_shape):
+        sp = tf.SparseTensor(indices, values, dense_shape)
+        emb = tf.nn.safe_embedding_lookup_sparse(module.table, sp, None, combiner="mean", default_id=default_id)
+        return {"out": tf.matmul(emb, module.kernel)}
+
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+    return path
