@@ -124,3 +124,17 @@ def test_damaged_optimized_model_fails_with_the_file_and_tiemb_check_says_so(tmp
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert run.returncode == 0 and run.stdout.startswith("refused") and f"{table}: checksum mismatch" in run.stdout, \
         run.stdout + run.stderr[-2000:]
+
+
+def test_crc32c_known_values_and_both_code_paths(seed):
+    # RFC 3720's CRC32C check value, and the iSCSI test vector of 32 zero bytes.
+    assert _C.crc32c(b"123456789") == 0xE3069283 == _C.crc32c(b"123456789", portable=True)
+    assert _C.crc32c(bytes(32)) == 0x8A9136AA == _C.crc32c(bytes(32), portable=True)
+    assert _C.crc32c(b"6789", _C.crc32c(b"12345")) == 0xE3069283
+    rng = np.random.default_rng(seed)
+    for size in [1, 7, 1 << 20, 3 << 20, (5 << 20) + 13]:
+        data = rng.integers(0, 256, size, dtype=np.uint8)
+        blocks = [data[k:k + (1 << 20)].tobytes() for k in range(0, size, 1 << 20)]
+        want = _C.crc32c(b"".join(_C.crc32c(b).to_bytes(4, "little") for b in blocks))
+        assert _C.block_crc32c(data, threads=1) == _C.block_crc32c(data) == want
+        assert _C.block_crc32c(data, threads=1, portable=True) == want
