@@ -92,3 +92,31 @@ def test_replace_is_atomic_for_directories(tmp_path):
     (new / "f").write_text("new")
     assert _files.replace(str(new), str(old)) is True
     assert (old / "f").read_text() == "new" and (new / "f").read_text() == "old"
+
+
+def test_frozen_graph_overwrite_replaces_graph_and_store_together(tmp_path):
+    """A .pb and its store beside it: overwrite=True swaps both; the new graph
+    serves the new tables, and `tiemb check` finds the store sound."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tiemb.rewrite import load_frozen_graph
+
+    out = str(tmp_path / "opt" / "model.pb")
+    ids = np.random.default_rng(0).integers(0, 50, (7, 3))
+    for k in range(2):
+        table = tf.Variable(np.random.default_rng(k).standard_normal((50, 8)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int64, name="ids")])
+        def f(x):
+            return tf.reduce_sum(tf.gather(table, x), 1, name="out")
+
+        src = str(tmp_path / f"m{k}.pb")
+        with open(src, "wb") as fh:
+            fh.write(convert_variables_to_constants_v2(f.get_concrete_function()).graph.as_graph_def()
+                     .SerializeToString())
+        _, report = tiemb.optimize(src, 0, 1, ["16*3"], save_path=out, overwrite=k > 0, runs=2)
+        assert report.accuracy["max_rel_diff"] <= 1e-6
+        assert tf_ops.check_store(out + ".store") == []
+        got = load_frozen_graph(out, ["ids:0"], ["Identity:0"])(tf.constant(ids))[0].numpy()
+        np.testing.assert_allclose(got, f(tf.constant(ids)).numpy(), rtol=1e-6)
+    assert _leftovers(str(tmp_path / "opt")) == []
