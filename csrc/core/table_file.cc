@@ -89,7 +89,9 @@ table_file_reader::table_file_reader(const std::string& path) : path_(path) {
     problem = "format version 1 has no checksums and is no longer read; re-optimize the model with this tiemb";
   } else if (version != kVersion) {
     problem = detail::concat("format version ", version, " is not supported (expected ", kVersion, ")");
-  } else if (crc32c(header, kHeaderCrcBytes) != header_crc) {
+  } else if (crc32c(header, kHeaderCrcBytes) != header_crc ||
+             std::any_of(header + kHeaderCrcBytes + 4, header + kTableFileHeaderBytes, [](char c) { return c != 0; })) {
+    // The reserved bytes must be zero: every byte of the file is checked.
     problem = "header checksum mismatch: the file is damaged";
   } else if (!ok_type) {
     problem = detail::concat("unknown dtype code ", type_code);

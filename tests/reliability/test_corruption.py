@@ -82,6 +82,20 @@ def test_random_corruption_is_an_error_naming_the_file(tmp_path, seed):
                 _C.read_store_manifest(d)
 
 
+def test_every_header_byte_is_checked(tmp_path):
+    d = str(tmp_path / "s")
+    tf_ops.write_store(d, {"a.tiemb": np.ones((3, 2), np.float32)}, max_batch_size=8, slot_num=1, max_nnz=3)
+    path = os.path.join(d, "a.tiemb")
+    good = open(path, "rb").read()
+    for at in range(64):
+        data = bytearray(good)
+        data[at] ^= 0x04
+        open(path, "wb").write(bytes(data))
+        with pytest.raises(ValueError, match="a.tiemb"):
+            _C.read_table_rows(path, [0])
+        assert tf_ops.check_store(d), f"byte {at}"
+
+
 def test_format_1_files_are_refused_with_a_clear_message(tmp_path):
     d = str(tmp_path / "s")
     tf_ops.write_store(d, {"a.tiemb": np.ones((3, 2), np.float32)}, max_batch_size=8, slot_num=1, max_nnz=3)
