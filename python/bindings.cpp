@@ -10,6 +10,7 @@
 #include "../csrc/core/config.h"
 #include "../csrc/core/error.h"
 #include "../csrc/core/table_file.h"
+#include "../csrc/core/checksum.h"
 #include "../csrc/core/table_store.h"
 #include "../csrc/core/tier_config.h"
 #include "../csrc/cpu/cpu_engine.h"
@@ -149,8 +150,9 @@ PYBIND11_MODULE(_C, m) {
     TIEMB_EXPECT(t == static_cast<int>(dtype::float32) || t == static_cast<int>(dtype::float16),
                  "table must be float32 or float16, got ", dtype_name(table));
     TIEMB_EXPECT(table.ndim() == 2 && is_c_contiguous(table), "table must be a 2-D C-contiguous array");
-    write_table_file(path, static_cast<dtype>(t), table.shape(0), table.shape(1), table.data());
-  }, py::arg("path"), py::arg("table"), "Writes a table file (see csrc/core/table_file.h).");
+    return write_table_file(path, static_cast<dtype>(t), table.shape(0), table.shape(1), table.data());
+  }, py::arg("path"), py::arg("table"),
+     "Writes a table file (see csrc/core/table_file.h); returns its data's block CRC32C.");
   m.def("read_table_rows", [](const std::string& path, const std::vector<int64_t>& ids) {
     table_file_reader r(path);
     const auto& h = r.header();
@@ -192,12 +194,33 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("rows"), py::arg("profile_ids"), py::arg("limit"));
 
   m.def("write_store_manifest", [](const std::string& dir, int64_t max_batch_size, int64_t slot_num,
-                                   int64_t max_nnz, const std::vector<std::string>& tables) {
+                                   int64_t max_nnz, const std::vector<std::string>& tables,
+                                   const std::string& content_id, const std::vector<uint32_t>& checksums,
+                                   const std::vector<int64_t>& file_bytes) {
     store_manifest mf;
     mf.config = engine_config{max_batch_size, slot_num, max_nnz, 0};
     mf.tables = tables;
+    mf.content_id = content_id;
+    mf.checksums = checksums;
+    mf.file_bytes = file_bytes;
     mf.write(dir);
-  }, py::arg("dir"), py::arg("max_batch_size"), py::arg("slot_num"), py::arg("max_nnz"), py::arg("tables"));
+  }, py::arg("dir"), py::arg("max_batch_size"), py::arg("slot_num"), py::arg("max_nnz"), py::arg("tables"),
+     py::arg("content_id"), py::arg("checksums"), py::arg("file_bytes"));
+  m.def("check_store", [](const std::string& dir) {
+    py::gil_scoped_release release;
+    return check_store(dir);
+  }, py::arg("dir"), "Every problem of a table store, one message per problem naming the file; [] when sound.");
+  m.def("crc32c", [](const py::bytes& data, uint32_t crc, bool portable) {
+    const std::string_view v = data;
+    return crc32c(v.data(), v.size(), crc, portable);
+  }, py::arg("data"), py::arg("crc") = 0, py::arg("portable") = false, "CRC32C of bytes (continuing from crc).");
+  m.def("block_crc32c", [](const py::buffer& data, int threads, bool portable) {
+    const py::buffer_info info = data.request();
+    const size_t bytes = static_cast<size_t>(info.size * info.itemsize);
+    py::gil_scoped_release release;
+    return block_crc32c(info.ptr, bytes, threads, portable);
+  }, py::arg("data"), py::arg("threads") = 0, py::arg("portable") = false,
+     "The table-file checksum of a contiguous buffer (csrc/core/checksum.h).");
   m.def("read_store_manifest", [](const std::string& dir) {
     const store_manifest mf = store_manifest::read(dir);
     py::dict d;
@@ -205,6 +228,9 @@ PYBIND11_MODULE(_C, m) {
     d["slot_num"] = mf.config.slot_num;
     d["max_nnz"] = mf.config.max_nnz;
     d["tables"] = mf.tables;
+    d["content_id"] = mf.content_id;
+    d["checksums"] = mf.checksums;
+    d["file_bytes"] = mf.file_bytes;
     return d;
   }, py::arg("dir"));
 

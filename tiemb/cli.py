@@ -3,6 +3,7 @@
     tiemb optimize MODEL --save OUT [--level 0|1] [--device cpu|gpu] [--input-shapes SPEC ...]
                    [--config cfg.json | --param tiemb/cache_percentage=0.2 ...] [--overwrite] [--runs 50]
     tiemb inspect MODEL
+    tiemb check MODEL
     tiemb bench [--model wd|deepfm|dlrm|all|layer] [--batch 1,8,64,512,4096] [--level 0,1] [--device cpu]
                 [--scale tiny|small|full] [--runs 30] [--json OUT] [--plot OUT.png]
     tiemb info
@@ -164,6 +165,22 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from .check import check_model
+
+    store, problems = check_model(args.model)
+    for p in problems:
+        print(f"tiemb check: {p}")
+    if problems:
+        return 1
+    from . import _C
+
+    m = _C.read_store_manifest(store)
+    total = sum(m["file_bytes"])
+    print(f"tiemb check: {args.model}: sound ({len(m['tables'])} tables, {total / 1e6:.1f} MB, checksums match)")
+    return 0
+
+
 def _cmd_info(_args) -> int:
     import tiemb
 
@@ -213,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("inspect", help="list inputs, outputs and the embedding lookups found; change nothing")
     n.add_argument("model", help="SavedModel directory or frozen graph .pb")
     n.set_defaults(func=_cmd_inspect)
+    c = sub.add_parser("check", help="check an optimized model's table store: every file present, of the right "
+                                     "size, its CRC32C matching (exit 1 and one line per problem otherwise)")
+    c.add_argument("model", help="optimized SavedModel directory, frozen graph .pb, or a table store directory")
+    c.set_defaults(func=_cmd_check)
     i = sub.add_parser("info", help="print what this build contains (CUDA part, TF op library)")
     i.set_defaults(func=_cmd_info)
     from .tasks.cli import add_parsers as add_task_parsers

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .bench.timing import alternate
+from . import _files
 from .config import ConfigError, OptimizeConfig
 from .report import OptimizedReport, hardware_environment, optimization_result, software_environment
 from .shapes import InputShape, parse_input_shapes
@@ -249,6 +250,40 @@ def _check_test_data(model: _Model, test_data) -> List[Dict[str, np.ndarray]]:
     return out
 
 
+# The most test data optimize() generates from input_shapes (all inputs, all
+# generated batches together); larger asks are an error that says to pass
+# test_data or smaller shapes, not a run out of memory.
+MAX_GENERATED_BYTES = 1 << 30
+
+
+def _check_spec_shapes(model: _Model, by_name: Dict[str, InputShape], generated: bool) -> None:
+    """Every input_shapes entry against the model's input (rank and fixed
+    dimensions: a width or order mistake is named here, in one line, not as a
+    graph execution error at the first run), and the size of the data to
+    generate against MAX_GENERATED_BYTES."""
+    total = 0
+    for name, spec in by_name.items():
+        want = model.input_shapes.get(name)
+        for shape in spec.shapes:
+            if want is None:
+                continue
+            if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape)):
+                model_shape = str(tuple(want))
+                raise OptimizeError(f"input_shapes gives {name} the shape {'*'.join(map(str, shape))}, but the "
+                                    f"model's input {name} has shape {model_shape} (positional entries follow the "
+                                    f"order {model.inputs})")
+        dtype = spec.dtype or model.input_dtypes.get(name) or "float32"
+        try:
+            itemsize = np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize
+        except TypeError:
+            itemsize = 8       # strings and other kinds: a pointer's worth, at least
+        total += sum(int(np.prod(s, dtype=np.float64)) * itemsize for s in {spec.max_shape, spec.min_shape})
+    if generated and total > MAX_GENERATED_BYTES:
+        raise OptimizeError(f"input_shapes asks for {total / 1e9:.3g} GB of generated test data, more than the "
+                            f"{MAX_GENERATED_BYTES >> 20} MB optimize() generates; pass test_data, or smaller "
+                            "input_shapes (the serving batch size, not the data set)")
+
+
 def _match_specs(model: _Model, specs: List[InputShape]) -> Dict[str, InputShape]:
     named = [s for s in specs if s.name is not None]
     if named and len(named) != len(specs):
@@ -411,6 +446,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     kind = _kind(input_model)
     model = _load(input_model, kind, input_nodes_names, output_nodes_names)
     by_name = _match_specs(model, specs)
+    _check_spec_shapes(model, by_name, generated=test_data is None)
 
     # What the rewriter finds (for the engine sizes and the generated data).
     _, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)
@@ -441,7 +477,16 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         raise OptimizeError(f"save_path {save_path} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
     parent = os.path.dirname(os.path.abspath(save_path))
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".tiemb-", dir=parent)
+    # SIGTERM (a supervisor stopping the job) unwinds like Ctrl-C, so the
+    # `finally` below removes the work directory; SIGKILL leaves it to the
+    # next run's new_work_dir.
+    guard = _files.terminate_as_interrupt()
+    guard.__enter__()
+    try:
+        work = _files.new_work_dir(parent)
+    except BaseException:
+        guard.__exit__(None, None, None)
+        raise
     try:
         say("optimizing")
         tf_ops.load()
@@ -488,28 +533,17 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         if rel_d > tol:
             raise OptimizeError(f"the optimized model's outputs differ by {rel_d:.3g} relative (level "
                                 f"{optimization_level} allows {tol:g}); nothing was written")
+        # Into place: an existing model is swapped out atomically (kept in
+        # `work` until the new one has passed its check there).
+        abs_d, rel_d, optimized_run, output_model = _into_place(
+            kind, staged, save_path, model, original_run, batches, tol, optimization_level)
         say("timing")
         timed = batches[0]
         base_s, opt_s = alternate([lambda: original_run(timed), lambda: optimized_run(timed)], runs,
                                   progress=(lambda i, n: say("timing", i, n)) if progress else None)
-        # Into place.
-        if os.path.exists(save_path):
-            if os.path.isdir(save_path):
-                shutil.rmtree(save_path)
-            else:
-                os.remove(save_path)
-        if kind == "saved_model":
-            shutil.move(staged, save_path)
-            output_model = tf.saved_model.load(save_path)
-        else:
-            if os.path.exists(store_path(save_path)):
-                shutil.rmtree(store_path(save_path))
-            if os.path.isdir(store_path(staged)):
-                shutil.move(store_path(staged), store_path(save_path))
-            shutil.move(staged, save_path)
-            output_model = _with_store(optimized, os.path.abspath(store_path(save_path)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        guard.__exit__(None, None, None)
 
     batch = next(iter(timed.values())).shape[0] if next(iter(timed.values())).ndim else 1
     b, o = _stats(base_s), _stats(opt_s)
@@ -538,6 +572,57 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     report.save(report_path)
     report.notes.append(f"report saved to {report_path}")
     return output_model, report
+
+
+def _into_place(kind, staged, save_path, model, original_run, batches, tol, level):
+    """Moves the staged model (and a .pb's store) to save_path, replacing an
+    existing one atomically, then checks the outputs of the model now at
+    save_path against the original's on every batch: the returned model and
+    the report's accuracy are those of what is at save_path. When that check
+    fails the old model is put back. Returns (max abs diff, max rel diff, the
+    optimized model's run function, the output model)."""
+    import tensorflow as tf
+
+    from . import backends
+    from .rewrite.frozen_graph import read_graph_def, store_path
+
+    moved = []     # (path now holding the old one or nothing, its place)
+    try:
+        if kind == "saved_model":
+            had_old = _files.replace(staged, save_path)
+            moved.append((staged, save_path, had_old))
+            output_model = tf.saved_model.load(save_path)
+            optimized_run = _saved_fn(output_model.signatures["serving_default"], model.outputs)
+        else:
+            store = store_path(save_path)
+            if os.path.isdir(store_path(staged)):
+                moved.append((store_path(staged), store, _files.replace(store_path(staged), store)))
+            elif os.path.lexists(store):
+                os.rename(store, store_path(staged))      # the old store goes with the old graph
+                moved.append((store_path(staged), store, "removed"))
+            moved.append((staged, save_path, _files.replace(staged, save_path)))
+            final_gd = read_graph_def(save_path)
+            optimized_run = _graph_fn(final_gd, model.inputs, model.outputs, os.path.abspath(store),
+                                      model.input_dtypes)
+            output_model = _with_store(final_gd, os.path.abspath(store))
+        abs_d = rel_d = 0.0
+        for b in batches:
+            a, r = backends.relative_difference(original_run(b), optimized_run(b))
+            abs_d, rel_d = max(abs_d, a), max(rel_d, r)
+        if rel_d > tol:
+            raise OptimizeError(f"the optimized model at {save_path} gives outputs that differ by {rel_d:.3g} "
+                                f"relative (level {level} allows {tol:g}); the previous contents were restored")
+        return abs_d, rel_d, optimized_run, output_model
+    except BaseException:
+        # Put back what was there (the new model goes back to `work`, removed with it).
+        for held, place, had_old in reversed(moved):
+            if had_old == "removed":
+                os.rename(held, place)
+            elif had_old:
+                _files.replace(held, place)
+            elif os.path.lexists(place):
+                os.rename(place, held)
+        raise
 
 
 def _with_store(graph_def, store: str):

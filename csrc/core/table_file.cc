@@ -5,15 +5,24 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 
+#include "checksum.h"
 #include "error.h"
 
 namespace tiemb {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'I', 'E', 'M', 'B', 'T', 'B', '1'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
+constexpr int kHeaderCrcBytes = 36;  // the header checksum covers bytes [0, 36)
+
+std::string hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
 
 }  // namespace
 
@@ -30,8 +39,8 @@ void write_file_atomically(const std::string& path, const std::vector<std::pair<
                std::strerror(errno));
 }
 
-void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t dim,
-                      const void* data) {
+uint32_t write_table_file(const std::string& path, dtype type, int64_t rows, int64_t dim,
+                          const void* data) {
   TIEMB_EXPECT(type == dtype::float32 || type == dtype::float16,
                "table file ", path, ": dtype must be float32 or float16, got ", to_string(type));
   TIEMB_EXPECT(rows > 0 && dim > 0, "table file ", path, ": rows and dim must be > 0, got ", rows,
@@ -44,8 +53,13 @@ void write_table_file(const std::string& path, dtype type, int64_t rows, int64_t
   std::memcpy(header + 12, &type_code, 4);
   std::memcpy(header + 16, &rows, 8);
   std::memcpy(header + 24, &dim, 8);
-  write_file_atomically(path, {{header, sizeof header}, {data, static_cast<size_t>(rows * dim * size_of(type))}},
-                        "table file " + path);
+  const size_t bytes = static_cast<size_t>(rows * dim * size_of(type));
+  const uint32_t checksum = block_crc32c(data, bytes);
+  std::memcpy(header + 32, &checksum, 4);
+  const uint32_t header_crc = crc32c(header, kHeaderCrcBytes);
+  std::memcpy(header + kHeaderCrcBytes, &header_crc, 4);
+  write_file_atomically(path, {{header, sizeof header}, {data, bytes}}, "table file " + path);
+  return checksum;
 }
 
 table_file_reader::table_file_reader(const std::string& path) : path_(path) {
@@ -65,11 +79,20 @@ table_file_reader::table_file_reader(const std::string& path) : path_(path) {
   std::memcpy(&header_.rows, header + 16, 8);
   std::memcpy(&header_.dim, header + 24, 8);
   header_.type = static_cast<dtype>(type_code);
+  uint32_t header_crc = 0;
+  std::memcpy(&header_.checksum, header + 32, 4);
+  std::memcpy(&header_crc, header + kHeaderCrcBytes, 4);
   const bool ok_type = header_.type == dtype::float32 || header_.type == dtype::float16;
   const off_t size = ::lseek(fd_, 0, SEEK_END);
   std::string problem;
-  if (version != kVersion) {
+  if (version == 1) {
+    problem = "format version 1 has no checksums and is no longer read; re-optimize the model with this tiemb";
+  } else if (version != kVersion) {
     problem = detail::concat("format version ", version, " is not supported (expected ", kVersion, ")");
+  } else if (crc32c(header, kHeaderCrcBytes) != header_crc ||
+             std::any_of(header + kHeaderCrcBytes + 4, header + kTableFileHeaderBytes, [](char c) { return c != 0; })) {
+    // The reserved bytes must be zero: every byte of the file is checked.
+    problem = "header checksum mismatch: the file is damaged";
   } else if (!ok_type) {
     problem = detail::concat("unknown dtype code ", type_code);
   } else if (header_.rows <= 0 || header_.dim <= 0) {
@@ -108,6 +131,38 @@ void table_file_reader::read_all(void* dst) const {
                  got < 0 ? std::strerror(errno) : "file truncated");
     done += got;
   }
+}
+
+void table_file_reader::verify(const void* rows) const {
+  const uint32_t got = block_crc32c(rows, static_cast<size_t>(header_.data_bytes()));
+  TIEMB_EXPECT(got == header_.checksum, "table file ", path_, ": checksum mismatch (data CRC32C ", hex32(got),
+               ", header says ", hex32(header_.checksum), "): the file is damaged");
+}
+
+void table_file_reader::verify_file() const {
+  // Chunks of whole checksum blocks: the block CRCs do not depend on chunking.
+  const int64_t total = header_.data_bytes();
+  const int64_t chunk = 64 * static_cast<int64_t>(kChecksumBlockBytes);
+  std::vector<char> buf(static_cast<size_t>(std::min(total, chunk)));
+  std::vector<uint32_t> crcs;
+  for (int64_t done = 0; done < total;) {
+    const int64_t want = std::min(chunk, total - done);
+    for (int64_t got_all = 0; got_all < want;) {
+      const ssize_t got = ::pread(fd_, buf.data() + got_all, static_cast<size_t>(want - got_all),
+                                  kTableFileHeaderBytes + done + got_all);
+      TIEMB_EXPECT(got > 0, "table file ", path_, ": short read at byte ", kTableFileHeaderBytes + done + got_all,
+                   ": ", got < 0 ? std::strerror(errno) : "file truncated");
+      got_all += got;
+    }
+    for (int64_t off = 0; off < want; off += static_cast<int64_t>(kChecksumBlockBytes)) {
+      const size_t n = static_cast<size_t>(std::min<int64_t>(kChecksumBlockBytes, want - off));
+      crcs.push_back(crc32c(buf.data() + off, n));
+    }
+    done += want;
+  }
+  const uint32_t got = crc32c(crcs.data(), crcs.size() * sizeof(uint32_t));
+  TIEMB_EXPECT(got == header_.checksum, "table file ", path_, ": checksum mismatch (data CRC32C ", hex32(got),
+               ", header says ", hex32(header_.checksum), "): the file is damaged");
 }
 
 }  // namespace tiemb

@@ -198,6 +198,12 @@ class TiembLookupBase : public OpKernel {
       const Tensor& nr = num_rows[s];
       TIEMB_EXPECT(nr.dims() == 0 || (nr.dims() == 1 && nr.NumElements() >= 1), "slot ", s,
                    ": num_rows must be a scalar or a dense_shape vector, got shape ", nr.shape().DebugString());
+      // A safe slot's dense_shape is a rank-2 sparse input's: the original
+      // graph's SparseReshape refuses any other rank, and the rewriter folds
+      // that SparseReshape away, so the check lives here.
+      TIEMB_EXPECT(modes_[static_cast<size_t>(s)] != "safe" || nr.dims() == 0 || nr.NumElements() == 2, "slot ", s,
+                   ": the sparse input's dense_shape has ", nr.NumElements(),
+                   " entries, but this lookup takes a rank-2 sparse input (dense_shape of 2 entries)");
       r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
     }
     return std::string(store.scalar<::tensorflow::tstring>()());
@@ -245,10 +251,13 @@ class TiembLookupBase : public OpKernel {
     const store_manifest* manifest = nullptr;
     std::shared_ptr<Engine> engine = open(&manifest);
     std::vector<slot_config> slots = slot_configs(*manifest, store, [&](int32_t t) { return table_dim(*engine, t); });
-    store_group<Engine, Group>& g = groups[key];
+    // Built completely before it is cached: a build that throws (slots the
+    // store cannot serve) must leave no entry, or the next call would use an
+    // empty group.
+    store_group<Engine, Group> g;
+    g.group = std::make_unique<Group>(*engine, std::move(slots));
     g.engine = std::move(engine);
-    g.group = std::make_unique<Group>(*g.engine, std::move(slots));
-    return *g.group;
+    return *groups.emplace(key, std::move(g)).first->second.group;
   }
 
   /// Slot configs against a store's manifest; `table_dim(id)` gives a table's dimension.

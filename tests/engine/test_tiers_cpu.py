@@ -64,7 +64,7 @@ def test_table_file_round_trip(tmp_path, dtype, seed):
     with open(path, "rb") as f:
         head = f.read(64)
     assert head[:8] == b"TIEMBTB1"
-    assert int.from_bytes(head[8:12], "little") == 1
+    assert int.from_bytes(head[8:12], "little") == 2
     assert int.from_bytes(head[16:24], "little") == 37 and int.from_bytes(head[24:32], "little") == 5
 
 

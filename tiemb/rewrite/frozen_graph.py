@@ -36,7 +36,7 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
     to feed). Returns the RewriteReport; raises ValueError for an
     unreadable ``src`` or an existing ``dst`` without ``overwrite``. Nothing is
     left at ``dst`` when it fails."""
-    from .. import backends
+    from .. import _files, backends
     from .saved_model import write_store_files
     from .sparse_lookup import rewrite_sparse_lookups
 
@@ -55,9 +55,12 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
             write_store_files(tmp_store, store_files)
         with open(tmp_pb, "wb") as f:
             f.write(new_gd.SerializeToString())
-        shutil.rmtree(store_path(dst), ignore_errors=True)
+        # An existing store is swapped out atomically (then removed with
+        # tmp_store below), then the graph is renamed over: never no store.
         if os.path.isdir(tmp_store):
-            os.replace(tmp_store, store_path(dst))
+            _files.replace(tmp_store, store_path(dst))
+        else:
+            shutil.rmtree(store_path(dst), ignore_errors=True)
         os.replace(tmp_pb, dst)
         return report
     finally:

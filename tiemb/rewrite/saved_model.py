@@ -255,6 +255,8 @@ def write_store_files(store: str, files) -> None:
 
 
 def _replace_dir(src: str, dst: str):
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    shutil.move(src, dst)
+    # Atomic where an old dst exists: a reader sees the old model or the new one.
+    from .._files import replace
+
+    if replace(src, dst):
+        shutil.rmtree(src, ignore_errors=True)   # src holds the old one now
