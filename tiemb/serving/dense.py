@@ -141,3 +141,116 @@ def dots_not_highest(text: str) -> List[str]:
         if _DOT.search(line) and "precision = [HIGHEST, HIGHEST]" not in line:
             bad.append(line.strip()[:200])
     return bad
+
+
+# Ops whose output shape depends on input values: a Shape() above one of
+# them is not known from the bucket's input shapes alone.
+_VALUE_SHAPED = {"Where", "Unique", "UniqueV2", "UniqueWithCounts", "SparseFillEmptyRows", "DynamicPartition",
+                 "SparseSegmentSum", "SparseSegmentMean", "SparseSegmentSqrtN", "SegmentSum", "SegmentMean",
+                 "GatherNd", "Unpack", "Fill", "Range", "SparseReshape", "SparseSlice", "BooleanMask"}
+_SHAPE_OPS = {"Shape", "ShapeN", "Rank", "Size"}
+
+
+def fold_shapes(graph_def, args: Sequence[Tuple[str, tuple, str]], fetches: Sequence[str]):
+    """``graph_def`` with everything computed from input *shapes* only
+    (``Shape``/``Rank``/``Size`` of inputs with the bucket's static shapes,
+    and what follows from them: ``tf.cond`` on a rank, reshape targets)
+    replaced by constants, then pruned to ``fetches``. TF1 control flow
+    (``Switch``/``Merge``, which XLA cannot compile) left around such
+    shape logic by feature columns goes with it."""
+    import tensorflow as tf
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.python.framework import tensor_util
+
+    from ..rewrite.graph import GraphView
+
+    view = GraphView(graph_def)
+    value_shaped_memo, fold_memo = {}, {}
+
+    def value_shaped(name):      # any value-shaped op among the data ancestors of node ``name``
+        stack, order = [name], []
+        while stack:
+            n = stack.pop()
+            if n in value_shaped_memo or n not in view.nodes:
+                continue
+            deps = [split_input(i)[0] for i in view.nodes[n].input if not i.startswith("^")]
+            pending = [d for d in deps if d not in value_shaped_memo and d in view.nodes]
+            if pending and n not in order:
+                order.append(n)
+                stack.append(n)
+                stack.extend(pending)
+                continue
+            value_shaped_memo[n] = view.nodes[n].op in _VALUE_SHAPED or any(value_shaped_memo.get(d, False)
+                                                                              for d in deps)
+        return value_shaped_memo.get(name, False)
+
+    def foldable(name):
+        stack = [name]
+        while stack:
+            n = stack[-1]
+            if n in fold_memo:
+                stack.pop()
+                continue
+            node = view.nodes[n]
+            if node.op == "Const":
+                fold_memo[n] = True
+            elif node.op in ("Placeholder", "PlaceholderWithDefault") or node.op.startswith("Tiemb"):
+                fold_memo[n] = False
+            elif node.op in _SHAPE_OPS:
+                fold_memo[n] = not any(value_shaped(split_input(i)[0]) for i in node.input if not i.startswith("^"))
+            else:
+                deps = [split_input(i)[0] for i in node.input if not i.startswith("^")]
+                pending = [d for d in deps if d not in fold_memo]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                fold_memo[n] = bool(deps) and all(fold_memo[d] for d in deps)
+            stack.pop()
+        return fold_memo[name]
+
+    needed = pruned(graph_def, fetches)
+    frontier = []            # tensors a non-foldable node reads from a foldable non-Const one
+    for node in needed.node:
+        if foldable(node.name):
+            continue
+        for i in node.input:
+            src, idx, control = split_input(i)
+            if not control and foldable(src) and view.nodes[src].op != "Const":
+                frontier.append(f"{src}:{idx}")
+    for t in fetches:
+        if foldable(split_input(t)[0]) and view.nodes[split_input(t)[0]].op != "Const":
+            frontier.append(t if ":" in t else t + ":0")
+    frontier = sorted(set(frontier))
+    if not frontier:
+        return needed, list(fetches)
+    names = [a[0] for a in args]
+
+    def body(*tensors):
+        return tf.compat.v1.import_graph_def(graph_def, input_map=dict(zip(names, tensors)),
+                                             return_elements=frontier, name="")
+
+    fn = tf.compat.v1.wrap_function(body, [tf.TensorSpec(s, tf.as_dtype(d)) for _, s, d in args])
+    values = fn(*[tf.zeros(s, tf.as_dtype(d)) for _, s, d in args])
+    const_of = {}
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    for t, v in zip(frontier, values):
+        name = f"{split_input(t)[0]}/folded_{split_input(t)[1]}"
+        c = node_def_pb2.NodeDef(name=name, op="Const")
+        c.attr["dtype"].type = v.dtype.as_datatype_enum
+        c.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(v.numpy()))
+        out.node.append(c)
+        const_of[t] = name
+    for node in out.node:
+        if node.name in view.nodes and foldable(node.name):
+            continue
+        inputs = []
+        for i in node.input:
+            src, idx, control = split_input(i)
+            if control and src in view.nodes and foldable(src):
+                continue          # shape logic (a cond's switch, an assert on a rank) folded away
+            inputs.append(const_of.get(f"{src}:{idx}", i) if not control else i)
+        del node.input[:]
+        node.input.extend(inputs)
+    fetches = [const_of.get(t if ":" in t else t + ":0", t) for t in fetches]
+    return pruned(out, fetches), fetches

@@ -166,10 +166,9 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
         unread = sorted(present - known)
         if unread:
             raise ValueError(f"the dense part reads placeholder {unread[0]!r}, which is no model input")
-        np.savez(os.path.join(work, fmt.WEIGHTS), **{_npz_key(k): v for k, v in weights.items()})
-        weight_keys = [_npz_key(k) for k in weights]
         prev_tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
         tf.config.experimental.enable_tensor_float_32_execution(False)   # dots lowered at HIGHEST precision
+        kept = None
         try:
             for b in buckets:
                 args = [(input_tensors[n], _shape_at(inputs_meta[n]["shape"], b), inputs_meta[n]["dtype"])
@@ -177,9 +176,16 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
                 args += [(t, tuple(b if d == -1 else d for d in s["shape"]), s["dtype"]) for _, t, s in lookup_args]
                 args += [(f"{k}:0", v.shape, v.dtype.name) for k, v in weights.items()]
                 try:
-                    text = dense_mod.lower(dg, args, fetches)
+                    g, fetch_b = dense_mod.fold_shapes(dg, args, fetches)
+                    left = set(dense_mod.placeholders(g))
+                    args = [a for a in args if a[0].split(":")[0] in left]
+                    text = dense_mod.lower(g, args, fetch_b)
                 except ValueError as e:
                     raise ValueError(f"XLA cannot compile the dense part at batch {b}: {e}") from None
+                if kept is None:
+                    kept = [a[0] for a in args]
+                elif kept != [a[0] for a in args]:
+                    raise ValueError(f"the dense part reads other inputs at batch {b} than at {buckets[0]}")
                 bad = dense_mod.dots_not_highest(text) if level == 0 else []
                 if bad:
                     raise ValueError(f"level 0: a dot of the dense module is not at full float32 precision: {bad[0]}")
@@ -198,7 +204,7 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
                                              zip(want, batches)))} for k in out_names]
         meta = {"level": level, "buckets": buckets, "inputs": inputs_meta, "outputs": outputs_meta,
                 "ops": op_meta, "engine": {"max_batch_size": buckets[-1], "slot_num": slot_num, "max_nnz": max_nnz},
-                "dense": {"inputs": dense_inputs, "lookups": [i for i, _, _ in lookup_args], "weights": weight_keys,
+                "dense": {"inputs": dense_inputs, "lookups": None, "weights": None,
                           "modules": {str(b): fmt.dense_module(b) for b in buckets}, "notes": notes,
                           "precision": "float32 dots at HIGHEST precision" if level == 0 else
                           "float16 tables, bfloat16 matmuls"},
@@ -208,6 +214,14 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
         if meta["batch_source"] is None:
             raise ValueError("cannot tell a request's batch size: no input has a batch dimension and no slot "
                              "reads a dense_shape")
+        # What the modules take, in order: model inputs, lookup outputs, weights.
+        kept = set(kept)
+        dense_inputs = [n for n in dense_inputs if input_tensors[n] in kept]
+        lookup_args = [a for a in lookup_args if a[1] in kept]
+        weights = {k: v for k, v in weights.items() if f"{k}:0" in kept}
+        np.savez(os.path.join(work, fmt.WEIGHTS), **{_npz_key(k): v for k, v in weights.items()})
+        meta["dense"].update(inputs=dense_inputs, lookups=[i for i, _, _ in lookup_args],
+                             weights=[_npz_key(k) for k in weights])
         fmt.write_tests(work, batches, want)
         fmt.write_meta(work, meta)
         if verify:
@@ -374,7 +388,13 @@ def _baseline(tf, graph_def, resources, arg_names, input_tensors, inputs_meta, f
             args = [(input_tensors[n], _shape_at(inputs_meta[n]["shape"], b), inputs_meta[n]["dtype"])
                     for n in arg_names]
             args += [(f"{k}:0", v.shape, v.dtype.name) for k, v in weights.items()]
-            text = dense_mod.lower(g, args, fetches)
+            g_b, fetch_b = dense_mod.fold_shapes(g, args, fetches)
+            left = set(dense_mod.placeholders(g_b))
+            missing = [a[0] for a in args[:len(arg_names)] if a[0].split(":")[0] not in left]
+            if missing:
+                # The module must take every model input, in order, even one only its shape is read from.
+                return {"reason": f"the original graph reads only the shape of input {missing[0]!r}"}
+            text = dense_mod.lower(g_b, [a for a in args if a[0].split(":")[0] in left], fetch_b)
             with open(os.path.join(work, fmt.baseline_module(b)), "w") as f:
                 f.write(text)
             modules[str(b)] = fmt.baseline_module(b)

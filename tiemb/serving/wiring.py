@@ -134,9 +134,17 @@ def discover(graph_def, ops: Sequence[dict], input_tensors: Dict[str, str], batc
                              "computed from exactly one input")
         arg = args[0]
         sparse = "Where" in types
+        # The op reads column 0 of a 2-D segment-ids tensor in place (sp_ids.indices).
+        target = [v[k][:, 0] if part == "segment_ids" and v[k].ndim == 2 else v[k] for v in values]
         chosen = None
-        for cand in _candidates(part, sparse, batches[0][arg]):
-            if all(_equal(compute(b[arg], cand), v[k]) for b, v in zip(batches, values)):
+        cands = _candidates(part, sparse, batches[0][arg])
+        ids_src = out[op][s]["ids"]
+        if part != "ids" and ids_src and ids_src["input"] == arg and "column" in ids_src:
+            # Row indices of one column can equal another column's: the ids' column and ignore value come first.
+            same = [c for c in cands if c.get("column") == ids_src["column"] and c.get("ignore") == ids_src["ignore"]]
+            cands = same + [c for c in cands if c not in same]
+        for cand in cands:
+            if all(_equal(compute(b[arg], cand), t) for b, t in zip(batches, target)):
                 chosen = dict(cand, input=arg)
                 break
         if chosen is None:
