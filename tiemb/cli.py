@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("inspect", help="list inputs, outputs and the embedding lookups found; change nothing")
     n.add_argument("model", help="SavedModel directory or frozen graph .pb")
     n.set_defaults(func=_cmd_inspect)
+    from .serving.cli import add_parser as add_export
+
+    add_export(sub, _int_list, _input_shapes, _config)
     i = sub.add_parser("info", help="print what this build contains (CUDA part, TF op library)")
     i.set_defaults(func=_cmd_info)
     return p

@@ -162,3 +162,28 @@ class BundleModel:
     def __repr__(self):
         return (f"BundleModel({os.path.abspath(self.dir)!r}, device={self.device_kind!r}, buckets={self.buckets}, "
                 f"level={self.meta['level']})")
+
+
+class Baseline:
+    """The original model's whole graph as exported with ``--baseline``
+    (benchmarks: the original compiled by XLA on the same device).
+    ``baseline(feeds)`` takes feeds whose batch is exactly a bucket."""
+
+    def __init__(self, bundle_dir: str, device: str = "gpu", ordinal: int = 0):
+        meta = fmt.read_meta(bundle_dir)
+        base = meta.get("baseline") or {}
+        if "modules" not in base:
+            raise ValueError(f"{bundle_dir} has no baseline: {base.get('reason', 'exported without --baseline')}")
+        self._dev = xla.device(device, ordinal)
+        self.inputs = base["inputs"]
+        self.outputs = [o["name"] for o in meta["outputs"]]
+        weights = fmt.read_npz(bundle_dir, fmt.BASELINE_WEIGHTS)
+        self._weights = [xla.put(weights[w], self._dev) for w in base["weights"]]
+        self._modules = {int(b): xla.Executable(fmt.read_module(bundle_dir, m), self._dev)
+                         for b, m in base["modules"].items()}
+
+    def __call__(self, feeds) -> list:
+        batch = int(feeds[self.inputs[0]].shape[0])
+        if batch not in self._modules:
+            raise ValueError(f"the baseline is compiled for batches {sorted(self._modules)}, got {batch}")
+        return self._modules[batch].run([xla.put(feeds[n], self._dev) for n in self.inputs] + self._weights)

@@ -55,7 +55,8 @@ class Executable:
             self._exe = client.compile_and_load(text, xla_client.DeviceList((dev,)), options)
 
     def run(self, args: Sequence) -> List:
-        results = self._exe.execute_sharded(list(args))
+        """``args``: jax Arrays on this device (others are put there first)."""
+        results = self._exe.execute_sharded([put(a, self.device) for a in args])
         return [r[0] for r in results.disassemble_into_single_device_arrays()]
 
     def hlo_text(self) -> str:
@@ -63,17 +64,28 @@ class Executable:
         return self._exe.hlo_modules()[0].to_string() if hasattr(self._exe, "hlo_modules") else ""
 
 
+def _x64(jax):
+    """jax narrows 64-bit arrays to 32 bits unless x64 is on; TensorFlow's
+    modules take int64 ids: switch it on for our transfers only, never for
+    the caller's jax code."""
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:
+        from jax.experimental import enable_x64 as scope
+    return scope(True)
+
+
 def put(array, dev):
     """``array`` on ``dev`` as a jax Array: numpy is copied there once; a
     device array (cupy, ``__dlpack__``) on the same GPU is taken over with
     DLPack, without a copy."""
     jax = _jax()
-    if isinstance(array, np.ndarray) or np.isscalar(array):
-        return jax.device_put(array, dev)
     if isinstance(array, jax.Array):
         return array
-    if hasattr(array, "__dlpack__"):
-        return jax.dlpack.from_dlpack(array)
+    with _x64(jax):
+        if isinstance(array, np.ndarray) or np.isscalar(array):
+            return jax.device_put(array, dev)
+        if hasattr(array, "__dlpack__"):
+            return jax.dlpack.from_dlpack(array)
     raise ValueError(f"cannot hand a {type(array).__name__} to XLA: give numpy, cupy or a DLPack array")
 
 
