@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Dict, List
 
 import numpy as np
@@ -96,7 +97,7 @@ def read_npz(bundle_dir: str, name: str) -> Dict[str, np.ndarray]:
             return {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise BundleError(f"{bundle_dir} is incomplete: missing {name}") from None
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise BundleError(f"{path} is corrupt: {e}") from None
 
 
