@@ -47,6 +47,10 @@ def test_reference_models(name, tmp_path, seed):
         # Level 0: every dot at full float32 precision (no TF32 on Hopper); weights are arguments.
         assert "stablehlo.dot" in text and dense.dots_not_highest(text) == []
         assert f"tensor<{b}x" in text
+    from tiemb.serving import xla
+
+    dots, loose = xla.compiled_dots(xla.Executable(text, xla.device("cpu")).hlo_text())
+    assert dots and loose == [], loose
     weights = np.load(os.path.join(bundle, "weights.npz"))
     assert len(weights.files) == len(meta["dense"]["weights"]) > 0
     if name == "deepfm":

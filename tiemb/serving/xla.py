@@ -74,6 +74,14 @@ def _x64(jax):
     return scope(True)
 
 
+def compiled_dots(hlo: str):
+    """(dot or GEMM lines of compiled HLO, those not at HIGHEST precision):
+    on a GPU the dots become cuBLAS custom calls whose backend config keeps
+    the operand precision; anything but HIGHEST there may run in TF32."""
+    lines = [ln.strip() for ln in hlo.splitlines() if " dot(" in ln or "cublas" in ln.lower()]
+    return lines, [ln[:240] for ln in lines if "highest" not in ln.lower()]
+
+
 def put(array, dev):
     """``array`` on ``dev`` as a jax Array: numpy is copied there once; a
     device array (cupy, ``__dlpack__``) on the same GPU is taken over with
