@@ -34,6 +34,32 @@ def _ids(slot: dict, feeds: dict, xp):
     return x
 
 
+def column_ids(op: dict, feeds: dict, xp) -> Dict[int, object]:
+    """Ids of the op's column-reading slots (a Keras model's one id matrix,
+    one column per feature), made per input at once rather than per slot:
+    Keras' negative ids wrapped for the whole matrix (each column by its
+    table's row count), then one transposed copy whose rows are the columns,
+    contiguous. Returns {slot index: 1-D ids}."""
+    by_input: Dict[str, list] = {}
+    for s, slot in enumerate(op["slots"]):
+        if slot["id_column"] >= 0 and slot["ids"]["kind"] == "values":
+            by_input.setdefault(slot["ids"]["input"], []).append(s)
+    out = {}
+    for name, slots in by_input.items():
+        x = feeds[name]
+        if any(op["slots"][s]["wrap_negative"] for s in slots):
+            rows = np.zeros(x.shape[1], x.dtype)
+            for s in slots:
+                if op["slots"][s]["wrap_negative"]:
+                    rows[op["slots"][s]["id_column"]] = op["slots"][s]["rows"]
+            rows = xp.asarray(rows)
+            x = xp.where((x < 0) & (x >= -rows), x + rows, x)
+        t = xp.ascontiguousarray(x.T)
+        for s in slots:
+            out[s] = t[op["slots"][s]["id_column"]]
+    return out
+
+
 class CpuLookups:
     """The bundle's lookup ops on :class:`tiemb.EmbeddingEngine` (numpy in, numpy out)."""
 
@@ -65,9 +91,10 @@ class CpuLookups:
         outs = []
         for op, group in zip(self.ops, self.groups):
             ids, segs, weights = [], [], []
+            columns = column_ids(op, feeds, np)
             for s, slot in enumerate(op["slots"]):
-                x = _ids(slot, feeds, np)
-                if slot["wrap_negative"]:
+                x = columns[s] if s in columns else _ids(slot, feeds, np)
+                if slot["wrap_negative"] and s not in columns:
                     # Keras' Embedding reads row rows + id for -rows <= id < 0.
                     x = np.where((x < 0) & (x >= -slot["rows"]), x + slot["rows"], x)
                 ids.append(np.ascontiguousarray(x) if slot["mode"] == "gather" else np.ascontiguousarray(x).ravel())
@@ -154,12 +181,13 @@ class GpuLookups:
         outs = []
         for op, group in zip(self.ops, self.groups):
             ids, segs, weights, rows, shapes = [], [], [], [], []
-            for slot in op["slots"]:
+            columns = column_ids(op, feeds, cp)
+            for s, slot in enumerate(op["slots"]):
                 # present_values / present_rows (feature columns' padded id
                 # matrices) need a boolean-mask compaction, which waits for
                 # the GPU to learn the count; fusing that into the op removes it.
-                x = _ids(slot, feeds, cp)
-                if slot["wrap_negative"]:
+                x = columns[s] if s in columns else _ids(slot, feeds, cp)
+                if slot["wrap_negative"] and s not in columns:
                     x = cp.where((x < 0) & (x >= -slot["rows"]), x + slot["rows"], x)
                 x = cp.ascontiguousarray(x)
                 if slot["mode"] == "gather":
