@@ -209,8 +209,14 @@ class GpuLookups:
                 got = group.lookup(ids, segment_ids=segs, weights=weights, num_rows=rows)
             except ValueError as e:
                 raise SlotError(_rename(str(e), op)) from None
-            for out, shape in zip(got, shapes):
-                outs.append(out if shape is None else out.reshape(shape + (out.shape[1],)))
+            for slot, out, shape in zip(op["slots"], got, shapes):
+                if shape is not None:
+                    out = out.reshape(shape + (out.shape[1],))
+                elif out.shape[0] < bucket:
+                    # A weighted mean/sqrtn plain slot (kept plain: safe mode would prune weights <= 0)
+                    # has max(segment id)+1 rows; the rest of the bucket are samples without ids.
+                    out = cp.concatenate([out, cp.zeros((bucket - out.shape[0], out.shape[1]), out.dtype)])
+                outs.append(out)
         return outs
 
     def check(self):

@@ -93,7 +93,10 @@ class BundleModel:
                 batch = (name, shape[0])
         if batch is None:
             src = self.meta["batch_source"]
-            n = int(np.asarray(feeds[src["input"]]).reshape(-1)[0])   # a dense_shape: one small read
+            shape_feed = feeds[src["input"]]
+            if not isinstance(shape_feed, np.ndarray) and hasattr(shape_feed, "get"):
+                shape_feed = shape_feed.get()          # a dense_shape on the GPU: one small read back
+            n = int(np.asarray(shape_feed).reshape(-1)[0])
             batch = (src["input"], n)
         if batch[1] < 1:
             raise ValueError(f"input {batch[0]!r}: batch must be at least 1, got {batch[1]}")
