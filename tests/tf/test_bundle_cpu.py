@@ -133,3 +133,58 @@ def test_cli_export(tmp_path, seed):
     assert model.buckets == [2, 8] and model.meta["engine"]["max_nnz"] == 26
     batch = feeds(7, np.random.default_rng(seed))
     assert_same_outputs(serve_here(src, [batch]), [model(batch)], rtol=1e-5)
+
+
+class _CpuBackedGpuEngine:
+    """GpuEmbeddingEngine's interface over the CPU engine, to check here how
+    the bundle feeds the GPU engine (gathers as one-id-per-row safe slots,
+    plain slots as safe ones, columns from one transposed copy)."""
+
+    def __init__(self, store):
+        from tiemb import EmbeddingEngine, _C
+
+        m = _C.read_store_manifest(store)
+        self.engine = EmbeddingEngine(m["max_batch_size"], m["slot_num"], m["max_nnz"])
+        self.store_tables = list(m["tables"])
+        for name in self.store_tables:
+            rows = _C.read_table_rows(os.path.join(store, name), [])[0]
+            self.engine.add_table(_C.read_table_rows(os.path.join(store, name), list(range(rows)))[3])
+
+    @classmethod
+    def from_store(cls, store, device=0):
+        return cls(store)
+
+    def group(self, slots):
+        g = self.engine.group(slots)
+        g.synchronize = lambda: None
+        return g
+
+
+@pytest.mark.parametrize("name", ["wide_deep", "deepfm", "sparse"])
+def test_gpu_lookup_plan_equals_cpu(name, tmp_path, seed, monkeypatch):
+    """The GPU path's slot conversions give the CPU path's lookups (numpy
+    standing in for cupy, the CPU engine for the GPU engine)."""
+    import sys
+
+    import tiemb.gpu
+    from tiemb.serving import lookups
+    from tiemb.serving.runtime import BundleModel
+
+    src = str(tmp_path / name)
+    feeds = sparse_model(src, seed % 1000) if name == "sparse" else reference(name, src, seed % 1000)[1]
+    rng = np.random.default_rng(seed)
+    bundle = str(tmp_path / "bundle")
+    serving.export_bundle(src, bundle, batch_sizes=BUCKETS, test_data=[feeds(6, rng), feeds(20, rng)], verify=False)
+    model = BundleModel(bundle, device="cpu")
+    batch = feeds(13, rng)
+    if name == "wide_deep":
+        batch["cat"][::4, 5] = -1          # Keras' wrapping: the last row
+    monkeypatch.setitem(sys.modules, "cupy", np)
+    monkeypatch.setattr(tiemb.gpu, "GpuEmbeddingEngine", _CpuBackedGpuEngine)
+    gpu_plan = lookups.GpuLookups(bundle, model.meta)
+    padded = model._pad(batch, 13, 32, np)
+    want = model._lookups(padded, 32)
+    got = gpu_plan(padded, 32)
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
