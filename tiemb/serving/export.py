@@ -13,6 +13,7 @@ import numpy as np
 
 from . import dense as dense_mod
 from . import format as fmt
+from .samples import test_batches
 from .wiring import PARTS, batch_input, discover
 
 DEFAULT_BUCKETS = (1, 64, 512, 4096)
@@ -109,7 +110,7 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
     out_names = sorted(outputs)
     fetches = [outputs[k] for k in out_names]
 
-    batches = _test_batches(test_data, specs, input_shapes, graph_def)
+    batches = test_batches(test_data, specs, input_shapes, graph_def)
     want = [{k: v.numpy() for k, v in fn(**{n: tf.constant(b[n]) for n in arg_names}).items()} for b in batches]
 
     parent = os.path.dirname(os.path.abspath(bundle_dir))
@@ -118,7 +119,8 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
     try:
         store = os.path.join(work, fmt.STORE)
         already = [n for n in graph_def.node if n.op == "TiembLookup"]
-        max_nnz = params.get("tiemb/max_nnz") or _max_nnz(batches)
+        # Provisional: the store's manifest is written again below with the ids per sample the wiring shows.
+        max_nnz = params.get("tiemb/max_nnz") or 1
         if already:
             shutil.copytree(os.path.join(model, "assets"), store)
             new_gd, lookups = graph_def, None
@@ -138,6 +140,7 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
         wiring = discover(new_gd, ops, input_tensors, batches)
         op_meta, lookup_specs = _ops_meta(new_gd, ops, wiring, lookups, store)
         slot_num = max([len(o["slots"]) for o in op_meta] + [1])
+        max_nnz = params.get("tiemb/max_nnz") or _max_nnz(op_meta, batches)
         if ops:
             from .. import _C
 
@@ -250,12 +253,28 @@ def _batch_of(feeds, inputs_meta) -> int:
     return -1
 
 
-def _max_nnz(batches) -> int:
-    """Most ids a sample may carry: the widest 2-D int input (padded id
-    matrices, Keras sequences), at least 1, doubled for sparse-piece models
-    whose per-sample counts the test data only samples."""
-    widths = [v.shape[1] for b in batches for v in b.values() if v.ndim == 2 and v.dtype.kind in "iu"]
-    return max(widths + [1]) if widths else 64
+def _max_nnz(op_meta, batches) -> int:
+    """Most ids a sample may carry in one slot (the engine's max_nnz): the
+    width of a gathered id matrix or of a padded one compacted whole, 1 for
+    a column, and for SparseTensor pieces twice the most the test data shows
+    (set ``tiemb/max_nnz`` when requests may carry more)."""
+    from .wiring import compute
+
+    most = 1
+    for op in op_meta:
+        for slot in op["slots"]:
+            src = slot["ids"]
+            x = batches[0][src["input"]]
+            if slot["id_column"] >= 0 or src.get("column") is not None:
+                continue
+            if slot["mode"] == "gather" or src["kind"] in ("present_values", "present_rows"):
+                most = max(most, int(np.prod(x.shape[1:])) if x.ndim > 1 else 1)
+            elif slot["segment_ids"] is not None:
+                for b in batches:
+                    seg = np.asarray(compute(b[slot["segment_ids"]["input"]], slot["segment_ids"]))
+                    if seg.size:
+                        most = max(most, 2 * int(np.bincount(seg.astype(np.int64)).max()))
+    return most
 
 
 def _ops_meta(graph_def, ops, wiring, lookups, store):
@@ -337,40 +356,6 @@ def _fill_gather_shapes(lookup_specs, inputs_meta):
             if s["shape"] is None:
                 slot = s["slot"]
                 s["shape"] = list(inputs_meta[slot["ids"]["input"]]["shape"]) + [slot["dim"]]
-
-
-def _test_batches(test_data, specs, input_shapes, graph_def) -> List[dict]:
-    if test_data is not None:
-        batches = [test_data] if isinstance(test_data, dict) else list(test_data)
-        for b in batches:
-            if set(b) != set(specs):
-                raise ValueError(f"test data feeds {sorted(b)}, but the model's inputs are {sorted(specs)}")
-        return [{k: np.asarray(v) for k, v in b.items()} for b in batches]
-    from tensorflow.python.framework import tensor_util
-
-    # Ids below the smallest table's row count are valid for every lookup.
-    rows = [tensor_util.MakeNdarray(n.attr["value"].tensor).shape[0] for n in graph_def.node
-            if n.op == "Const" and len(n.attr["value"].tensor.tensor_shape.dim) == 2]
-    top = max(1, min(rows)) if rows else 1
-    given = {s.name: s for s in (input_shapes or []) if s.name}
-    rng = np.random.default_rng(0)
-    out = []
-    for batch in (3, 8):
-        feeds = {}
-        for name, spec in specs.items():
-            dims = spec.shape.as_list() if spec.shape.rank is not None else None
-            if dims is None or any(d is None for d in dims[1:]):
-                if name not in given:
-                    raise ValueError(f"input {name!r} has shape {dims}: give test_data or its --input-shapes")
-                dims = list(given[name].max_shape)
-            dims = [batch] + [int(d) for d in dims[1:]] if dims else []
-            dtype = spec.dtype.as_numpy_dtype
-            if spec.dtype.is_integer:
-                feeds[name] = rng.integers(0, top, size=dims).astype(dtype)
-            else:
-                feeds[name] = rng.standard_normal(dims).astype(dtype)
-        out.append(feeds)
-    return out
 
 
 def _baseline(tf, graph_def, resources, arg_names, input_tensors, inputs_meta, fetches, buckets, work):
