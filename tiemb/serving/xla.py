@@ -49,10 +49,19 @@ class Executable:
         options = backend.get_compile_options(num_replicas=1, num_partitions=1)
         try:
             self._exe = client.compile_and_load(text, [dev], options)
-        except TypeError:      # older jaxlib: devices as a DeviceList
+        except TypeError:      # other jaxlib versions: devices as a DeviceList, the module as bytecode
             from jax._src.lib import xla_client
 
-            self._exe = client.compile_and_load(text, xla_client.DeviceList((dev,)), options)
+            devices = xla_client.DeviceList((dev,))
+            try:
+                self._exe = client.compile_and_load(text, devices, options)
+            except TypeError:
+                from jax._src.interpreters import mlir
+                from jax.extend.mlir import ir
+
+                with mlir.make_ir_context():
+                    module = mlir.module_to_bytecode(ir.Module.parse(text))
+                self._exe = client.compile_and_load(module, devices, options)
 
     def run(self, args: Sequence) -> List:
         """``args``: jax Arrays on this device (others are put there first)."""
