@@ -41,6 +41,13 @@ echo "== profile of a tiered call (kernels, via torch.profiler/CUPTI)"
 (cd /tmp && timeout 120 python3 "$OLDPWD/benchmarks/profile_tiered.py" 2>&1 | tee "$OUT/profile.log" | tail -25)
 
 [ -n "${SKIP_BENCH:-}" ] && exit $test_rc
+echo "== bundles: exported where TensorFlow is (benchmarks/export_bundles.py), served here without it"
+if ls benchmarks/bundles/*/bundle.json >/dev/null 2>&1; then
+  (cd /tmp && timeout "${BUNDLE_TIMEOUT:-300}" python3 "$OLDPWD/benchmarks/gpu_bundles.py" --bundles "$OLDPWD/benchmarks/bundles" \
+     --json "$OUT/gpu_bundles.json" 2>&1 | tee "$OUT/bundles.log" | tail -60)
+else
+  echo "no bundles under benchmarks/bundles/: run python benchmarks/export_bundles.py where TensorFlow is, and carry them"
+fi
 echo "== benchmarks"
 (cd /tmp && timeout "${BENCH_TIMEOUT:-300}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --json "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -30)
 exit $test_rc

@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "size, its CRC32C matching (exit 1 and one line per problem otherwise)")
     c.add_argument("model", help="optimized SavedModel directory, frozen graph .pb, or a table store directory")
     c.set_defaults(func=_cmd_check)
+    from .serving.cli import add_parser as add_export
+
+    add_export(sub, _int_list, _input_shapes, _config)
     i = sub.add_parser("info", help="print what this build contains (CUDA part, TF op library)")
     i.set_defaults(func=_cmd_info)
     from .tasks.cli import add_parsers as add_task_parsers

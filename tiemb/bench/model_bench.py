@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 
 from . import models, timing
+from ..serving.dense import dense_part
 from .timing import machine_name
 
 # Reference shapes (issue 4's and the seed's): W&D 26 x dim 16 with a 5 x 1024
@@ -150,37 +151,6 @@ def op_profile(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[st
             spans.append((max(ends) - min(starts)) / 1e3)
     ranked = sorted(((t / runs / 1e3, k) for k, t in per_type.items()), reverse=True)[:top]
     return statistics.median(spans) if spans else 0.0, [(k, ms, len(nodes[k])) for ms, k in ranked]
-
-
-def dense_part(graph_def, ops: Sequence[dict]):
-    """The rewritten graph with its TiembLookup ops' outputs turned into
-    placeholders ``<op>/out_<k>``: the dense part alone."""
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
-
-    from ..rewrite.graph import split_input
-
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
-    lookups = {n.name: n for n in out.node if n.op == "TiembLookup"}
-    del out.node[:]
-    for n in graph_def.node:
-        if n.name in lookups:
-            for k, t in enumerate(n.attr["out_types"].list.type):
-                p = node_def_pb2.NodeDef(name=f"{n.name}/out_{k}", op="Placeholder")
-                p.attr["dtype"].type = t
-                out.node.append(p)
-            continue
-        c = out.node.add()
-        c.CopyFrom(n)
-        inputs = []
-        for inp in c.input:
-            src, idx, control = split_input(inp)
-            if src in lookups and control:
-                continue          # nothing to wait for: the lookups are given
-            inputs.append(f"{src}/out_{idx}" if src in lookups else inp)
-        del c.input[:]
-        c.input.extend(inputs)
-    return out
 
 
 def _pruned(tf, graph_def, feeds: Sequence[str], fetches: Sequence[str], store: str = None, specs=None):

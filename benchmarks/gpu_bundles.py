@@ -1,0 +1,127 @@
+"""Serves the bundles of benchmarks/bundles/ (exported on a machine with
+TensorFlow by export_bundles.py) on this GPU, and prints one table row per
+model, level and batch:
+
+* tiemb ms: the whole bundle call (feeds already on the GPU: lookups on the
+  GPU engine + the dense module), to the GPU finishing;
+* floor ms: the dense module alone on precomputed lookup outputs (same XLA,
+  same GPU): what the model would take if lookups were free;
+* baseline ms: the original model's whole graph compiled by XLA on this GPU,
+  where XLA could compile it (else "-", and the reason below the table);
+* max rel diff: the bundle's outputs vs TensorFlow's CPU outputs recorded at export.
+
+Medians of --runs calls after a warm-up, the three timed alternately.
+
+    python benchmarks/gpu_bundles.py [--bundles DIR] [--runs 50] [--json OUT]
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def timed(fns, runs, sync, warmup=5):
+    """Median ms of each callable, interleaved (a, b, c, a, b, c, ...)."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+            sync()
+    samples = [[] for _ in fns]
+    for _ in range(runs):
+        for k, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            sync()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(s) for s in samples]
+
+
+def resized(feeds, inputs, batch):
+    """The recorded feeds' rows repeated to ``batch`` rows (padded inputs only)."""
+    out = {}
+    for name, a in feeds.items():
+        if not inputs[name]["padded"]:
+            return None            # SparseTensor pieces: only the recorded batches
+        out[name] = np.resize(a, (batch,) + a.shape[1:]) if a.shape[0] != batch else a
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--bundles", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundles"))
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--json")
+    p.add_argument("--device", choices=["gpu", "cpu"], default="gpu",
+                   help="cpu: the same table on the CPU engine and XLA's CPU backend (a check of this script)")
+    args = p.parse_args(argv)
+    if args.device == "gpu":
+        import cupy as cp
+
+        sync = cp.cuda.runtime.deviceSynchronize
+        print(f"GPU: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    else:
+        cp, sync = np, (lambda: None)
+
+    from tiemb import serving
+    from tiemb.backends import relative_difference
+    from tiemb.serving import xla
+    from tiemb.serving.runtime import Baseline
+
+    dirs = sorted(os.path.dirname(m) for m in glob.glob(os.path.join(args.bundles, "*", "bundle.json")))
+    if not dirs:
+        print(f"no bundles under {args.bundles}: run benchmarks/export_bundles.py where TensorFlow is")
+        return 1
+    head = "| model | level | batch | tiemb ms | floor ms | tiemb / floor | baseline XLA ms | speedup | QPS tiemb | max rel diff vs TF CPU |"
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    rows, reasons = [], {}
+    for d in dirs:
+        name = os.path.basename(d)
+        model = serving.load(d, device=args.device)
+        tests = model.test_batches()
+        diff = max(relative_difference(want, model(feeds))[1] for feeds, want in tests)
+        base = None
+        if "modules" in (model.meta.get("baseline") or {}):
+            base = Baseline(d, device=args.device)
+        else:
+            reasons[name] = (model.meta.get("baseline") or {}).get("reason", "not exported")
+        for batch in model.buckets:
+            feeds = resized(tests[0][0], model.inputs, batch)
+            if feeds is None:
+                feeds = tests[0][0]
+                if batch != model.buckets[0]:
+                    continue
+            dev = {k: cp.asarray(v) for k, v in feeds.items()}
+            n = model._check(dev)
+            bucket = model.buckets[np.searchsorted(model.buckets, n)]
+            padded = model._pad(dev, n, bucket, cp)
+            looked = model._lookups(padded, bucket) if model._lookups else []
+            dense_args = [xla.put(padded[i], model._dev) for i in model.meta["dense"]["inputs"]] + \
+                [xla.put(looked[i], model._dev) for i in model.meta["dense"]["lookups"]]
+            fns = [lambda: model(dev), lambda: xla.block(model.dense_only(dense_args, bucket))]
+            if base is not None and n == bucket:
+                fns.append(lambda: xla.block(base(dev)))
+            ms = timed(fns, args.runs, sync)
+            t, floor = ms[0], ms[1]
+            b_ms = ms[2] if len(ms) > 2 else None
+            row = {"model": name, "level": model.meta["level"], "batch": n, "tiemb_ms": t, "floor_ms": floor,
+                   "baseline_ms": b_ms, "max_rel_diff": diff}
+            rows.append(row)
+            print(f"| {name} | {row['level']} | {n} | {t:.3f} | {floor:.3f} | {t / floor:.2f} | "
+                  + (f"{b_ms:.3f} | {b_ms / t:.2f}x" if b_ms else "- | -") + f" | {n * 1e3 / t:,.0f} | {diff:.1e} |")
+    for name, why in reasons.items():
+        print(f"baseline of {name}: {why[:300]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "baseline_reasons": reasons}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Bundles exported on a machine with TensorFlow (benchmarks/export_bundles.py,
+into benchmarks/bundles/ or $TIEMB_BUNDLES), served on the GPU: outputs
+against TensorFlow's CPU outputs recorded in each bundle."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+ROOT = os.environ.get("TIEMB_BUNDLES") or os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bundles")
+BUNDLES = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "*", "bundle.json")))
+TOLERANCE = {0: 1e-5, 1: 3e-2}
+
+
+def max_rel(want, got):
+    from tiemb.backends import relative_difference
+
+    return relative_difference(want, got)[1]
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT} (benchmarks/export_bundles.py)")
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[os.path.basename(b) for b in BUNDLES])
+def test_bundle_on_gpu_matches_tensorflow(bundle):
+    pytest.importorskip("jax")
+    cp = pytest.importorskip("cupy")
+    from tiemb import serving
+
+    model = serving.load(bundle, device="gpu")
+    level = model.meta["level"]
+    for feeds, want in model.test_batches():
+        got = model(feeds)                                   # numpy in: numpy out
+        assert all(isinstance(v, np.ndarray) for v in got.values())
+        assert max_rel(want, got) <= TOLERANCE[level], (bundle, max_rel(want, got))
+        dev = model({k: cp.asarray(v) for k, v in feeds.items()})   # device in: cupy out, no wait
+        model.synchronize()
+        assert all(isinstance(v, cp.ndarray) for v in dev.values())
+        assert max_rel(want, {k: cp.asnumpy(v) for k, v in dev.items()}) <= TOLERANCE[level]
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT}")
+def test_level0_modules_compile_without_tf32():
+    """Level 0 on Hopper: the compiled dense module keeps full float32 dots."""
+    pytest.importorskip("jax")
+    from tiemb.serving import dense, xla
+
+    level0 = [b for b in BUNDLES if '"level": 0' in open(os.path.join(b, "bundle.json")).read()]
+    if not level0:
+        pytest.skip("no level-0 bundle")
+    text = open(sorted(glob.glob(os.path.join(level0[0], "dense_*.mlir")))[0]).read()
+    assert dense.dots_not_highest(text) == []
+    dots, loose = xla.compiled_dots(xla.Executable(text, xla.device("gpu")).hlo_text())
+    assert dots and loose == [], loose
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT}")
+def test_gpu_bad_feeds_name_the_input():
+    pytest.importorskip("jax")
+    pytest.importorskip("cupy")
+    from tiemb import serving
+
+    model = serving.load(BUNDLES[0], device="gpu")
+    feeds, _ = model.test_batches()[0]
+    name = sorted(feeds)[0]
+    with pytest.raises(ValueError, match=f"missing feed for input '{name}'"):
+        model({k: v for k, v in feeds.items() if k != name})
+    with pytest.raises(ValueError, match=f"input '{name}' must be"):
+        model(dict(feeds, **{name: feeds[name].astype(np.float64)}))

@@ -1,0 +1,42 @@
+"""Serving an optimized model without TensorFlow: the bundle.
+
+``export_bundle`` (needs TensorFlow) writes a directory with the table store,
+the dense part lowered by TensorFlow's XLA bridge to StableHLO (one module
+per batch bucket, weights as arguments), the wiring of inputs to lookup
+slots, and test batches with TensorFlow's outputs. ``load`` (needs jax; on a
+GPU also cupy) serves it: lookups on tiemb's engine, the dense part compiled
+by XLA through PJRT.
+"""
+
+from __future__ import annotations
+
+from .format import FORMAT_VERSION, BundleError
+
+
+def export_bundle(model, bundle_dir, batch_sizes=None, level=0, optimization_config=None, test_data=None,
+                  baseline=False, **kwargs):
+    """See :func:`tiemb.serving.export.export_bundle` (every option is documented there)."""
+    from .export import export_bundle as _export
+
+    return _export(model, bundle_dir, batch_sizes=batch_sizes, level=level, optimization_config=optimization_config,
+                   test_data=test_data, baseline=baseline, **kwargs)
+
+
+def load(bundle_dir, device: str = "gpu", ordinal: int = 0):
+    """A bundle ready to serve: ``model(feeds) -> {output: array}``.
+
+    Args:
+        bundle_dir: a directory written by :func:`export_bundle` / ``tiemb export``.
+        device: "gpu" (tiemb's GPU engine and XLA's CUDA backend) or "cpu"
+            (tiemb's CPU engine and XLA's CPU backend).
+        ordinal: which GPU.
+
+    Raises BundleError for a missing, corrupt or other-version bundle.
+    See :class:`tiemb.serving.runtime.BundleModel` for the call.
+    """
+    from .runtime import BundleModel
+
+    return BundleModel(bundle_dir, device=device, ordinal=ordinal)
+
+
+__all__ = ["export_bundle", "load", "BundleError", "FORMAT_VERSION"]

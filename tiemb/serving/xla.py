@@ -1,0 +1,123 @@
+"""The one module that talks to jax: StableHLO text compiled by XLA through
+PJRT, and arrays moved in and out with DLPack.
+
+jax has no public "compile this StableHLO text" call; this uses the PJRT
+client jax itself compiles with (``jax.extend.backend.get_backend``, public)
+and its ``compile_and_load``/``execute_sharded`` (what ``jax.jit`` calls
+underneath), so a change in jax touches only this file.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+
+_PLATFORM = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def _jax():
+    try:
+        import jax
+    except ImportError:
+        raise RuntimeError("serving a bundle needs jax: pip install jax (CPU), or tiemb[gpu] on a GPU host "
+                           "(jax with CUDA and cupy)") from None
+    return jax
+
+
+def device(kind: str, ordinal: int = 0):
+    """The jax device of ``kind`` ("cpu" or "gpu")."""
+    from jax.extend import backend
+
+    _jax()
+    try:
+        client = backend.get_backend(_PLATFORM[kind])
+    except RuntimeError as e:
+        raise RuntimeError(f"jax has no {kind} backend here ({e}); on a GPU host install tiemb[gpu]") from None
+    return client.local_devices()[ordinal]
+
+
+class Executable:
+    """One compiled module on one device; ``run(args)`` returns its results
+    as device arrays (jax Arrays) without waiting for them."""
+
+    def __init__(self, text: str, dev):
+        from jax.extend import backend
+
+        self.device = dev
+        client = dev.client
+        options = backend.get_compile_options(num_replicas=1, num_partitions=1)
+        try:
+            self._exe = client.compile_and_load(text, [dev], options)
+        except TypeError:      # other jaxlib versions: devices as a DeviceList, the module as bytecode
+            from jax._src.lib import xla_client
+
+            devices = xla_client.DeviceList((dev,))
+            try:
+                self._exe = client.compile_and_load(text, devices, options)
+            except TypeError:
+                from jax._src.interpreters import mlir
+                from jax.extend.mlir import ir
+
+                with mlir.make_ir_context():
+                    module = mlir.module_to_bytecode(ir.Module.parse(text))
+                self._exe = client.compile_and_load(module, devices, options)
+
+    def run(self, args: Sequence) -> List:
+        """``args``: jax Arrays on this device (others are put there first)."""
+        results = self._exe.execute_sharded([put(a, self.device) for a in args])
+        return [r[0] for r in results.disassemble_into_single_device_arrays()]
+
+    def hlo_text(self) -> str:
+        """The optimized HLO XLA compiled (to check precision, fusions)."""
+        return self._exe.hlo_modules()[0].to_string() if hasattr(self._exe, "hlo_modules") else ""
+
+
+def _x64(jax):
+    """jax narrows 64-bit arrays to 32 bits unless x64 is on; TensorFlow's
+    modules take int64 ids: switch it on for our transfers only, never for
+    the caller's jax code."""
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:
+        from jax.experimental import enable_x64 as scope
+    return scope(True)
+
+
+def compiled_dots(hlo: str):
+    """(dot or GEMM lines of compiled HLO, those not at HIGHEST precision):
+    on a GPU the dots become cuBLAS custom calls whose backend config keeps
+    the operand precision; anything but HIGHEST there may run in TF32."""
+    lines = [ln.strip() for ln in hlo.splitlines() if " dot(" in ln or "cublas" in ln.lower()]
+    return lines, [ln[:240] for ln in lines if "highest" not in ln.lower()]
+
+
+def put(array, dev):
+    """``array`` on ``dev`` as a jax Array: numpy is copied there once; a
+    device array (cupy, ``__dlpack__``) on the same GPU is taken over with
+    DLPack, without a copy."""
+    jax = _jax()
+    if isinstance(array, jax.Array):
+        return array
+    with _x64(jax):
+        if isinstance(array, np.ndarray) or np.isscalar(array):
+            return jax.device_put(array, dev)
+        if hasattr(array, "__dlpack__"):
+            return jax.dlpack.from_dlpack(array)
+    raise ValueError(f"cannot hand a {type(array).__name__} to XLA: give numpy, cupy or a DLPack array")
+
+
+def to_host(array) -> np.ndarray:
+    """A numpy copy (waits for the device)."""
+    return np.asarray(array)
+
+
+def to_cupy(array):
+    """A cupy view of a jax GPU Array (DLPack, no copy)."""
+    import cupy
+
+    return cupy.from_dlpack(array)
+
+
+def block(arrays) -> None:
+    for a in arrays:
+        a.block_until_ready()
