@@ -25,6 +25,47 @@ void check_ids(const IdT* ids, int64_t n, int64_t stride, int64_t table_rows, bo
   }
 }
 
+// The dense id matrix form: a safe slot whose rows are the rows of a padded
+// [num_rows, ids_per_row] id matrix (ids < 0 are padding), no segment ids.
+void check_dense_matrix_shape(const engine_config& cfg, const slot_config& sc, const slot_request& req, int64_t s) {
+  const int64_t k = req.ids_per_row;
+  TIEMB_EXPECT(sc.mode == row_mode::safe, "slot ", s, ": the dense id matrix form (ids_per_row = ", k,
+               ") is a safe-mode form, but the slot's mode is not safe");
+  TIEMB_EXPECT(k > 0, "slot ", s, ": ids_per_row must be >= 0, got ", k);
+  TIEMB_EXPECT(k <= cfg.max_nnz, "slot ", s, ": ids_per_row = ", k, " exceeds max_nnz = ", cfg.max_nnz);
+  TIEMB_EXPECT(req.id_stride >= 1, "slot ", s, ": id_stride must be >= 1, got ", req.id_stride);
+  TIEMB_EXPECT(req.row_stride == 0 || req.row_stride >= (k - 1) * req.id_stride + 1, "slot ", s, ": row_stride = ",
+               req.row_stride, " is smaller than a row of ", k, " ids at id_stride ", req.id_stride);
+  TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
+               ": the dense id matrix form takes no segment_ids or row_offsets (row r owns matrix row r)");
+  TIEMB_EXPECT(req.num_rows >= 0, "slot ", s, ": the dense id matrix form needs num_rows (the matrix's rows), got ",
+               req.num_rows);
+  TIEMB_EXPECT(req.num_rows <= cfg.max_batch_size, "slot ", s, ": ", req.num_rows,
+               " output rows exceed max_batch_size = ", cfg.max_batch_size);
+  TIEMB_EXPECT(req.num_ids == req.num_rows * k, "slot ", s, ": num_ids = ", req.num_ids, " but a [", req.num_rows,
+               ", ", k, "] id matrix holds ", req.num_rows * k);
+  if (req.weights != nullptr) {
+    TIEMB_EXPECT(req.num_weights == req.num_ids, "slot ", s, ": weights has ", req.num_weights,
+                 " entries but the id matrix has ", req.num_ids);
+  }
+}
+
+// Ids of the dense matrix form: in range, or negative (padding).
+template <class IdT>
+void check_matrix_ids(const IdT* ids, const slot_request& req, int64_t table_rows, int64_t slot, int32_t table_id) {
+  const int64_t k = req.ids_per_row;
+  const int64_t row_stride = req.row_stride > 0 ? req.row_stride : k * req.id_stride;
+  for (int64_t r = 0; r < req.num_rows; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t id = static_cast<int64_t>(ids[r * row_stride + j * req.id_stride]);
+      if (id >= table_rows) {
+        throw error(detail::concat("slot ", slot, ": ids[", r, ", ", j, "] = ", id, " is out of range [0, ",
+                                   table_rows, ") of table ", table_id, " (ids < 0 are padding)"));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slot_request& req,
@@ -43,6 +84,10 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
   if (req.weights != nullptr) {
     TIEMB_EXPECT(req.num_weights == n, "slot ", s, ": weights has ", req.num_weights,
                  " entries but ids has ", n);
+  }
+  if (req.ids_per_row != 0) {
+    check_dense_matrix_shape(cfg, sc, req, s);
+    return;
   }
   if (sc.mode == row_mode::gather) {
     TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
@@ -84,6 +129,14 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
 int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t table_rows,
                    const slot_request& req, int64_t s, int64_t* offsets) {
   check_slot_shape(cfg, sc, req, s);
+  if (req.ids_per_row != 0) {
+    if (req.id_type == dtype::int32) {
+      check_matrix_ids(static_cast<const int32_t*>(req.ids), req, table_rows, s, sc.table);
+    } else {
+      check_matrix_ids(static_cast<const int64_t*>(req.ids), req, table_rows, s, sc.table);
+    }
+    return req.num_rows;
+  }
   const bool safe = sc.mode == row_mode::safe;
   const int64_t n = req.num_ids;
   int64_t rows = 0;

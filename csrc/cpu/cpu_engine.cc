@@ -130,7 +130,9 @@ void run_task(const slot_config& sc, const table& t, const slot_request& req,
                                   sc.mode == row_mode::safe,
                                   sc.default_id,
                                   static_cast<OutT*>(out),
-                                  acc};
+                                  acc,
+                                  req.ids_per_row,
+                                  req.row_stride};
   pool_rows(a, row_begin, row_end);
 }
 

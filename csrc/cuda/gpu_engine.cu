@@ -298,6 +298,8 @@ void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const
                "segment_stride ", req.segment_stride);
   TIEMB_EXPECT(req.id_stride == 1 && !sc.wrap_negative, "slot ", s,
                ": the GPU engine takes 1-D ids (id_stride 1) without wrap_negative");
+  TIEMB_EXPECT(req.ids_per_row == 0, "slot ", s, ": the dense id matrix form (ids_per_row = ", req.ids_per_row,
+               ") is not supported by the GPU engine yet");
 }
 
 }  // namespace
