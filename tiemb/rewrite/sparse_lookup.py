@@ -61,6 +61,8 @@ class Lookup:
     half_weights: bool = False      # weights is float16: the op reads it through a Cast to float32
     id_column: int = -1             # ids is a matrix and the slot reads this column of it
     wrap_negative: bool = False     # gather mode: Keras-style negative ids (rows + id)
+    id_width: int = -1              # safe mode over a padded dense id matrix (pooled_lookup.py): its width
+                                    # from id_column (0: the whole last dimension); -1: not that form
 
 
 @dataclass
@@ -324,6 +326,11 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     from .safe_lookup import match_safe
 
     matches = [match_safe(view, m, report) or m for m in matches]
+    # Padded dense id matrices: the feature columns' conversion, masked pooling.
+    from .pooled_lookup import fuse_pooled
+
+    inside.update(name for m in matches for name in m.removable)
+    matches = fuse_pooled(view, graph_def, matches, inside, report)
     # Dense row gathers, except those inside the sparse patterns above.
     from .dense_gather import match_gather
 
@@ -349,7 +356,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     report.lookups = [{"output": m.output, "idiom": idioms[m.mode], "mode": m.mode, "combiner": m.combiner,
                        "table": m.table_node, "rows": int(m.table.shape[0]), "dim": int(m.table.shape[1]),
                        "dtype": str(m.table.dtype), "ids": m.ids, "id_column": m.id_column,
-                       "weighted": m.weights is not None} for m in matches]
+                       "weighted": m.weights is not None, "id_width": m.id_width} for m in matches]
     levels = _levels(view, matches)
     if store_dir is not None:
         tf_ops.write_store(store_dir, tables, max_batch_size=max_batch_size,
@@ -362,12 +369,13 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     for level in sorted(set(levels)):
         group = [m for m, k in zip(matches, levels) if k == level]
         op, casts = _lookup_op(f"{prefix}/lookup_{level}", prefix, group, files)
-        gpu_ready = all(m.mode == "plain" and m.id_column < 0 and not m.wrap_negative for m in group)
+        gpu_ready = all(m.mode == "plain" and m.id_column < 0 and not m.wrap_negative and m.id_width < 0
+                        for m in group)
         if device != "gpu" or not gpu_ready:
             op.device = "/device:CPU:0"
             if device == "gpu":
                 report.note = ("lookups run on the CPU engine: the GPU engine does not serve gather slots or "
-                               "in-place sparse-index reads yet")
+                               "in-place sparse-index reads or dense id matrices yet")
         ops.append(op)
         weight_casts += casts
         rename.update({m.output: tensor_name(op.name, s) for s, m in enumerate(group)})
@@ -506,6 +514,8 @@ def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str
                           modes=[m.mode for m in group], default_ids=[m.default_id for m in group],
                           weighted=[m.weights is not None for m in group],
                           id_columns=[m.id_column for m in group], wrap_negative=[m.wrap_negative for m in group],
+                          **({"id_widths": [m.id_width for m in group]} if any(m.id_width >= 0 for m in group)
+                             else {}),
                           out_types=("types", [half if (m.table.dtype == np.float16 and
                                                         (m.weights is None or m.half_output))
                                                else types_pb2.DT_FLOAT for m in group])).items():

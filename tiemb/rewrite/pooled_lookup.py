@@ -1,0 +1,254 @@
+"""Fusion of pooled lookups over padded dense id matrices into TiembLookup's
+dense id matrix form (a "safe" slot whose row r pools the ids >= 0 of matrix
+row r; ``id_width`` on the Lookup, ``id_widths`` on the op).
+
+Two sources of that form:
+
+1. Feature columns' dense-to-sparse conversion feeding a safe lookup
+   (``_to_sparse_input_and_drop_ignore_values`` in TensorFlow's
+   feature_column code, then safe_lookup.py's pattern)::
+
+       X ─► NotEqual(X, Cast(-1)) ─► Where ─┬─────────────────────► indices ─► [SparseReshape] ─► safe lookup
+       X ─► GatherNd(X, ·) ◄────────────────┘                       values  ─► [SparseReshape] ─►     ▲
+       X ─► Shape(X, out_type=int64) ───────────────────────────── dense_shape ─────────────────────────┘
+
+   The safe lookup prunes every id < 0 and the conversion drops -1: together
+   exactly "ids < 0 are padding" over the rows of X (leading dimensions
+   flattened, as the lookup's SparseReshape does). X may be a column slice
+   ``cat[:, i:j]`` of a rank-2 input, read in place.
+
+2. Masked sum / mean pooling of a row gather (NVIDIA DeepLearningExamples'
+   TF2 Wide&Deep, ``_categorical_embedding_lookup`` for multi-hot features)::
+
+       x ─► [Maximum(x, 0)] ─► GatherV2(table, ·, axis 0) ─────────────┐
+       x ─► GreaterEqual(x, 0) ─► Cast(float) ─► ExpandDims(·, -1) ─► Mul ─► Sum(axis 1) ─────────────► (sum)
+                                    └─► Sum(axis 1) ─► ExpandDims(·, -1) ─► DivNoNan(Sum, ·) ──────────► (mean)
+
+   Padding is -1; the mask defines which ids count. A division by anything
+   other than the mask's count through DivNoNan (a plain division, an
+   epsilon) is not fused: the masked sum is, the division stays TensorFlow's.
+
+A pattern that differs in a checked detail is left as it was, with the
+reason in ``report.left_alone``; nodes used outside a pattern are never
+removed (the rewriter drops only what became unused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .graph import GraphView, split_input, tensor_name
+
+DT_INT64 = 9
+
+
+def _canon(t: str) -> str:
+    node, idx, _ = split_input(t)
+    return tensor_name(node, idx)
+
+
+def _through_identity(view: GraphView, t: str) -> str:
+    node, idx = view.skip_identity(*view.producer(t))
+    return tensor_name(node.name, idx) if node is not None else _canon(t)
+
+
+def _rank2_placeholder(view: GraphView, t: str) -> bool:
+    node, _ = view.skip_identity(*view.producer(t))
+    if node is None or node.op != "Placeholder":
+        return False
+    shape = node.attr["shape"].shape
+    return not shape.unknown_rank and len(shape.dim) == 2
+
+
+def dense_matrix(view: GraphView, t: str) -> Optional[Tuple[str, int, int]]:
+    """(matrix tensor, first column, width) when t is a rank-2 id matrix the op
+    can read in place: a rank-2 input (width 0: all its columns) or its column
+    slice ``x[:, i:j]`` (width j - i); None otherwise."""
+    if _rank2_placeholder(view, t):
+        return _through_identity(view, t), -1, 0
+    s, idx = view.skip_identity(*view.producer(t))
+    if s is None or s.op != "StridedSlice" or idx != 0:
+        return None
+    begin = view.const_value(view.producer(s.input[1])[0])
+    end = view.const_value(view.producer(s.input[2])[0])
+    if begin is None or end is None or np.shape(begin) != (2,) or np.shape(end) != (2,):
+        return None
+    b, e = int(begin[1]), int(end[1])
+    if not (view.const_equals(s.input[3], [1, 1]) and 0 <= b < e
+            and s.attr["begin_mask"].i == 1 and s.attr["end_mask"].i == 1 and s.attr["shrink_axis_mask"].i == 0
+            and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0):
+        return None
+    if not _rank2_placeholder(view, s.input[0]):
+        return None
+    return _through_identity(view, s.input[0]), b, e - b
+
+
+def _rank_at_least_2(view: GraphView, t: str) -> bool:
+    """The tensor has rank >= 2 at run time: statically, or as the output of
+    the feature column's rank-1 expansion (Merge of the input and its
+    ExpandDims; a rank-0 input fails the column's assert before)."""
+    if dense_matrix(view, t) is not None:
+        return True
+    node, _ = view.skip_identity(*view.producer(t))
+    if node is None or node.op != "Merge":
+        return False
+    for i in range(len(node.input)):
+        n, _ = view.skip_identity(*view.input(node, i))
+        if n is not None and n.op == "ExpandDims":
+            return True
+    return False
+
+
+def match_dense_to_sparse(view: GraphView, m, report):
+    """The safe Lookup ``m`` reading its ids straight from the dense matrix the
+    feature column converted to a SparseTensor (``_to_sparse_input_and_drop_ignore_values``),
+    or None when its sparse input is not that conversion (a reason is reported
+    when it is, but some checked detail differs)."""
+    if m.mode != "safe":
+        return None
+    gnd, gidx = view.skip_identity(*view.producer(m.ids))
+    if gnd is None or gnd.op != "GatherNd" or gidx != 0:
+        return None
+    where, _ = view.input(gnd, 1)
+    neq, _ = view.input(where, 0) if where is not None and where.op == "Where" else (None, 0)
+    if neq is None or neq.op != "NotEqual":
+        return None
+
+    def leave(reason):
+        report.left_alone.append({"node": m.output, "idiom": "feature column dense-to-sparse conversion",
+                                  "reason": reason + "; the safe lookup is fused over the converted SparseTensor"})
+
+    x = _canon(gnd.input[0])
+    if _canon(neq.input[0]) != x:
+        return leave("the ids gathered are not the ids compared with the ignore value")
+    ignore_node, _ = view.skip_identity(*view.input(neq, 1))
+    while ignore_node is not None and ignore_node.op == "Cast":
+        ignore_node, _ = view.skip_identity(*view.input(ignore_node, 0))
+    ignore = view.const_value(ignore_node)
+    if ignore is None or np.ndim(ignore) != 0 or np.asarray(ignore).dtype.kind not in "iu" or not int(ignore) < 0:
+        return leave(f"the ignore value is {ignore!r}, not a negative id (a dropped id >= 0 would be a valid row)")
+    if m.weights is not None:
+        return leave("weighted: the weights' own conversion is not matched")
+    where_t = tensor_name(where.name, 0)
+    seg, _ = view.skip_identity(*view.producer(m.segment_ids))
+    shape_t = None
+    if seg is not None and seg.name == where.name:                       # rank 2: no SparseReshape
+        shape_t = m.num_rows
+    elif seg is not None and seg.op == "SparseReshape" and _canon(seg.input[0]) == where_t:
+        shape_t = seg.input[1]
+        if _through_identity(view, m.num_rows) != tensor_name(seg.name, 1):
+            return leave("the lookup does not read the SparseReshape of the converted tensor")
+    else:
+        return leave("the lookup's indices are not the conversion's Where(NotEqual(ids, ignore))")
+    shape, _ = view.skip_identity(*view.producer(shape_t))
+    if shape is None or shape.op != "Shape" or _canon(shape.input[0]) != x:
+        return leave("the dense shape is not Shape(ids)")
+    if not _rank_at_least_2(view, x):
+        return leave("the id tensor's rank is not known to be >= 2")
+    found = dense_matrix(view, x)
+    ids, column, width = found if found is not None else (x, -1, 0)
+    return replace(m, ids=ids, id_column=column, id_width=width, segment_ids="", num_rows=None,
+                   id_dtype=gnd.attr["Tparams"].type, seg_dtype=DT_INT64,
+                   removable=m.removable + [gnd.name, where.name, neq.name])
+
+
+def _mask_of(view: GraphView, t: str, x: str) -> Optional[List[str]]:
+    """Nodes of ExpandDims(Cast(GreaterEqual(x, 0), float), -1) when t is
+    that, else None."""
+    e, _ = view.producer(t)
+    if e is None or e.op != "ExpandDims" or not (view.const_equals(e.input[1], -1) or view.const_equals(e.input[1], 2)):
+        return None
+    c, _ = view.input(e, 0)
+    if c is None or c.op != "Cast" or c.attr["DstT"].type != 1:   # DT_FLOAT
+        return None
+    ge, _ = view.input(c, 0)
+    if ge is None or ge.op != "GreaterEqual" or _canon(ge.input[0]) != x or not view.const_equals(ge.input[1], 0):
+        return None
+    return [e.name, c.name, ge.name]
+
+
+def match_masked_pooling(view: GraphView, node, exclude: set, report):
+    """A Lookup (dense id matrix form) for a ``Sum`` over axis 1 of a masked
+    row gather (NVIDIA's multi-hot pooling), widened to the DivNoNan of a
+    mean; None when node is not one (a reason is reported when the gather and
+    the mask are there but a checked detail differs)."""
+    from .sparse_lookup import Lookup
+
+    if node.op != "Sum" or node.name in exclude or node.attr["keep_dims"].b:
+        return None
+    if not (view.const_equals(node.input[1], 1) or view.const_equals(node.input[1], -2)):
+        return None
+    mul, _ = view.input(node, 0)
+    if mul is None or mul.op != "Mul":
+        return None
+    gather, mask_t = None, None
+    for a, b in ((0, 1), (1, 0)):
+        g, gi = view.input(mul, a)
+        if g is not None and g.op in ("GatherV2", "ResourceGather") and gi == 0:
+            gather, mask_t = g, mul.input[b]
+    if gather is None:
+        return None
+    found = view.row_gather(gather)
+    if found is None or isinstance(found, str):
+        return None
+    table_node, chain, gathered, id_dtype = found
+    x, clipped = _canon(gathered), None
+    mx, _ = view.producer(gathered)
+    if mx is not None and mx.op == "Maximum" and view.const_equals(mx.input[1], 0):
+        x, clipped = _canon(mx.input[0]), mx.name     # padding reads row 0, then masked out
+    mask = _mask_of(view, mask_t, x)
+    if mask is None:
+        return None
+
+    def leave(reason):
+        report.left_alone.append({"node": node.name, "idiom": "masked pooling", "reason": reason})
+
+    report.found += 1
+    table = view.table_value(table_node)
+    if table is None or table.ndim != 2 or table.dtype != np.float32:
+        return leave("the table is not a 2-D float32 constant")
+    if clipped is not None and not np.isfinite(table[0]).all():
+        return leave("padding reads table row 0 (Maximum(ids, 0)), which is not finite: 0 * it is not 0")
+    matrix = dense_matrix(view, x)
+    if matrix is None:
+        return leave("the ids are not a rank-2 input or a column slice of one")
+    ids, column, width = matrix
+    removable = chain + [gather.name, mul.name, mask[0], table_node.name] + ([clipped] if clipped else [])
+    output, combiner = node, "sum"
+    # Mean: DivNoNan(sum, ExpandDims(Sum(mask before ExpandDims, axis 1), -1)).
+    users = view.data_consumers(node.name)
+    divs = [u for u, i in users if u.op == "DivNoNan" and i == 0]
+    if len(users) == 1 and len(divs) == 1:
+        den, _ = view.input(divs[0], 1)
+        cnt, _ = view.input(den, 0) if den is not None and den.op == "ExpandDims" else (None, 0)
+        if cnt is not None and cnt.op == "Sum" and not cnt.attr["keep_dims"].b \
+                and _canon(cnt.input[0]) == tensor_name(mask[1], 0) \
+                and (view.const_equals(cnt.input[1], 1) or view.const_equals(cnt.input[1], -2)) \
+                and (view.const_equals(den.input[1], -1) or view.const_equals(den.input[1], 1)):
+            output, combiner = divs[0], "mean"
+            removable += [node.name, den.name, cnt.name]
+        else:
+            leave("the masked sum is divided by something other than the mask's count: the sum is fused, "
+                  "the division stays a TensorFlow op")
+    elif users and all(u.op in ("RealDiv", "Div") and i == 0 for u, i in users):
+        leave("the masked sum is divided with a plain division (NaN for rows without ids, not zeros): "
+              "the sum is fused, the division stays a TensorFlow op")
+    return Lookup(output=output.name, combiner=combiner, table_node=table_node.name, table=table, ids=ids,
+                  segment_ids="", id_dtype=id_dtype, seg_dtype=DT_INT64, removable=removable, mode="safe",
+                  id_column=column, id_width=width)
+
+
+def fuse_pooled(view: GraphView, graph_def, matches: list, inside: set, report) -> list:
+    """The rewriter's hook: widens safe lookups over a converted dense id
+    matrix into the dense form, and adds the masked poolings; marks their
+    nodes in ``inside`` so that the row-gather pass leaves them alone."""
+    matches = [match_dense_to_sparse(view, m, report) or m for m in matches]
+    for node in graph_def.node:
+        m = match_masked_pooling(view, node, inside, report)
+        if m is not None:
+            matches.append(m)
+            inside.update(m.removable)
+    return matches
