@@ -1,0 +1,138 @@
+"""Masked pooling of padded multi-hot id matrices (pooled_lookup.py): NVIDIA
+DeepLearningExamples' TF2 Wide&Deep multi-hot features, written here the way
+its ``_categorical_embedding_lookup`` writes them, fused into one dense id
+matrix slot each; node counts, the report and equal outputs."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from test_rewrite_sparse import frozen, run  # noqa: E402
+from tiemb import tf_ops  # noqa: E402
+from tiemb.rewrite import rewrite_sparse_lookups  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
+
+HOT = 3
+
+
+class NvidiaStyleFeatures(tf.keras.layers.Layer):
+    """NVIDIA's DenseFeatures for identity columns: one-hot features gather
+    column 0, multi-hot ones gather the [batch, hotness] ids, mask ids < 0,
+    sum, and divide_no_nan by the valid count for mean. ``clip`` makes the
+    gather read max(ids, 0) (what a CPU gather of -1 needs); ``divide``
+    replaces divide_no_nan by a plain division (not fusable as a mean)."""
+
+    def __init__(self, vocabs, dims, combiners, clip=False, divide=False):
+        super().__init__()
+        self.vocabs, self.dims, self.combiners, self.clip, self.divide = vocabs, dims, combiners, clip, divide
+
+    def build(self, input_shape):
+        self.tables = [self.add_weight(name=f"f{i}_embedding_weights", shape=(v, d), initializer="glorot_normal")
+                       for i, (v, d) in enumerate(zip(self.vocabs, self.dims))]
+
+    def lookup(self, table, x, combiner):
+        if x.shape[1] > 1:
+            embeddings = tf.gather(table, tf.maximum(x, 0) if self.clip else x)
+            mask_array = tf.cast(x >= 0, embeddings.dtype)
+            mask = tf.expand_dims(mask_array, -1)
+            embeddings = tf.math.multiply(embeddings, mask)
+            embeddings = tf.reduce_sum(embeddings, axis=1)
+            if combiner == "mean":
+                row_lengths = tf.reduce_sum(mask_array, axis=1)
+                row_lengths = tf.cast(row_lengths, embeddings.dtype)
+                row_lengths = tf.expand_dims(row_lengths, -1)
+                embeddings = embeddings / row_lengths if self.divide else tf.math.divide_no_nan(embeddings,
+                                                                                                  row_lengths)
+            return embeddings
+        return tf.gather(table, x[:, 0])
+
+    def call(self, inputs):
+        return tf.concat([self.lookup(t, x, c) for t, x, c in zip(self.tables, inputs, self.combiners)], axis=1)
+
+
+def build(rng, **kw):
+    vocabs, dims, combiners = [50, 300, 20, 7], [4, 16, 8, 3], ["sum", "mean", "mean", "sum"]
+    layer = NvidiaStyleFeatures(vocabs, dims, combiners, **kw)
+    # Multi-hot features as separate inputs (NVIDIA's), or as column slices of one id matrix.
+    sig = [tf.TensorSpec([None, 1], tf.int64), tf.TensorSpec([None, HOT], tf.int64),
+           tf.TensorSpec([None, 2 * HOT + 1], tf.int64)]
+    layer([tf.zeros([1, 1], tf.int64), tf.zeros([1, HOT], tf.int64), tf.zeros([1, HOT], tf.int64),
+           tf.zeros([1, HOT], tf.int64)])
+    for t in layer.tables:
+        t.assign(rng.standard_normal(t.shape).astype(np.float32))
+
+    def model(one, multi, wide):
+        out = layer([one, multi, wide[:, 1:1 + HOT], wide[:, 1 + HOT:1 + 2 * HOT]])
+        return [tf.nn.relu(out) * 2.0, out]
+
+    return frozen(model, sig), vocabs
+
+
+def batch(rng, vocabs, n, padding=0.3):
+    def ids(v, k):
+        x = rng.integers(0, v, (n, k))
+        x[rng.random((n, k)) < padding] = -1
+        if padding:
+            x[::4] = -1                     # rows with no valid id at all
+        return x
+
+    wide = np.concatenate([ids(vocabs[0], 1), ids(vocabs[2], HOT), ids(vocabs[3], HOT)], 1)
+    return [rng.integers(0, vocabs[0], (n, 1)), ids(vocabs[1], HOT), wide]
+
+
+def ops_of(gd):
+    return [n.op for n in gd.node]
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["gather-ids", "gather-max-ids-0"])
+def test_nvidia_multi_hot_pooling_is_fused(clip, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    (gd, inputs, outputs), vocabs = build(rng, clip=clip)
+    before = ops_of(gd)
+    assert before.count("GatherV2") == 4 and before.count("DivNoNan") == 2 and before.count("GreaterEqual") == 3
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=HOT)
+    assert report.found == report.replaced == 4 and report.left_alone == [], report.as_dict()
+    after = ops_of(new_gd)
+    assert after.count("TiembLookup") == 1 and after.count("Mul") == 1 and not {  # the model's own * 2.0
+        "GatherV2", "GreaterEqual", "DivNoNan", "Maximum", "ExpandDims", "Sum", "Cast"} & set(after), after
+    pooled = sorted((e["combiner"], e["id_column"], e["id_width"]) for e in report.lookups if e["id_width"] >= 0)
+    assert pooled == [("mean", -1, 0), ("mean", 1, HOT), ("sum", 1 + HOT, HOT)], report.lookups
+    # The reference: TensorFlow on the clipped model (a CPU gather of -1 fails; the mask makes
+    # the clipped read irrelevant, and it is what NVIDIA's GPU gather of -1 computes: zeros).
+    (ref_gd, _, _), _ = build(np.random.default_rng(seed), clip=True)
+    for n, padding in ((64, 0.3), (1, 0.0), (5, 1.0), (17, 0.0)):
+        feeds = batch(rng, vocabs, n, padding)
+        want = run(ref_gd, inputs, outputs, feeds)
+        got = run(new_gd, inputs, outputs, feeds)
+        if padding == 0.0 or clip:      # TensorFlow runs the model as written on these
+            for a, b in zip(run(gd, inputs, outputs, feeds), want):
+                np.testing.assert_array_equal(a, b)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=f"seed {seed}, batch {n}, pad {padding}")
+    if not clip:   # what the original does with padding on a CPU, and what the rewrite does instead
+        with pytest.raises(Exception, match=r"indices.* = -1 is not in"):
+            run(gd, inputs, outputs, batch(rng, vocabs, 8, 0.5))
+    bad = batch(rng, vocabs, 4, 0.0)
+    bad[1][2, 1] = vocabs[1]
+    with pytest.raises(Exception, match=rf"ids\[2, 1\] = {vocabs[1]} is out of range \[0, {vocabs[1]}\)"):
+        run(new_gd, inputs, outputs, bad)
+
+
+def test_plain_division_keeps_the_division(tmp_path, seed):
+    """A mean by plain division is NaN for rows without ids (divide_no_nan gives 0): the masked sum
+    is fused, the count and the division stay TensorFlow's, and the report says why."""
+    rng = np.random.default_rng(seed)
+    (gd, inputs, outputs), vocabs = build(rng, clip=True, divide=True)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=HOT)
+    assert report.replaced == 4, report.as_dict()
+    reasons = [e["reason"] for e in report.left_alone]
+    assert len(reasons) == 2 and all("plain division" in r for r in reasons), reasons
+    after = ops_of(new_gd)
+    assert after.count("RealDiv") == 2 and "GatherV2" not in after, after
+    assert all(e["combiner"] == "sum" for e in report.lookups if e["id_width"] >= 0)
+    for n, padding in ((33, 0.3), (8, 1.0)):
+        feeds = batch(rng, vocabs, n, padding)
+        for w, g in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)     # NaN rows equal NaN rows
