@@ -1,7 +1,8 @@
 """Masked pooling of padded multi-hot id matrices (pooled_lookup.py): NVIDIA
-DeepLearningExamples' TF2 Wide&Deep multi-hot features, written here the way
-its ``_categorical_embedding_lookup`` writes them, fused into one dense id
-matrix slot each; node counts, the report and equal outputs."""
+DeepLearningExamples' TF2 Wide&Deep multi-hot features, written the way its
+``_categorical_embedding_lookup`` writes them (tiemb/bench/multihot.py),
+fused into one dense id matrix slot each; node counts, the report and equal
+outputs."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ tf = pytest.importorskip("tensorflow")
 
 from test_rewrite_sparse import frozen, run  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
+from tiemb.bench.multihot import feature_layer  # noqa: E402
 from tiemb.rewrite import rewrite_sparse_lookups  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
@@ -17,44 +19,9 @@ pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has n
 HOT = 3
 
 
-class NvidiaStyleFeatures(tf.keras.layers.Layer):
-    """NVIDIA's DenseFeatures for identity columns: one-hot features gather
-    column 0, multi-hot ones gather the [batch, hotness] ids, mask ids < 0,
-    sum, and divide_no_nan by the valid count for mean. ``clip`` makes the
-    gather read max(ids, 0) (what a CPU gather of -1 needs); ``divide``
-    replaces divide_no_nan by a plain division (not fusable as a mean)."""
-
-    def __init__(self, vocabs, dims, combiners, clip=False, divide=False):
-        super().__init__()
-        self.vocabs, self.dims, self.combiners, self.clip, self.divide = vocabs, dims, combiners, clip, divide
-
-    def build(self, input_shape):
-        self.tables = [self.add_weight(name=f"f{i}_embedding_weights", shape=(v, d), initializer="glorot_normal")
-                       for i, (v, d) in enumerate(zip(self.vocabs, self.dims))]
-
-    def lookup(self, table, x, combiner):
-        if x.shape[1] > 1:
-            embeddings = tf.gather(table, tf.maximum(x, 0) if self.clip else x)
-            mask_array = tf.cast(x >= 0, embeddings.dtype)
-            mask = tf.expand_dims(mask_array, -1)
-            embeddings = tf.math.multiply(embeddings, mask)
-            embeddings = tf.reduce_sum(embeddings, axis=1)
-            if combiner == "mean":
-                row_lengths = tf.reduce_sum(mask_array, axis=1)
-                row_lengths = tf.cast(row_lengths, embeddings.dtype)
-                row_lengths = tf.expand_dims(row_lengths, -1)
-                embeddings = embeddings / row_lengths if self.divide else tf.math.divide_no_nan(embeddings,
-                                                                                                  row_lengths)
-            return embeddings
-        return tf.gather(table, x[:, 0])
-
-    def call(self, inputs):
-        return tf.concat([self.lookup(t, x, c) for t, x, c in zip(self.tables, inputs, self.combiners)], axis=1)
-
-
 def build(rng, **kw):
     vocabs, dims, combiners = [50, 300, 20, 7], [4, 16, 8, 3], ["sum", "mean", "mean", "sum"]
-    layer = NvidiaStyleFeatures(vocabs, dims, combiners, **kw)
+    layer = feature_layer(vocabs, dims, combiners, **kw)
     # Multi-hot features as separate inputs (NVIDIA's), or as column slices of one id matrix.
     sig = [tf.TensorSpec([None, 1], tf.int64), tf.TensorSpec([None, HOT], tf.int64),
            tf.TensorSpec([None, 2 * HOT + 1], tf.int64)]
