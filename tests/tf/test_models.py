@@ -315,7 +315,14 @@ def test_deepctr_models(kind, tmp_path, seed):
         feeds.update({f"I{i}": rng.random((n, 1), dtype=np.float32) for i in range(3)})
         return feeds
 
+    # The genres pooling (SequencePoolingLayer over Embedding(mask_zero=True); mean divides by the count
+    # + 1e-8, which is the count in float32) is inside the op: one pooled slot per genres embedding.
+    pooled = [e for e in report.lookups if e["id_width"] >= 0]
+    assert len(pooled) == {"deepfm": 2, "wdl": 1}[kind] and {e["combiner"] for e in pooled} == {"mean"}, pooled
+    ops = saved_ops(str(tmp_path / "opt"))
+    assert not {"Tile", "RealDiv"} & ops, sorted(ops)
     batches = [batch(512), batch(1), batch(200, real=True)]
+    batches[0]["genres"][::3] = 0      # rows with no genre at all: zeros, as deepctr's mean gives
     assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches), what=kind)
 
 

@@ -155,26 +155,86 @@ def match_dense_to_sparse(view: GraphView, m, report):
                    removable=m.removable + [gnd.name, where.name, neq.name])
 
 
-def _mask_of(view: GraphView, t: str, x: str) -> Optional[List[str]]:
-    """Nodes of ExpandDims(Cast(GreaterEqual(x, 0), float), -1) when t is
-    that, else None."""
-    e, _ = view.producer(t)
-    if e is None or e.op != "ExpandDims" or not (view.const_equals(e.input[1], -1) or view.const_equals(e.input[1], 2)):
+# 1 + eps rounds to 1 in float32 for eps <= 2**-24 (half an ulp of 1, ties to
+# even), and n + eps to n for every larger count n: dividing by count + eps is
+# dividing by the count, and 0 / eps is 0 for rows without ids.
+_EPS_MAX = 2.0 ** -24
+
+
+def _mask_of(view: GraphView, t: str):
+    """(bool mask node, Cast node, [nodes]) when t is the float mask broadcast
+    over the embedding dimension: ExpandDims(Cast(B, float), -1 | 2),
+    optionally Tile(·, [1, 1, dim]) (deepctr); else None."""
+    n, _ = view.producer(t)
+    nodes = []
+    if n is not None and n.op == "Tile":
+        multiples = view.const_value(view.producer(n.input[1])[0])
+        if multiples is None or np.shape(multiples) != (3,) or list(multiples[:2]) != [1, 1]:
+            return None
+        nodes.append(n.name)
+        n, _ = view.input(n, 0)
+    if n is None or n.op != "ExpandDims" or not (view.const_equals(n.input[1], -1) or view.const_equals(n.input[1], 2)):
         return None
-    c, _ = view.input(e, 0)
+    nodes.append(n.name)
+    c, _ = view.input(n, 0)
     if c is None or c.op != "Cast" or c.attr["DstT"].type != 1:   # DT_FLOAT
         return None
-    ge, _ = view.input(c, 0)
-    if ge is None or ge.op != "GreaterEqual" or _canon(ge.input[0]) != x or not view.const_equals(ge.input[1], 0):
+    b, _ = view.input(c, 0)
+    if b is None or b.op not in ("GreaterEqual", "NotEqual") or not view.const_equals(b.input[1], 0):
         return None
-    return [e.name, c.name, ge.name]
+    return b, c, nodes
+
+
+def _keras_wrapped(view: GraphView, g: str, table) -> str:
+    """The ids before Keras 3's negative-id wrapping of g, or g."""
+    from .dense_gather import _unwrapped
+
+    x, wrapped = _unwrapped(view, g, table)
+    return _canon(x) if wrapped else _canon(g)
+
+
+def _is_count_plus_eps(view: GraphView, t: str, cast_name: str) -> bool:
+    """t is AddV2(Sum(mask, axis -1 | 1, keep_dims), eps) with 0 < eps <= 2**-24 (deepctr's mean)."""
+    add, _ = view.producer(t)
+    if add is None or add.op not in ("AddV2", "Add"):
+        return False
+    for a, b in ((0, 1), (1, 0)):
+        cnt, _ = view.input(add, a)
+        eps_node, _ = view.skip_identity(*view.input(add, b))
+        eps = view.const_value(eps_node)
+        if cnt is not None and cnt.op == "Sum" and cnt.attr["keep_dims"].b and _canon(cnt.input[0]) == cast_name \
+                and (view.const_equals(cnt.input[1], -1) or view.const_equals(cnt.input[1], 1)) \
+                and eps is not None and np.ndim(eps) == 0 and 0 < float(eps) <= _EPS_MAX:
+            return True
+    return False
+
+
+def _is_count_no_nan(view: GraphView, t: str, cast_name: str) -> bool:
+    """t is ExpandDims(Sum(mask, axis 1), -1) (NVIDIA's row_lengths)."""
+    den, _ = view.producer(t)
+    cnt, _ = view.input(den, 0) if den is not None and den.op == "ExpandDims" else (None, 0)
+    return cnt is not None and cnt.op == "Sum" and not cnt.attr["keep_dims"].b and _canon(cnt.input[0]) == cast_name \
+        and (view.const_equals(cnt.input[1], 1) or view.const_equals(cnt.input[1], -2)) \
+        and (view.const_equals(den.input[1], -1) or view.const_equals(den.input[1], 1))
+
+
+def _select_node(name: str, cond: str, ids: str, id_dtype: int):
+    """ids where cond, else -1 (padding): the NodeDefs of SelectV2(cond, ids, -1)."""
+    from tensorflow.core.framework import node_def_pb2
+
+    from .sparse_lookup import _const_node
+
+    minus_one = _const_node(f"{name}/padding", np.array(-1, np.int32 if id_dtype == 3 else np.int64))
+    sel = node_def_pb2.NodeDef(name=name, op="SelectV2", input=[cond, ids, minus_one.name])
+    sel.attr["T"].type = id_dtype
+    return [minus_one, sel]
 
 
 def match_masked_pooling(view: GraphView, node, exclude: set, report):
     """A Lookup (dense id matrix form) for a ``Sum`` over axis 1 of a masked
-    row gather (NVIDIA's multi-hot pooling), widened to the DivNoNan of a
-    mean; None when node is not one (a reason is reported when the gather and
-    the mask are there but a checked detail differs)."""
+    row gather, widened to the division of a mean by the mask's count; None
+    when node is not one (a reason is reported when the gather and the mask
+    are there but a checked detail differs)."""
     from .sparse_lookup import Lookup
 
     if node.op != "Sum" or node.name in exclude or node.attr["keep_dims"].b:
@@ -184,61 +244,72 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
     mul, _ = view.input(node, 0)
     if mul is None or mul.op != "Mul":
         return None
-    gather, mask_t = None, None
+    gather, mask = None, None
     for a, b in ((0, 1), (1, 0)):
-        g, gi = view.input(mul, a)
+        g, gi = view.skip_identity(*view.input(mul, a))
         if g is not None and g.op in ("GatherV2", "ResourceGather") and gi == 0:
-            gather, mask_t = g, mul.input[b]
-    if gather is None:
+            gather, mask = g, _mask_of(view, mul.input[b])
+    if gather is None or mask is None:
         return None
     found = view.row_gather(gather)
     if found is None or isinstance(found, str):
         return None
     table_node, chain, gathered, id_dtype = found
-    x, clipped = _canon(gathered), None
-    mx, _ = view.producer(gathered)
-    if mx is not None and mx.op == "Maximum" and view.const_equals(mx.input[1], 0):
-        x, clipped = _canon(mx.input[0]), mx.name     # padding reads row 0, then masked out
-    mask = _mask_of(view, mask_t, x)
-    if mask is None:
-        return None
+    valid, cast, mask_nodes = mask
+    x = _canon(valid.input[0])
 
     def leave(reason):
         report.left_alone.append({"node": node.name, "idiom": "masked pooling", "reason": reason})
 
-    report.found += 1
     table = view.table_value(table_node)
     if table is None or table.ndim != 2 or table.dtype != np.float32:
-        return leave("the table is not a 2-D float32 constant")
-    if clipped is not None and not np.isfinite(table[0]).all():
-        return leave("padding reads table row 0 (Maximum(ids, 0)), which is not finite: 0 * it is not 0")
-    matrix = dense_matrix(view, x)
-    if matrix is None:
-        return leave("the ids are not a rank-2 input or a column slice of one")
-    ids, column, width = matrix
-    removable = chain + [gather.name, mul.name, mask[0], table_node.name] + ([clipped] if clipped else [])
-    output, combiner = node, "sum"
-    # Mean: DivNoNan(sum, ExpandDims(Sum(mask before ExpandDims, axis 1), -1)).
-    users = view.data_consumers(node.name)
-    divs = [u for u, i in users if u.op == "DivNoNan" and i == 0]
-    if len(users) == 1 and len(divs) == 1:
-        den, _ = view.input(divs[0], 1)
-        cnt, _ = view.input(den, 0) if den is not None and den.op == "ExpandDims" else (None, 0)
-        if cnt is not None and cnt.op == "Sum" and not cnt.attr["keep_dims"].b \
-                and _canon(cnt.input[0]) == tensor_name(mask[1], 0) \
-                and (view.const_equals(cnt.input[1], 1) or view.const_equals(cnt.input[1], -2)) \
-                and (view.const_equals(den.input[1], -1) or view.const_equals(den.input[1], 1)):
-            output, combiner = divs[0], "mean"
-            removable += [node.name, den.name, cnt.name]
+        return None
+    report.found += 1
+    if not np.isfinite(table).all():
+        return leave("the table has values that are not finite: masked-out rows (0 * row) are not 0 in TensorFlow")
+    removable = chain + [gather.name, mul.name, table_node.name] + mask_nodes
+    extra = []
+    if valid.op == "GreaterEqual":        # NVIDIA: padding is -1, the ids read in place
+        clip, _ = view.producer(gathered)
+        if _canon(gathered) == x:
+            pass
+        elif clip is not None and clip.op == "Maximum" and _canon(clip.input[0]) == x \
+                and view.const_equals(clip.input[1], 0):
+            removable.append(clip.name)   # padding reads row 0, then masked out
         else:
+            return leave("the gather reads other ids than the mask tests")
+        matrix = dense_matrix(view, x)
+        if matrix is None:
+            return leave("the ids are not a rank-2 input or a column slice of one")
+        ids, column, width = matrix
+    else:                                 # Keras mask_zero: padding is 0, a valid row of the table
+        if _keras_wrapped(view, gathered, table) != x:
+            return leave("the gather reads other ids than the mask tests")
+        if dense_matrix(view, x) is None:
+            return leave("the ids are not a rank-2 input or a column slice of one")
+        # The op's padding is ids < 0: the slot reads SelectV2(ids != 0, gathered ids, -1).
+        extra = _select_node(f"{node.name}/tiemb_ids", valid.name, gathered, id_dtype)
+        ids, column, width = extra[-1].name, -1, 0
+    output, combiner = node, "sum"
+    users = view.data_consumers(node.name)
+    divs = [u for u, i in users if u.op in ("DivNoNan", "RealDiv", "Div") and i == 0]
+    if len(users) == 1 and len(divs) == 1:
+        div = divs[0]
+        cast_name = tensor_name(cast.name, 0)
+        if (div.op == "DivNoNan" and _is_count_no_nan(view, div.input[1], cast_name)) or \
+                (div.op != "DivNoNan" and _is_count_plus_eps(view, div.input[1], cast_name)):
+            output, combiner = div, "mean"
+            removable.append(node.name)
+        elif div.op == "DivNoNan":
             leave("the masked sum is divided by something other than the mask's count: the sum is fused, "
                   "the division stays a TensorFlow op")
-    elif users and all(u.op in ("RealDiv", "Div") and i == 0 for u, i in users):
-        leave("the masked sum is divided with a plain division (NaN for rows without ids, not zeros): "
-              "the sum is fused, the division stays a TensorFlow op")
+        else:
+            leave("the masked sum is divided with a plain division by something other than the mask's count "
+                  "plus an epsilon below 2**-24 (a count alone gives NaN for rows without ids, the op zeros): "
+                  "the sum is fused, the division stays a TensorFlow op")
     return Lookup(output=output.name, combiner=combiner, table_node=table_node.name, table=table, ids=ids,
                   segment_ids="", id_dtype=id_dtype, seg_dtype=DT_INT64, removable=removable, mode="safe",
-                  id_column=column, id_width=width)
+                  id_column=column, id_width=width, extra_nodes=extra)
 
 
 def fuse_pooled(view: GraphView, graph_def, matches: list, inside: set, report) -> list:

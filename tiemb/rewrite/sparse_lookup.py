@@ -63,6 +63,7 @@ class Lookup:
     wrap_negative: bool = False     # gather mode: Keras-style negative ids (rows + id)
     id_width: int = -1              # safe mode over a padded dense id matrix (pooled_lookup.py): its width
                                     # from id_column (0: the whole last dimension); -1: not that form
+    extra_nodes: list = field(default_factory=list)   # NodeDefs the slot's inputs need (pooled_lookup.py)
 
 
 @dataclass
@@ -387,7 +388,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
                  f"{prefix}/no_segments": np.zeros([0], np.int64)}
     used_inputs = {i for op in ops for i in op.input}
     new_nodes = [_const_node(name, value) for name, value in constants.items() if name in used_inputs] \
-        + weight_casts + ops
+        + weight_casts + ops + [n for m in matches for n in m.extra_nodes]
     op_of = {m.output: ops[sorted(set(levels)).index(k)].name for m, k in zip(matches, levels)}
 
     # Everything a replaced output was computed from may go once unused,
