@@ -78,8 +78,9 @@ REGISTER_OP("TiembLookup")
     // Per slot (empty = none; -1 = not used): a safe slot whose ids are a
     // padded dense id matrix, one output row per matrix row pooling its ids
     // >= 0. 0: the whole last dimension of ids (leading dimensions flattened
-    // into rows); w > 0: the w columns of a [rows, k] matrix from column
-    // max(id_columns[s], 0), read in place.
+    // into rows), or with id_columns[s] = c >= 0 the columns from c on of a
+    // [rows, k] matrix; w > 0: the w columns of a [rows, k] matrix from
+    // column max(id_columns[s], 0), read in place.
     .Attr("id_widths: list(int) = []")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int n = 0;
@@ -245,12 +246,12 @@ class TiembLookupBase : public OpKernel {
     const int64_t k = id.dim_size(id.dims() - 1);
     int64_t lead = 1;
     for (int d = 0; d + 1 < id.dims(); ++d) lead *= id.dim_size(d);
-    if (width > 0) {
+    if (width > 0 || first > 0) {
       TIEMB_EXPECT(id.dims() == 2 && first + width <= k, "slot ", s, ": ids must be a [rows, k] matrix with k >= ",
-                   first + width, " (columns ", first, "..", first + width - 1, "), got shape ",
-                   id.shape().DebugString());
+                   first + width, " (columns from ", first, ", ", width > 0 ? "width " : "to the end", width > 0 ?
+                   std::to_string(width) : std::string(), "), got shape ", id.shape().DebugString());
     }
-    const int64_t per_row = width > 0 ? width : k;
+    const int64_t per_row = width > 0 ? width : k - first;
     r.num_rows = lead;
     if (per_row == 0) {  // no ids at all: every row is empty (safe mode, no segment ids)
       r.num_ids = 0;

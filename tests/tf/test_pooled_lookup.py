@@ -31,7 +31,7 @@ def build(rng, **kw):
         t.assign(rng.standard_normal(t.shape).astype(np.float32))
 
     def model(one, multi, wide):
-        out = layer([one, multi, wide[:, 1:1 + HOT], wide[:, 1 + HOT:1 + 2 * HOT]])
+        out = layer([one, multi, wide[:, 1:1 + HOT], wide[:, 1 + HOT:]])   # x[:, i:j] and x[:, i:]
         return [tf.nn.relu(out) * 2.0, out]
 
     return frozen(model, sig), vocabs
@@ -65,7 +65,7 @@ def test_nvidia_multi_hot_pooling_is_fused(clip, tmp_path, seed):
     assert after.count("TiembLookup") == 1 and after.count("Mul") == 1 and not {  # the model's own * 2.0
         "GatherV2", "GreaterEqual", "DivNoNan", "Maximum", "ExpandDims", "Sum", "Cast"} & set(after), after
     pooled = sorted((e["combiner"], e["id_column"], e["id_width"]) for e in report.lookups if e["id_width"] >= 0)
-    assert pooled == [("mean", -1, 0), ("mean", 1, HOT), ("sum", 1 + HOT, HOT)], report.lookups
+    assert pooled == [("mean", -1, 0), ("mean", 1, HOT), ("sum", 1 + HOT, 0)], report.lookups
     # The reference: TensorFlow on the clipped model (a CPU gather of -1 fails; the mask makes
     # the clipped read irrelevant, and it is what NVIDIA's GPU gather of -1 computes: zeros).
     (ref_gd, _, _), _ = build(np.random.default_rng(seed), clip=True)
@@ -103,3 +103,59 @@ def test_plain_division_keeps_the_division(tmp_path, seed):
         feeds = batch(rng, vocabs, n, padding)
         for w, g in zip(run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)     # NaN rows equal NaN rows
+
+
+def _keras_masked(rng, vocab, dim, k):
+    """Keras 3: Embedding(mask_zero=True) pooled by GlobalAveragePooling1D with the mask, and by a
+    masked sum over the sequence axis (a layer that takes the mask, as Keras passes it)."""
+    import keras
+
+    class MaskedSum(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.supports_masking = True
+
+        def call(self, x, mask=None):
+            m = keras.ops.expand_dims(keras.ops.cast(mask, x.dtype), -1)
+            return keras.ops.sum(x * m, axis=1)
+
+        def compute_mask(self, x, mask=None):
+            return None
+
+    ids = keras.Input(shape=(k,), dtype="int64")
+    wide = keras.Input(shape=(2 * k,), dtype="int64")
+    a = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(vocab, dim, mask_zero=True)(ids))
+    b = MaskedSum()(keras.layers.Embedding(vocab, dim, mask_zero=True)(ids))
+    c = MaskedSum()(keras.layers.Embedding(vocab, dim, mask_zero=True)(wide[:, k:]))
+    model = keras.Model([ids, wide], keras.layers.Concatenate()([a, b, c]))
+    for w in model.weights:
+        w.assign(rng.standard_normal(w.shape).astype(np.float32))
+    return model
+
+
+def test_keras_mask_zero_pooling(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    vocab, dim, k = 40, 8, 4
+    model = _keras_masked(rng, vocab, dim, k)
+    sig = [tf.TensorSpec([None, k], tf.int64), tf.TensorSpec([None, 2 * k], tf.int64)]
+    gd, inputs, outputs = frozen(lambda a, b: model([a, b]), sig)
+    before = ops_of(gd)
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=2 * k)
+    after = ops_of(new_gd)
+    print(report.as_dict(), sorted(set(before)), sorted(set(after)))
+    assert report.replaced == 3, report.as_dict()
+    pooled = [e for e in report.lookups if e["id_width"] >= 0]
+    assert len(pooled) == 3 and {e["combiner"] for e in pooled} == {"sum"}, report.lookups
+    # GlobalAveragePooling1D divides by the count without divide_no_nan (NaN for rows without ids):
+    # its masked sum is fused, the division stays, and the report says why.
+    assert [e["idiom"] for e in report.left_alone] == ["masked pooling"], report.left_alone
+    assert after.count("TiembLookup") == 1 and "GatherV2" not in after and after.count("Mul") == 0, after
+    for n in (1, 9, 64):
+        feeds = [rng.integers(-vocab, vocab, (n, k)), rng.integers(-vocab, vocab, (n, 2 * k))]
+        feeds[0][rng.random((n, k)) < 0.4] = 0
+        feeds[1][rng.random((n, 2 * k)) < 0.4] = 0
+        feeds[0][::3] = 0                      # rows of padding only: NaN from the average, zeros from the sums
+        feeds[1][::2, k:] = 0
+        want, got = run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=f"seed {seed}, batch {n}")

@@ -66,7 +66,8 @@ def _rank2_placeholder(view: GraphView, t: str) -> bool:
 def dense_matrix(view: GraphView, t: str) -> Optional[Tuple[str, int, int]]:
     """(matrix tensor, first column, width) when t is a rank-2 id matrix the op
     can read in place: a rank-2 input (width 0: all its columns) or its column
-    slice ``x[:, i:j]`` (width j - i); None otherwise."""
+    slice ``x[:, i:j]`` (width j - i; ``x[:, i:]``: width 0, the columns from
+    i on); None otherwise."""
     if _rank2_placeholder(view, t):
         return _through_identity(view, t), -1, 0
     s, idx = view.skip_identity(*view.producer(t))
@@ -77,13 +78,23 @@ def dense_matrix(view: GraphView, t: str) -> Optional[Tuple[str, int, int]]:
     if begin is None or end is None or np.shape(begin) != (2,) or np.shape(end) != (2,):
         return None
     b, e = int(begin[1]), int(end[1])
-    if not (view.const_equals(s.input[3], [1, 1]) and 0 <= b < e
-            and s.attr["begin_mask"].i == 1 and s.attr["end_mask"].i == 1 and s.attr["shrink_axis_mask"].i == 0
+    open_end = s.attr["end_mask"].i == 3          # x[:, b:]
+    if not (view.const_equals(s.input[3], [1, 1]) and 0 <= b and (open_end or b < e)
+            and s.attr["begin_mask"].i == 1 and s.attr["end_mask"].i in (1, 3) and s.attr["shrink_axis_mask"].i == 0
             and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0):
         return None
     if not _rank2_placeholder(view, s.input[0]):
         return None
-    return _through_identity(view, s.input[0]), b, e - b
+    return _through_identity(view, s.input[0]), b, 0 if open_end else e - b
+
+
+def _rank2(view: GraphView, t: str) -> bool:
+    """t is a rank-2 input or a slice of one that keeps both dimensions."""
+    if dense_matrix(view, t) is not None:
+        return True
+    s, _ = view.skip_identity(*view.producer(t))
+    return s is not None and s.op == "StridedSlice" and _rank2_placeholder(view, s.input[0]) \
+        and s.attr["shrink_axis_mask"].i == 0 and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0
 
 
 def _rank_at_least_2(view: GraphView, t: str) -> bool:
@@ -161,6 +172,15 @@ def match_dense_to_sparse(view: GraphView, m, report):
 _EPS_MAX = 2.0 ** -24
 
 
+def _is_zero(view: GraphView, t: str) -> bool:
+    """t is the constant 0 (maybe through Cast / Identity, as Keras 3 writes it)."""
+    n, _ = view.skip_identity(*view.producer(t))
+    while n is not None and n.op == "Cast":
+        n, _ = view.skip_identity(*view.input(n, 0))
+    v = view.const_value(n)
+    return v is not None and v.size >= 1 and not np.any(v)
+
+
 def _mask_of(view: GraphView, t: str):
     """(bool mask node, Cast node, [nodes]) when t is the float mask broadcast
     over the embedding dimension: ExpandDims(Cast(B, float), -1 | 2),
@@ -180,9 +200,22 @@ def _mask_of(view: GraphView, t: str):
     if c is None or c.op != "Cast" or c.attr["DstT"].type != 1:   # DT_FLOAT
         return None
     b, _ = view.input(c, 0)
-    if b is None or b.op not in ("GreaterEqual", "NotEqual") or not view.const_equals(b.input[1], 0):
+    if b is None or b.op not in ("GreaterEqual", "NotEqual") or not _is_zero(view, b.input[1]):
         return None
     return b, c, nodes
+
+
+def _select_mask_of(view: GraphView, t: str):
+    """(bool mask node, [nodes]) when t is ExpandDims(B, -1 | 2) with B =
+    ids != 0 or ids >= 0: Keras 3's masked pooling selects rather than
+    multiplies, SelectV2(mask, rows, 0)."""
+    n, _ = view.producer(t)
+    if n is None or n.op != "ExpandDims" or not (view.const_equals(n.input[1], -1) or view.const_equals(n.input[1], 2)):
+        return None
+    b, _ = view.input(n, 0)
+    if b is None or b.op not in ("GreaterEqual", "NotEqual") or not _is_zero(view, b.input[1]):
+        return None
+    return b, [n.name]
 
 
 def _keras_wrapped(view: GraphView, g: str, table) -> str:
@@ -242,13 +275,17 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
     if not (view.const_equals(node.input[1], 1) or view.const_equals(node.input[1], -2)):
         return None
     mul, _ = view.input(node, 0)
-    if mul is None or mul.op != "Mul":
-        return None
     gather, mask = None, None
-    for a, b in ((0, 1), (1, 0)):
-        g, gi = view.skip_identity(*view.input(mul, a))
-        if g is not None and g.op in ("GatherV2", "ResourceGather") and gi == 0:
-            gather, mask = g, _mask_of(view, mul.input[b])
+    if mul is not None and mul.op == "Mul":
+        for a, b in ((0, 1), (1, 0)):
+            g, gi = view.skip_identity(*view.input(mul, a))
+            if g is not None and g.op in ("GatherV2", "ResourceGather") and gi == 0:
+                gather, mask = g, _mask_of(view, mul.input[b])
+    elif mul is not None and mul.op in ("SelectV2", "Select") and _is_zero(view, mul.input[2]):
+        g, gi = view.skip_identity(*view.input(mul, 1))
+        sel = _select_mask_of(view, mul.input[0])
+        if g is not None and g.op in ("GatherV2", "ResourceGather") and gi == 0 and sel is not None:
+            gather, mask = g, (sel[0], None, sel[1])
     if gather is None or mask is None:
         return None
     found = view.row_gather(gather)
@@ -285,7 +322,7 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
     else:                                 # Keras mask_zero: padding is 0, a valid row of the table
         if _keras_wrapped(view, gathered, table) != x:
             return leave("the gather reads other ids than the mask tests")
-        if dense_matrix(view, x) is None:
+        if not _rank2(view, x):
             return leave("the ids are not a rank-2 input or a column slice of one")
         # The op's padding is ids < 0: the slot reads SelectV2(ids != 0, gathered ids, -1).
         extra = _select_node(f"{node.name}/tiemb_ids", valid.name, gathered, id_dtype)
@@ -295,7 +332,7 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
     divs = [u for u, i in users if u.op in ("DivNoNan", "RealDiv", "Div") and i == 0]
     if len(users) == 1 and len(divs) == 1:
         div = divs[0]
-        cast_name = tensor_name(cast.name, 0)
+        cast_name = tensor_name(cast.name, 0) if cast is not None else None
         if (div.op == "DivNoNan" and _is_count_no_nan(view, div.input[1], cast_name)) or \
                 (div.op != "DivNoNan" and _is_count_plus_eps(view, div.input[1], cast_name)):
             output, combiner = div, "mean"
