@@ -385,3 +385,12 @@ def test_engine_from_a_table_store(config, tmp_path, seed):
         check_against_references(gpu_lookup(group, cases, device=True), cases, seed, f"store ({config})")
     if config:
         assert e.stats(0)["rows_gpu"] < cases[0].table.shape[0] and e.stats(0)["rows_file"] > 0, e.stats(0)
+
+
+def test_dense_id_matrix_form_is_refused_by_name():
+    """Not served by the GPU engine yet (the rewriter pins such ops to the CPU kernel)."""
+    e = tiemb.GpuEmbeddingEngine(4, 1, 3)
+    g = e.group([tiemb.Slot(e.add_table(np.ones((3, 2), np.float32)), mode="safe")])
+    with pytest.raises(ValueError, match=r"slot 0: the dense id matrix form \(ids_per_row = 3\) is not supported "
+                                         r"by the GPU engine yet"):
+        g.lookup([np.zeros((2, 3), np.int64)])
