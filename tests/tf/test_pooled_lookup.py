@@ -159,3 +159,39 @@ def test_keras_mask_zero_pooling(tmp_path, seed):
         want, got = run(gd, inputs, outputs, feeds), run(new_gd, inputs, outputs, feeds)
         for w, g in zip(want, got):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=f"seed {seed}, batch {n}")
+
+
+def test_deepctr_length_input_pooling(tmp_path, seed):
+    """deepctr's VarLenSparseFeat with length_name: SequencePoolingLayer masks by position (j < length).
+    The slot reads SelectV2(sequence_mask, ids, -1); sums are fused whole, the mean's division by the
+    length (not the count: they differ for lengths above maxlen) stays, and the report says so."""
+    pytest.importorskip("deepctr", reason="deepctr is in requirements-test.txt")
+    import os
+    import subprocess
+    import sys
+
+    from serving import assert_same_outputs, serve_fresh, serve_here
+    from tiemb.rewrite import rewrite_saved_model
+
+    src = str(tmp_path / "deepfm_len")
+    script = os.path.join(os.path.dirname(__file__), "deepctr_models.py")
+    proc = subprocess.run([sys.executable, script, "deepfm_len", src, str(seed % 1000)], capture_output=True,
+                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = rewrite_saved_model(src, str(tmp_path / "opt"), max_batch_size=512, max_nnz=8)
+    pooled = sorted(e["combiner"] for e in report.lookups if e["id_width"] >= 0)
+    assert pooled == ["sum"] * 4, report.lookups          # genres (mean) and genres2 (sum), linear and DNN
+    assert len(report.left_alone) == 2 and all("length input" in e["reason"] for e in report.left_alone)
+    rng = np.random.default_rng(seed)
+    vocab = [97, 1000, 50, 300, 120, 60]
+
+    def batch(n):
+        feeds = {f"C{i}": rng.integers(0, v, (n, 1)).astype(np.int32) for i, v in enumerate(vocab)}
+        feeds["genres"] = rng.integers(0, 25, (n, 6)).astype(np.int32)
+        feeds["genres2"] = rng.integers(0, 25, (n, 6)).astype(np.int32)
+        feeds["genres_len"] = rng.integers(0, 9, (n, 1)).astype(np.int32)    # 0 and above maxlen (6) too
+        feeds.update({f"I{i}": rng.random((n, 1), dtype=np.float32) for i in range(3)})
+        return feeds
+
+    batches = [batch(512), batch(1), batch(33)]
+    assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches), what="deepfm_len")

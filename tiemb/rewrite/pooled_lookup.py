@@ -193,6 +193,12 @@ def _mask_of(view: GraphView, t: str):
             return None
         nodes.append(n.name)
         n, _ = view.input(n, 0)
+    if n is not None and n.op == "Transpose" and view.const_equals(n.input[1], [0, 2, 1]):
+        c, _ = view.input(n, 0)                         # deepctr's length mask: sequence_mask(len, T)
+        less, _ = view.input(c, 0) if c is not None and c.op == "Cast" and c.attr["DstT"].type == 1 else (None, 0)
+        if less is None or less.op != "Less":
+            return None
+        return less, None, nodes + [n.name]
     if n is None or n.op != "ExpandDims" or not (view.const_equals(n.input[1], -1) or view.const_equals(n.input[1], 2)):
         return None
     nodes.append(n.name)
@@ -251,6 +257,50 @@ def _is_count_no_nan(view: GraphView, t: str, cast_name: str) -> bool:
         and (view.const_equals(den.input[1], -1) or view.const_equals(den.input[1], 1))
 
 
+def _static_width(view: GraphView, t: str) -> Optional[int]:
+    """The static size of dimension 1 of a rank-2 input (or a column slice of one), or None."""
+    m = dense_matrix(view, t)
+    if m is None:
+        return None
+    node, _ = view.skip_identity(*view.producer(m[0]))
+    k = node.attr["shape"].shape.dim[1].size
+    if k < 0:
+        return None
+    if m[1] < 0:
+        return k
+    return m[2] if m[2] > 0 else k - m[1]
+
+
+def _sequence_mask_width(view: GraphView, less) -> Optional[int]:
+    """maxlen when ``less`` is tf.sequence_mask's Less(Range(0, maxlen, 1), Cast?(ExpandDims(lengths, -1)))
+    with lengths of shape [batch, 1] (a mask of [batch, 1, maxlen]); else None."""
+    rng, _ = view.input(less, 0)
+    if rng is None or rng.op != "Range" or not _is_zero(view, rng.input[0]) or not view.const_equals(rng.input[2], 1):
+        return None
+    limit = view.const_value(view.skip_identity(*view.input(rng, 1))[0])
+    lens, _ = view.input(less, 1)
+    while lens is not None and lens.op == "Cast":
+        lens, _ = view.input(lens, 0)
+    if limit is None or np.ndim(limit) != 0 or lens is None or lens.op != "ExpandDims" \
+            or not view.const_equals(lens.input[1], -1):
+        return None
+    src, _ = view.skip_identity(*view.input(lens, 0))
+    shape = src.attr["shape"].shape if src is not None and src.op == "Placeholder" else None
+    if shape is None or shape.unknown_rank or len(shape.dim) != 2 or shape.dim[1].size != 1:
+        return None
+    return int(limit)
+
+
+def _squeeze_node(name: str, mask: str):
+    """Squeeze(mask, [1]): sequence_mask's [batch, 1, maxlen] as [batch, maxlen]."""
+    from tensorflow.core.framework import node_def_pb2
+
+    sq = node_def_pb2.NodeDef(name=name, op="Squeeze", input=[mask])
+    sq.attr["T"].type = 10   # DT_BOOL
+    sq.attr["squeeze_dims"].list.i.extend([1])
+    return sq
+
+
 def _select_node(name: str, cond: str, ids: str, id_dtype: int):
     """ids where cond, else -1 (padding): the NodeDefs of SelectV2(cond, ids, -1)."""
     from tensorflow.core.framework import node_def_pb2
@@ -293,7 +343,7 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
         return None
     table_node, chain, gathered, id_dtype = found
     valid, cast, mask_nodes = mask
-    x = _canon(valid.input[0])
+    x = _canon(valid.input[0]) if valid.op != "Less" else _canon(gathered)
 
     def leave(reason):
         report.left_alone.append({"node": node.name, "idiom": "masked pooling", "reason": reason})
@@ -319,6 +369,13 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
         if matrix is None:
             return leave("the ids are not a rank-2 input or a column slice of one")
         ids, column, width = matrix
+    elif valid.op == "Less":              # deepctr's length input: position j < len[r] counts
+        width = _sequence_mask_width(view, valid)
+        if width is None or not _rank2(view, x) or _static_width(view, x) != width:
+            return leave("the length mask is not tf.sequence_mask(lengths [batch, 1], maxlen) over the ids' columns")
+        squeeze = _squeeze_node(f"{node.name}/tiemb_valid", valid.name)
+        extra = [squeeze] + _select_node(f"{node.name}/tiemb_ids", squeeze.name, gathered, id_dtype)
+        ids, column, width = extra[-1].name, -1, 0
     else:                                 # Keras mask_zero: padding is 0, a valid row of the table
         if _keras_wrapped(view, gathered, table) != x:
             return leave("the gather reads other ids than the mask tests")
@@ -337,6 +394,10 @@ def match_masked_pooling(view: GraphView, node, exclude: set, report):
                 (div.op != "DivNoNan" and _is_count_plus_eps(view, div.input[1], cast_name)):
             output, combiner = div, "mean"
             removable.append(node.name)
+        elif valid.op == "Less":
+            leave("the mean divides by the length input (+ eps), not by the count of positions it masks (they "
+                  "differ for a length above maxlen or below 0): the sum is fused, the division stays a "
+                  "TensorFlow op")
         elif div.op == "DivNoNan":
             leave("the masked sum is divided by something other than the mask's count: the sum is fused, "
                   "the division stays a TensorFlow op")
