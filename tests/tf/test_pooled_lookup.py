@@ -66,6 +66,7 @@ def test_nvidia_multi_hot_pooling_is_fused(clip, tmp_path, seed):
         "GatherV2", "GreaterEqual", "DivNoNan", "Maximum", "ExpandDims", "Sum", "Cast"} & set(after), after
     pooled = sorted((e["combiner"], e["id_column"], e["id_width"]) for e in report.lookups if e["id_width"] >= 0)
     assert pooled == [("mean", -1, 0), ("mean", 1, HOT), ("sum", 1 + HOT, 0)], report.lookups
+    assert sorted(e["idiom"] for e in report.lookups) == ["gather"] + ["pooled id matrix"] * 3, report.lookups
     # The reference: TensorFlow on the clipped model (a CPU gather of -1 fails; the mask makes
     # the clipped read irrelevant, and it is what NVIDIA's GPU gather of -1 computes: zeros).
     (ref_gd, _, _), _ = build(np.random.default_rng(seed), clip=True)
@@ -195,3 +196,12 @@ def test_deepctr_length_input_pooling(tmp_path, seed):
 
     batches = [batch(512), batch(1), batch(33)]
     assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches), what="deepfm_len")
+
+
+def test_pooled_slots_pin_the_op_to_the_cpu_kernel(tmp_path, seed):
+    """The GPU engine does not serve dense id matrices yet: on a GPU target the op is pinned to the CPU."""
+    (gd, _, _), _ = build(np.random.default_rng(seed))
+    new_gd, report = rewrite_sparse_lookups(gd, str(tmp_path / "store"), max_batch_size=64, max_nnz=HOT, device="gpu")
+    (op,) = [n for n in new_gd.node if n.op == "TiembLookup"]
+    assert op.device == "/device:CPU:0" and "dense id matrices" in report.note, (op.device, report.note)
+    assert list(op.attr["id_widths"].list.i) == [e["id_width"] for e in report.lookups]

@@ -24,9 +24,26 @@ Two sources of that form:
        x ─► GreaterEqual(x, 0) ─► Cast(float) ─► ExpandDims(·, -1) ─► Mul ─► Sum(axis 1) ─────────────► (sum)
                                     └─► Sum(axis 1) ─► ExpandDims(·, -1) ─► DivNoNan(Sum, ·) ──────────► (mean)
 
-   Padding is -1; the mask defines which ids count. A division by anything
-   other than the mask's count through DivNoNan (a plain division, an
-   epsilon) is not fused: the masked sum is, the division stays TensorFlow's.
+   Padding is -1; the mask defines which ids count (the ids are read in
+   place, a column slice ``x[:, i:j]`` / ``x[:, i:]`` of a wider matrix too).
+
+3. The same pooling with other masks, mapped onto the op's padding rule
+   (ids < 0) by one new node, ``SelectV2(mask, gathered ids, -1)``:
+
+       Keras Embedding(mask_zero=True) (tf-keras / deepctr; Keras 3 wraps negative ids first):
+       x ─► [SelectV2(x < 0, x + rows, x)] ─► GatherV2(table, ·) ─────────────────────┐
+       x ─► NotEqual(x, 0) ─► Cast(float) ─► ExpandDims(·, 2) ─► [Tile(·, [1, 1, dim])] ─► Mul ─► Sum(axis 1)
+       deepctr SequencePoolingLayer mean: RealDiv(Sum, AddV2(Sum(mask, -1, keepdims), 1e-8))
+       Keras 3 GlobalAveragePooling1D:    Sum(SelectV2(ExpandDims(mask, 2), rows, 0), 1) / Sum(mask, 1)
+
+       deepctr with a length input (VarLenSparseFeat(length_name=...)):
+       Less(Range(0, maxlen), ExpandDims(len, -1)) ─► Cast ─► Transpose(0, 2, 1) ─► Tile ─► Mul ─► Sum(axis 1)
+
+   deepctr's count + 1e-8 is the count in float32 (see _EPS_MAX): a mean.
+   A division by anything else (a plain division by the count, NaN for rows
+   without ids; a length input, which differs from the count above maxlen)
+   is not fused: the masked sum is, the division stays TensorFlow's, and the
+   report says why.
 
 A pattern that differs in a checked detail is left as it was, with the
 reason in ``report.left_alone``; nodes used outside a pattern are never

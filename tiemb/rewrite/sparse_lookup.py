@@ -354,7 +354,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
             files[m.table_node] = fname
             tables[fname] = m.table.astype(np.float16) if half_tables else m.table
     idioms = {"plain": "embedding_lookup_sparse", "safe": "safe_embedding_lookup_sparse", "gather": "gather"}
-    report.lookups = [{"output": m.output, "idiom": idioms[m.mode], "mode": m.mode, "combiner": m.combiner,
+    report.lookups = [{"output": m.output, "idiom": "pooled id matrix" if m.id_width >= 0 else idioms[m.mode],
+                       "mode": m.mode, "combiner": m.combiner,
                        "table": m.table_node, "rows": int(m.table.shape[0]), "dim": int(m.table.shape[1]),
                        "dtype": str(m.table.dtype), "ids": m.ids, "id_column": m.id_column,
                        "weighted": m.weights is not None, "id_width": m.id_width} for m in matches]
