@@ -474,10 +474,19 @@ def _levels(view: GraphView, matches: List[Lookup]) -> List[int]:
             memo[n] = frozenset(deps)
         return memo.get(name, frozenset())
 
+    # Inputs the rewrite adds (pooled_lookup.py) depend on what they read.
+    extra = {n.name: n for m in matches for n in m.extra_nodes}
+
+    def sources(t):
+        node = split_input(t)[0]
+        if node not in extra:
+            return [t]
+        return [x for i in extra[node].input if not i.startswith("^") for x in sources(i)]
+
     deps = []
     for m in matches:
         d = set()
-        for t in [m.ids, m.segment_ids, m.weights, m.num_rows]:
+        for t in [x for t in [m.ids, m.segment_ids, m.weights, m.num_rows] if t for x in sources(t)]:
             if t:
                 d |= upstream(split_input(t)[0]) | ({outputs[split_input(t)[0]]} if split_input(t)[0] in outputs else set())
         deps.append(d)
