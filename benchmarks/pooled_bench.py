@@ -7,9 +7,10 @@ fusion (issue 18; issue 14's DeepFM conversion), side by side in one process.
    TF1 session runs: TensorFlow, tiemb with the row gathers fused and the
    masking/pooling left to TensorFlow ("gathers only": what tiemb did
    before), tiemb with the pooled slots.
-2. The feature-column DeepFM through tiemb.bench.model_bench: whole model,
-   embedding part and floor, with the dense-to-sparse conversions left to
-   TensorFlow ("before") and fused into the op ("after").
+2. The feature-column DeepFM: the whole model (original, optimized with the
+   dense-to-sparse conversions left to TensorFlow = "before", optimized with
+   them in the op = "after") in one alternating run; then
+   tiemb.bench.model_bench for each (whole model, embedding part, floor).
 
 "Before" switches the pooled pass off in this process only (the rewriter
 imports it at call time); everything else is the same build.
@@ -98,6 +99,36 @@ def deepfm_case(batches, runs):
                   f"{r.floor.median_ms:.2f} | {r.whole_optimized.median_ms / r.floor.median_ms:.2f} |")
 
 
+def deepfm_side_by_side(batches, runs, seed=0):
+    """The DeepFM whole model: original, optimized before and after, in one
+    alternating run (same machine state for the three)."""
+    import tensorflow as tf
+
+    from tiemb import tf_ops
+    from tiemb.bench import model_bench, models
+    from tiemb.rewrite import rewrite_saved_model
+
+    tf_ops.load()
+    work = tempfile.mkdtemp(prefix="tiemb-pooled-deepfm-")
+    src = os.path.join(work, "deepfm")
+    spec = models.deepfm(src, models.vocab_for("small"), **dict(model_bench.DEFAULT_KW["deepfm"], seed=seed))
+    rng = np.random.default_rng(seed)
+    with pooled_pass_off():
+        rewrite_saved_model(src, os.path.join(work, "before"), max_batch_size=max(batches), max_nnz=models.GENRES_LEN)
+    rewrite_saved_model(src, os.path.join(work, "after"), max_batch_size=max(batches), max_nnz=models.GENRES_LEN)
+    loaded = [tf.saved_model.load(os.path.join(work, d)) for d in ("deepfm", "before", "after")]
+    fns = [m.signatures["serving_default"] for m in loaded]
+    print("\n| DeepFM batch | TF ms | tiemb, conversion in TF ms | tiemb, conversion in the op ms | after vs before "
+          "| max abs diff |\n| --- | --- | --- | --- | --- | --- |")
+    for b in batches:
+        t = {k: tf.constant(v) for k, v in models.random_batch(spec, b, rng, missing=0.05).items()}
+        outs = [f(**t)["prob"].numpy() for f in fns]
+        diff = max(float(np.max(np.abs(o - outs[0]))) for o in outs[1:])
+        a, x, y = model_bench.alternate([lambda f=f: f(**t) for f in fns], runs)
+        print(f"| {b} | {a.median_ms:.2f} | {x.median_ms:.2f} | {y.median_ms:.2f} | {x.median_ms / y.median_ms:.2f}x "
+              f"| {diff:.1e} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", default="64,512")
@@ -110,6 +141,7 @@ def main(argv=None):
     print(f"machine: {machine_name()}; medians of {args.runs} alternating runs")
     multihot_case(batches, args.runs)
     if not args.skip_deepfm:
+        deepfm_side_by_side(batches, args.runs)
         deepfm_case(batches, args.runs)
     return 0
 
