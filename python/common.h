@@ -107,7 +107,19 @@ inline std::vector<slot_request> numpy_requests(const py::list& ids, const py::l
   for (int64_t s = 0; s < n; ++s) {
     const auto i = static_cast<size_t>(s);
     slot_request& r = req[i];
-    py::array a = index_array(ids[i], s, "ids");
+    // A 2-D ids array without segments: the dense id matrix form (safe mode,
+    // ids < 0 are padding), one output row per matrix row.
+    py::object id_obj = py::reinterpret_borrow<py::object>(ids[i]);
+    int64_t matrix_rows = -1;
+    if (segments[i].is_none() && py::isinstance<py::array>(id_obj) &&
+        py::reinterpret_borrow<py::array>(id_obj).ndim() == 2) {
+      auto m = py::reinterpret_borrow<py::array>(id_obj);
+      TIEMB_EXPECT(is_c_contiguous(m), "slot ", s, ": ids must be C-contiguous (use numpy.ascontiguousarray)");
+      matrix_rows = m.shape(0);
+      r.ids_per_row = m.shape(1);
+      id_obj = m.attr("reshape")(-1);  // a view: the data stays the caller's
+    }
+    py::array a = index_array(id_obj, s, "ids");
     r.ids = a.data();
     r.id_type = static_cast<dtype>(engine_dtype(a));
     r.num_ids = a.shape(0);
@@ -119,7 +131,7 @@ inline std::vector<slot_request> numpy_requests(const py::list& ids, const py::l
     }
     r.segments_are_offsets = segments_are_offsets;
     r.weights = weights_array(weights[i], s, &r.num_weights);
-    r.num_rows = num_rows[i];
+    r.num_rows = num_rows[i] < 0 && matrix_rows >= 0 ? matrix_rows : num_rows[i];
     r.samples = i < samples.size() ? samples[i] : -1;
   }
   return req;

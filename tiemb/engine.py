@@ -230,13 +230,17 @@ class LookupGroup:
         """Looks up every slot; returns one ``rows x dim`` array per slot.
 
         Args:
-            ids: per slot, a 1-D int32/int64 array of ids.
+            ids: per slot, a 1-D int32/int64 array of ids; for a safe slot
+                without segment ids, a 2-D ``[rows, k]`` id matrix padded
+                with negative ids (each row pools its ids >= 0: a padded
+                multi-hot feature, or a -1-padded dense id tensor).
             segment_ids: per slot, the sorted sample index of each id (what
                 ``sp_ids.indices[:, 0]`` is for a ``tf.SparseTensor``); None
                 for gather-mode slots (may be omitted when all slots gather).
             row_offsets: instead of segment_ids, per slot CSR offsets
                 (``rows + 1`` entries; sample r owns ids[offsets[r]:offsets[r+1]]).
-            weights: None, or per slot a 1-D float32 array (or None) of per-id weights.
+            weights: None, or per slot a 1-D float32 array (or None) of per-id weights
+                (``[rows, k]`` for a dense id matrix).
             num_rows: safe mode with segment_ids: the batch size (``dense_shape[0]``);
                 an int for every slot or a sequence with one entry (int or None) per slot.
 
@@ -254,6 +258,9 @@ class LookupGroup:
                 shapes[s] = ids[s].shape
                 samples[s] = ids[s].shape[0] if ids[s].ndim else 1
                 ids[s] = ids[s].reshape(-1)
+        for s, slot in enumerate(self.slots[:len(weights)]):   # a dense id matrix's weights: same shape
+            if slot.mode == "safe" and isinstance(weights[s], np.ndarray) and weights[s].ndim == 2:
+                weights[s] = weights[s].reshape(-1)
         outs = self._group.lookup(ids, segments, row_offsets is not None, weights, rows, samples)
         for s, shape in shapes.items():
             outs[s] = outs[s].reshape(shape + (outs[s].shape[1],))

@@ -333,14 +333,18 @@ def _check_generatable(model: _Model, lookups: List[dict]) -> None:
                                     "pass test_data (a list of feed dicts of real batches)")
 
 
-def _tensor_values(model: _Model, names: List[str], batches) -> List[Dict[str, np.ndarray]]:
-    """The values of tensors ``names`` of the model's graph on each batch."""
+def _tensor_values(model: _Model, graph_def, names: List[str], batches) -> List[Dict[str, np.ndarray]]:
+    """The values of tensors ``names`` of ``graph_def`` (the model's graph, or
+    its rewrite: the fused ops' inputs) on each batch."""
     import tensorflow as tf
 
+    from . import tf_ops
+
     placeholders = [model.placeholder_of[n] for n in model.inputs]
+    tf_ops.load()      # a rewritten graph holds TiembLookup nodes (never run here)
 
     def imported():
-        tf.compat.v1.import_graph_def(model.graph_def, name="")
+        tf.compat.v1.import_graph_def(graph_def, name="")
 
     wrapped = tf.compat.v1.wrap_function(imported, [])
     g = wrapped.graph
@@ -353,9 +357,10 @@ def _tensor_values(model: _Model, names: List[str], batches) -> List[Dict[str, n
     return out
 
 
-def _engine_sizes(model: _Model, found, batches, params: dict, specs: Dict[str, InputShape]):
+def _engine_sizes(model: _Model, rewritten, found, batches, params: dict, specs: Dict[str, InputShape]):
     """tiemb/max_batch_size, slot_num and max_nnz: given ones checked, missing
-    ones inferred, from the lookups' own inputs on the test data (see tiemb.sizes)."""
+    ones inferred, from the fused ops' own inputs in ``rewritten`` (the
+    rewriter's graph) on the test data (see tiemb.sizes)."""
     from . import sizes as engine
 
     inputs = _input_of(model)
@@ -364,7 +369,8 @@ def _engine_sizes(model: _Model, found, batches, params: dict, specs: Dict[str, 
         node, column = lk["feature_key"]
         if node in inputs:
             lk["feature"] = inputs[node] if column is None else f"{inputs[node]}[:, {column}]"
-    values = _tensor_values(model, engine.lookup_tensors(lookups), batches) if lookups else [{} for _ in batches]
+    values = _tensor_values(model, rewritten, engine.lookup_tensors(lookups), batches) if lookups else \
+        [{} for _ in batches]
     widths, declared = [], 0
     for b, batch in enumerate(batches):
         width = {}
@@ -449,7 +455,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     _check_spec_shapes(model, by_name, generated=test_data is None)
 
     # What the rewriter finds (for the engine sizes and the generated data).
-    _, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)
+    rewritten, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1, resources=model.resources)
     rng = np.random.default_rng(seed)
     if test_data is None:
         _check_generatable(model, found.lookups)
@@ -458,7 +464,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
     else:
         batches = _check_test_data(model, test_data)
         source = "user provided"
-    sizes, inferred = _engine_sizes(model, found, batches, params, by_name)
+    sizes, inferred = _engine_sizes(model, rewritten, found, batches, params, by_name)
     params.update(sizes)
     config_json = __import__("json").dumps({k: v for k, v in params.items()}, indent=2, sort_keys=True)
 

@@ -7,8 +7,9 @@
 * ``slot_num``: features, i.e. distinct id inputs, the fused op serves: an
   ids tensor, or one column of an id matrix, counts once however many tables
   it feeds (see :mod:`tiemb.rewrite.features`).
-* ``max_nnz``: ids per sample per feature. A dense id matrix: its width; a
-  sparse input: the most ids that share one row index.
+* ``max_nnz``: ids per sample per feature. A dense id matrix: its width
+  (a padded one read by the op: the columns it reads); a sparse input: the
+  most ids that share one row index.
 
 :func:`engine_sizes` measures what the model needs on the test data, with
 the same definitions the engine checks at serving time, fills what the
@@ -76,6 +77,9 @@ def measure(lookups: Sequence[dict], values: Sequence[Dict[str, np.ndarray]],
 def sample_counts(lk: dict, vals: Dict[str, np.ndarray]):
     """(samples, most ids in one sample, that sample) of one lookup's inputs."""
     ids = np.asarray(vals[lk["ids"]])
+    if lk.get("id_width", -1) >= 0:     # a padded dense id matrix (or its columns): rows x width, as the op reads it
+        width = lk["id_width"] or ids.shape[-1] - max(lk["id_column"], 0)
+        return int(np.prod(ids.shape[:-1])), int(width), 0
     if lk["mode"] == "gather":
         if lk["id_column"] >= 0:
             return ids.shape[0], 1, 0

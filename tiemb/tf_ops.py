@@ -80,7 +80,8 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
            combiners: Sequence[str], modes: Sequence[str], weights: Optional[Sequence] = None,
            num_rows: Optional[Sequence] = None, default_ids: Optional[Sequence[int]] = None,
            out_types: Optional[Sequence] = None, id_columns: Optional[Sequence[int]] = None,
-           wrap_negative: Optional[Sequence[bool]] = None, features: Optional[Sequence[int]] = None):
+           wrap_negative: Optional[Sequence[bool]] = None, features: Optional[Sequence[int]] = None,
+           id_widths: Optional[Sequence[int]] = None):
     """Builds one TiembLookup op over N slots; returns N tensors [rows, dim].
 
     Args:
@@ -100,6 +101,11 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         features: per slot the feature (distinct id input) it reads: slots
             with the same value share their ids and count once against the
             store's ``slot_num``; None: every slot a feature of its own.
+        id_widths: per slot -1 (not used) or, for a safe slot, its ids are a
+            padded dense id matrix and output row r pools the ids >= 0 of
+            matrix row r (no segment ids): 0 for the whole last dimension
+            (from column c with ``id_columns``), w > 0 for the w columns from
+            ``id_columns`` (or 0), read in place.
     """
     import tensorflow as tf
 
@@ -114,4 +120,5 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         dims=[int(d) for d in dims], combiners=list(combiners), modes=list(modes),
         default_ids=[-1 if d is None else int(d) for d in (default_ids or [-1] * n)], weighted=weighted,
         out_types=list(out_types or [tf.float32] * n), id_columns=list(id_columns or [-1] * n),
-        wrap_negative=list(wrap_negative or [False] * n), features=list(features or []))
+        wrap_negative=list(wrap_negative or [False] * n), features=list(features or []),
+        **({"id_widths": [int(x) for x in id_widths]} if id_widths is not None else {}))

@@ -36,6 +36,7 @@ struct slot_request {
   int64_t samples = -1;
   /// Dense id matrix form (safe mode): when > 0, the ids are a [num_rows, ids_per_row] matrix, row r owning
   /// ids[r * row_stride + j * id_stride] for j < ids_per_row; no segment ids; ids < 0 are padding (pruned).
+  /// Weights, where given, are a contiguous [num_rows, ids_per_row] matrix.
   int64_t ids_per_row = 0;
   int64_t row_stride = 0;   ///< elements between rows of that matrix; 0 = ids_per_row * id_stride
 };

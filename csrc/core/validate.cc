@@ -12,16 +12,56 @@ int64_t index_at(const void* p, dtype type, int64_t i) {
 
 // Validates ids against the table range; plain mode rejects negatives too,
 // safe mode prunes them, wrapping gathers read rows + id down to -rows.
-// Logical id i is at ids[offset(i)].
-template <class IdT, class Offset>
-void check_ids(const IdT* ids, int64_t n, Offset&& offset, int64_t table_rows, bool allow_negative, bool wrap,
+template <class IdT>
+void check_ids(const IdT* ids, int64_t n, int64_t stride, int64_t table_rows, bool allow_negative, bool wrap,
                int64_t slot, int32_t table_id) {
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = static_cast<int64_t>(ids[offset(i)]);
+    const int64_t id = static_cast<int64_t>(ids[i * stride]);
     if (wrap && id < 0 && id >= -table_rows) continue;
     if (id >= table_rows || (id < 0 && !allow_negative)) {
       throw error(detail::concat("slot ", slot, ": ids[", i, "] = ", id, " is out of range [",
                                  wrap ? -table_rows : 0, ", ", table_rows, ") of table ", table_id));
+    }
+  }
+}
+
+// The dense id matrix form: a safe slot whose rows are the rows of a padded
+// [num_rows, ids_per_row] id matrix (ids < 0 are padding), no segment ids.
+void check_dense_matrix_shape(const engine_config& cfg, const slot_config& sc, const slot_request& req, int64_t s) {
+  const int64_t k = req.ids_per_row;
+  TIEMB_EXPECT(sc.mode == row_mode::safe, "slot ", s, ": the dense id matrix form (ids_per_row = ", k,
+               ") is a safe-mode form, but the slot's mode is not safe");
+  TIEMB_EXPECT(k > 0, "slot ", s, ": ids_per_row must be >= 0, got ", k);
+  TIEMB_EXPECT(k <= cfg.max_nnz, "slot ", s, ": ids_per_row = ", k, " exceeds max_nnz = ", cfg.max_nnz);
+  TIEMB_EXPECT(req.id_stride >= 1, "slot ", s, ": id_stride must be >= 1, got ", req.id_stride);
+  TIEMB_EXPECT(req.row_stride == 0 || req.row_stride >= (k - 1) * req.id_stride + 1, "slot ", s, ": row_stride = ",
+               req.row_stride, " is smaller than a row of ", k, " ids at id_stride ", req.id_stride);
+  TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
+               ": the dense id matrix form takes no segment_ids or row_offsets (row r owns matrix row r)");
+  TIEMB_EXPECT(req.num_rows >= 0, "slot ", s, ": the dense id matrix form needs num_rows (the matrix's rows), got ",
+               req.num_rows);
+  TIEMB_EXPECT(req.num_rows <= cfg.max_batch_size, "slot ", s, ": ", req.num_rows,
+               " output rows exceed max_batch_size = ", cfg.max_batch_size);
+  TIEMB_EXPECT(req.num_ids == req.num_rows * k, "slot ", s, ": num_ids = ", req.num_ids, " but a [", req.num_rows,
+               ", ", k, "] id matrix holds ", req.num_rows * k);
+  if (req.weights != nullptr) {
+    TIEMB_EXPECT(req.num_weights == req.num_ids, "slot ", s, ": weights has ", req.num_weights,
+                 " entries but the id matrix has ", req.num_ids);
+  }
+}
+
+// Ids of the dense matrix form: in range, or negative (padding).
+template <class IdT>
+void check_matrix_ids(const IdT* ids, const slot_request& req, int64_t table_rows, int64_t slot, int32_t table_id) {
+  const int64_t k = req.ids_per_row;
+  const int64_t row_stride = req.row_stride > 0 ? req.row_stride : k * req.id_stride;
+  for (int64_t r = 0; r < req.num_rows; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t id = static_cast<int64_t>(ids[r * row_stride + j * req.id_stride]);
+      if (id >= table_rows) {
+        throw error(detail::concat("slot ", slot, ": ids[", r, ", ", j, "] = ", id, " is out of range [0, ",
+                                   table_rows, ") of table ", table_id, " (ids < 0 are padding)"));
+      }
     }
   }
 }
@@ -42,6 +82,10 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     TIEMB_EXPECT(req.num_weights == n, "slot ", s, ": weights has ", req.num_weights,
                  " entries but ids has ", n);
   }
+  if (req.ids_per_row != 0) {
+    check_dense_matrix_shape(cfg, sc, req, s);
+    return;
+  }
   if (sc.mode == row_mode::gather) {
     TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
                  ": gather mode takes no segment_ids or row_offsets (every id is its own row)");
@@ -55,22 +99,6 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
     const int64_t per_sample = samples > 0 ? n / samples : 0;
     TIEMB_EXPECT(per_sample <= cfg.max_nnz, "slot ", s, ": every sample has ", per_sample,
                  " ids, more than max_nnz = ", cfg.max_nnz);
-    return;
-  }
-  if (req.ids_per_row > 0) {  // a dense [num_rows, ids_per_row] id matrix, -1 padded
-    TIEMB_EXPECT(safe, "slot ", s, ": a dense id matrix (ids_per_row > 0) is a safe-mode input, got mode ",
-                 to_string(sc.mode));
-    TIEMB_EXPECT(req.segments == nullptr && req.num_segments == 0, "slot ", s,
-                 ": a dense id matrix takes no segment_ids or row_offsets (row r owns its row of ids)");
-    TIEMB_EXPECT(req.num_rows >= 0 && req.num_rows * req.ids_per_row == n, "slot ", s, ": a dense id matrix of ",
-                 req.num_rows, " rows x ", req.ids_per_row, " ids needs ", req.num_rows * req.ids_per_row,
-                 " ids, got ", n);
-    TIEMB_EXPECT(req.num_rows <= cfg.max_batch_size, "slot ", s, ": ", req.num_rows,
-                 " samples exceed max_batch_size = ", cfg.max_batch_size);
-    TIEMB_EXPECT(req.ids_per_row <= cfg.max_nnz, "slot ", s, ": every sample has ", req.ids_per_row,
-                 " ids, more than max_nnz = ", cfg.max_nnz);
-    TIEMB_EXPECT(req.id_stride >= 1 && req.row_stride >= 0, "slot ", s, ": id_stride must be >= 1 and row_stride ",
-                 ">= 0, got ", req.id_stride, " and ", req.row_stride);
     return;
   }
   TIEMB_EXPECT(n <= cfg.max_ids_per_slot(), "slot ", s, ": ", n,
@@ -110,16 +138,19 @@ void check_slot_shape(const engine_config& cfg, const slot_config& sc, const slo
 int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t table_rows,
                    const slot_request& req, int64_t s, int64_t* offsets) {
   check_slot_shape(cfg, sc, req, s);
+  if (req.ids_per_row != 0) {
+    if (req.id_type == dtype::int32) {
+      check_matrix_ids(static_cast<const int32_t*>(req.ids), req, table_rows, s, sc.table);
+    } else {
+      check_matrix_ids(static_cast<const int64_t*>(req.ids), req, table_rows, s, sc.table);
+    }
+    return req.num_rows;
+  }
   const bool safe = sc.mode == row_mode::safe;
   const int64_t n = req.num_ids;
   int64_t rows = 0;
   if (sc.mode == row_mode::gather) {
     rows = n;  // one row per id; offsets are implicit
-  } else if (req.ids_per_row > 0) {
-    rows = req.num_rows;  // row r owns ids [r * ids_per_row, (r + 1) * ids_per_row)
-    if (offsets != nullptr) {
-      for (int64_t r = 0; r <= rows; ++r) offsets[r] = r * req.ids_per_row;
-    }
   } else if (req.segments_are_offsets) {
     const int64_t m = req.num_segments;
     TIEMB_EXPECT(index_at(req.segments, req.segment_type, 0) == 0, "slot ", s,
@@ -181,13 +212,10 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
     }
   }
 
-  const int64_t k = req.ids_per_row;
-  const int64_t row_stride = req.row_stride > 0 ? req.row_stride : k * req.id_stride;
-  auto offset = [&](int64_t i) { return k > 0 ? (i / k) * row_stride + (i % k) * req.id_stride : i * req.id_stride; };
   if (req.id_type == dtype::int32) {
-    check_ids(static_cast<const int32_t*>(req.ids), n, offset, table_rows, safe, sc.wrap_negative, s, sc.table);
+    check_ids(static_cast<const int32_t*>(req.ids), n, req.id_stride, table_rows, safe, sc.wrap_negative, s, sc.table);
   } else {
-    check_ids(static_cast<const int64_t*>(req.ids), n, offset, table_rows, safe, sc.wrap_negative, s, sc.table);
+    check_ids(static_cast<const int64_t*>(req.ids), n, req.id_stride, table_rows, safe, sc.wrap_negative, s, sc.table);
   }
   return rows;
 }

@@ -73,10 +73,6 @@ void cpu_lookup_group::plan_slot(int64_t s, const slot_request& req) {
   const engine_config& cfg = engine_.config();
   const slot_config& sc = slots_[static_cast<size_t>(s)];
   int64_t* offsets = offsets_.data() + s * (cfg.max_batch_size + 1);
-  // The pooling loop reads a dense id matrix as consecutive ids.
-  TIEMB_EXPECT(req.ids_per_row == 0 || ((req.row_stride == 0 || req.row_stride == req.ids_per_row) &&
-                                        req.id_stride == 1),
-               "slot ", s, ": the CPU engine reads a dense id matrix only when it is contiguous");
   rows_[static_cast<size_t>(s)] =
       check_slot(cfg, sc, tables_[static_cast<size_t>(s)]->rows(), req, s, offsets);
 }
@@ -135,7 +131,9 @@ void run_task(const slot_config& sc, const table& t, const slot_request& req,
                                   sc.mode == row_mode::safe,
                                   sc.default_id,
                                   static_cast<OutT*>(out),
-                                  acc};
+                                  acc,
+                                  req.ids_per_row,
+                                  req.row_stride};
   pool_rows(a, row_begin, row_end);
 }
 

@@ -59,6 +59,9 @@ struct pooling_args {
   int64_t default_id;  // safe mode only; -1 = zeros for empty rows
   OutT* out;
   float* acc;  // dim floats of scratch
+  // Dense id matrix form (offsets unused): row r owns ids[r * row_stride + j * id_stride], j < ids_per_row.
+  int64_t ids_per_row = 0;
+  int64_t row_stride = 0;
 };
 
 /// Gather mode: output row r is table row ids[r], converted to the output type.
@@ -83,9 +86,92 @@ void gather_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int6
   }
 }
 
+/// Finishes one output row from its accumulator: TensorFlow's safe-lookup
+/// rules for empty rows (zeros, or the default_id row) and its combiners.
+template <class IdT, class TabT, class OutT>
+inline void finish_row(const pooling_args<IdT, TabT, OutT>& a, OutT* out, const float* acc, int64_t count,
+                       float weight_sum, float weight_sq_sum) {
+  const int64_t dim = a.dim;
+  if (count == 0) {
+    if (a.safe && a.default_id >= 0) {
+      const TabT* row = a.table + a.default_id * dim;
+      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, detail::load(row, k));
+    } else {
+      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, 0.f);
+    }
+    return;
+  }
+  float denom = 1.f;
+  if (a.comb == combiner::mean) {
+    denom = a.weights != nullptr ? weight_sum : static_cast<float>(count);
+  } else if (a.comb == combiner::sqrtn) {
+    denom = a.weights != nullptr ? std::sqrt(weight_sq_sum) : std::sqrt(static_cast<float>(count));
+  }
+  if (a.comb == combiner::sum) {
+    if constexpr (!std::is_same_v<OutT, float>) {
+      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, acc[k]);
+    }
+  } else if (denom == 0.f) {
+    for (int64_t k = 0; k < dim; ++k) detail::store(out, k, 0.f);
+  } else {
+    for (int64_t k = 0; k < dim; ++k) detail::store(out, k, acc[k] / denom);
+  }
+}
+
+/// Dense id matrix form: row r pools the valid (>= 0) ids of matrix row r,
+/// the masked pooling of a padded multi-hot feature and the safe lookup of a
+/// -1-padded dense id tensor alike. Ids were range-checked by the plan.
+template <class IdT, class TabT, class OutT>
+void pool_matrix_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_t row_end) {
+  const int64_t dim = a.dim;
+  const int64_t k_ids = a.ids_per_row;
+  const int64_t row_stride = a.row_stride > 0 ? a.row_stride : k_ids * a.id_stride;
+  const bool prune_weights = a.weights != nullptr && a.comb != combiner::sum;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const IdT* ids = a.ids + r * row_stride;
+    // The next row's ids miss the cache as often as this row's table rows.
+    if (r + 1 < row_end) {
+      for (int64_t j = 0; j < k_ids; ++j) {
+        const int64_t ahead = static_cast<int64_t>(ids[row_stride + j * a.id_stride]);
+        if (ahead >= 0) __builtin_prefetch(a.table + ahead * dim);
+      }
+    }
+    float* acc;
+    if constexpr (std::is_same_v<OutT, float>) {
+      acc = a.out + r * dim;
+    } else {
+      acc = a.acc;
+    }
+    std::memset(acc, 0, static_cast<size_t>(dim) * sizeof(float));
+    float weight_sum = 0.f;
+    float weight_sq_sum = 0.f;
+    int64_t count = 0;
+    for (int64_t j = 0; j < k_ids; ++j) {
+      const int64_t id = static_cast<int64_t>(ids[j * a.id_stride]);
+      if (id < 0) continue;  // padding
+      const TabT* row = a.table + id * dim;
+      if (a.weights != nullptr) {
+        const float w = a.weights[r * k_ids + j];
+        if (prune_weights && !(w > 0.f)) continue;
+        weight_sum += w;
+        weight_sq_sum += w * w;
+        for (int64_t k = 0; k < dim; ++k) acc[k] += w * detail::load(row, k);
+      } else {
+        for (int64_t k = 0; k < dim; ++k) acc[k] += detail::load(row, k);
+      }
+      ++count;
+    }
+    finish_row(a, a.out + r * dim, acc, count, weight_sum, weight_sq_sum);
+  }
+}
+
 /// Reduces rows [row_begin, row_end). Ids were range-checked by the plan.
 template <class IdT, class TabT, class OutT>
 void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_t row_end) {
+  if (a.ids_per_row > 0) {
+    pool_matrix_rows(a, row_begin, row_end);
+    return;
+  }
   if (a.offsets == nullptr) {
     gather_rows(a, row_begin, row_end);
     return;

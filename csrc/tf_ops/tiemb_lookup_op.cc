@@ -7,6 +7,7 @@
 // unweighted slots) and num_rows (dense_shape[0], or dense_shape itself; used
 // by safe slots). Attributes fix everything else per slot. Errors in the
 // inputs become InvalidArgument naming the slot; nothing throws out of Compute.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,17 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 namespace shape_inference = ::tensorflow::shape_inference;
 
+// Rows of a dense id matrix slot: the product of all but the last dimension.
+shape_inference::DimensionHandle dense_matrix_rows(shape_inference::InferenceContext* c,
+                                                   shape_inference::ShapeHandle ids) {
+  if (!c->RankKnown(ids) || c->Rank(ids) < 2) return c->UnknownDim();
+  shape_inference::DimensionHandle rows = c->Dim(ids, 0);
+  for (int d = 1; d + 1 < c->Rank(ids); ++d) {
+    if (!c->Multiply(rows, c->Dim(ids, d), &rows).ok()) return c->UnknownDim();
+  }
+  return rows;
+}
+
 REGISTER_OP("TiembLookup")
     .Input("store: string")
     .Input("ids: Tids")
@@ -67,6 +79,13 @@ REGISTER_OP("TiembLookup")
     // input) it reads; slots sharing ids share a feature and count once
     // against the store's slot_num.
     .Attr("features: list(int) = []")
+    // Per slot (empty = none; -1 = not used): a safe slot whose ids are a
+    // padded dense id matrix, one output row per matrix row pooling its ids
+    // >= 0. 0: the whole last dimension of ids (leading dimensions flattened
+    // into rows), or with id_columns[s] = c >= 0 the columns from c on of a
+    // [rows, k] matrix; w > 0: the w columns of a [rows, k] matrix from
+    // column max(id_columns[s], 0), read in place.
+    .Attr("id_widths: list(int) = []")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int n = 0;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
@@ -78,7 +97,13 @@ REGISTER_OP("TiembLookup")
       if (static_cast<int>(dims.size()) != n || static_cast<int>(modes.size()) != n) {
         return absl::InvalidArgumentError(absl::StrCat("TiembLookup: dims and modes need N = ", n, " entries"));
       }
+      std::vector<int64_t> widths;
+      TF_RETURN_IF_ERROR(c->GetAttr("id_widths", &widths));
       for (int s = 0; s < n; ++s) {
+        if (static_cast<int>(widths.size()) > s && widths[s] >= 0) {
+          c->set_output(s, c->Matrix(dense_matrix_rows(c, c->input(1 + s)), dims[s]));
+          continue;
+        }
         // Safe slots have num_rows rows (known when it is a constant); plain
         // slots max(segment id) + 1, known only at run time.
         const bool column = static_cast<int>(columns.size()) > s && columns[s] >= 0;
@@ -126,7 +151,18 @@ class TiembLookupBase : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("id_columns", &id_columns_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("wrap_negative", &wrap_negative_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("features", &features_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("id_widths", &id_widths_));
     const size_t n = static_cast<size_t>(n_);
+    if (id_widths_.empty()) id_widths_.assign(n, -1);
+    OP_REQUIRES(ctx, id_widths_.size() == n,
+                absl::InvalidArgumentError(absl::StrCat("TiembLookup: id_widths needs N = ", n_, " entries, got ",
+                                                        id_widths_.size())));
+    for (size_t s = 0; s < n; ++s) {
+      OP_REQUIRES(ctx, id_widths_[s] < 0 || modes_[s] == "safe",
+                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": id_widths[", s, "] = ", id_widths_[s],
+                                                          " (a dense id matrix) needs mode safe, got '", modes_[s],
+                                                          "'")));
+    }
     if (id_columns_.empty()) id_columns_.assign(n, -1);
     if (wrap_negative_.empty()) wrap_negative_.assign(n, false);
     if (features_.empty()) features_.assign(n, -1);
@@ -165,6 +201,10 @@ class TiembLookupBase : public OpKernel {
       const bool gather = modes_[static_cast<size_t>(s)] == "gather";
       const int64_t column = id_columns_[static_cast<size_t>(s)];
       r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
+      if (id_widths_[static_cast<size_t>(s)] >= 0) {
+        read_dense_matrix(s, id, weights[s], r);
+        continue;
+      }
       if (column >= 0) {  // column `column` of a [rows, k] id matrix, read in place
         TIEMB_EXPECT(id.dims() == 2 && column < id.dim_size(1), "slot ", s, ": ids must be a matrix with more than ",
                      column, " columns, got shape ", id.shape().DebugString());
@@ -207,6 +247,41 @@ class TiembLookupBase : public OpKernel {
       r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
     }
     return std::string(store.scalar<::tensorflow::tstring>()());
+  }
+
+  /// Slot s's request for a dense id matrix slot (id_widths[s] >= 0): the ids
+  /// matrix (or its columns) and weights of the same shape, read in place.
+  void read_dense_matrix(int s, const Tensor& id, const Tensor& w, slot_request& r) const {
+    const auto su = static_cast<size_t>(s);
+    const int64_t width = id_widths_[su];
+    const int64_t first = std::max<int64_t>(id_columns_[su], 0);
+    TIEMB_EXPECT(id.dims() >= 2, "slot ", s, ": ids must be a dense id matrix of rank >= 2, got shape ",
+                 id.shape().DebugString());
+    const int64_t k = id.dim_size(id.dims() - 1);
+    int64_t lead = 1;
+    for (int d = 0; d + 1 < id.dims(); ++d) lead *= id.dim_size(d);
+    if (width > 0 || first > 0) {
+      TIEMB_EXPECT(id.dims() == 2 && first + width <= k, "slot ", s, ": ids must be a [rows, k] matrix with k >= ",
+                   first + width, " (columns from ", first, ", ", width > 0 ? "width " : "to the end", width > 0 ?
+                   std::to_string(width) : std::string(), "), got shape ", id.shape().DebugString());
+    }
+    const int64_t per_row = width > 0 ? width : k - first;
+    r.num_rows = lead;
+    if (per_row == 0) {  // no ids at all: every row is empty (safe mode, no segment ids)
+      r.num_ids = 0;
+      return;
+    }
+    r.ids = static_cast<const char*>(id.data()) + first * (r.id_type == dtype::int32 ? 4 : 8);
+    r.num_ids = lead * per_row;
+    r.id_stride = 1;
+    r.ids_per_row = per_row;
+    r.row_stride = k;
+    if (weighted_[su]) {
+      TIEMB_EXPECT(w.NumElements() == r.num_ids, "slot ", s, ": weights must hold one weight per id of the [", lead,
+                   ", ", per_row, "] id matrix, got shape ", w.shape().DebugString());
+      r.weights = w.flat<float>().data();
+      r.num_weights = w.NumElements();
+    }
   }
 
   /// The output shape of slot s for rows[s] output rows.
@@ -283,7 +358,7 @@ class TiembLookupBase : public OpKernel {
 
   int n_ = 0;
   std::vector<std::string> tables_, combiners_, modes_;
-  std::vector<int64_t> dims_, default_ids_, id_columns_, features_;
+  std::vector<int64_t> dims_, default_ids_, id_columns_, features_, id_widths_;
   std::vector<bool> weighted_, wrap_negative_;
   std::vector<::tensorflow::DataType> out_types_;
   std::mutex mutex_;

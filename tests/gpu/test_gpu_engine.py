@@ -381,3 +381,18 @@ def test_engine_from_a_table_store(config, tmp_path, seed):
         check_against_references(gpu_lookup(group, cases, device=True), cases, seed, f"store ({config})")
     if config:
         assert e.stats(0)["rows_gpu"] < cases[0].table.shape[0] and e.stats(0)["rows_file"] > 0, e.stats(0)
+
+
+def test_dense_id_matrix_numpy_inputs_equal_the_cpu_engine(seed):
+    """A safe slot given a -1-padded [rows, k] numpy id matrix (no segment ids): the GPU engine's host path gives
+    the CPU engine's result."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((30, 4)).astype(np.float32)
+    ids = rng.integers(-1, 30, (8, 3)).astype(np.int64)
+    ids[0] = -1
+    cpu = tiemb.EmbeddingEngine(8, 1, 3)
+    want = cpu.group([tiemb.Slot(cpu.add_table(table), "mean", mode="safe")]).lookup([ids])[0]
+    gpu = tiemb.GpuEmbeddingEngine(8, 1, 3)
+    got = gpu.group([tiemb.Slot(gpu.add_table(table), "mean", mode="safe")]).lookup([ids])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not got[0].any()

@@ -8,6 +8,7 @@ tf = pytest.importorskip("tensorflow")
 
 import tiemb  # noqa: E402
 from rel_models import sparse_input_model  # noqa: E402
+from seed import seed_config  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
@@ -54,7 +55,9 @@ def test_random_bad_inputs_match_the_original(tmp_path, seed, default_id):
     rng = np.random.default_rng(seed)
     src = sparse_input_model(str(tmp_path / "m"), seed % 1000, VOCAB, default_id=default_id)
     feed = _good(rng)
-    tiemb.optimize(src, 0, 1, ["2", "8*2", "8"], test_data=[feed], save_path=str(tmp_path / "o"), runs=2)
+    # The serving engineer's sizes: batches of up to 5 samples, 3 ids each, one feature.
+    tiemb.optimize(src, 0, 1, ["2", "8*2", "8"], test_data=[feed], save_path=str(tmp_path / "o"), runs=2,
+                   optimization_config=seed_config(5, 1, 3))
     original = tf.saved_model.load(src).signatures["serving_default"]
     optimized = tf.saved_model.load(str(tmp_path / "o")).signatures["serving_default"]
     for k in range(40):

@@ -124,7 +124,7 @@ def test_eight_threads_with_retried_failures(tmp_path):
     rng = np.random.default_rng(5)
     table = rng.standard_normal((40, 6)).astype(np.float32)
     store = str(tmp_path / "s")
-    tf_ops.write_store(store, {"t.tiemb": table}, max_batch_size=64, slot_num=1, max_nnz=8)
+    tf_ops.write_store(store, {"t.tiemb": table}, max_batch_size=64, slot_num=1, max_nnz=20)  # up to 19 ids a sample
     kw = dict(tables=["t.tiemb"], dims=[6], combiners=["sum"], modes=["plain"])
     errors, wrong = [], []
 

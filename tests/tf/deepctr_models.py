@@ -2,7 +2,10 @@
 deepctr is written against the Keras 2 API that TensorFlow 2.21 only has
 through tf-keras).
 
-    python deepctr_models.py {deepfm|wdl} OUT_DIR SEED
+    python deepctr_models.py {deepfm|wdl|deepfm_len} OUT_DIR SEED
+
+deepfm_len: DeepFM whose genres carry their length in an input of their own
+(VarLenSparseFeat with length_name, sum and mean poolings masked by position).
 
 deepctr 0.9.3 imports a few layers (LSTM, ...) from
 ``tensorflow.python.keras.layers``, which TensorFlow 2.21 no longer
@@ -40,12 +43,21 @@ def features():
 def main(kind, out, seed):
     tf.random.set_seed(seed)
     sparse, genres, dense = features()
-    if kind == "deepfm":
+    if kind == "deepfm_len":
+        genres = [VarLenSparseFeat(SparseFeat("genres", GENRES + 1, embedding_dim=8), maxlen=MAXLEN, combiner=c,
+                                   length_name="genres_len") for c in ("mean",)] + \
+            [VarLenSparseFeat(SparseFeat("genres2", GENRES + 1, embedding_dim=8, embedding_name="genres2"),
+                              maxlen=MAXLEN, combiner="sum", length_name="genres_len")]
+        model = DeepFM(sparse + genres + dense, sparse + genres + dense, task="binary", seed=seed)
+    elif kind == "deepfm":
         model = DeepFM(sparse + genres + dense, sparse + genres + dense, task="binary", seed=seed)
     else:
         model = WDL(sparse + dense, sparse + genres + dense, task="binary", seed=seed)
     specs = {f"C{i}": tf.TensorSpec([None, 1], tf.int32, name=f"C{i}") for i in range(len(VOCAB))}
     specs["genres"] = tf.TensorSpec([None, MAXLEN], tf.int32, name="genres")
+    if kind == "deepfm_len":
+        specs["genres2"] = tf.TensorSpec([None, MAXLEN], tf.int32, name="genres2")
+        specs["genres_len"] = tf.TensorSpec([None, 1], tf.int32, name="genres_len")
     specs.update({f"I{i}": tf.TensorSpec([None, 1], tf.float32, name=f"I{i}") for i in range(3)})
 
     @tf.function(input_signature=[specs])

@@ -204,3 +204,56 @@ def test_cpu_threads_from_the_environment(tmp_path):
         else:
             assert proc.returncode != 0 and f"TIEMB_CPU_THREADS must be a thread count (0 = all cores), got '{value}'" \
                 in proc.stderr, proc.stderr[-2000:]
+
+
+def test_dense_id_matrix_slots_equal_tf_safe_lookup(tmp_path, seed):
+    """id_widths: safe slots over a padded dense id matrix (whole, a column range, the columns from c
+    on; rank 3 flattened into rows) against tf.nn.safe_embedding_lookup_sparse over the same entries."""
+    rng = np.random.default_rng(seed)
+    tables = {"a.tiemb": rng.standard_normal((30, 6)).astype(np.float32),
+              "b.tiemb": rng.standard_normal((9, 3)).astype(np.float32)}
+    store = str(tmp_path / "store")
+    tf_ops.write_store(store, tables, max_batch_size=16, slot_num=4, max_nnz=6)
+    ids = rng.integers(0, 9, (16, 6))
+    ids[rng.random((16, 6)) < 0.4] = -1
+    ids[::4] = -1
+    cube = ids.reshape(4, 4, 6)
+
+    def safe(name, x, combiner):
+        x = x.reshape(-1, x.shape[-1])
+        idx = np.argwhere(np.ones(x.shape, bool)).astype(np.int64)
+        sp = tf.SparseTensor(idx, x.reshape(-1).astype(np.int64), x.shape)
+        return tf.nn.safe_embedding_lookup_sparse(tf.constant(tables[name]), sp, None, combiner=combiner).numpy()
+
+    no_seg = tf.zeros([0], tf.int64)
+    for dtype in (np.int32, np.int64):
+        outs = tf_ops.lookup(store, [tf.constant(ids.astype(dtype))] * 3 + [tf.constant(cube.astype(dtype))],
+                             [no_seg] * 4, tables=["a.tiemb", "b.tiemb", "b.tiemb", "b.tiemb"], dims=[6, 3, 3, 3],
+                             combiners=["mean", "sum", "sqrtn", "mean"], modes=["safe"] * 4,
+                             id_columns=[-1, 1, 4, -1], id_widths=[0, 3, 0, 0])
+        wants = [safe("a.tiemb", ids, "mean"), safe("b.tiemb", ids[:, 1:4], "sum"),
+                 safe("b.tiemb", ids[:, 4:], "sqrtn"), safe("b.tiemb", cube, "mean")]
+        for s, (got, want) in enumerate(zip(outs, wants)):
+            assert got.shape == want.shape, (s, got.shape)
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6, err_msg=f"slot {s}")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.int64)])
+    def graph(x):
+        return tf_ops.lookup(store, [x], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"], modes=["safe"],
+                             id_widths=[2], id_columns=[3])
+
+    assert graph.get_concrete_function().outputs[0].shape.as_list() == [None, 6]
+    bad = ids.copy()
+    bad[2, 5] = 30
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids\[2, 5\] = 30 is out of range \[0, 30\)"):
+        tf_ops.lookup(store, [tf.constant(bad)], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"],
+                      modes=["safe"], id_widths=[0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids must be a \[rows, k\] matrix with k >= 8"):
+        tf_ops.lookup(store, [tf.constant(ids)], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"],
+                      modes=["safe"], id_widths=[4], id_columns=[4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: ids_per_row = 7 exceeds max_nnz = 6"):
+        tf_ops.lookup(store, [tf.constant(np.zeros((2, 8), np.int64))], [no_seg], tables=["a.tiemb"], dims=[6],
+                      combiners=["sum"], modes=["safe"], id_widths=[7], id_columns=[1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: id_widths\[0\] = 0 .* needs mode safe"):
+        tf_ops.lookup(store, [tf.constant(ids)], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"],
+                      modes=["plain"], id_widths=[0])

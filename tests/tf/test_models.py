@@ -88,12 +88,22 @@ def test_feature_column_deepfm_tf1_graph(control_flow_v1, tmp_path, seed):
     assert "SparseFillEmptyRows" in before and "Assert" in before
     if control_flow_v1:
         assert {"Switch", "Merge"} <= before
-    optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed), 2 * (models.NUM_CAT + 1),
-                         freeze_limit_bytes=freeze_limit)
+    report = optimize_and_compare(src, str(tmp_path / "opt"), spec, np.random.default_rng(seed),
+                                  2 * (models.NUM_CAT + 1), freeze_limit_bytes=freeze_limit)
     after = saved_ops(str(tmp_path / "opt"))
     assert "TiembLookup" in after and not {"SparseFillEmptyRows", "SparseSegmentSum", "SparseSegmentMean", "Unique",
                                            "ZerosLike", "Tile"} & after, sorted(after)
     assert "Assert" in after and (not control_flow_v1 or {"Switch", "Merge"} <= after)
+    # The dense-to-sparse conversion of every id feature is inside the op too: it reads the
+    # -1-padded id matrix (cat's column slices, genres whole) in place.
+    assert not {"NotEqual", "Where", "GatherNd"} & after, sorted(after)
+    widths = sorted((e["id_column"], e["id_width"]) for e in report.lookups)
+    assert widths == sorted([(i, 1) for i in range(models.NUM_CAT)] * 2 + [(-1, 0)] * 2), widths
+    # Rows with every id missing (-1) in every feature: zeros from every lookup, as in TensorFlow.
+    empty = models.random_batch(spec, 8, np.random.default_rng(seed))
+    empty["cat"][:] = -1
+    empty["genres"][:] = -1
+    assert_same_outputs(serve_here(src, [empty]), serve_fresh(str(tmp_path / "opt"), [empty]))
     # The checks still fire: a scalar genres input fails the rank assert, as before.
     bad = models.random_batch(spec, 4, np.random.default_rng(seed))
     bad["genres"] = np.array(3, np.int64)
@@ -145,7 +155,11 @@ def test_feature_column_hash_bucket_and_linear_model(tmp_path, seed):
                 "w": rng.choice([-2.0, 0.5, 1.0, 3.0], (n, 4)).astype(np.float32)}
 
     report = rewrite_saved_model(src, str(tmp_path / "opt"), max_batch_size=512, max_nnz=4)
-    assert report.replaced == 4 and report.left_alone == [], report.as_dict()
+    # The weighted column's dense-to-sparse conversions stay (the weights' own conversion is not fused), and
+    # the report says so; the unweighted hashed column's conversion is of strings, not ids: no entry.
+    partial = [e for e in report.left_alone if e["idiom"] == "feature column dense-to-sparse conversion"]
+    assert report.replaced == 4 and len(partial) == 2 and all("weighted" in e["reason"] for e in partial) \
+        and len(report.left_alone) == 2, report.as_dict()
     batches = [batch(100), batch(1), batch(512)]
     assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches))
 
@@ -301,7 +315,14 @@ def test_deepctr_models(kind, tmp_path, seed):
         feeds.update({f"I{i}": rng.random((n, 1), dtype=np.float32) for i in range(3)})
         return feeds
 
+    # The genres pooling (SequencePoolingLayer over Embedding(mask_zero=True); mean divides by the count
+    # + 1e-8, which is the count in float32) is inside the op: one pooled slot per genres embedding.
+    pooled = [e for e in report.lookups if e["id_width"] >= 0]
+    assert len(pooled) == {"deepfm": 2, "wdl": 1}[kind] and {e["combiner"] for e in pooled} == {"mean"}, pooled
+    ops = saved_ops(str(tmp_path / "opt"))
+    assert not {"Tile", "RealDiv"} & ops, sorted(ops)
     batches = [batch(512), batch(1), batch(200, real=True)]
+    batches[0]["genres"][::3] = 0      # rows with no genre at all: zeros, as deepctr's mean gives
     assert_same_outputs(serve_here(src, batches), serve_fresh(str(tmp_path / "opt"), batches), what=kind)
 
 

@@ -62,6 +62,9 @@ class Lookup:
     half_weights: bool = False      # weights is float16: the op reads it through a Cast to float32
     id_column: int = -1             # ids is a matrix and the slot reads this column of it
     wrap_negative: bool = False     # gather mode: Keras-style negative ids (rows + id)
+    id_width: int = -1              # safe mode over a padded dense id matrix (pooled_lookup.py): its width
+                                    # from id_column (0: the whole last dimension); -1: not that form
+    extra_nodes: list = field(default_factory=list)   # NodeDefs the slot's inputs need (pooled_lookup.py)
 
 
 @dataclass
@@ -330,6 +333,11 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     from .safe_lookup import match_safe
 
     matches = [match_safe(view, m, report) or m for m in matches]
+    # Padded dense id matrices: the feature columns' conversion, masked pooling.
+    from .pooled_lookup import fuse_pooled
+
+    inside.update(name for m in matches for name in m.removable)
+    matches = fuse_pooled(view, graph_def, matches, inside, report)
     # Dense row gathers, except those inside the sparse patterns above.
     from .dense_gather import match_gather
 
@@ -353,11 +361,13 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
             tables[fname] = m.table.astype(np.float16) if half_tables else m.table
     idioms = {"plain": "embedding_lookup_sparse", "safe": "safe_embedding_lookup_sparse", "gather": "gather"}
     keys = [feature_of(view, m.ids, m.id_column) for m in matches]
-    report.lookups = [{"output": m.output, "idiom": idioms[m.mode], "mode": m.mode, "combiner": m.combiner,
+    report.lookups = [{"output": m.output, "idiom": "pooled id matrix" if m.id_width >= 0 else idioms[m.mode],
+                       "mode": m.mode, "combiner": m.combiner,
                        "table": m.table_node, "rows": int(m.table.shape[0]), "dim": int(m.table.shape[1]),
                        "dtype": str(m.table.dtype), "ids": m.ids, "id_column": m.id_column,
                        "segment_ids": m.segment_ids or None, "num_rows": m.num_rows,
-                       "weighted": m.weights is not None, "feature": name, "feature_key": key}
+                       "weighted": m.weights is not None, "feature": name, "feature_key": key,
+                       "id_width": m.id_width}
                       for m, (key, name) in zip(matches, keys)]
     levels = _levels(view, matches)
     features = {}   # per op level: per slot its feature index, and how many features the op reads
@@ -388,7 +398,7 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
                  f"{prefix}/no_segments": np.zeros([0], np.int64)}
     used_inputs = {i for op in ops for i in op.input}
     new_nodes = [_const_node(name, value) for name, value in constants.items() if name in used_inputs] \
-        + weight_casts + ops
+        + weight_casts + ops + [n for m in matches for n in m.extra_nodes]
     op_of = {m.output: ops[sorted(set(levels)).index(k)].name for m, k in zip(matches, levels)}
 
     # Everything a replaced output was computed from may go once unused,
@@ -473,10 +483,19 @@ def _levels(view: GraphView, matches: List[Lookup]) -> List[int]:
             memo[n] = frozenset(deps)
         return memo.get(name, frozenset())
 
+    # Inputs the rewrite adds (pooled_lookup.py) depend on what they read.
+    extra = {n.name: n for m in matches for n in m.extra_nodes}
+
+    def sources(t):
+        node = split_input(t)[0]
+        if node not in extra:
+            return [t]
+        return [x for i in extra[node].input if not i.startswith("^") for x in sources(i)]
+
     deps = []
     for m in matches:
         d = set()
-        for t in [m.ids, m.segment_ids, m.weights, m.num_rows]:
+        for t in [x for t in [m.ids, m.segment_ids, m.weights, m.num_rows] if t for x in sources(t)]:
             if t:
                 d |= upstream(split_input(t)[0]) | ({outputs[split_input(t)[0]]} if split_input(t)[0] in outputs else set())
         deps.append(d)
@@ -517,6 +536,8 @@ def _lookup_op(name: str, prefix: str, group: List[Lookup], files: Dict[str, str
                           weighted=[m.weights is not None for m in group],
                           id_columns=[m.id_column for m in group], wrap_negative=[m.wrap_negative for m in group],
                           features=list(features),
+                          **({"id_widths": [m.id_width for m in group]} if any(m.id_width >= 0 for m in group)
+                             else {}),
                           out_types=("types", [half if (m.table.dtype == np.float16 and
                                                         (m.weights is None or m.half_output))
                                                else types_pb2.DT_FLOAT for m in group])).items():
