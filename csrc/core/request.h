@@ -31,6 +31,10 @@ struct slot_request {
   /// Safe mode with segment ids: the number of output rows (dense_shape[0]).
   /// -1 where it follows from the input.
   int64_t num_rows = -1;
+  /// Elements between consecutive output rows: 0 = dense (the slot's dim).
+  /// Larger when the slot writes its columns of a wider output that several
+  /// slots share (the model's concatenation, fused).
+  int64_t out_row_stride = 0;
 };
 
 }  // namespace tiemb

@@ -59,6 +59,7 @@ struct pooling_args {
   int64_t default_id;  // safe mode only; -1 = zeros for empty rows
   OutT* out;
   float* acc;  // dim floats of scratch
+  int64_t out_stride;  // elements between output rows (>= dim)
 };
 
 /// Gather mode: output row r is table row ids[r], converted to the output type.
@@ -74,7 +75,7 @@ void gather_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int6
     int64_t id = static_cast<int64_t>(a.ids[r * a.id_stride]);
     if (id < 0) id += a.table_rows;  // only wrap_negative slots get here with id < 0 (checked by the plan)
     const TabT* row = a.table + id * dim;
-    OutT* out = a.out + r * dim;
+    OutT* out = a.out + r * a.out_stride;
     if constexpr (std::is_same_v<TabT, OutT>) {
       std::memcpy(out, row, static_cast<size_t>(dim) * sizeof(OutT));
     } else {
@@ -99,7 +100,7 @@ void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_
     // Accumulate straight into a float32 output row; through scratch otherwise.
     float* acc;
     if constexpr (std::is_same_v<OutT, float>) {
-      acc = a.out + r * dim;
+      acc = a.out + r * a.out_stride;
     } else {
       acc = a.acc;
     }
@@ -132,7 +133,7 @@ void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_
         for (int64_t k = 0; k < dim; ++k) acc[k] += detail::load(row, k);
       }
     }
-    OutT* out = a.out + r * dim;
+    OutT* out = a.out + r * a.out_stride;
     if (count == 0) {
       if (a.safe && a.default_id >= 0) {
         // TF fills the empty row with default_id at weight 1: the row itself.
