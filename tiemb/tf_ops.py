@@ -63,8 +63,10 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
            combiners: Sequence[str], modes: Sequence[str], weights: Optional[Sequence] = None,
            num_rows: Optional[Sequence] = None, default_ids: Optional[Sequence[int]] = None,
            out_types: Optional[Sequence] = None, id_columns: Optional[Sequence[int]] = None,
-           wrap_negative: Optional[Sequence[bool]] = None):
-    """Builds one TiembLookup op over N slots; returns N tensors [rows, dim].
+           wrap_negative: Optional[Sequence[bool]] = None, slot_outputs: Optional[Sequence[int]] = None,
+           slot_offsets: Optional[Sequence[int]] = None):
+    """Builds one TiembLookup op over N slots; returns N tensors [rows, dim]
+    (or, with ``slot_outputs``, one tensor per output).
 
     Args:
         store: the store directory (string or string tensor).
@@ -75,11 +77,17 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         weights: per slot a float32 tensor or None (unweighted).
         num_rows: per slot the row count of safe slots (``dense_shape[0]``); plain slots ignore it.
         default_ids: per slot the safe-mode default row, or -1.
-        out_types: per slot tf.float32 (default) or tf.float16.
+        out_types: per slot (per output with ``slot_outputs``) tf.float32
+            (default) or tf.float16.
         id_columns: per slot -1 (ids as given) or c: the slot's ids are column
             c of its 2-D ids tensor, read in place (one output row per row).
         wrap_negative: per slot, gather mode: a negative id i reads row
             rows + i, as Keras ``Embedding`` does.
+        slot_outputs, slot_offsets: fused outputs: per slot, the output it
+            writes and its first column there; an output written by several
+            slots is ``[rows, width]`` with their columns side by side (their
+            concatenation along the last axis; every column written once, all
+            its slots with the same row count). None: output s is slot s.
     """
     import tensorflow as tf
 
@@ -93,5 +101,6 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         store=store, ids=list(ids), segment_ids=list(segment_ids), weights=w, num_rows=rows, tables=list(tables),
         dims=[int(d) for d in dims], combiners=list(combiners), modes=list(modes),
         default_ids=[-1 if d is None else int(d) for d in (default_ids or [-1] * n)], weighted=weighted,
-        out_types=list(out_types or [tf.float32] * n), id_columns=list(id_columns or [-1] * n),
-        wrap_negative=list(wrap_negative or [False] * n))
+        out_types=list(out_types or [tf.float32] * (max(slot_outputs) + 1 if slot_outputs else n)),
+        id_columns=list(id_columns or [-1] * n), wrap_negative=list(wrap_negative or [False] * n),
+        slot_outputs=[int(o) for o in slot_outputs or []], slot_offsets=[int(o) for o in slot_offsets or []])

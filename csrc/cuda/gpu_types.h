@@ -67,6 +67,7 @@ struct slot_desc {
   bool segments_are_offsets;
   bool out_half;
   bool offsets_checked;      // offsets come from the pre-pass, already validated
+  int64_t out_stride;        // elements between output rows (dim, or wider for a fused concatenation)
 };
 
 /// Slots with at most this many rows find their ids by a binary search in
