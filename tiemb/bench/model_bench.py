@@ -205,7 +205,8 @@ def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, t
         modes = [m.decode() for m in op.attr["modes"].list.s]
         columns = list(op.attr["id_columns"].list.i) or [-1] * n
         ids = [np.ascontiguousarray(i[:, c]) if c >= 0 else i for i, c in zip(ids, columns)]
-        segs = [None if m == "gather" else (g[:, 0] if g.ndim == 2 else g) for g, m in zip(segs, modes)]
+        segs = [None if m == "gather" else np.ascontiguousarray(g[:, 0] if g.ndim == 2 else g)
+                for g, m in zip(segs, modes)]
         weights = [w if op.attr["weighted"].list.b[s] else None for s, w in enumerate(weights)]
         rows = [int(np.reshape(r, -1)[0]) if m == "safe" else None for r, m in zip(rows, modes)]
         engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64)
