@@ -118,7 +118,7 @@ def _axis(node, graph: _Graph, rank: int) -> Optional[int]:
     if node.op == "Pack":
         a = node.attr["axis"].i
         return a + rank + 1 if a < 0 else a
-    src = graph.nodes.get(split_input(node.input[-1])[0])
+    src = graph.nodes.get(split_input(node.input[node.attr["N"].i])[0])   # after the N values
     if src is None or src.op != "Const":
         return None
     from tensorflow.python.framework import tensor_util
