@@ -3,10 +3,12 @@ by side in one process on identical inputs.
 
 Per model, batch and level it reports:
 
-* embedding part: the original graph from the inputs to one scalar that
-  reads every lookup output (the sum of their sums) vs the optimized graph from the inputs to the same scalar
-  over the fused op's outputs, as TF1 session runs (one small fetch on both
-  sides, so copying outputs back to Python does not dominate);
+* embedding part: both graphs from the inputs to where the model first
+  reads its lookups (a concatenation / stack of lookups only, which the op
+  now writes, under the same node name in both; otherwise the lookup outputs
+  and the op's outputs, so that no dense layer is timed), ended in one
+  scalar that reads them all (the sum of their sums), as TF1 session runs:
+  one small fetch, so copying outputs back to Python does not dominate;
 * the op's own time: the TiembLookup nodes' spans in TensorFlow's per-op
   trace of that graph, beside the engine's standalone time on the same
   inputs (the op's inputs evaluated once and fed to a LookupGroup built
@@ -312,7 +314,24 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
         store = os.path.join(dst, "assets")
         new_gd, again = rewrite_sparse_lookups(graph_def, None, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
                                                half_tables=level >= 1, resources=resources)
-        replaced = [s for op in again.ops for s in op["slots"]]
+        # The embedding part ends where the model first reads the lookups: a
+        # concatenation / stack / sum of lookups only, which the op now writes
+        # (same node name in both graphs); else the lookups (original) and the
+        # op's outputs (fused), so that no dense layer is timed.
+        kinds = {n.name: n.op for n in new_gd.node}
+        ends_original, ends_fused = [], []
+        for op in again.ops:
+            inside = {sl for m in op.get("merged", []) for sl in m["slots"]}
+            alone = [sl for sl in op["slots"] if sl not in inside]
+            ends_original += [f"{sl}:0" for sl in alone]
+            ends_fused += [f"{op['name']}:{k}" for k in range(len(alone))]
+            for m in op.get("merged", []):
+                if kinds.get(m["into"]) in ("Identity", "Reshape"):      # the whole pattern is the op's output
+                    ends_original.append(f"{m['into']}:0")
+                    ends_fused.append(f"{m['into']}:0")
+                else:
+                    ends_original += [f"{sl}:0" for sl in m["slots"]]
+                    ends_fused.append(f"{op['name']}:{m['output']}")
         outputs_of = [op.get("num_outputs", len(op["slots"])) for op in again.ops]
         op_outputs = [f"{op['name']}:{k}" for op, m in zip(again.ops, outputs_of) for k in range(m)]
         view = GraphView(graph_def, resources)
@@ -336,14 +355,14 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
             progress(f"timing {name} batch {batch} level {level}: {runs} runs each, alternating")
             # The embedding part as session runs: both end in one scalar reading every lookup.
             np_feeds = {t: feeds[n] for t, n in zip(inputs, arg_names)}
-            e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
-                                session_runner(tf, new_gd, np_feeds, op_outputs, store)], runs)
-            fused_profile = op_profile(tf, new_gd, np_feeds, op_outputs, store)
+            e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, ends_original),
+                                session_runner(tf, new_gd, np_feeds, ends_fused, store)], runs)
+            fused_profile = op_profile(tf, new_gd, np_feeds, ends_fused, store)
             op_ms = fused_profile[2].get("TiembLookup", 0.0)
             engine_ms = engine_time(tf, new_gd, np_feeds, store, view, table_of, level >= 1)
             profile = {}
             if profile_ops:
-                profile = {"original": op_profile(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
+                profile = {"original": op_profile(tf, graph_def, np_feeds, ends_original),
                            "fused": fused_profile}
             w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
                                     lambda: dense(*dense_args)], runs)
