@@ -8,6 +8,7 @@
 // by safe slots). Attributes fix everything else per slot. Errors in the
 // inputs become InvalidArgument naming the slot; nothing throws out of Compute.
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -402,17 +403,27 @@ class tf_worker_runner final : public parallel_runner {
   int num_threads() const override { return pool_->NumThreads() + 1; }  // + the calling thread
 
   void run(int64_t num_tasks, task_fn fn, void* ctx) override {
+    // One block per thread, each taking tasks from a shared counter: the
+    // caller starts at once and a worker that wakes late (the 2 cores are
+    // shared with other ops and processes) finds the work done rather than
+    // holding a fixed share of it.
     struct job {
       task_fn fn;
       void* ctx;
-    } j{fn, ctx};
-    // About two blocks per thread: the tasks are already of even size, and
-    // each block is one closure on TensorFlow's queue.
-    const int64_t block = std::max<int64_t>(1, num_tasks / (2 * static_cast<int64_t>(num_threads())));
-    const job* jp = &j;  // one pointer: the std::function keeps it inline
-    pool_->ParallelForWithWorkerId(num_tasks, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(block),
-                                   [jp](int64_t begin, int64_t end, int thread) {
-                                     for (int64_t t = begin; t < end; ++t) jp->fn(jp->ctx, t, thread);
+      int64_t num_tasks;
+      std::atomic<int64_t> next{0};
+    } j;
+    j.fn = fn;
+    j.ctx = ctx;
+    j.num_tasks = num_tasks;
+    job* jp = &j;  // one pointer: the std::function keeps it inline
+    const int64_t blocks = std::min<int64_t>(num_tasks, num_threads());
+    pool_->ParallelForWithWorkerId(blocks, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(1),
+                                   [jp](int64_t, int64_t, int thread) {
+                                     for (int64_t t; (t = jp->next.fetch_add(1, std::memory_order_relaxed)) <
+                                                     jp->num_tasks;) {
+                                       jp->fn(jp->ctx, t, thread);
+                                     }
                                    });
   }
 

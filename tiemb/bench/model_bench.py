@@ -7,7 +7,7 @@ Per model, batch and level it reports:
   reads its lookups (a concatenation / stack of lookups only, which the op
   now writes, under the same node name in both; otherwise the lookup outputs
   and the op's outputs, so that no dense layer is timed), ended in one
-  scalar that reads them all (the sum of their sums), as TF1 session runs:
+  scalar that needs them all (the sum of their first elements), as TF1 session runs:
   one small fetch, so copying outputs back to Python does not dominate;
 * the op's own time: the TiembLookup nodes' spans in TensorFlow's per-op
   trace of that graph, beside the engine's standalone time on the same
@@ -115,16 +115,19 @@ def alternate(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 5) -
 
 def _import(tf, graph_def, fetches: Sequence[str], store: str = None, probe: bool = True):
     """(graph, fetch tensors): ``graph_def`` imported, and either ``fetches``
-    or (``probe``) one float32 scalar reading all of them: the sum of their
-    sums, the same kind of ops on both sides of a comparison."""
+    or (``probe``) one float32 scalar that needs all of them: the sum of their
+    first elements, the same kind of ops on both sides of a comparison."""
     graph = tf.Graph()
     with graph.as_default():
         input_map = {"tiemb/store:0": tf.constant(store)} if store else None
         tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
         tensors = [graph.get_tensor_by_name(t) for t in fetches]
         if probe:
-            with tf.name_scope("bench_probe"):   # no concatenation: it would copy every output once more
-                tensors = [tf.add_n([tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors])]
+            # One element of each: TensorFlow still computes every tensor whole,
+            # and the probe itself costs next to nothing (a sum or a concat of
+            # the outputs would read or copy megabytes on both sides).
+            with tf.name_scope("bench_probe"):
+                tensors = [tf.add_n([tf.cast(tf.reshape(t, [-1])[0], tf.float32) for t in tensors])]
     return graph, tensors
 
 
