@@ -81,8 +81,10 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
            num_rows: Optional[Sequence] = None, default_ids: Optional[Sequence[int]] = None,
            out_types: Optional[Sequence] = None, id_columns: Optional[Sequence[int]] = None,
            wrap_negative: Optional[Sequence[bool]] = None, features: Optional[Sequence[int]] = None,
-           id_widths: Optional[Sequence[int]] = None):
-    """Builds one TiembLookup op over N slots; returns N tensors [rows, dim].
+           id_widths: Optional[Sequence[int]] = None, slot_outputs: Optional[Sequence[int]] = None,
+           slot_offsets: Optional[Sequence[int]] = None):
+    """Builds one TiembLookup op over N slots; returns N tensors [rows, dim]
+    (or, with ``slot_outputs``, one tensor per output).
 
     Args:
         store: the store directory (string or string tensor).
@@ -93,7 +95,8 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         weights: per slot a float32 tensor or None (unweighted).
         num_rows: per slot the row count of safe slots (``dense_shape[0]``); plain slots ignore it.
         default_ids: per slot the safe-mode default row, or -1.
-        out_types: per slot tf.float32 (default) or tf.float16.
+        out_types: per slot (per output with ``slot_outputs``) tf.float32
+            (default) or tf.float16.
         id_columns: per slot -1 (ids as given) or c: the slot's ids are column
             c of its 2-D ids tensor, read in place (one output row per row).
         wrap_negative: per slot, gather mode: a negative id i reads row
@@ -106,6 +109,11 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
             matrix row r (no segment ids): 0 for the whole last dimension
             (from column c with ``id_columns``), w > 0 for the w columns from
             ``id_columns`` (or 0), read in place.
+        slot_outputs, slot_offsets: fused outputs: per slot, the output it
+            writes and its first column there; an output written by several
+            slots is ``[rows, width]`` with their columns side by side (their
+            concatenation along the last axis; every column written once, all
+            its slots with the same row count). None: output s is slot s.
     """
     import tensorflow as tf
 
@@ -119,6 +127,8 @@ def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str]
         store=store, ids=list(ids), segment_ids=list(segment_ids), weights=w, num_rows=rows, tables=list(tables),
         dims=[int(d) for d in dims], combiners=list(combiners), modes=list(modes),
         default_ids=[-1 if d is None else int(d) for d in (default_ids or [-1] * n)], weighted=weighted,
-        out_types=list(out_types or [tf.float32] * n), id_columns=list(id_columns or [-1] * n),
-        wrap_negative=list(wrap_negative or [False] * n), features=list(features or []),
+        out_types=list(out_types or [tf.float32] * (max(slot_outputs) + 1 if slot_outputs else n)),
+        id_columns=list(id_columns or [-1] * n), wrap_negative=list(wrap_negative or [False] * n),
+        features=list(features or []), slot_outputs=[int(o) for o in slot_outputs or []],
+        slot_offsets=[int(o) for o in slot_offsets or []],
         **({"id_widths": [int(x) for x in id_widths]} if id_widths is not None else {}))

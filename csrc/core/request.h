@@ -39,6 +39,10 @@ struct slot_request {
   /// Weights, where given, are a contiguous [num_rows, ids_per_row] matrix.
   int64_t ids_per_row = 0;
   int64_t row_stride = 0;   ///< elements between rows of that matrix; 0 = ids_per_row * id_stride
+  /// Elements between consecutive output rows: 0 = dense (the slot's dim).
+  /// Larger when the slot writes its columns of a wider output that several
+  /// slots share (the model's concatenation, fused).
+  int64_t out_row_stride = 0;
 };
 
 }  // namespace tiemb

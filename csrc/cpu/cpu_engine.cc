@@ -29,8 +29,11 @@ int32_t cpu_engine::add_table(dtype type, int64_t rows, int64_t dim, const void*
   return tables_.add(type, rows, dim, data);
 }
 
-cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> slots)
-    : engine_(engine), slots_(std::move(slots)) {
+cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> slots, int max_threads)
+    : engine_(engine),
+      pool_runner_(engine.pool()),
+      max_threads_(max_threads > 0 ? std::max(max_threads, engine.pool().num_threads()) : engine.pool().num_threads()),
+      slots_(std::move(slots)) {
   const engine_config& cfg = engine_.config();
   const int64_t n = num_slots();
   TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
@@ -64,7 +67,7 @@ cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> 
   rows_.resize(slots_sz);
   errors_.resize(slots_sz);
   tasks_.reserve(slots_sz * kMaxTasksPerSlot);
-  acc_.resize(static_cast<size_t>(engine_.pool().num_threads() * max_dim_));
+  acc_.resize(static_cast<size_t>(max_threads_) * static_cast<size_t>(max_dim_));
 }
 
 int64_t cpu_lookup_group::dim(int64_t s) const { return tables_[static_cast<size_t>(s)]->dim(); }
@@ -75,9 +78,21 @@ void cpu_lookup_group::plan_slot(int64_t s, const slot_request& req) {
   int64_t* offsets = offsets_.data() + s * (cfg.max_batch_size + 1);
   rows_[static_cast<size_t>(s)] =
       check_slot(cfg, sc, tables_[static_cast<size_t>(s)]->rows(), req, s, offsets);
+  TIEMB_EXPECT(req.out_row_stride == 0 || req.out_row_stride >= dim(s), "slot ", s, ": out_row_stride must be 0 or at least the dimension ",
+               dim(s), ", got ", req.out_row_stride);
 }
 
-void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests) {
+namespace {
+
+// A lambda behind parallel_runner's plain function pointer.
+template <class F>
+void run_parallel(parallel_runner& runner, int64_t num_tasks, F& f) {
+  runner.run(num_tasks, [](void* ctx, int64_t task, int thread) { (*static_cast<F*>(ctx))(task, thread); }, &f);
+}
+
+}  // namespace
+
+void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests, parallel_runner& runner) {
   TIEMB_EXPECT(num_requests == num_slots(), "lookup got inputs for ", num_requests,
                " slots but the group has ", num_slots());
   int64_t total_ids = 0;
@@ -92,7 +107,7 @@ void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests) 
   };
   for (auto& e : errors_) e.clear();
   if (total_ids >= kParallelThreshold) {
-    engine_.pool().parallel_for(num_requests, plan_one);
+    run_parallel(runner, num_requests, plan_one);
   } else {
     for (int64_t s = 0; s < num_requests; ++s) plan_one(s, 0);
   }
@@ -133,7 +148,8 @@ void run_task(const slot_config& sc, const table& t, const slot_request& req,
                                   static_cast<OutT*>(out),
                                   acc,
                                   req.ids_per_row,
-                                  req.row_stride};
+                                  req.row_stride,
+                                  req.out_row_stride > 0 ? req.out_row_stride : t.dim()};
   pool_rows(a, row_begin, row_end);
 }
 
@@ -159,7 +175,7 @@ void dispatch_table(const slot_config& sc, const table& t, const slot_request& r
 
 }  // namespace
 
-void cpu_lookup_group::execute(const slot_request* requests, void* const* outputs) {
+void cpu_lookup_group::execute(const slot_request* requests, void* const* outputs, parallel_runner& runner) {
   const int64_t stride = engine_.config().max_batch_size + 1;
   int64_t total_work = 0;
   for (int64_t s = 0; s < num_slots(); ++s) {
@@ -182,7 +198,7 @@ void cpu_lookup_group::execute(const slot_request* requests, void* const* output
   };
   const auto num_tasks = static_cast<int64_t>(tasks_.size());
   if (total_work >= kParallelThreshold) {
-    engine_.pool().parallel_for(num_tasks, run_one);
+    run_parallel(runner, num_tasks, run_one);
   } else {
     for (int64_t i = 0; i < num_tasks; ++i) run_one(i, 0);
   }

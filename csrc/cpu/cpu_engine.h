@@ -6,9 +6,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/config.h"
+#include "../core/error.h"
 #include "../core/request.h"
 #include "../core/table.h"
 #include "thread_pool.h"
@@ -37,12 +39,29 @@ class cpu_engine {
   bool frozen_ = false;
 };
 
+/// A parallel loop supplied by the caller, so that a lookup can run on the
+/// caller's threads (TensorFlow's CPU worker threads inside the op) instead
+/// of the engine's own pool: one set of threads for the cores, no handoff.
+class parallel_runner {
+ public:
+  using task_fn = void (*)(void* ctx, int64_t task, int thread);
+  virtual ~parallel_runner() = default;
+  /// Bound on the `thread` indices `run` passes: they are in [0, num_threads()),
+  /// and two tasks running at the same time never share one.
+  virtual int num_threads() const = 0;
+  /// Calls fn(ctx, task, thread) for every task in [0, num_tasks) and returns
+  /// when all are done. `fn` does not throw.
+  virtual void run(int64_t num_tasks, task_fn fn, void* ctx) = 0;
+};
+
 /// A fixed set of slots looked up together, with the scratch buffers one call
 /// needs, sized from the engine config once. Calls on one group are
 /// serialised; use one group per concurrent caller.
 class cpu_lookup_group {
  public:
-  cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> slots);
+  /// `max_threads`: the most threads a parallel_runner given to lookup may
+  /// use (scratch is sized for them); 0 = the engine pool's thread count.
+  cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> slots, int max_threads = 0);
 
   int64_t num_slots() const { return static_cast<int64_t>(slots_.size()); }
   const slot_config& slot(int64_t s) const { return slots_[static_cast<size_t>(s)]; }
@@ -53,12 +72,25 @@ class cpu_lookup_group {
   /// holding rows[s] * dim(s) elements of the slot's output dtype. Then fills
   /// them. Throws tiemb::error naming the slot on bad input, before anything
   /// is written.
+  ///
+  /// A request's out_row_stride (elements between output rows, 0 = dim)
+  /// lets several slots write their columns of one wider buffer.
   template <class PrepareOutputs>
   void lookup(const slot_request* requests, int64_t num_requests, PrepareOutputs&& prepare_outputs) {
+    lookup(requests, num_requests, std::forward<PrepareOutputs>(prepare_outputs), pool_runner_);
+  }
+
+  /// As above, with the parallel parts run by `runner` (whose num_threads()
+  /// must not exceed the group's max_threads).
+  template <class PrepareOutputs>
+  void lookup(const slot_request* requests, int64_t num_requests, PrepareOutputs&& prepare_outputs,
+              parallel_runner& runner) {
     std::lock_guard<std::mutex> lk(mutex_);
-    plan(requests, num_requests);
+    TIEMB_EXPECT(runner.num_threads() <= max_threads_, "the lookup runner has ", runner.num_threads(),
+                 " threads but the group's scratch was sized for ", max_threads_);
+    plan(requests, num_requests, runner);
     void* const* outputs = prepare_outputs(static_cast<const int64_t*>(rows_.data()));
-    execute(requests, outputs);
+    execute(requests, outputs, runner);
   }
 
  private:
@@ -67,11 +99,27 @@ class cpu_lookup_group {
     int64_t row_begin;
     int64_t row_end;
   };
-  void plan(const slot_request* requests, int64_t num_requests);
+  // The engine's own pool as a parallel_runner (Python callers).
+  class engine_pool_runner : public parallel_runner {
+   public:
+    explicit engine_pool_runner(thread_pool& pool) : pool_(pool) {}
+    int num_threads() const override { return pool_.num_threads(); }
+    void run(int64_t num_tasks, task_fn fn, void* ctx) override {
+      auto body = [&](int64_t task, int thread) { fn(ctx, task, thread); };
+      pool_.parallel_for(num_tasks, body);
+    }
+
+   private:
+    thread_pool& pool_;
+  };
+
+  void plan(const slot_request* requests, int64_t num_requests, parallel_runner& runner);
   void plan_slot(int64_t s, const slot_request& req);
-  void execute(const slot_request* requests, void* const* outputs);
+  void execute(const slot_request* requests, void* const* outputs, parallel_runner& runner);
 
   cpu_engine& engine_;
+  engine_pool_runner pool_runner_;
+  int max_threads_ = 1;
   std::vector<slot_config> slots_;
   std::vector<const table*> tables_;
   std::mutex mutex_;

@@ -271,10 +271,16 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
   d.default_id = sc.mode == row_mode::safe ? sc.default_id : -1;
   d.row_bytes = t.row_bytes();
   d.dim = static_cast<int32_t>(t.dim());
-  // Vector stores need an aligned output; fall back to scalar otherwise.
+  TIEMB_EXPECT(r.out_row_stride == 0 || r.out_row_stride >= t.dim(), "out_row_stride must be 0 or at least the ",
+               "dimension ", t.dim(), ", got ", r.out_row_stride);
+  d.out_stride = r.out_row_stride > 0 ? r.out_row_stride : t.dim();
+  // Vector stores need an aligned output (every row of it: a strided output
+  // row starts out_stride elements after the last); fall back to scalar otherwise.
   const auto addr = reinterpret_cast<uintptr_t>(out);
-  if ((layout == gpu::kLayoutF32Vec4 && addr % 16 != 0) || (layout == gpu::kLayoutF16Vec8 && addr % 16 != 0) ||
-      (layout == gpu::kLayoutF16Vec2 && addr % 4 != 0)) {
+  const int64_t stride_bytes = d.out_stride * (sc.output_dtype == dtype::float16 ? 2 : 4);
+  if ((layout == gpu::kLayoutF32Vec4 && (addr % 16 != 0 || stride_bytes % 16 != 0)) ||
+      (layout == gpu::kLayoutF16Vec8 && (addr % 16 != 0 || stride_bytes % 16 != 0)) ||
+      (layout == gpu::kLayoutF16Vec2 && (addr % 4 != 0 || stride_bytes % 4 != 0))) {
     layout = t.type() == dtype::float32 ? gpu::kLayoutF32Vec1 : gpu::kLayoutF16Vec1;
     lanes = pow2_at_least(t.dim());
   }

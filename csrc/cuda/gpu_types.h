@@ -75,6 +75,7 @@ struct slot_desc {
   int64_t id_row_stride;     // elements between the rows of that matrix
   bool gather;               // tf.gather / Keras Embedding: every id is its own output row
   bool wrap_negative;        // gather: an id i < 0 reads row table_rows + i (Keras)
+  int64_t out_stride;        // elements between output rows (dim, or wider for a fused concatenation)
 };
 
 /// Element offset of logical id k of a slot (k counts the ids in row-major

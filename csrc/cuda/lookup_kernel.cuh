@@ -228,7 +228,7 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
 #pragma unroll
       for (int i = 0; i < Vec; ++i) acc[i] = denom == 0.f ? 0.f : acc[i] / denom;
     }
-    store_vec<Vec, OutHalf>(d.out, r * dim + k0, acc);
+    store_vec<Vec, OutHalf>(d.out, r * d.out_stride + k0, acc);
   }
 }
 

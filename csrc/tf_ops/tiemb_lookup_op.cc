@@ -8,10 +8,12 @@
 // by safe slots). Attributes fix everything else per slot. Errors in the
 // inputs become InvalidArgument naming the slot; nothing throws out of Compute.
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -19,6 +21,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/platform/threadpool.h"
 
 #include "../core/error.h"
 #include "../cpu/store_engine.h"
@@ -86,43 +89,81 @@ REGISTER_OP("TiembLookup")
     // [rows, k] matrix; w > 0: the w columns of a [rows, k] matrix from
     // column max(id_columns[s], 0), read in place.
     .Attr("id_widths: list(int) = []")
+    // Fused outputs (empty = output s is slot s, as in models saved before
+    // these attributes): per slot, the output it writes and its first column
+    // there. An output several slots write is [rows, width], the slots'
+    // columns side by side (the model's concatenation, done by the op).
+    .Attr("slot_outputs: list(int) = []")
+    .Attr("slot_offsets: list(int) = []")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int n = 0;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
-      std::vector<int64_t> dims, columns;
+      std::vector<int64_t> dims, columns, slot_outputs, slot_offsets;
       std::vector<std::string> modes;
+      std::vector<::tensorflow::DataType> out_types;
       TF_RETURN_IF_ERROR(c->GetAttr("dims", &dims));
       TF_RETURN_IF_ERROR(c->GetAttr("modes", &modes));
       TF_RETURN_IF_ERROR(c->GetAttr("id_columns", &columns));
+      TF_RETURN_IF_ERROR(c->GetAttr("out_types", &out_types));
+      TF_RETURN_IF_ERROR(c->GetAttr("slot_outputs", &slot_outputs));
+      TF_RETURN_IF_ERROR(c->GetAttr("slot_offsets", &slot_offsets));
       if (static_cast<int>(dims.size()) != n || static_cast<int>(modes.size()) != n) {
         return absl::InvalidArgumentError(absl::StrCat("TiembLookup: dims and modes need N = ", n, " entries"));
       }
       std::vector<int64_t> widths;
       TF_RETURN_IF_ERROR(c->GetAttr("id_widths", &widths));
+      const int outputs = static_cast<int>(out_types.size());
+      if (slot_outputs.empty()) {
+        for (int s = 0; s < n; ++s) slot_outputs.push_back(s);
+        slot_offsets.assign(static_cast<size_t>(n), 0);
+      }
+      if (static_cast<int>(slot_outputs.size()) != n || static_cast<int>(slot_offsets.size()) != n) {
+        return absl::InvalidArgumentError(absl::StrCat("TiembLookup: slot_outputs and slot_offsets need N = ", n,
+                                                       " entries"));
+      }
+      std::vector<int> slots_in(static_cast<size_t>(outputs), 0);
+      std::vector<int64_t> width(static_cast<size_t>(outputs), 0);
+      std::vector<shape_inference::DimensionHandle> rows_of(static_cast<size_t>(outputs), c->UnknownDim());
       for (int s = 0; s < n; ++s) {
-        if (static_cast<int>(widths.size()) > s && widths[s] >= 0) {
-          c->set_output(s, c->Matrix(dense_matrix_rows(c, c->input(1 + s)), dims[s]));
-          continue;
+        const int64_t o = slot_outputs[static_cast<size_t>(s)];
+        if (o < 0 || o >= outputs) {
+          return absl::InvalidArgumentError(absl::StrCat("TiembLookup: slot ", s, " writes output ", o,
+                                                         " but there are ", outputs));
         }
+        ++slots_in[static_cast<size_t>(o)];
+        width[static_cast<size_t>(o)] = std::max(width[static_cast<size_t>(o)], slot_offsets[static_cast<size_t>(s)] + dims[s]);
+      }
+      for (int s = 0; s < n; ++s) {
+        const auto o = static_cast<size_t>(slot_outputs[static_cast<size_t>(s)]);
+        const bool alone = slots_in[o] == 1;
         // Safe slots have num_rows rows (known when it is a constant); plain
         // slots max(segment id) + 1, known only at run time.
         const bool column = static_cast<int>(columns.size()) > s && columns[s] >= 0;
-        if (modes[s] == "gather" && column) {  // one row per row of the id matrix
-          c->set_output(s, c->Matrix(c->Dim(c->input(1 + s), 0), dims[s]));
-          continue;
-        }
-        if (modes[s] == "gather") {  // the ids' shape + [dim]
+        shape_inference::DimensionHandle rows = c->UnknownDim();
+        if (static_cast<int>(widths.size()) > s && widths[s] >= 0) {  // one row per row of a dense id matrix
+          rows = dense_matrix_rows(c, c->input(1 + s));
+        } else if (modes[s] == "gather" && column) {  // one row per row of the id matrix
+          rows = c->Dim(c->input(1 + s), 0);
+        } else if (modes[s] == "gather" && alone) {  // the ids' shape + [dim]
           shape_inference::ShapeHandle out;
           TF_RETURN_IF_ERROR(c->Concatenate(c->input(1 + s), c->Vector(dims[s]), &out));
-          c->set_output(s, out);
+          c->set_output(static_cast<int>(o), out);
           continue;
+        } else if (modes[s] == "gather") {  // one row per id
+          rows = c->NumElements(c->input(1 + s));
+        } else {
+          const shape_inference::ShapeHandle rows_in = c->input(1 + 3 * n + s);
+          if (modes[s] == "safe" && c->RankKnown(rows_in) && c->Rank(rows_in) == 0) {
+            TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
+          }
         }
-        shape_inference::DimensionHandle rows = c->UnknownDim();
-        const shape_inference::ShapeHandle rows_in = c->input(1 + 3 * n + s);
-        if (modes[s] == "safe" && c->RankKnown(rows_in) && c->Rank(rows_in) == 0) {
-          TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
-        }
-        c->set_output(s, c->Matrix(rows, dims[s]));
+        if (!c->ValueKnown(rows_of[o])) rows_of[o] = rows;
+      }
+      for (int s = 0; s < n; ++s) {
+        const auto o = static_cast<size_t>(slot_outputs[static_cast<size_t>(s)]);
+        const bool column = static_cast<int>(columns.size()) > s && columns[s] >= 0;
+        if (slots_in[o] == 1 && modes[s] == "gather" && !column) continue;  // set above
+        c->set_output(static_cast<int>(o), c->Matrix(rows_of[o], width[o]));
       }
       return absl::OkStatus();
     })
@@ -136,7 +177,9 @@ int combiner_code(const std::string& c) { return c == "sum" ? 0 : c == "mean" ? 
 
 // What both kernels share: the attributes, and turning inputs into requests
 // and attributes into slot configs. Errors become InvalidArgument naming the
-// slot; nothing throws out of Compute.
+// slot; nothing throws out of Compute. Everything the attributes say is
+// decoded here, once: a call compares no strings and allocates nothing but
+// its outputs.
 class TiembLookupBase : public OpKernel {
  public:
   explicit TiembLookupBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -152,6 +195,8 @@ class TiembLookupBase : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("wrap_negative", &wrap_negative_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("features", &features_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("id_widths", &id_widths_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("slot_outputs", &slot_outputs_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("slot_offsets", &slot_offsets_));
     const size_t n = static_cast<size_t>(n_);
     if (id_widths_.empty()) id_widths_.assign(n, -1);
     OP_REQUIRES(ctx, id_widths_.size() == n,
@@ -166,25 +211,83 @@ class TiembLookupBase : public OpKernel {
     if (id_columns_.empty()) id_columns_.assign(n, -1);
     if (wrap_negative_.empty()) wrap_negative_.assign(n, false);
     if (features_.empty()) features_.assign(n, -1);
+    if (slot_outputs_.empty()) {  // a model saved before fused outputs: output s is slot s
+      OP_REQUIRES(ctx, slot_offsets_.empty() && out_types_.size() == n,
+                  absl::InvalidArgumentError(absl::StrCat("TiembLookup: without slot_outputs, out_types needs N = ",
+                                                          n_, " entries and slot_offsets none")));
+      for (size_t s = 0; s < n; ++s) slot_outputs_.push_back(static_cast<int64_t>(s));
+      slot_offsets_.assign(n, 0);
+    }
     OP_REQUIRES(ctx,
                 tables_.size() == n && dims_.size() == n && combiners_.size() == n && modes_.size() == n &&
-                    default_ids_.size() == n && weighted_.size() == n && out_types_.size() == n &&
-                    id_columns_.size() == n && wrap_negative_.size() == n && features_.size() == n,
+                    default_ids_.size() == n && weighted_.size() == n && id_columns_.size() == n &&
+                    wrap_negative_.size() == n && features_.size() == n && slot_outputs_.size() == n &&
+                    slot_offsets_.size() == n,
                 absl::InvalidArgumentError(absl::StrCat("TiembLookup: every per-slot attribute needs N = ", n_, " entries")));
     for (size_t s = 0; s < n; ++s) {
       OP_REQUIRES(ctx, combiner_code(combiners_[s]) >= 0,
                   absl::InvalidArgumentError(absl::StrCat("slot ", s, ": combiner must be sum, mean or sqrtn, got '", combiners_[s], "'")));
       OP_REQUIRES(ctx, modes_[s] == "plain" || modes_[s] == "safe" || modes_[s] == "gather",
                   absl::InvalidArgumentError(absl::StrCat("slot ", s, ": mode must be plain, safe or gather, got '", modes_[s], "'")));
+      mode_codes_.push_back(modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain);
     }
+    OP_REQUIRES_OK(ctx, decode_outputs());
   }
 
 
  protected:
-  /// The store path and one request per slot (pointers into the input tensors).
-  std::string read_inputs(OpKernelContext* ctx, std::vector<slot_request>& req, OpInputList& ids) {
+  /// One output of the op: the slots that write it, side by side.
+  struct output_layout {
+    std::vector<int> slots;  // in column order
+    int64_t width = 0;       // elements per row
+    bool alone = true;       // one slot, the old one-output-per-slot form
+  };
+
+  /// Checks slot_outputs / slot_offsets: every output is written by at least
+  /// one slot, one dtype, its columns covered once each (no gap is left
+  /// uninitialised, no two slots write the same element).
+  absl::Status decode_outputs() {
+    const auto m = out_types_.size();
+    outputs_.assign(m, output_layout{});
+    for (int s = 0; s < n_; ++s) {
+      const int64_t o = slot_outputs_[static_cast<size_t>(s)];
+      if (o < 0 || o >= static_cast<int64_t>(m)) {
+        return absl::InvalidArgumentError(absl::StrCat("slot ", s, ": slot_outputs names output ", o,
+                                                       " but out_types has ", m, " outputs"));
+      }
+      outputs_[static_cast<size_t>(o)].slots.push_back(s);
+    }
+    for (size_t o = 0; o < m; ++o) {
+      output_layout& out = outputs_[o];
+      if (out.slots.empty()) return absl::InvalidArgumentError(absl::StrCat("TiembLookup: no slot writes output ", o));
+      std::sort(out.slots.begin(), out.slots.end(), [&](int a, int b) {
+        return slot_offsets_[static_cast<size_t>(a)] < slot_offsets_[static_cast<size_t>(b)];
+      });
+      for (int s : out.slots) {
+        if (slot_offsets_[static_cast<size_t>(s)] != out.width) {
+          return absl::InvalidArgumentError(absl::StrCat("slot ", s, ": slot_offsets says column ",
+                                                         slot_offsets_[static_cast<size_t>(s)], " of output ", o,
+                                                         " but the slots before it end at column ", out.width));
+        }
+        out.width += dims_[static_cast<size_t>(s)];
+      }
+      out.alone = out.slots.size() == 1;
+    }
+    return absl::OkStatus();
+  }
+
+  /// The store path (input 0), a view into the input tensor.
+  static std::string_view store_path(OpKernelContext* ctx) {
     const Tensor& store = ctx->input(0);
-    TIEMB_EXPECT(store.dims() == 0, "store must be a string scalar");
+    TIEMB_EXPECT(store.dims() == 0 && store.dtype() == ::tensorflow::DT_STRING, "store must be a string scalar");
+    const ::tensorflow::tstring& path = store.scalar<::tensorflow::tstring>()();
+    return std::string_view(path.data(), path.size());
+  }
+
+  /// The store path and one request per slot (pointers into the input
+  /// tensors). `req` keeps its capacity from call to call.
+  std::string_view read_inputs(OpKernelContext* ctx, std::vector<slot_request>& req, OpInputList& ids) {
+    const std::string_view store = store_path(ctx);
     OpInputList segs, weights, num_rows;
     auto ok = [](const absl::Status& st) { TIEMB_EXPECT(st.ok(), std::string(st.message())); };
     ok(ctx->input_list("ids", &ids));
@@ -198,11 +301,12 @@ class TiembLookupBase : public OpKernel {
       slot_request& r = req[static_cast<size_t>(s)];
       const Tensor& id = ids[s];
       const Tensor& sg = segs[s];
-      const bool gather = modes_[static_cast<size_t>(s)] == "gather";
+      const bool gather = mode_codes_[static_cast<size_t>(s)] == row_mode::gather;
       const int64_t column = id_columns_[static_cast<size_t>(s)];
       r.id_type = id.dtype() == ::tensorflow::DT_INT32 ? dtype::int32 : dtype::int64;
       if (id_widths_[static_cast<size_t>(s)] >= 0) {
         read_dense_matrix(s, id, weights[s], r);
+        r.out_row_stride = out_row_stride(s);
         continue;
       }
       if (column >= 0) {  // column `column` of a [rows, k] id matrix, read in place
@@ -241,12 +345,13 @@ class TiembLookupBase : public OpKernel {
       // A safe slot's dense_shape is a rank-2 sparse input's: the original
       // graph's SparseReshape refuses any other rank, and the rewriter folds
       // that SparseReshape away, so the check lives here.
-      TIEMB_EXPECT(modes_[static_cast<size_t>(s)] != "safe" || nr.dims() == 0 || nr.NumElements() == 2, "slot ", s,
-                   ": the sparse input's dense_shape has ", nr.NumElements(),
+      TIEMB_EXPECT(mode_codes_[static_cast<size_t>(s)] != row_mode::safe || nr.dims() == 0 || nr.NumElements() == 2,
+                   "slot ", s, ": the sparse input's dense_shape has ", nr.NumElements(),
                    " entries, but this lookup takes a rank-2 sparse input (dense_shape of 2 entries)");
-      r.num_rows = modes_[static_cast<size_t>(s)] == "safe" ? nr.flat<int64_t>()(0) : -1;
+      r.num_rows = mode_codes_[static_cast<size_t>(s)] == row_mode::safe ? nr.flat<int64_t>()(0) : -1;
+      r.out_row_stride = out_row_stride(s);
     }
-    return std::string(store.scalar<::tensorflow::tstring>()());
+    return store;
   }
 
   /// Slot s's request for a dense id matrix slot (id_widths[s] >= 0): the ids
@@ -284,27 +389,46 @@ class TiembLookupBase : public OpKernel {
     }
   }
 
-  /// The output shape of slot s for rows[s] output rows.
-  TensorShape output_shape(const OpInputList& ids, int s, int64_t rows) const {
-    const auto su = static_cast<size_t>(s);
-    if (modes_[su] == "gather" && id_columns_[su] < 0) {  // the ids' shape + [dim]
-      TensorShape shape = ids[s].shape();
+  /// Elements between slot s's output rows: 0 when it writes an output of
+  /// its own, else the width of the output it shares.
+  int64_t out_row_stride(int s) const {
+    const output_layout& out = outputs_[static_cast<size_t>(slot_outputs_[static_cast<size_t>(s)])];
+    return out.alone ? 0 : out.width;
+  }
+
+  /// The shape of output o for `rows` rows (slot s's row count).
+  TensorShape output_shape(const OpInputList& ids, size_t o, int64_t rows) const {
+    const output_layout& out = outputs_[o];
+    const auto su = static_cast<size_t>(out.slots[0]);
+    if (out.alone && mode_codes_[su] == row_mode::gather && id_columns_[su] < 0) {  // the ids' shape + [dim]
+      TensorShape shape = ids[out.slots[0]].shape();
       shape.AddDim(dims_[su]);
       return shape;
     }
-    return TensorShape({rows, dims_[su]});
+    return TensorShape({rows, out.width});
   }
 
-  /// Allocates every slot's output (rows[s] rows); returns their buffers.
-  std::vector<void*> allocate_outputs(OpKernelContext* ctx, const OpInputList& ids, const int64_t* rows) const {
-    std::vector<void*> outputs(static_cast<size_t>(n_));
-    for (int s = 0; s < n_; ++s) {
-      Tensor* out = nullptr;
-      const absl::Status st = ctx->allocate_output(s, output_shape(ids, s, rows[s]), &out);
+  /// Allocates every output (slot s has rows[s] rows; the slots of one
+  /// output must agree, as the concatenation they replace requires); fills
+  /// `slot_out` with each slot's first element.
+  void allocate_outputs(OpKernelContext* ctx, const OpInputList& ids, const int64_t* rows,
+                        std::vector<void*>& slot_out) const {
+    slot_out.resize(static_cast<size_t>(n_));
+    for (size_t o = 0; o < outputs_.size(); ++o) {
+      const output_layout& out = outputs_[o];
+      const int64_t r = rows[out.slots[0]];
+      for (int s : out.slots) {
+        TIEMB_EXPECT(rows[s] == r, "TiembLookup: slots ", out.slots[0], " and ", s, " share output ", o,
+                     " (a fused concatenation) but have ", r, " and ", rows[s],
+                     " rows; the concatenation would fail the same way");
+      }
+      Tensor* t = nullptr;
+      const absl::Status st = ctx->allocate_output(static_cast<int>(o), output_shape(ids, o, r), &t);
       TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
-      outputs[static_cast<size_t>(s)] = const_cast<char*>(out->tensor_data().data());
+      char* base = const_cast<char*>(t->tensor_data().data());
+      const int64_t elem = out_types_[o] == ::tensorflow::DT_HALF ? 2 : 4;
+      for (int s : out.slots) slot_out[static_cast<size_t>(s)] = base + slot_offsets_[static_cast<size_t>(s)] * elem;
     }
-    return outputs;
   }
 
   template <class Engine, class Group>
@@ -319,8 +443,8 @@ class TiembLookupBase : public OpKernel {
   // `open(&manifest)` returns the store's shared engine; `table_dim(engine, id)`
   // a table's dimension. Call with mutex_ held.
   template <class Engine, class Group, class Key, class Open, class TableDim>
-  Group& group_for(std::map<Key, store_group<Engine, Group>>& groups, const Key& key, const std::string& store,
-                   Open&& open, TableDim&& table_dim) {
+  Group& group_for(std::map<Key, store_group<Engine, Group>, std::less<>>& groups, const Key& key,
+                   const std::string& store, Open&& open, TableDim&& table_dim) {
     auto it = groups.find(key);
     if (it != groups.end()) return *it->second.group;
     const store_manifest* manifest = nullptr;
@@ -347,9 +471,10 @@ class TiembLookupBase : public OpKernel {
       TIEMB_EXPECT(dim == dims_[s], "slot ", s, ": table ", tables_[s], " has dimension ", dim,
                    " but the op expects ", dims_[s]);
       sc.comb = static_cast<combiner>(combiner_code(combiners_[s]));
-      sc.mode = modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain;
+      sc.mode = mode_codes_[s];
       sc.default_id = default_ids_[s];
-      sc.output_dtype = out_types_[s] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
+      sc.output_dtype =
+          out_types_[static_cast<size_t>(slot_outputs_[s])] == ::tensorflow::DT_HALF ? dtype::float16 : dtype::float32;
       sc.wrap_negative = wrap_negative_[s];
       sc.feature = static_cast<int32_t>(features_[s]);
     }
@@ -358,40 +483,132 @@ class TiembLookupBase : public OpKernel {
 
   int n_ = 0;
   std::vector<std::string> tables_, combiners_, modes_;
-  std::vector<int64_t> dims_, default_ids_, id_columns_, features_, id_widths_;
+  std::vector<int64_t> dims_, default_ids_, id_columns_, features_, id_widths_, slot_outputs_, slot_offsets_;
   std::vector<bool> weighted_, wrap_negative_;
-  std::vector<::tensorflow::DataType> out_types_;
+  std::vector<::tensorflow::DataType> out_types_;  // per output
+  std::vector<row_mode> mode_codes_;
+  std::vector<output_layout> outputs_;
   std::mutex mutex_;
 };
 
-// CPU kernel: the CPU engine of the store, shared process-wide.
+// TensorFlow's CPU worker threads (the intra-op pool) as the engine's
+// parallel loop: the op's work runs where TensorFlow's own kernels run, with
+// no handoff to a second pool competing for the same cores.
+class tf_worker_runner final : public parallel_runner {
+ public:
+  explicit tf_worker_runner(::tsl::thread::ThreadPool* pool) : pool_(pool) {}
+
+  int num_threads() const override { return pool_->NumThreads() + 1; }  // + the calling thread
+
+  void run(int64_t num_tasks, task_fn fn, void* ctx) override {
+    // One block per thread, each taking tasks from a shared counter: the
+    // caller starts at once and a worker that wakes late (the 2 cores are
+    // shared with other ops and processes) finds the work done rather than
+    // holding a fixed share of it.
+    struct job {
+      task_fn fn;
+      void* ctx;
+      int64_t num_tasks;
+      std::atomic<int64_t> next{0};
+    } j;
+    j.fn = fn;
+    j.ctx = ctx;
+    j.num_tasks = num_tasks;
+    job* jp = &j;  // one pointer: the std::function keeps it inline
+    const int64_t blocks = std::min<int64_t>(num_tasks, num_threads());
+    pool_->ParallelForWithWorkerId(blocks, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(1),
+                                   [jp](int64_t, int64_t, int thread) {
+                                     for (int64_t t; (t = jp->next.fetch_add(1, std::memory_order_relaxed)) <
+                                                     jp->num_tasks;) {
+                                       jp->fn(jp->ctx, t, thread);
+                                     }
+                                   });
+  }
+
+ private:
+  ::tsl::thread::ThreadPool* pool_;
+};
+
+// The CPU kernel's groups of one store: a group holds one call's scratch, so
+// concurrent calls (eager ops and sessions share kernels) each take their own
+// from a free list. No call waits for another while holding a lock, so a
+// ParallelFor on the shared pool can never wait on a blocked caller.
+class cpu_group_pool {
+ public:
+  struct workspace {
+    workspace(cpu_engine& engine, const std::vector<slot_config>& slots, int max_threads)
+        : group(engine, slots, max_threads) {}
+    cpu_lookup_group group;
+    std::vector<slot_request> req;
+    std::vector<void*> slot_out;
+  };
+
+  cpu_group_pool(cpu_engine& engine, std::vector<slot_config> slots) : engine_(engine), slots_(std::move(slots)) {}
+
+  /// A free workspace, or a new one the first time calls overlap.
+  std::unique_ptr<workspace> acquire(int max_threads) {
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (!free_.empty()) {
+        std::unique_ptr<workspace> w = std::move(free_.back());
+        free_.pop_back();
+        return w;
+      }
+    }
+    return std::make_unique<workspace>(engine_, slots_, max_threads);
+  }
+
+  void release(std::unique_ptr<workspace> w) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    free_.push_back(std::move(w));
+  }
+
+ private:
+  cpu_engine& engine_;
+  std::vector<slot_config> slots_;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<workspace>> free_;
+};
+
+// CPU kernel: the CPU engine of the store, shared process-wide; the work on
+// TensorFlow's CPU worker threads.
 class TiembLookupOp : public TiembLookupBase {
  public:
   using TiembLookupBase::TiembLookupBase;
 
   void Compute(OpKernelContext* ctx) override {
     try {
-      std::vector<slot_request> req;
-      OpInputList ids;
-      const std::string store = read_inputs(ctx, req, ids);
-      cpu_lookup_group* group = nullptr;
+      const std::string_view store = store_path(ctx);
+      cpu_group_pool* groups = nullptr;
       {
         std::lock_guard<std::mutex> lk(mutex_);
-        group = &group_for(groups_, store, store, [&](const store_manifest** m) { return shared_cpu_engine(store, m); },
-                           [](cpu_engine& e, int32_t t) { return e.tables().at(t).dim(); });
+        auto it = groups_.find(store);
+        groups = it != groups_.end() ? it->second.group.get()
+                                     : &group_for(groups_, std::string(store), std::string(store),
+                                                  [&](const store_manifest** m) { return shared_cpu_engine(std::string(store), m); },
+                                                  [](cpu_engine& e, int32_t t) { return e.tables().at(t).dim(); });
       }
-      std::vector<void*> outputs;
-      group->lookup(req.data(), n_, [&](const int64_t* rows) {
-        outputs = allocate_outputs(ctx, ids, rows);
-        return static_cast<void* const*>(outputs.data());
-      });
+      ::tsl::thread::ThreadPool* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+      tf_worker_runner runner(workers);
+      struct give_back {  // the workspace returns to the free list, also on error
+        cpu_group_pool* pool;
+        std::unique_ptr<cpu_group_pool::workspace> w;
+        ~give_back() { pool->release(std::move(w)); }
+      } held{groups, groups->acquire(runner.num_threads())};
+      cpu_group_pool::workspace& w = *held.w;
+      OpInputList ids;
+      read_inputs(ctx, w.req, ids);
+      w.group.lookup(w.req.data(), n_, [&](const int64_t* rows) {
+        allocate_outputs(ctx, ids, rows, w.slot_out);
+        return static_cast<void* const*>(w.slot_out.data());
+      }, runner);
     } catch (const std::exception& e) {
       ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
     }
   }
 
  private:
-  std::map<std::string, store_group<cpu_engine, cpu_lookup_group>> groups_;
+  std::map<std::string, store_group<cpu_engine, cpu_group_pool>, std::less<>> groups_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(DEVICE_CPU), TiembLookupOp);
@@ -411,7 +628,7 @@ class TiembLookupGpuOp : public TiembLookupBase {
     try {
       std::vector<slot_request> req;
       OpInputList ids;
-      const std::string store = read_inputs(ctx, req, ids);
+      const std::string store(read_inputs(ctx, req, ids));
       int device = 0;
       TIEMB_EXPECT(cudaGetDevice(&device) == cudaSuccess, "TiembLookup: no current CUDA device");
       auto* stream = ctx->op_device_context()->stream();
@@ -425,7 +642,8 @@ class TiembLookupGpuOp : public TiembLookupBase {
       group.check(false);
       std::vector<int64_t> rows(static_cast<size_t>(n_));
       group.device_rows(req.data(), n_, rows.data(), cuda_stream);
-      const std::vector<void*> outputs = allocate_outputs(ctx, ids, rows.data());
+      std::vector<void*> outputs;
+      allocate_outputs(ctx, ids, rows.data(), outputs);
       group.launch(req.data(), n_, rows.data(), outputs.data(), cuda_stream);
     } catch (const std::exception& e) {
       ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
@@ -433,7 +651,7 @@ class TiembLookupGpuOp : public TiembLookupBase {
   }
 
  private:
-  std::map<std::pair<std::string, int>, store_group<gpu_engine, gpu_lookup_group>> groups_;
+  std::map<std::pair<std::string, int>, store_group<gpu_engine, gpu_lookup_group>, std::less<>> groups_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_GPU).HostMemory("store").HostMemory("num_rows"),

@@ -257,3 +257,67 @@ def test_dense_id_matrix_slots_equal_tf_safe_lookup(tmp_path, seed):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 0: id_widths\[0\] = 0 .* needs mode safe"):
         tf_ops.lookup(store, [tf.constant(ids)], [no_seg], tables=["a.tiemb"], dims=[6], combiners=["sum"],
                       modes=["plain"], id_widths=[0])
+
+
+def _fused_kw(cases, groups):
+    """slot_outputs / slot_offsets putting the slots of each group (lists of
+    slot indices, in column order) side by side in one output."""
+    outputs, offsets = [0] * len(cases), [0] * len(cases)
+    for o, group in enumerate(groups):
+        col = 0
+        for s in group:
+            outputs[s], offsets[s] = o, col
+            col += cases[s].table.shape[1]
+    return dict(slot_outputs=outputs, slot_offsets=offsets)
+
+
+@pytest.mark.parametrize("table_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_fused_outputs_equal_the_concatenation(table_dtype, tmp_path, seed):
+    """Slots writing their columns of one output (out_row_stride) give exactly
+    the concatenation of their separate outputs, in any column order and with
+    slots left alone; in eager mode and in a graph."""
+    rng = np.random.default_rng(seed)
+    modes = ["safe", "plain", "safe", "safe", "safe", "plain"]
+    cases = [random_slot(rng, dim=int(rng.choice([1, 3, 8, 16])), table_dtype=table_dtype, id_dtype=np.int64,
+                         combiner=str(rng.choice(["sum", "mean", "sqrtn"])), mode=m, weighted=bool(rng.random() < .5),
+                         max_batch=MAX_BATCH, max_nnz=MAX_NNZ) for m in modes]
+    for c in cases:   # one batch size: concatenable
+        c.num_rows = MAX_BATCH
+    store = make_store(tmp_path, cases)
+    safe = [s for s, m in enumerate(modes) if m == "safe"]
+    groups = [[safe[2], safe[0], safe[3]], [1], [safe[1]], [5]]
+    kw = dict(tables=[f"t{i}.tiemb" for i in range(len(cases))], dims=[c.table.shape[1] for c in cases],
+              combiners=[c.combiner for c in cases], modes=modes, default_ids=[-1] * len(cases))
+    out_t = tf.float16 if table_dtype == np.float16 else tf.float32
+    args = ([tf.constant(c.ids) for c in cases], [tf.constant(c.segment_ids) for c in cases])
+    extra = dict(weights=[None if c.weights is None else tf.constant(c.weights) for c in cases],
+                 num_rows=[tf.constant(c.num_rows, tf.int64) for c in cases])
+    separate = [t.numpy() for t in tf_ops.lookup(store, *args, out_types=[out_t] * len(cases), **kw, **extra)]
+    fused_kw = dict(kw, **_fused_kw(cases, groups), out_types=[out_t] * len(groups))
+    eager = [t.numpy() for t in tf_ops.lookup(store, *args, **fused_kw, **extra)]
+    graph = [t.numpy() for t in tf.function(lambda i, s: tf_ops.lookup(store, i, s, **fused_kw, **extra))(*args)]
+    for fused in (eager, graph):
+        assert len(fused) == len(groups)
+        for o, group in enumerate(groups):
+            want = np.concatenate([separate[s] for s in group], axis=1)
+            assert fused[o].dtype == want.dtype and fused[o].shape == want.shape, (o, fused[o].shape, want.shape)
+            np.testing.assert_array_equal(fused[o], want)
+
+
+def test_fused_outputs_check_rows_and_columns(tmp_path, seed):
+    """Slots of one output with different row counts fail like the concat
+    they replace; overlapping or missing columns are refused by name."""
+    rng = np.random.default_rng(seed)
+    cases = [random_slot(rng, dim=4, table_dtype=np.float32, id_dtype=np.int64, combiner="sum", mode="safe",
+                         weighted=False, max_batch=MAX_BATCH - 1) for _ in range(2)]
+    cases[0].num_rows, cases[1].num_rows = MAX_BATCH - 1, MAX_BATCH
+    store = make_store(tmp_path, cases)
+    kw = dict(tables=["t0.tiemb", "t1.tiemb"], dims=[4, 4], combiners=["sum"] * 2, modes=["safe"] * 2,
+              num_rows=[tf.constant(c.num_rows, tf.int64) for c in cases])
+    args = ([tf.constant(c.ids) for c in cases], [tf.constant(c.segment_ids) for c in cases])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="slots 0 and 1 share output 0.*63 and 64 rows"):
+        tf_ops.lookup(store, *args, slot_outputs=[0, 0], slot_offsets=[0, 4], **kw)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="slot 1: slot_offsets says column 2"):
+        tf_ops.lookup(store, *args, slot_outputs=[0, 0], slot_offsets=[0, 2], **kw)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no slot writes output 1"):
+        tf_ops.lookup(store, *args, slot_outputs=[0, 2], slot_offsets=[0, 0], **kw)

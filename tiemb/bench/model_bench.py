@@ -1,12 +1,18 @@
 """Whole-model benchmark: original SavedModel vs the tiemb-optimized one, side
 by side in one process on identical inputs.
 
-Per model, batch and level it reports three pairs of numbers:
+Per model, batch and level it reports:
 
-* embedding part: the original graph from the inputs to the lookup outputs
-  (the tensors tiemb replaces) vs the optimized graph from the inputs to the
-  fused op's outputs, as TF1 session runs fetching the same tensors (less
-  call overhead than an eager function; the copies back are the same in both);
+* embedding part: both graphs from the inputs to where the model first
+  reads its lookups (a concatenation / stack of lookups only, which the op
+  now writes, under the same node name in both; otherwise the lookup outputs
+  and the op's outputs, so that no dense layer is timed), ended in one
+  scalar that needs them all (the sum of their first elements), as TF1 session runs:
+  one small fetch, so copying outputs back to Python does not dominate;
+* the op's own time: the TiembLookup nodes' spans in TensorFlow's per-op
+  trace of that graph, beside the engine's standalone time on the same
+  inputs (the op's inputs evaluated once and fed to a LookupGroup built
+  from the same tables, timed around the engine call alone);
 * whole model: the original signature vs the optimized signature (loaded
   from disk, as a server would);
 * floor: the optimized model's dense part alone (the fused op's outputs fed
@@ -20,6 +26,7 @@ baseline, ...) after a warm-up; medians of ``runs`` calls with min and max.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -67,6 +74,13 @@ class Row:
     max_rel_diff: float
     dropped_backends: List[dict] = field(default_factory=list)
     profile: Dict[str, object] = field(default_factory=dict)   # embedding part, per op type (see op_profile)
+    op_traced_ms: float = 0.0        # the TiembLookup nodes' traced time per run (median over runs)
+    engine_ms: float = 0.0           # the engine alone on the same inputs (median)
+    fused_outputs: int = 0           # the ops' outputs after output fusion (lookups_fused before it)
+
+    @property
+    def op_over_engine(self) -> float:
+        return self.op_traced_ms / self.engine_ms if self.engine_ms else float("nan")
 
     @property
     def embedding_speedup(self) -> float:
@@ -91,7 +105,7 @@ class Row:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(embedding_speedup=self.embedding_speedup, speedup=self.speedup, over_floor=self.over_floor,
-                 qps_original=self.qps_original, qps_optimized=self.qps_optimized)
+                 op_over_engine=self.op_over_engine, qps_original=self.qps_original, qps_optimized=self.qps_optimized)
         return d
 
 
@@ -100,44 +114,57 @@ def alternate(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 5) -
     return [Timing.of(s) for s in timing.alternate(fns, runs, warmup=warmup)]
 
 
-def session_runner(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[str], store: str = None):
-    """A no-argument callable running ``graph_def`` in a TF1 session from
-    fixed ``feeds`` to ``fetches`` (a session run has less overhead around
-    the graph than an eager function call)."""
+def _import(tf, graph_def, fetches: Sequence[str], store: str = None, probe: bool = True):
+    """(graph, fetch tensors): ``graph_def`` imported, and either ``fetches``
+    or (``probe``) one float32 scalar that needs all of them: the sum of their
+    first elements, the same kind of ops on both sides of a comparison."""
     graph = tf.Graph()
     with graph.as_default():
         input_map = {"tiemb/store:0": tf.constant(store)} if store else None
         tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
+        tensors = [graph.get_tensor_by_name(t) for t in fetches]
+        if probe:
+            # One element of each: TensorFlow still computes every tensor whole,
+            # and the probe itself costs next to nothing (a sum or a concat of
+            # the outputs would read or copy megabytes on both sides).
+            with tf.name_scope("bench_probe"):
+                tensors = [tf.add_n([tf.cast(tf.reshape(t, [-1])[0], tf.float32) for t in tensors])]
+    return graph, tensors
+
+
+def session_runner(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[str], store: str = None,
+                   probe: bool = True):
+    """A no-argument callable running ``graph_def`` in a TF1 session from
+    fixed ``feeds`` to ``fetches`` (``probe``: to one scalar reading them all,
+    see ``_import``; a session run has less overhead around the graph than
+    an eager function call)."""
+    graph, tensors = _import(tf, graph_def, fetches, store, probe)
     session = tf.compat.v1.Session(graph=graph)
     names = list(feeds)
-    run = session.make_callable([graph.get_tensor_by_name(t) for t in fetches],
-                                [graph.get_tensor_by_name(n) for n in names])
+    run = session.make_callable(tensors, [graph.get_tensor_by_name(n) for n in names])
     values = [feeds[n] for n in names]
     return lambda: run(*values)
 
 
 def op_profile(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[str], store: str = None,
-               runs: int = 30, top: int = 8):
+               runs: int = 30, top: int = 8, probe: bool = True):
     """Per-op-type time inside one session run (TensorFlow's step stats, full
-    trace): (median run span in ms, [(op type, mean ms per run, nodes)] largest
-    first). Tracing adds a little to every op, so spans are for reading the
-    split, not for the headline numbers."""
-    graph = tf.Graph()
-    with graph.as_default():
-        input_map = {"tiemb/store:0": tf.constant(store)} if store else None
-        tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
+    trace) of the graph to ``fetches`` (``probe``: to one scalar reading them
+    all): (median run span in ms, [(op type, mean ms per run, nodes)] largest
+    first, {op type: median ms per run}). Tracing adds a little to every op,
+    so spans are for reading the split, not for the headline numbers."""
+    graph, tensors = _import(tf, graph_def, fetches, store, probe)
     session = tf.compat.v1.Session(graph=graph)
     feed = {graph.get_tensor_by_name(k): v for k, v in feeds.items()}
-    fetch = [graph.get_tensor_by_name(t) for t in fetches]
     options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
     op_type = {n.name: n.op for n in graph_def.node}
-    spans, per_type, nodes = [], {}, {}
+    spans, per_type, nodes, per_run = [], {}, {}, {}
     for i in range(runs + 5):
         meta = tf.compat.v1.RunMetadata()
-        session.run(fetch, feed_dict=feed, options=options, run_metadata=meta)
+        session.run(tensors, feed_dict=feed, options=options, run_metadata=meta)
         if i < 5:
             continue
-        starts, ends = [], []
+        starts, ends, this_run = [], [], {}
         for dev in meta.step_stats.dev_stats:
             for ns in dev.node_stats:
                 if ns.node_name not in op_type:
@@ -146,11 +173,59 @@ def op_profile(tf, graph_def, feeds: Dict[str, np.ndarray], fetches: Sequence[st
                 ends.append(ns.all_start_micros + ns.all_end_rel_micros)
                 kind = op_type[ns.node_name]
                 per_type[kind] = per_type.get(kind, 0) + ns.all_end_rel_micros
+                this_run[kind] = this_run.get(kind, 0) + ns.all_end_rel_micros
                 nodes.setdefault(kind, set()).add(ns.node_name)
+        for kind, us in this_run.items():
+            per_run.setdefault(kind, []).append(us / 1e3)
         if starts:
             spans.append((max(ends) - min(starts)) / 1e3)
     ranked = sorted(((t / runs / 1e3, k) for k, t in per_type.items()), reverse=True)[:top]
-    return statistics.median(spans) if spans else 0.0, [(k, ms, len(nodes[k])) for ms, k in ranked]
+    medians = {k: statistics.median(v) for k, v in per_run.items()}
+    return statistics.median(spans) if spans else 0.0, [(k, ms, len(nodes[k])) for ms, k in ranked], medians
+
+
+def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, table_of: Dict[str, str],
+                half_tables: bool, runs: int = 200) -> float:
+    """Median ms of the engine alone on the inputs the graph's TiembLookup ops
+    get from ``feeds``: their input tensors evaluated once, then one
+    LookupGroup per op over the same tables (``view``: the frozen original's
+    GraphView; ``table_of``: store file -> table node) timed around the engine
+    call (``LookupGroup.time_lookup``), the ops one after another."""
+    import tiemb
+
+    ops = [n for n in graph_def.node if n.op == "TiembLookup"]
+    graph, _ = _import(tf, graph_def, [], store, probe=False)
+    session = tf.compat.v1.Session(graph=graph)
+    feed = {graph.get_tensor_by_name(k): v for k, v in feeds.items()}
+    total = None
+    for op in ops:
+        n = op.attr["N"].i
+        values = session.run([graph.get_tensor_by_name(i if ":" in i else i + ":0") for i in op.input[1:]], feed)
+        ids, segs, weights, rows = (values[k * n:(k + 1) * n] for k in range(4))
+        files = [t.decode() for t in op.attr["tables"].list.s]
+        tables = [view.table_value(view.nodes[table_of[f]]) for f in files]
+        types = list(op.attr["out_types"].list.type)
+        outs = list(op.attr["slot_outputs"].list.i) or list(range(n))
+        modes = [m.decode() for m in op.attr["modes"].list.s]
+        columns = list(op.attr["id_columns"].list.i) or [-1] * n
+        ids = [np.ascontiguousarray(i[:, c]) if c >= 0 else i for i, c in zip(ids, columns)]
+        segs = [None if m == "gather" else np.ascontiguousarray(g[:, 0] if g.ndim == 2 else g)
+                for g, m in zip(segs, modes)]
+        weights = [w if op.attr["weighted"].list.b[s] else None for s, w in enumerate(weights)]
+        rows = [int(np.reshape(r, -1)[0]) if m == "safe" else None for r, m in zip(rows, modes)]
+        engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64)
+        slots = []
+        for s in range(n):
+            t = tables[s].astype(np.float16) if half_tables else tables[s]
+            default = op.attr["default_ids"].list.i[s]
+            slots.append(tiemb.Slot(engine.add_table(t), op.attr["combiners"].list.s[s].decode(), modes[s],
+                                    default if default >= 0 else None,
+                                    "float16" if types[outs[s]] == 19 else "float32"))
+        group = engine.group(slots)
+        seconds = np.array(group.time_lookup(ids, segment_ids=segs if any(m != "gather" for m in modes) else None,
+                                             weights=weights, num_rows=rows, repeats=runs))
+        total = seconds if total is None else total + seconds
+    return float(np.median(total)) * 1e3 if total is not None else 0.0
 
 
 def _pruned(tf, graph_def, feeds: Sequence[str], fetches: Sequence[str], store: str = None, specs=None):
@@ -176,6 +251,7 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
     from .. import backends, tf_ops
     from ..rewrite import rewrite_saved_model
     from ..rewrite.saved_model import _freeze
+    from ..rewrite.graph import GraphView
     from ..rewrite.sparse_lookup import rewrite_sparse_lookups
 
     tf_ops.load()
@@ -211,12 +287,33 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
         store = os.path.join(dst, "assets")
         new_gd, again = rewrite_sparse_lookups(graph_def, None, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
                                                half_tables=level >= 1, resources=resources)
-        replaced = [s for op in again.ops for s in op["slots"]]
-        op_outputs = [f"{op['name']}:{k}" for op in again.ops for k in range(len(op["slots"]))]
+        # The embedding part ends where the model first reads the lookups: a
+        # concatenation / stack / sum of lookups only, which the op now writes
+        # (same node name in both graphs); else the lookups (original) and the
+        # op's outputs (fused), so that no dense layer is timed.
+        kinds = {n.name: n.op for n in new_gd.node}
+        ends_original, ends_fused = [], []
+        for op in again.ops:
+            inside = {sl for m in op.get("merged", []) for sl in m["slots"]}
+            alone = [sl for sl in op["slots"] if sl not in inside]
+            ends_original += [f"{sl}:0" for sl in alone]
+            ends_fused += [f"{op['name']}:{k}" for k in range(len(alone))]
+            for m in op.get("merged", []):
+                if kinds.get(m["into"]) in ("Identity", "Reshape"):      # the whole pattern is the op's output
+                    ends_original.append(f"{m['into']}:0")
+                    ends_fused.append(f"{m['into']}:0")
+                else:
+                    ends_original += [f"{sl}:0" for sl in m["slots"]]
+                    ends_fused.append(f"{op['name']}:{m['output']}")
+        outputs_of = [op.get("num_outputs", len(op["slots"])) for op in again.ops]
+        op_outputs = [f"{op['name']}:{k}" for op, m in zip(again.ops, outputs_of) for k in range(m)]
+        view = GraphView(graph_def, resources)
+        table_of = {f: lk["table"] for lk in again.lookups
+                    for f in [re.sub(r"[^A-Za-z0-9_.-]", "_", lk["table"]) + ".tiemb"]}
         dense_gd, _ = backends.apply(report.dense["dense_backend"], dense_part(new_gd, again.ops), level)
         fetches = [t.name for t in frozen.outputs]
         emb_fused = _pruned(tf, new_gd, inputs, op_outputs, store, specs=specs)
-        placeholders = [f"{op['name']}/out_{k}:0" for op in again.ops for k in range(len(op["slots"]))]
+        placeholders = [f"{op['name']}/out_{k}:0" for op, m in zip(again.ops, outputs_of) for k in range(m)]
         dense = None
         for batch in batches:
             feeds = feeds_by_batch[batch]
@@ -229,14 +326,17 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
                                                for t in looked_up])
             dense_args = args + list(looked_up)
             progress(f"timing {name} batch {batch} level {level}: {runs} runs each, alternating")
-            # The embedding part as session runs: both fetch the same tensors.
+            # The embedding part as session runs: both end in one scalar reading every lookup.
             np_feeds = {t: feeds[n] for t, n in zip(inputs, arg_names)}
-            e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
-                                session_runner(tf, new_gd, np_feeds, op_outputs, store)], runs)
+            e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, ends_original),
+                                session_runner(tf, new_gd, np_feeds, ends_fused, store)], runs)
+            fused_profile = op_profile(tf, new_gd, np_feeds, ends_fused, store)
+            op_ms = fused_profile[2].get("TiembLookup", 0.0)
+            engine_ms = engine_time(tf, new_gd, np_feeds, store, view, table_of, level >= 1)
             profile = {}
             if profile_ops:
-                profile = {"original": op_profile(tf, graph_def, np_feeds, [f"{s}:0" for s in replaced]),
-                           "fused": op_profile(tf, new_gd, np_feeds, op_outputs, store)}
+                profile = {"original": op_profile(tf, graph_def, np_feeds, ends_original),
+                           "fused": fused_profile}
             w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
                                     lambda: dense(*dense_args)], runs)
             abs_d = rel_d = 0.0
@@ -246,7 +346,8 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
                                                     {k: v.numpy() for k, v in optimized(**t).items()})
                 abs_d, rel_d = max(abs_d, a), max(rel_d, r)
             rows.append(Row(name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
-                            e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile))
+                            e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile,
+                            op_ms, engine_ms, sum(outputs_of)))
     return rows
 
 
@@ -257,16 +358,17 @@ CACHE_HIT_CPU = "n/a (CPU: all resident)"
 def format_table(rows: Sequence[Row]) -> str:
     """The seed-style table plus our columns."""
     head = ("| model | batch | level | TF ms | tiemb ms | speedup | QPS TF | QPS tiemb | embedding TF ms | "
-            "embedding fused ms | embedding speedup | floor ms | tiemb / floor | max rel diff | fused | backend | "
-            "cache hit rate |")
+            "embedding fused ms | embedding speedup | op traced ms | engine ms | op / engine | floor ms | "
+            "tiemb / floor | max rel diff | fused | outputs | backend | cache hit rate |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.batch} | {r.level} | {r.whole_original.median_ms:.2f} | "
             f"{r.whole_optimized.median_ms:.2f} | {r.speedup:.2f}x | {r.qps_original:,.0f} | {r.qps_optimized:,.0f} | "
             f"{r.embedding_original.median_ms:.3f} | {r.embedding_fused.median_ms:.3f} | {r.embedding_speedup:.1f}x | "
+            f"{r.op_traced_ms:.3f} | {r.engine_ms:.3f} | {r.op_over_engine:.2f} | "
             f"{r.floor.median_ms:.2f} | {r.over_floor:.2f} | {r.max_rel_diff:.1e} | "
-            f"{r.lookups_fused}/{r.lookups_found} | {r.dense_backend} | {CACHE_HIT_CPU} |")
+            f"{r.lookups_fused}/{r.lookups_found} | {r.fused_outputs} | {r.dense_backend} | {CACHE_HIT_CPU} |")
     return "\n".join(lines)
 
 

@@ -276,7 +276,7 @@ def _const_node(name: str, value: np.ndarray):
 
 def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
                            half_tables: bool = False, resources=None, device: str = "cpu",
-                           slot_num: Optional[int] = None):
+                           slot_num: Optional[int] = None, fuse_outputs: bool = True):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
     table (Keras Embedding, tf.gather; dense_gather.py).
@@ -302,6 +302,9 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
         device: "cpu" pins the ops to the CPU kernel; "gpu" leaves them to
             TensorFlow's placement (the op's GPU kernel, on the GPU engine,
             which serves every slot form the CPU engine does).
+        fuse_outputs: where the model concatenates, stacks or sums lookup
+            outputs right away, the op writes one output laid out as the
+            result (output_fusion.py; listed in report.ops[i]["merged"]).
     """
     from tensorflow.core.framework import graph_pb2
     from .. import tf_ops
@@ -452,6 +455,10 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
         nd.input.extend(unique)
     del out.node[:]
     out.node.extend(kept + new_nodes)
+    if fuse_outputs:
+        from .output_fusion import fuse_lookup_outputs
+
+        out = fuse_lookup_outputs(out, report)
     return out, report
 
 
