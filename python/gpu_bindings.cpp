@@ -110,6 +110,7 @@ class py_gpu_engine {
     d["rows_host"] = s.rows_host;
     d["rows_file"] = s.rows_file;
     d["hit_rate"] = s.unique_ids > 0 ? static_cast<double>(s.hits) / static_cast<double>(s.unique_ids) : 0.0;
+    d["backing_reads"] = s.backing_reads;
     return d;
   }
 

@@ -64,6 +64,7 @@ struct table_stats {
   int64_t rows_file = 0;    ///< rows only in the backing file
   int64_t batches = 0;
   int64_t sync_inserts = 0;  ///< batches whose misses were inserted before returning
+  int64_t backing_reads = 0; ///< unique ids read from the backing file (not in GPU cache or host memory)
 };
 
 }  // namespace tiemb

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "../core/cache_hash.h"
+#include "../core/cache_sim.h"
 #include "cuda_check.h"
 #include "device_util.cuh"
 #include "gpu_types.h"
@@ -13,18 +15,6 @@ namespace {
 
 constexpr int kBlock = 256;
 constexpr int kWarpsPerBlock = kBlock / 32;
-
-__host__ __device__ inline uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-__host__ __device__ inline int64_t cache_set(int64_t id, int64_t sets) {
-  return static_cast<int64_t>(mix64(static_cast<uint64_t>(id)) % static_cast<uint64_t>(sets));
-}
 
 // Ids of every view into its table's hash set; an id's unique index is its
 // hash slot, so there is no counter to share and nothing to wait for.
@@ -117,11 +107,12 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   const int gl = lane % kProbeLanes;   // lane within the group
   const int leader = sub * kProbeLanes;
   // Counted per block first: one global atomic per block, not per id.
-  __shared__ unsigned long long block_unique, block_hits, block_host_hits;
+  __shared__ unsigned long long block_unique, block_hits, block_host_hits, block_backing;
   if (threadIdx.x == 0) {
     block_unique = 0;
     block_hits = 0;
     block_host_hits = 0;
+    block_backing = 0;
   }
   __syncthreads();
   const int64_t capacity = static_cast<int64_t>(c.hash_mask) + 1;
@@ -171,6 +162,7 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       warp_append(miss && gl == 0, &c.batch->misses, nullptr, 0, u, c.miss_list);
       const int64_t slot = (miss && t.host_index != nullptr) ? t.host_index[id] : id;
       const bool in_place = miss && c.zero_copy && slot >= 0;
+      if (miss && slot < 0 && gl == 0) atomicAdd(&block_backing, 1ULL);  // per-tier stats: only in the file
       if (in_place) {
         group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
         if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
@@ -183,6 +175,7 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     if (block_unique) atomicAdd(&c.batch->unique_ids, block_unique);
     if (block_hits) atomicAdd(&c.batch->hits, block_hits);
     if (block_host_hits) atomicAdd(&c.batch->host_hits, block_host_hits);
+    if (block_backing) atomicAdd(&c.batch->backing_reads, block_backing);
   }
 }
 
@@ -266,6 +259,7 @@ __global__ void insert_or_defer_kernel(const __grid_constant__ tiered_params p) 
     atomicAdd(&tot->host_hits, c.batch->host_hits);
     atomicAdd(&tot->file_reads, c.batch->host_reads);
     atomicAdd(&tot->batches, 1ULL);
+    atomicAdd(&tot->backing_reads, c.batch->backing_reads);
   }
   for (int64_t m = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; m < misses; m += warps) {
     const int32_t u = c.miss_list[m];
@@ -347,21 +341,14 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
   }
 
   // GPU cache, warm: the hottest rows, each in its own set while ways last.
+  // (warm_cache_keys is shared with the CPU simulator of `tiemb advise`.)
   const int64_t slots = sizes_.cache_sets * kCacheWays;
-  std::vector<int64_t> keys(static_cast<size_t>(slots), -1);
+  const std::vector<int64_t> keys = warm_cache_keys(sizes_.cache_sets, order);
   std::vector<uint32_t> stamps(static_cast<size_t>(slots), 0);
   std::vector<char> data(static_cast<size_t>(slots * rb), 0);
-  std::vector<int> used(static_cast<size_t>(sizes_.cache_sets), 0);
-  int64_t placed = 0;
-  for (int64_t id : order) {
-    if (placed == slots) break;
-    const int64_t set = cache_set(id, sizes_.cache_sets);
-    int& u = used[static_cast<size_t>(set)];
-    if (u == kCacheWays) continue;
-    const int64_t slot = set * kCacheWays + u++;
-    keys[static_cast<size_t>(slot)] = id;
-    std::memcpy(data.data() + slot * rb, src + id * rb, static_cast<size_t>(rb));
-    ++placed;
+  for (int64_t slot = 0; slot < slots; ++slot) {
+    const int64_t id = keys[static_cast<size_t>(slot)];
+    if (id >= 0) std::memcpy(data.data() + slot * rb, src + id * rb, static_cast<size_t>(rb));
   }
   keys_ = device_buffer(keys.size() * sizeof(int64_t));
   stamps_ = device_buffer(stamps.size() * sizeof(uint32_t));
@@ -424,6 +411,7 @@ table_stats gpu_table::stats() const {
   st.batches = static_cast<int64_t>(c.batches);
   st.inserted = static_cast<int64_t>(c.inserted);
   st.sync_inserts = static_cast<int64_t>(c.sync_inserts);
+  st.backing_reads = static_cast<int64_t>(c.backing_reads);
   return st;
 }
 

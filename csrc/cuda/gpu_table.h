@@ -44,6 +44,7 @@ struct counters {
   unsigned long long host_reads;  // batch: ids the host must fetch
   unsigned long long sync_inserts;
   unsigned long long batches;
+  unsigned long long backing_reads;  // unique ids only in the backing file (per-tier hit rates)
 };
 
 /// Non-owning, trivially copyable view of a tiered table for kernels.
