@@ -80,6 +80,23 @@ class TierConfig:
 RESIDENT = TierConfig(cache_percentage=1.0)
 
 
+def with_tier_rates(st: dict) -> dict:
+    """Adds gpu_hit_rate, host_hit_rate and backing_hit_rate to engine counters.
+
+    host_fetches counts every miss the host gathers (backing-file rows, and
+    host-tier rows in "copy" mode); backing_reads only the backing file's, so
+    the host tier's share is host_hits + host_fetches - backing_reads."""
+    st = dict(st)
+    if st.get("rows_file", 0) == 0 and st.get("rows_host", 0) == 0:  # resident
+        st.update(gpu_hit_rate=1.0, host_hit_rate=0.0, backing_hit_rate=0.0)
+        return st
+    u = st["unique_ids"]
+    host = st["host_hits"] + st["host_fetches"] - st["backing_reads"]
+    st.update(gpu_hit_rate=st["hits"] / u if u else 0.0, host_hit_rate=host / u if u else 0.0,
+              backing_hit_rate=st["backing_reads"] / u if u else 0.0)
+    return st
+
+
 def _default_stream() -> int:
     cupy = sys.modules.get("cupy")
     return cupy.cuda.get_current_stream().ptr if cupy is not None else 0
@@ -227,9 +244,13 @@ class GpuEmbeddingEngine:
 
     def stats(self, table: int) -> dict:
         """Counters of a table: lookups, unique_ids, hits, host_hits, host_fetches,
-        inserted, batches, sync_inserts, hit_rate, rows_gpu/rows_host/rows_file.
-        Waits for the GPU."""
-        return self._engine.stats(table)
+        backing_reads, inserted, batches, sync_inserts, hit_rate,
+        rows_gpu/rows_host/rows_file, and the share of unique ids (per batch,
+        summed) each tier served: gpu_hit_rate (= hit_rate), host_hit_rate
+        (pinned host memory, read in place or copied), backing_hit_rate (the
+        backing file). A resident table serves every id from the GPU
+        (gpu_hit_rate 1). Waits for the GPU."""
+        return with_tier_rates(self._engine.stats(table))
 
     def group(self, slots: Sequence[Slot]) -> "GpuLookupGroup":
         return GpuLookupGroup(self, slots)
