@@ -13,8 +13,9 @@ name in the store, with or without its extension):
 * ``K/TABLE`` (``K`` = 0, 1, ...): batch ``K`` of ``TABLE``, any shape.
 
 For a model, the keys are the model's input names (``INPUT`` for one batch,
-``K/INPUT`` for batch ``K``), i.e. the same feed dicts as ``optimize()``'s
-``test_data``; the model's own graph turns them into ids per table.
+``K/INPUT`` for batch ``K``; any dtype and shape), i.e. the same feed dicts
+as ``optimize()``'s ``test_data``; the model's own graph turns them into ids
+per table.
 
 Ids must lie in [0, rows) of their table; -1 marks padding and is skipped.
 
@@ -63,12 +64,14 @@ class TableInfo:
 
 # ----------------------------------------------------------------- traffic
 
-def load_traffic(path: str, batch_ids: int = 4096) -> Dict[str, List[np.ndarray]]:
+def load_traffic(path: str, batch_ids: int = 4096, feeds: bool = False) -> Dict[str, List[np.ndarray]]:
     """name -> list of 1-D int64 batches, from a traffic ``.npz`` (layout in the module docstring).
 
     Args:
         path: the ``.npz`` file.
         batch_ids: batch length for 1-D arrays given whole.
+        feeds: model inputs instead of ids: any dtype and shape kept, an
+            array given whole is one batch.
     """
     if not os.path.isfile(path):
         raise AdviseError(f"traffic file {path} does not exist")
@@ -83,7 +86,7 @@ def load_traffic(path: str, batch_ids: int = 4096) -> Dict[str, List[np.ndarray]
         whole: Dict[str, np.ndarray] = {}
         for key in data.files:
             arr = data[key]
-            if not np.issubdtype(arr.dtype, np.integer):
+            if not feeds and not np.issubdtype(arr.dtype, np.integer):
                 raise AdviseError(f"traffic file {path}: array '{key}' must hold integer ids, got {arr.dtype}")
             m = _BATCH_KEY.match(key)
             if m:
@@ -94,13 +97,16 @@ def load_traffic(path: str, batch_ids: int = 4096) -> Dict[str, List[np.ndarray]
     for name, arr in whole.items():
         if name in per:
             raise AdviseError(f"traffic file {path}: '{name}' is given both whole and as numbered batches")
-        if arr.ndim == 2:
+        if feeds:
+            out[name] = [arr]
+        elif arr.ndim == 2:
             out[name] = [np.ascontiguousarray(r, dtype=np.int64) for r in arr]
         else:
             flat = arr.astype(np.int64).ravel()
             out[name] = [flat[i:i + batch_ids] for i in range(0, flat.size, batch_ids)]
     for name, batches in per.items():
-        out[name] = [np.ascontiguousarray(batches[k], dtype=np.int64).ravel() for k in sorted(batches)]
+        out[name] = [batches[k] if feeds else np.ascontiguousarray(batches[k], dtype=np.int64).ravel()
+                     for k in sorted(batches)]
     for name, batches in out.items():
         if not batches or sum(b.size for b in batches) == 0:
             raise AdviseError(f"traffic file {path}: '{name}' holds no ids")
@@ -329,7 +335,7 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
                                           resources=model.resources)
         if not found.lookups:
             raise AdviseError(f"{model_or_store}: no embedding lookups found, nothing to advise")
-        raw = load_traffic(traffic_path, batch_ids or 4096)
+        raw = load_traffic(traffic_path, batch_ids or 4096, feeds=True)
         missing = sorted(set(model.inputs) - set(raw))
         if missing:
             raise AdviseError(f"{traffic_path}: model inputs {missing} are missing (the model's inputs are "
