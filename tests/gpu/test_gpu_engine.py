@@ -169,6 +169,15 @@ def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype,
                 assert st["host_fetches"] == 0
             if cpu < 1.0 or host_read == "copy":
                 assert st["host_fetches"] > 0
+            # Per-tier shares (issue 15): backing_reads counts only rows outside host memory.
+            assert st["gpu_hit_rate"] + st["host_hit_rate"] + st["backing_hit_rate"] == pytest.approx(1.0)
+            assert st["gpu_hit_rate"] == st["hit_rate"]
+            if cpu == 1.0:
+                assert st["backing_reads"] == 0
+            else:
+                assert 0 < st["backing_reads"] <= st["host_fetches"]
+                if host_read == "zero_copy":
+                    assert st["backing_reads"] == st["host_fetches"]
 
 
 def test_hit_rate_extremes(seed):
