@@ -33,10 +33,7 @@ def powerlaw(rows, alpha, seed=1):
 
 def steady(table, batches, pct, policy):
     """Hit rate of the second half of the batches (the first half warms the cache)."""
-    half = len(batches) // 2
-    warm = simulate(table, batches[:half], pct, policy=policy)
-    full = simulate(table, batches, pct, policy=policy)
-    return (full["hits"] - warm["hits"]) / (full["unique_ids"] - warm["unique_ids"])
+    return simulate(table, batches, pct, policy=policy, warmup=len(batches) // 2)["hit_rate"]
 
 
 def main():

@@ -72,7 +72,7 @@ void bind_cache_sim(py::module_& m) {
       .def_property_readonly("cache_sets", [](const cache_simulator& s) { return s.sizes().cache_sets; });
   m.def("simulate_cache", [](int64_t rows, double cache_percentage, double cpu_cache_percentage,
                              const py::object& profile, const id_array& ids, const id_array& offsets,
-                             const std::string& policy) {
+                             const std::string& policy, int64_t warmup) {
     auto sim = new_simulator(rows, cache_percentage, cpu_cache_percentage, profile, policy);
     const int64_t* o = offsets.data();
     const int64_t nb = offsets.size() - 1;
@@ -80,14 +80,31 @@ void bind_cache_sim(py::module_& m) {
       TIEMB_EXPECT(o[b] >= 0 && o[b] <= o[b + 1] && o[b + 1] <= ids.size(), "batch offsets must rise within the ",
                    ids.size(), " ids, got offsets[", b, ":", b + 2, "] = ", o[b], ", ", o[b + 1]);
     }
+    TIEMB_EXPECT(warmup >= 0 && warmup < std::max<int64_t>(nb, 1), "warmup must be in [0, ", nb,
+                 ") batches, got ", warmup);
+    cache_sim_counts warm;
     {
       py::gil_scoped_release release;
-      for (int64_t b = 0; b < nb; ++b) sim->batch(ids.data() + o[b], o[b + 1] - o[b]);
+      for (int64_t b = 0; b < nb; ++b) {
+        if (b == warmup) warm = sim->counts();
+        sim->batch(ids.data() + o[b], o[b + 1] - o[b]);
+      }
     }
-    return sim_counts(sim->counts());
+    // Counted after the warm-up batches only.
+    cache_sim_counts c = sim->counts();
+    c.batches -= warm.batches;
+    c.lookups -= warm.lookups;
+    c.unique_ids -= warm.unique_ids;
+    c.hits -= warm.hits;
+    c.host_hits -= warm.host_hits;
+    c.backing_reads -= warm.backing_reads;
+    c.inserted -= warm.inserted;
+    c.rejected -= warm.rejected;
+    return sim_counts(c);
   }, py::arg("rows"), py::arg("cache_percentage"), py::arg("cpu_cache_percentage"), py::arg("profile_ids"),
-     py::arg("ids"), py::arg("offsets"), py::arg("policy") = "lru",
-     "Counters of the GPU cache simulated over batches ids[offsets[b]:offsets[b+1]].");
+     py::arg("ids"), py::arg("offsets"), py::arg("policy") = "lru", py::arg("warmup") = 0,
+     "Counters of the GPU cache simulated over batches ids[offsets[b]:offsets[b+1]], counted after the first "
+     "`warmup` batches.");
 }
 
 class py_cpu_engine {

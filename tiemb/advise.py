@@ -130,7 +130,7 @@ def _checked(table: TableInfo, batches: Sequence[np.ndarray], source: str) -> Li
 # ----------------------------------------------------------------- simulation
 
 def simulate(table: TableInfo, batches: Sequence[np.ndarray], cache_percentage: float,
-             cpu_cache_percentage: float = 1.0, profile_ids=None, policy: str = "lru") -> dict:
+             cpu_cache_percentage: float = 1.0, profile_ids=None, policy: str = "lru", warmup: int = 0) -> dict:
     """Counters of the GPU cache of ``table`` over ``batches`` (see ``_C.simulate_cache``)
     plus ``hit_rate`` (GPU cache), ``host_hit_rate`` and ``backing_hit_rate``
     (shares of unique ids per batch served by each tier).
@@ -140,6 +140,7 @@ def simulate(table: TableInfo, batches: Sequence[np.ndarray], cache_percentage: 
         profile_ids: ids whose frequencies pick the warm rows (``add_table``'s
             ``profile_ids``); None: the first rows, as a table store's engine does.
         policy: ``"lru"`` (the engine's), or ``"lfu"`` / ``"lru_admit"`` to compare.
+        warmup: batches run before counting starts (the cache's steady state).
     """
     batches = [np.asarray(b, dtype=np.int64).ravel() for b in batches]
     ids = np.concatenate(batches) if batches else np.zeros(0, np.int64)
@@ -147,7 +148,7 @@ def simulate(table: TableInfo, batches: Sequence[np.ndarray], cache_percentage: 
     np.cumsum([np.asarray(b).size for b in batches], out=offsets[1:])
     prof = None if profile_ids is None else np.ascontiguousarray(profile_ids, dtype=np.int64).ravel()
     c = _C.simulate_cache(int(table.rows), float(cache_percentage), float(cpu_cache_percentage), prof, ids,
-                          offsets, policy)
+                          offsets, policy, int(warmup))
     u = max(c["unique_ids"], 1)
     c["hit_rate"] = c["hits"] / u
     c["host_hit_rate"] = c["host_hits"] / u
@@ -180,11 +181,13 @@ def gpu_bytes(table: TableInfo, cache_percentage: float, cpu_cache_percentage: f
 
 def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rate: float = 0.95,
                  cpu_cache_percentage: float = 1.0, profile_ids=None, max_ids: int = 4096,
-                 grid: Sequence[float] = GRID, source: str = "traffic") -> dict:
+                 grid: Sequence[float] = GRID, source: str = "traffic", warmup: Optional[int] = None) -> dict:
     """The advice for one table: ``curve`` (per ``cache_percentage`` of ``grid``:
     the simulated hit rates per tier and the GPU bytes) and ``recommended``
     (the smallest ``cache_percentage`` whose GPU hit rate reaches
-    ``target_hit_rate``, refined between grid points; 1.0 = resident).
+    ``target_hit_rate``, refined between grid points; 1.0 = resident, also
+    when that setting would take no less GPU memory than the whole table,
+    with ``note`` saying so).
 
     Args:
         target_hit_rate: in (0, 1].
@@ -192,13 +195,18 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
         profile_ids: warm-start profile (see :func:`simulate`).
         max_ids: ids per call, for the staging size.
         source: names the traffic in error messages.
+        warmup: batches that warm the cache before hits are counted; None:
+            the first half (a server runs warm; a cold cache's first misses
+            would understate its hit rate).
     """
     if not 0.0 < target_hit_rate <= 1.0:
         raise AdviseError(f"target_hit_rate must be in (0, 1], got {target_hit_rate}")
     batches = _checked(table, batches, source)
+    if warmup is None:
+        warmup = len(batches) // 2
     curve = []
     for p in grid:
-        c = simulate(table, batches, p, cpu_cache_percentage, profile_ids)
+        c = simulate(table, batches, p, cpu_cache_percentage, profile_ids, warmup=warmup)
         curve.append({"cache_percentage": p, "hit_rate": c["hit_rate"], "host_hit_rate": c["host_hit_rate"],
                       "backing_hit_rate": c["backing_hit_rate"],
                       "gpu_bytes": gpu_bytes(table, p, cpu_cache_percentage, max_ids)["total"]})
@@ -212,7 +220,7 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
         mid = (lo + hi) / 2
         if mid <= 0 or hi - lo < 1.0 / max(table.rows, 1):
             break
-        c = simulate(table, batches, mid, cpu_cache_percentage, profile_ids)
+        c = simulate(table, batches, mid, cpu_cache_percentage, profile_ids, warmup=warmup)
         if c["hit_rate"] >= target_hit_rate:
             hi = mid
             best = {"cache_percentage": mid, "hit_rate": c["hit_rate"], "host_hit_rate": c["host_hit_rate"],
@@ -220,21 +228,17 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
                     "gpu_bytes": gpu_bytes(table, mid, cpu_cache_percentage, max_ids)["total"]}
         else:
             lo = mid
-    return {"table": table.name, "rows": table.rows, "dim": table.dim, "dtype": table.dtype,
-            "batches": len(batches), "ids": int(sum(b.size for b in batches)), "target_hit_rate": target_hit_rate,
+    note = None
+    if best["cache_percentage"] < 1.0 and best["gpu_bytes"] >= table.rows * table.row_bytes:
+        # The cache's keys, stamps and per-call staging cost more than the rows it saves.
+        note = (f"cache_percentage {best['cache_percentage']:.4f} would take {best['gpu_bytes']} bytes of GPU memory, "
+                f"no less than the whole table ({table.rows * table.row_bytes}): keep it resident")
+        best = curve[-1]
+    return {"table": table.name, "rows": table.rows, "dim": table.dim, "dtype": table.dtype, "note": note,
+            "batches": len(batches), "warmup_batches": warmup, "ids": int(sum(b.size for b in batches)),
+            "target_hit_rate": target_hit_rate,
             "curve": curve, "recommended": best,
             "resident_bytes": table.rows * table.row_bytes}
-
-
-def expected_hit_rates(tables: Sequence[TableInfo], traffic: Dict[str, List[np.ndarray]], cache_percentage: float,
-                       cpu_cache_percentage: float = 1.0, source: str = "traffic") -> Dict[str, dict]:
-    """table name -> simulated hit rates per tier at one setting (for reports)."""
-    out = {}
-    for t in tables:
-        if t.name in traffic:
-            c = simulate(t, _checked(t, traffic[t.name], source), cache_percentage, cpu_cache_percentage)
-            out[t.name] = {k: c[k] for k in ("hit_rate", "host_hit_rate", "backing_hit_rate")}
-    return out
 
 
 # ----------------------------------------------------------------- stores and models
@@ -366,8 +370,9 @@ def format_table(report: dict) -> str:
              f"(target GPU hit rate {report['target_hit_rate']:.1%}, {report['policy']})"]
     for t in report["tables"]:
         lines.append("")
-        lines.append(f"table {t['table']}: {t['rows']} rows x {t['dim']} {t['dtype']}, {t['batches']} batches, "
-                     f"{t['ids']} ids; resident {_mib(t['resident_bytes'])} MiB")
+        lines.append(f"table {t['table']}: {t['rows']} rows x {t['dim']} {t['dtype']}, {t['batches']} batches "
+                     f"(hits counted after the first {t['warmup_batches']}), {t['ids']} ids; "
+                     f"resident {_mib(t['resident_bytes'])} MiB")
         lines.append(f"  {'cache_%':>8} {'gpu hit':>8} {'host hit':>9} {'backing':>8} {'GPU MiB':>9}")
         for pt in t["curve"]:
             lines.append(f"  {pt['cache_percentage']:>8.3f} {pt['hit_rate']:>8.1%} {pt['host_hit_rate']:>9.1%} "
@@ -377,6 +382,8 @@ def format_table(report: dict) -> str:
         lines.append(f"  recommended cache_percentage {r['cache_percentage']:.4f}: hit rate {r['hit_rate']:.1%}, "
                      f"{_mib(r['gpu_bytes'])} MiB of GPU memory"
                      + ("" if reached else " (target not reached below resident)"))
+        if t.get("note"):
+            lines.append(f"  ({t['note']})")
     return "\n".join(lines)
 
 

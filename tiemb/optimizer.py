@@ -402,15 +402,16 @@ def _cache_report(model: _Model, lookups: List[dict], batches, params: dict, dev
         except advise.AdviseError as e:  # the model ran on these ids, so this is ours to report, not to raise
             sim[t.name] = {"error": str(e)}
             continue
-        at = advise.simulate(t, traffic[t.name], pct, cpu)
+        at = advise.simulate(t, traffic[t.name], pct, cpu, warmup=a["warmup_batches"])
         sim[t.name] = {"expected_hit_rate": at["hit_rate"], "host_hit_rate": at["host_hit_rate"],
                        "backing_hit_rate": at["backing_hit_rate"],
                        "recommended_cache_percentage": a["recommended"]["cache_percentage"],
                        "recommended_hit_rate": a["recommended"]["hit_rate"],
-                       "recommended_gpu_bytes": a["recommended"]["gpu_bytes"]}
+                       "recommended_gpu_bytes": a["recommended"]["gpu_bytes"], "note": a["note"]}
     out["simulated"] = {"tables": sim, "target_hit_rate": 0.95, "batches": len(batches),
                         "method": "tiemb advise: the GPU engine's cache policy simulated on the CPU over the test "
-                                  "data, cold start (a few batches understate a warm server's hit rate)"}
+                                  "data, hits counted after the first half of the batches (few batches understate a "
+                                  "warm server's hit rate)"}
     return out
 
 

@@ -33,6 +33,7 @@ def test_curve_and_recommendation(tmp_path, seed):
     rep = advise.advise(store, str(tmp_path / "t.npz"), target_hit_rate=0.8)
     by = {t["table"]: t for t in rep["tables"]}
     assert set(by) == {"users.tbl", "items.tbl"} and by["users.tbl"]["batches"] == 30
+    assert by["users.tbl"]["warmup_batches"] == 15
     for t in by.values():
         rates = [p["hit_rate"] for p in t["curve"]]
         assert rates[-1] == 1.0                              # resident
@@ -44,7 +45,7 @@ def test_curve_and_recommendation(tmp_path, seed):
         assert rec["cache_percentage"] <= first["cache_percentage"]
         # Each point is the simulator at that setting.
         again = advise.simulate(advise.TableInfo(t["table"], t["rows"], t["dim"]),
-                                users if t["table"] == "users.tbl" else items, rec["cache_percentage"])
+                                users if t["table"] == "users.tbl" else items, rec["cache_percentage"], warmup=15)
         assert again["hit_rate"] == rec["hit_rate"]
     # Memory: cache rows + keys/stamps + set locks, and staging from max_batch * max_nnz = 256 ids.
     t = advise.TableInfo("users", 20_000, 16)
@@ -94,3 +95,13 @@ def test_missing_and_unreadable_files(tmp_path, capsys):
     np.savez(tmp_path / "ok.npz", t=np.array([[1]]))
     assert cli.main(["advise", store, "--traffic", str(tmp_path / "ok.npz"), "--target-hit-rate", "1.5"]) == 1
     assert "target_hit_rate must be in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_resident_when_the_cache_costs_more_than_the_table(tmp_path, seed):
+    # 2000 rows x 4 floats = 32 kB; the staging for 256 ids per call alone is larger.
+    rng = np.random.default_rng(seed)
+    t = advise.TableInfo("small", 2000, 4)
+    batches = zipf_batches(rng, 2000, 10, 256)
+    rep = advise.advise_table(t, batches, target_hit_rate=0.5, max_ids=256)
+    assert rep["recommended"]["cache_percentage"] == 1.0
+    assert "keep it resident" in rep["note"] and "no less than the whole table (32000)" in rep["note"]

@@ -135,3 +135,18 @@ def test_simulate_cache_equals_stepping():
         s.batch(b)
     offsets = np.concatenate([[0], np.cumsum([b.size for b in batches])])
     assert _C.simulate_cache(5000, 0.05, 1.0, None, np.concatenate(batches), offsets) == s.counts
+
+
+def test_warmup_batches_are_not_counted():
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 3000, 200) for _ in range(10)]
+    ids, offsets = np.concatenate(batches), np.arange(0, 2001, 200)
+    full = _C.simulate_cache(3000, 0.1, 1.0, None, ids, offsets)
+    after = _C.simulate_cache(3000, 0.1, 1.0, None, ids, offsets, warmup=4)
+    s = _C.CacheSimulator(3000, 0.1)
+    for b in batches[:4]:
+        s.batch(b)
+    warm = dict(s.counts)
+    assert all(after[k] == full[k] - warm[k] for k in full)
+    with pytest.raises(ValueError, match=r"warmup must be in \[0, 10\) batches, got 10"):
+        _C.simulate_cache(3000, 0.1, 1.0, None, ids, offsets, warmup=10)

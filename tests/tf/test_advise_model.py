@@ -31,7 +31,8 @@ def test_model_traffic_per_table(wide_deep, tmp_path, seed, capsys):
     # what the simulator sees (checked by simulating them directly).
     t = next(t for t in tables.values() if t["rows"] == 5000)
     col = VOCAB.index(5000)
-    direct = advise.simulate(advise.TableInfo(t["table"], 5000, t["dim"]), [b["cat"][:, col] for b in batches], 0.2)
+    direct = advise.simulate(advise.TableInfo(t["table"], 5000, t["dim"]), [b["cat"][:, col] for b in batches], 0.2,
+                             warmup=3)
     at = next(p for p in t["curve"] if p["cache_percentage"] == 0.2)
     assert at["hit_rate"] == direct["hit_rate"] and t["ids"] == 6 * 64
     assert cli.main(["advise", path, "--traffic", str(tmp_path / "t.npz")]) == 0

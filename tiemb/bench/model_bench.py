@@ -292,7 +292,8 @@ def simulated_hit_rate(tf, graph_def, inputs, arg_names, specs, lookups, spec, b
                        missing: float = 0.0, cache_percentage: float = None) -> float:
     """The GPU cache hit rate ``tiemb advise`` expects at the config's
     cache_percentage on this bench's traffic (SIM_BATCHES fresh batches of
-    ``batch``; all tables together: hits / unique ids), simulated on the CPU."""
+    ``batch``, hits counted over the second half; all tables together: hits /
+    unique ids), simulated on the CPU."""
     from ..advise import TableInfo, simulate
     from ..config import PARAMETERS
 
@@ -318,7 +319,7 @@ def simulated_hit_rate(tf, graph_def, inputs, arg_names, specs, lookups, spec, b
     rows = {lk["table"]: (int(lk["rows"]), int(lk["dim"])) for lk in lookups}
     hits = unique = 0
     for t, batches_of in per.items():
-        c = simulate(TableInfo(t, *rows[t]), batches_of, cache_percentage)
+        c = simulate(TableInfo(t, *rows[t]), batches_of, cache_percentage, warmup=SIM_BATCHES // 2)
         hits, unique = hits + c["hits"], unique + c["unique_ids"]
     return hits / unique if unique else float("nan")
 
