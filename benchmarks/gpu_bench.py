@@ -14,6 +14,7 @@ device-to-device copy measured in the same run.
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -202,6 +203,9 @@ def resident_case(name, layer, copy_bw, have_torch):
     return row
 
 
+INLINE = "tiered 0.2, zero-copy read inside the probe (before issue 15)"
+
+
 def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
     rng = np.random.default_rng(7)
     pool = [[cp.asarray(zipf_ids(rng, layer.vocab, layer.batch * layer.nnz, 1.1)) for _ in range(layer.slots)]
@@ -210,9 +214,13 @@ def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
     sim_rate = None
     for label, tiers in [("resident", None),
                          ("tiered 0.2, zero-copy", tiemb.TierConfig(0.2, host_read="zero_copy")),
+                         (INLINE, tiemb.TierConfig(0.2, host_read="zero_copy")),
                          ("tiered 0.2, batched copy", tiemb.TierConfig(0.2, host_read="copy"))]:
         e = tiemb.GpuEmbeddingEngine(layer.batch, layer.slots, layer.nnz)
+        # The earlier path (zero-copy reads inside the probe) is picked when the group is built.
+        os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if label == INLINE else "0"
         g = e.group([tiemb.Slot(e.add_table(t, tiers), layer.combiner) for t in layer.tables])
+        os.environ.pop("TIEMB_TIERED_INLINE_HOST_READS")
         preps = [g.prepare(ids, segment_ids=layer.segs) for ids in pool]
         for p in preps[:batches // 2]:  # reach the steady state
             p.run()

@@ -101,8 +101,11 @@ def main():
           f"setup {time.time() - t0:.0f} s", flush=True)
     results = {"gpu": gpu, "rows": rows, "table_gb": rows * DIM * 4 / 1e9, "h2d_gbs": h2d, "nve": NVE, "runs": {}}
     results["runs"]["resident"] = run(table, None, batches)
-    for mode in os.environ.get("TIEMB_NVE_MODES", "zero_copy,copy").split(","):
-        r = run(table, tiemb.TierConfig(CACHE, host_read=mode), batches, profile)
+    # zero_copy_inline: zero-copy reads inside the probe, the path before issue 15.
+    for mode in os.environ.get("TIEMB_NVE_MODES", "zero_copy,zero_copy_inline").split(","):
+        os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if mode == "zero_copy_inline" else "0"
+        r = run(table, tiemb.TierConfig(CACHE, host_read=mode.replace("_inline", "")), batches, profile)
+        os.environ.pop("TIEMB_TIERED_INLINE_HOST_READS")
         r["floor_us"] = results["runs"]["resident"]["us"] + r["missed_bytes"] / (h2d * 1e9) * 1e6
         r["over_floor"] = r["us"] / r["floor_us"]
         results["runs"][f"tiered {CACHE:.0%}, {mode}"] = r

@@ -1,6 +1,7 @@
 #include "gpu_table.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "../core/cache_hash.h"
@@ -164,7 +165,8 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       const bool in_place = miss && c.zero_copy && slot >= 0;
       if (miss && slot < 0 && gl == 0) atomicAdd(&block_backing, 1ULL);  // per-tier stats: only in the file
       if (in_place) {
-        group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+        // Deferred: host_read_kernel reads these rows after the probe.
+        if (!c.defer_host_reads) group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
         if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
       }
       warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
@@ -176,6 +178,30 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     if (block_hits) atomicAdd(&c.batch->hits, block_hits);
     if (block_host_hits) atomicAdd(&c.batch->host_hits, block_host_hits);
     if (block_backing) atomicAdd(&c.batch->backing_reads, block_backing);
+  }
+}
+
+// blockIdx.y = table. The misses held in pinned host memory, read in place
+// (zero-copy) into their staging slots after the probe: rows that are only
+// independent loads, many in flight per SM, where inside the probe each read
+// waited behind that id's dependent cache loads and fence. Rows outside host
+// memory (slot -1) are left to the host fetch (scatter_rows_kernel), so every
+// staging slot is written by exactly one kernel.
+__global__ void host_read_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
+  if (!c.zero_copy || !c.defer_host_reads) return;
+  const tiered_ref& t = c.t;
+  const int gl = (threadIdx.x & 31) % kProbeLanes;
+  const int64_t groups = static_cast<int64_t>(gridDim.x) * (blockDim.x / kProbeLanes);
+  const auto n = static_cast<int64_t>(c.batch->misses);
+  for (int64_t m = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kProbeLanes; m < n;
+       m += groups) {
+    const int64_t u = c.miss_list[m];
+    const auto id = static_cast<int64_t>(c.hash_keys[u]);
+    const int64_t slot = t.host_index != nullptr ? t.host_index[id] : id;
+    if (slot >= 0) {
+      group_copy_row(c.staging + u * t.row_bytes, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+    }
   }
 }
 
@@ -460,6 +486,10 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     batch_no_.push_back(0);
   }
   fetch_counts_.assign(n, 0);
+  // TIEMB_TIERED_INLINE_HOST_READS=1 keeps the earlier path (zero-copy reads
+  // inside the probe), so benchmarks can compare both in one run.
+  const char* inline_reads = std::getenv("TIEMB_TIERED_INLINE_HOST_READS");
+  defer_host_reads_ = inline_reads == nullptr || std::string(inline_reads) != "1";
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&fetch_done_, cudaEventDisableTiming));
   for (int p = 0; p < 2; ++p) {
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&main_done_[p], cudaEventDisableTiming));
@@ -512,6 +542,7 @@ tiered_params tiered_batch::params(int parity) {
     c.threshold = tables_[u]->tiers().hit_rate_threshold;
     c.batch_no = batch_no_[u];
     c.zero_copy = tables_[u]->tiers().host_zero_copy;
+    c.defer_host_reads = defer_host_reads_;
   }
   return p;
 }
@@ -541,6 +572,14 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
                   static_cast<unsigned>(num_tables()));
   probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());
+  if (defer_host_reads_) {
+    // kProbeLanes lanes per row: 32 / kProbeLanes rows per warp.
+    const int64_t warps = (max_misses_ * kProbeLanes + 31) / 32;
+    const dim3 reads(static_cast<unsigned>(table_grid(warps, num_sms_, num_tables(), 8)),
+                     static_cast<unsigned>(num_tables()));
+    host_read_kernel<<<reads, kBlock, 0, stream>>>(staged_);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
   bool any_host = false;
   for (auto* t : tables_) any_host = any_host || t->host_fetch();
   if (any_host) fetch_on_host(stream);

@@ -126,6 +126,7 @@ struct tiered_call {
   double threshold;
   uint32_t batch_no;
   bool zero_copy;
+  bool defer_host_reads;  // zero-copy rows read by host_read_kernel after the probe, not inside it
 };
 
 /// The ids of one slot over a tiered table.
@@ -208,6 +209,7 @@ class tiered_batch {
   bool side_used_[2] = {false, false};
   int parity_ = 0;
   tiered_params staged_{};
+  bool defer_host_reads_ = true;  // see host_read_kernel; TIEMB_TIERED_INLINE_HOST_READS=1 turns it off
 };
 
 }  // namespace gpu
