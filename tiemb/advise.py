@@ -181,7 +181,8 @@ def gpu_bytes(table: TableInfo, cache_percentage: float, cpu_cache_percentage: f
 
 def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rate: float = 0.95,
                  cpu_cache_percentage: float = 1.0, profile_ids=None, max_ids: int = 4096,
-                 grid: Sequence[float] = GRID, source: str = "traffic", warmup: Optional[int] = None) -> dict:
+                 grid: Sequence[float] = GRID, source: str = "traffic", warmup: Optional[int] = None,
+                 configured: Optional[float] = None) -> dict:
     """The advice for one table: ``curve`` (per ``cache_percentage`` of ``grid``:
     the simulated hit rates per tier and the GPU bytes) and ``recommended``
     (the smallest ``cache_percentage`` whose GPU hit rate reaches
@@ -198,6 +199,8 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
         warmup: batches that warm the cache before hits are counted; None:
             the first half (a server runs warm; a cold cache's first misses
             would understate its hit rate).
+        configured: a cache_percentage in use (the store's or the default);
+            its simulated point is returned as ``configured``.
     """
     if not 0.0 < target_hit_rate <= 1.0:
         raise AdviseError(f"target_hit_rate must be in (0, 1], got {target_hit_rate}")
@@ -228,6 +231,12 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
                     "gpu_bytes": gpu_bytes(table, mid, cpu_cache_percentage, max_ids)["total"]}
         else:
             lo = mid
+    at = None
+    if configured is not None:
+        c = simulate(table, batches, configured, cpu_cache_percentage, profile_ids, warmup=warmup)
+        at = {"cache_percentage": configured, "hit_rate": c["hit_rate"], "host_hit_rate": c["host_hit_rate"],
+              "backing_hit_rate": c["backing_hit_rate"],
+              "gpu_bytes": gpu_bytes(table, configured, cpu_cache_percentage, max_ids)["total"]}
     note = None
     if best["cache_percentage"] < 1.0 and best["gpu_bytes"] >= table.rows * table.row_bytes:
         # The cache's keys, stamps and per-call staging cost more than the rows it saves.
@@ -237,7 +246,7 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
     return {"table": table.name, "rows": table.rows, "dim": table.dim, "dtype": table.dtype, "note": note,
             "batches": len(batches), "warmup_batches": warmup, "ids": int(sum(b.size for b in batches)),
             "target_hit_rate": target_hit_rate,
-            "curve": curve, "recommended": best,
+            "curve": curve, "recommended": best, "configured": at,
             "resident_bytes": table.rows * table.row_bytes}
 
 
@@ -330,6 +339,7 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
         traffic = _match(tables, load_traffic(traffic_path, batch_ids or max_ids), traffic_path)
         cpu = cpu_cache_percentage if cpu_cache_percentage is not None else \
             float(cfg.get("tiemb/cpu_cache_percentage", PARAMETERS["tiemb/cpu_cache_percentage"][1]))
+        configured = float(cfg.get("tiemb/cache_percentage", PARAMETERS["tiemb/cache_percentage"][1]))
     else:
         from .optimizer import _kind, _load
         from .rewrite.sparse_lookup import rewrite_sparse_lookups
@@ -348,11 +358,12 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
         tables, traffic = model_traffic(model, found.lookups, feeds)
         max_ids = max(sum(b.size for b in v[:1]) for v in traffic.values())
         cpu = 1.0 if cpu_cache_percentage is None else cpu_cache_percentage
+        configured = PARAMETERS["tiemb/cache_percentage"][1]
     out = []
     for t in tables:
         if t.name in traffic:
             out.append(advise_table(t, traffic[t.name], target_hit_rate, cpu, max_ids=max_ids,
-                                    source=traffic_path))
+                                    source=traffic_path, configured=configured))
     return {"source": os.fspath(model_or_store), "traffic": os.fspath(traffic_path),
             "target_hit_rate": target_hit_rate, "cpu_cache_percentage": cpu, "max_ids_per_call": max_ids,
             "policy": "lru (the engine's), simulated on the CPU", "tables": out}
@@ -377,6 +388,10 @@ def format_table(report: dict) -> str:
         for pt in t["curve"]:
             lines.append(f"  {pt['cache_percentage']:>8.3f} {pt['hit_rate']:>8.1%} {pt['host_hit_rate']:>9.1%} "
                          f"{pt['backing_hit_rate']:>8.1%} {_mib(pt['gpu_bytes']):>9}")
+        if t.get("configured"):
+            c = t["configured"]
+            lines.append(f"  configured cache_percentage {c['cache_percentage']:.4f}: hit rate {c['hit_rate']:.1%}, "
+                         f"{_mib(c['gpu_bytes'])} MiB of GPU memory")
         r = t["recommended"]
         reached = r["hit_rate"] >= t["target_hit_rate"]
         lines.append(f"  recommended cache_percentage {r['cache_percentage']:.4f}: hit rate {r['hit_rate']:.1%}, "
