@@ -119,7 +119,8 @@ def main():
         print(f"| {name} | {r['us']:.0f} | {r['keys_per_s'] / 1e6:.0f} | {r['gbs']:.0f} | {hr} | "
               f"{r.get('missed_bytes', 0) / 1e6:.1f} | {r.get('floor_us', float('nan')):.0f} | "
               f"{r.get('over_floor', float('nan')):.2f}x |")
-    print(f"| NVE published, {NVE['hardware']} | - | {NVE['keys_per_s'] / 1e6:.0f} | {NVE['gbs']:.0f} | - | - | - | - |")
+    print(f"| NVE published, {NVE['hardware']} | - | {NVE['keys_per_s'] / 1e6:.0f} | {NVE['gbs']:.0f} "
+          "| - | - | - | - |")
     print(f"(total {time.time() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:

@@ -31,7 +31,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -252,7 +252,7 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
 
 # ----------------------------------------------------------------- stores and models
 
-def store_tables(store: str) -> (List[TableInfo], dict):
+def store_tables(store: str) -> Tuple[List[TableInfo], dict]:
     """The tables of a table store and its tiemb_config.json values (empty without one)."""
     manifest = _C.read_store_manifest(store)
     tables = []
@@ -287,7 +287,7 @@ def _match(tables: Sequence[TableInfo], traffic: Dict[str, list], source: str) -
 
 
 def model_traffic(model, lookups: List[dict], batches: Sequence[Dict[str, np.ndarray]]) -> \
-        (List[TableInfo], Dict[str, List[np.ndarray]]):
+        Tuple[List[TableInfo], Dict[str, List[np.ndarray]]]:
     """Tables of a model's lookups and their ids on each feed dict (the model's graph computes them)."""
     from .optimizer import _tensor_values
 
