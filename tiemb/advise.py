@@ -182,7 +182,7 @@ def gpu_bytes(table: TableInfo, cache_percentage: float, cpu_cache_percentage: f
 def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rate: float = 0.95,
                  cpu_cache_percentage: float = 1.0, profile_ids=None, max_ids: int = 4096,
                  grid: Sequence[float] = GRID, source: str = "traffic", warmup: Optional[int] = None,
-                 configured: Optional[float] = None) -> dict:
+                 configured: Optional[float] = None, compare_policies: bool = False) -> dict:
     """The advice for one table: ``curve`` (per ``cache_percentage`` of ``grid``:
     the simulated hit rates per tier and the GPU bytes) and ``recommended``
     (the smallest ``cache_percentage`` whose GPU hit rate reaches
@@ -201,6 +201,9 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
             would understate its hit rate).
         configured: a cache_percentage in use (the store's or the default);
             its simulated point is returned as ``configured``.
+        compare_policies: also simulate LFU and LRU with an admission filter
+            (not the engine's policies) at every grid point:
+            ``policy_hit_rates`` per point.
     """
     if not 0.0 < target_hit_rate <= 1.0:
         raise AdviseError(f"target_hit_rate must be in (0, 1], got {target_hit_rate}")
@@ -213,6 +216,10 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
         curve.append({"cache_percentage": p, "hit_rate": c["hit_rate"], "host_hit_rate": c["host_hit_rate"],
                       "backing_hit_rate": c["backing_hit_rate"],
                       "gpu_bytes": gpu_bytes(table, p, cpu_cache_percentage, max_ids)["total"]})
+        if compare_policies:
+            curve[-1]["policy_hit_rates"] = {
+                pol: simulate(table, batches, p, cpu_cache_percentage, profile_ids, pol, warmup)["hit_rate"]
+                for pol in ("lfu", "lru_admit")}
     first = next((i for i, pt in enumerate(curve) if pt["hit_rate"] >= target_hit_rate), len(curve) - 1)
     lo = curve[first - 1]["cache_percentage"] if first > 0 else 0.0
     hi = curve[first]["cache_percentage"]
@@ -320,7 +327,8 @@ def _model_feeds(traffic: Dict[str, List[np.ndarray]], path: str) -> List[Dict[s
 
 
 def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95,
-           cpu_cache_percentage: Optional[float] = None, batch_ids: Optional[int] = None) -> dict:
+           cpu_cache_percentage: Optional[float] = None, batch_ids: Optional[int] = None,
+           compare_policies: bool = False) -> dict:
     """The advice for every table with traffic: ``{"source", "target_hit_rate", "tables": [...]}``.
 
     Args:
@@ -332,6 +340,8 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
         cpu_cache_percentage: host tier share; None: the store's config, else 1.
         batch_ids: batch length for 1-D arrays; None: the store's
             max_batch_size * max_nnz, else 4096.
+        compare_policies: also LFU's and admission-filtered LRU's hit rates
+            (simulated only; the engine is LRU).
     """
     if os.path.isfile(os.path.join(model_or_store, "manifest.txt")):
         tables, cfg = store_tables(model_or_store)
@@ -363,7 +373,8 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
     for t in tables:
         if t.name in traffic:
             out.append(advise_table(t, traffic[t.name], target_hit_rate, cpu, max_ids=max_ids,
-                                    source=traffic_path, configured=configured))
+                                    source=traffic_path, configured=configured,
+                                    compare_policies=compare_policies))
     return {"source": os.fspath(model_or_store), "traffic": os.fspath(traffic_path),
             "target_hit_rate": target_hit_rate, "cpu_cache_percentage": cpu, "max_ids_per_call": max_ids,
             "policy": "lru (the engine's), simulated on the CPU", "tables": out}
@@ -384,10 +395,14 @@ def format_table(report: dict) -> str:
         lines.append(f"table {t['table']}: {t['rows']} rows x {t['dim']} {t['dtype']}, {t['batches']} batches "
                      f"(hits counted after the first {t['warmup_batches']}), {t['ids']} ids; "
                      f"resident {_mib(t['resident_bytes'])} MiB")
-        lines.append(f"  {'cache_%':>8} {'gpu hit':>8} {'host hit':>9} {'backing':>8} {'GPU MiB':>9}")
+        pols = "policy_hit_rates" in t["curve"][0]
+        lines.append(f"  {'cache_%':>8} {'gpu hit':>8} {'host hit':>9} {'backing':>8} {'GPU MiB':>9}"
+                     + (f" {'lfu hit':>8} {'lru+adm':>8}" if pols else ""))
         for pt in t["curve"]:
             lines.append(f"  {pt['cache_percentage']:>8.3f} {pt['hit_rate']:>8.1%} {pt['host_hit_rate']:>9.1%} "
-                         f"{pt['backing_hit_rate']:>8.1%} {_mib(pt['gpu_bytes']):>9}")
+                         f"{pt['backing_hit_rate']:>8.1%} {_mib(pt['gpu_bytes']):>9}"
+                         + (f" {pt['policy_hit_rates']['lfu']:>8.1%} {pt['policy_hit_rates']['lru_admit']:>8.1%}"
+                            if pols else ""))
         if t.get("configured"):
             c = t["configured"]
             lines.append(f"  configured cache_percentage {c['cache_percentage']:.4f}: hit rate {c['hit_rate']:.1%}, "

@@ -177,7 +177,7 @@ def _cmd_advise(args) -> int:
     from . import advise
 
     report = advise.advise(args.model, args.traffic, args.target_hit_rate, args.cpu_cache_percentage,
-                           args.batch_ids)
+                           args.batch_ids, args.policies)
     print(advise.format_table(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--target-hit-rate", type=float, default=0.95, help="GPU cache hit rate to reach (0.95)")
     a.add_argument("--cpu-cache-percentage", type=float, help="host tier share (default: the store's, else 1)")
     a.add_argument("--batch-ids", type=_positive_int, help="batch length for 1-D traffic arrays")
+    a.add_argument("--policies", action="store_true", help="also LFU and LRU+admission hit rates (simulated)")
     a.add_argument("--plot", metavar="OUT.png", help="hit rate against cache_percentage (needs matplotlib)")
     a.add_argument("--json", metavar="OUT", help="also write the advice as JSON")
     a.set_defaults(func=_cmd_advise)

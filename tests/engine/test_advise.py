@@ -70,11 +70,18 @@ def test_cli_writes_json_and_table(tmp_path, capsys, seed):
     with open(f"{store}/tiemb_config.json", "w") as f:
         json.dump({"tiemb/cache_percentage": 0.1}, f)
     out = tmp_path / "advice.json"
-    assert cli.main(["advise", store, "--traffic", str(tmp_path / "t.npz"), "--json", str(out)]) == 0
+    assert cli.main(["advise", store, "--traffic", str(tmp_path / "t.npz"), "--json", str(out), "--policies"]) == 0
     rep = json.loads(out.read_text())
+    t = advise.TableInfo("t.tbl", 3000, 4)
+    batches = advise.load_traffic(str(tmp_path / "t.npz"), 256)["t"]
+    for pt in rep["tables"][0]["curve"][:3]:
+        for pol in ("lfu", "lru_admit"):
+            assert pt["policy_hit_rates"][pol] == advise.simulate(t, batches, pt["cache_percentage"], policy=pol,
+                                                                  warmup=5)["hit_rate"]
     assert rep["tables"][0]["batches"] == 10 and rep["max_ids_per_call"] == 256
     assert rep["tables"][0]["configured"]["cache_percentage"] == 0.1  # the store's own setting
-    assert "recommended cache_percentage" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "recommended cache_percentage" in printed and "lfu hit" in printed
 
 
 @pytest.mark.parametrize("arrays,msg", [
