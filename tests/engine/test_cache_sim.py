@@ -150,3 +150,18 @@ def test_warmup_batches_are_not_counted():
     assert all(after[k] == full[k] - warm[k] for k in full)
     with pytest.raises(ValueError, match=r"warmup must be in \[0, 10\) batches, got 10"):
         _C.simulate_cache(3000, 0.1, 1.0, None, ids, offsets, warmup=10)
+
+
+def test_tier_rates_from_engine_counters():
+    from tiemb.gpu import with_tier_rates
+
+    base = dict(rows_gpu=64, rows_host=500, rows_file=500, unique_ids=100, hits=60)
+    # Zero-copy: host-tier misses read in place (host_hits); the host fetches only backing-file rows.
+    zc = with_tier_rates(dict(base, host_hits=30, host_fetches=10, backing_reads=10))
+    assert (zc["gpu_hit_rate"], zc["host_hit_rate"], zc["backing_hit_rate"]) == (0.6, 0.3, 0.1)
+    # Copy mode: the host fetches host-tier and backing-file rows alike; backing_reads splits them.
+    cp = with_tier_rates(dict(base, host_hits=0, host_fetches=40, backing_reads=10))
+    assert (cp["gpu_hit_rate"], cp["host_hit_rate"], cp["backing_hit_rate"]) == (0.6, 0.3, 0.1)
+    res = with_tier_rates(dict(rows_gpu=1000, rows_host=0, rows_file=0, unique_ids=0, hits=0, host_hits=0,
+                               host_fetches=0, backing_reads=0))
+    assert (res["gpu_hit_rate"], res["host_hit_rate"], res["backing_hit_rate"]) == (1.0, 0.0, 0.0)
