@@ -175,7 +175,9 @@ def gpu_bytes(table: TableInfo, cache_percentage: float, cpu_cache_percentage: f
     while cap < 2 * m:
         cap <<= 1
     host_fetch = sizes["file_rows"] > 0
-    staging = cap * 8 + cap * rb + m * 4 + m * 16 + 2 * (m * 8 + m * rb + 8) + (m * rb if host_fetch else 0)
+    # hash keys and staging rows by hash slot; miss and host lists; the slot's
+    # unique-index buffer; two sets of pending inserts; host-fetched rows.
+    staging = cap * 8 + cap * rb + m * 4 + m * 16 + m * 4 + 2 * (m * 8 + m * rb + 8) + (m * rb if host_fetch else 0)
     return {"cache": cache, "staging": staging, "total": cache + staging, "gpu_rows": slots}
 
 

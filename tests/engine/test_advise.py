@@ -52,7 +52,7 @@ def test_curve_and_recommendation(tmp_path, seed):
     b = advise.gpu_bytes(t, 0.1, 1.0, max_ids=256)
     sets = _C.tier_sizes(20_000, 0.1, 1.0)["cache_sets"]
     assert b["cache"] == sets * 32 * (64 + 12) + sets * 4 + 64
-    assert b["staging"] == 512 * 8 + 512 * 64 + 256 * 20 + 2 * (256 * 8 + 256 * 64 + 8)
+    assert b["staging"] == 512 * 8 + 512 * 64 + 256 * 24 + 2 * (256 * 8 + 256 * 64 + 8)
     assert advise.gpu_bytes(t, 1.0)["total"] == 20_000 * 64
     # The configured point: the default cache_percentage (the store has no tiemb_config.json).
     assert by["users.tbl"]["configured"]["cache_percentage"] == 0.2
