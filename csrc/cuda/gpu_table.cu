@@ -132,6 +132,7 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       const int64_t u = base + (active ? nth : 0);
       const unsigned long long key = __shfl_sync(0xffffffffu, my_key, active ? nth : 0);  // every lane shuffles
       const int64_t id = active ? static_cast<int64_t>(key) : 0;
+      if (active && gl == 0 && t.freq != nullptr) atomicAdd(&t.freq[id], 1u);  // admission filter's counts
       const int64_t set = cache_set(id, t.sets);
       char* dst = c.staging + u * t.row_bytes;
       uint32_t v1 = 1;
@@ -234,6 +235,7 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
   if (!present) {
     const unsigned empty = __ballot_sync(0xffffffffu, key < 0);
     int way;
+    bool admit = true;
     if (empty != 0) {
       way = __ffs(empty) - 1;
     } else {
@@ -250,12 +252,22 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
         }
       }
       way = __shfl_sync(0xffffffffu, best, 0);
+      if (t.freq != nullptr) {
+        // Admission filter: replace the victim only with a row seen in more
+        // batches. Keeping the victim changes no result: the miss was served.
+        const int64_t victim = __shfl_sync(0xffffffffu, key, way);
+        admit = *reinterpret_cast<volatile uint32_t*>(&t.freq[id]) >
+                *reinterpret_cast<volatile uint32_t*>(&t.freq[victim]);
+        admit = __shfl_sync(0xffffffffu, admit, 0);
+      }
     }
-    group_copy_row(t.cache_rows + (set * 32 + way) * t.row_bytes, src, t.row_bytes, lane, 32);
-    if (lane == 0) {
-      t.keys[set * 32 + way] = id;
-      t.stamps[set * 32 + way] = batch_no;
-      atomicAdd(&t.totals->inserted, 1ULL);
+    if (admit) {
+      group_copy_row(t.cache_rows + (set * 32 + way) * t.row_bytes, src, t.row_bytes, lane, 32);
+      if (lane == 0) {
+        t.keys[set * 32 + way] = id;
+        t.stamps[set * 32 + way] = batch_no;
+        atomicAdd(&t.totals->inserted, 1ULL);
+      }
     }
   }
   __syncwarp();
@@ -386,6 +398,17 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
   TIEMB_CUDA_CHECK(cudaMemset(versions_.get(), 0, versions_.bytes()));
   TIEMB_CUDA_CHECK(cudaMemcpy(cache_rows_.get(), data.data(), data.size(), cudaMemcpyHostToDevice));
   TIEMB_CUDA_CHECK(cudaMemset(totals_.get(), 0, totals_.bytes()));
+  if (tiers.admission_filter) {
+    // Batches each row was seen in, starting from the profile's counts (the
+    // CPU simulator's lru_admit starts the same way).
+    std::vector<uint32_t> freq(static_cast<size_t>(rows), 0);
+    for (int64_t i = 0; i < num_profile; ++i) {
+      const int64_t id = profile_ids[i];
+      if (id >= 0 && id < rows) ++freq[static_cast<size_t>(id)];
+    }
+    freq_ = device_buffer(freq.size() * sizeof(uint32_t));
+    TIEMB_CUDA_CHECK(cudaMemcpy(freq_.get(), freq.data(), freq_.bytes(), cudaMemcpyHostToDevice));
+  }
 }
 
 gpu_table::~gpu_table() = default;
@@ -416,6 +439,7 @@ tiered_ref gpu_table::ref() {
   t.totals = totals_.get<counters>();
   t.sets = sizes_.cache_sets;
   t.rows = rows_;
+  t.freq = freq_.get<uint32_t>();  // null unless the admission filter is on
   t.row_bytes = row_bytes();
   return t;
 }

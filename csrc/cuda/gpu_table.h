@@ -59,6 +59,7 @@ struct tiered_ref {
   int64_t sets;
   int64_t rows;
   int64_t row_bytes;
+  uint32_t* freq;         // rows: batches each was seen in; nullptr = plain LRU (no admission filter)
 };
 
 class gpu_table {
@@ -101,6 +102,7 @@ class gpu_table {
   device_buffer resident_;
   // Tiered state.
   device_buffer keys_, stamps_, versions_, cache_rows_, host_index_dev_, totals_;
+  device_buffer freq_;                  // admission filter's counts (empty without it)
   pinned_buffer host_rows_;             // mapped
   std::vector<int32_t> host_index_;     // empty = identity
   std::unique_ptr<table_file_reader> file_;

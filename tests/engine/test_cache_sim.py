@@ -165,3 +165,11 @@ def test_tier_rates_from_engine_counters():
     res = with_tier_rates(dict(rows_gpu=1000, rows_host=0, rows_file=0, unique_ids=0, hits=0, host_hits=0,
                                host_fetches=0, backing_reads=0))
     assert (res["gpu_hit_rate"], res["host_hit_rate"], res["backing_hit_rate"]) == (1.0, 0.0, 0.0)
+
+
+def test_tier_config_policy_is_checked():
+    import tiemb
+
+    assert tiemb.TierConfig(0.2, policy="lru_admit").validate(100).policy == "lru_admit"
+    with pytest.raises(ValueError, match="policy must be 'lru' or 'lru_admit', got 'lfu'"):
+        tiemb.TierConfig(0.2, policy="lfu").validate(100)
