@@ -101,10 +101,13 @@ def main():
           f"setup {time.time() - t0:.0f} s", flush=True)
     results = {"gpu": gpu, "rows": rows, "table_gb": rows * DIM * 4 / 1e9, "h2d_gbs": h2d, "nve": NVE, "runs": {}}
     results["runs"]["resident"] = run(table, None, batches)
-    # zero_copy_inline: zero-copy reads inside the probe, the path before issue 15.
-    for mode in os.environ.get("TIEMB_NVE_MODES", "zero_copy,zero_copy_inline").split(","):
+    # zero_copy_inline: zero-copy reads inside the probe, the path before issue 15;
+    # zero_copy_admit: the admission filter (policy "lru_admit").
+    for mode in os.environ.get("TIEMB_NVE_MODES", "zero_copy,zero_copy_inline,zero_copy_admit").split(","):
         os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if mode == "zero_copy_inline" else "0"
-        r = run(table, tiemb.TierConfig(CACHE, host_read=mode.replace("_inline", "")), batches, profile)
+        tiers = tiemb.TierConfig(CACHE, host_read=mode.replace("_inline", "").replace("_admit", ""),
+                                 policy="lru_admit" if mode.endswith("_admit") else "lru")
+        r = run(table, tiers, batches, profile)
         os.environ.pop("TIEMB_TIERED_INLINE_HOST_READS")
         r["floor_us"] = results["runs"]["resident"]["us"] + r["missed_bytes"] / (h2d * 1e9) * 1e6
         r["over_floor"] = r["us"] / r["floor_us"]
