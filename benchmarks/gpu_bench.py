@@ -215,6 +215,7 @@ def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
     for label, tiers in [("resident", None),
                          ("tiered 0.2, zero-copy", tiemb.TierConfig(0.2, host_read="zero_copy")),
                          (INLINE, tiemb.TierConfig(0.2, host_read="zero_copy")),
+                         ("tiered 0.2, zero-copy, admission filter", tiemb.TierConfig(0.2, policy="lru_admit")),
                          ("tiered 0.2, batched copy", tiemb.TierConfig(0.2, host_read="copy"))]:
         e = tiemb.GpuEmbeddingEngine(layer.batch, layer.slots, layer.nnz)
         # The earlier path (zero-copy reads inside the probe) is picked when the group is built.
