@@ -14,6 +14,7 @@ device-to-device copy measured in the same run.
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -51,6 +52,20 @@ def copy_bandwidth_gbs():
     b = cp.empty_like(a)
     t = event_time_us(lambda: cp.copyto(b, a), iters=10, rounds=7)
     return 2 * a.nbytes / (t * 1e-6) / 1e9
+
+
+def h2d_bandwidth_gbs(nbytes=1 << 30):
+    """Host-to-device bandwidth of one large cudaMemcpy from pinned memory (the
+    tiered floor's denominator: the most the host link moves in bulk)."""
+    pinned = cp.cuda.alloc_pinned_memory(nbytes)
+    dst = cp.empty(nbytes, dtype=cp.uint8)
+    stream = cp.cuda.get_current_stream()
+
+    def copy():
+        cp.cuda.runtime.memcpyAsync(dst.data.ptr, pinned.ptr, nbytes, cp.cuda.runtime.memcpyHostToDevice, stream.ptr)
+
+    t = event_time_us(copy, iters=3, rounds=5, warmup=2)
+    return nbytes / (t * 1e-6) / 1e9
 
 
 class Layer:
@@ -188,16 +203,25 @@ def resident_case(name, layer, copy_bw, have_torch):
     return row
 
 
-def tiered_case(layer, copy_bw, batches=40):
+INLINE = "tiered 0.2, zero-copy read inside the probe (before issue 15)"
+
+
+def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
     rng = np.random.default_rng(7)
     pool = [[cp.asarray(zipf_ids(rng, layer.vocab, layer.batch * layer.nnz, 1.1)) for _ in range(layer.slots)]
             for _ in range(batches)]
     rows = {}
+    sim_rates = {}
     for label, tiers in [("resident", None),
                          ("tiered 0.2, zero-copy", tiemb.TierConfig(0.2, host_read="zero_copy")),
+                         (INLINE, tiemb.TierConfig(0.2, host_read="zero_copy")),
+                         ("tiered 0.2, zero-copy, admission filter", tiemb.TierConfig(0.2, policy="lru_admit")),
                          ("tiered 0.2, batched copy", tiemb.TierConfig(0.2, host_read="copy"))]:
         e = tiemb.GpuEmbeddingEngine(layer.batch, layer.slots, layer.nnz)
+        # The earlier path (zero-copy reads inside the probe) is picked when the group is built.
+        os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if label == INLINE else "0"
         g = e.group([tiemb.Slot(e.add_table(t, tiers), layer.combiner) for t in layer.tables])
+        os.environ.pop("TIEMB_TIERED_INLINE_HOST_READS")
         preps = [g.prepare(ids, segment_ids=layer.segs) for ids in pool]
         for p in preps[:batches // 2]:  # reach the steady state
             p.run()
@@ -214,11 +238,35 @@ def tiered_case(layer, copy_bw, batches=40):
         after = [e.stats(t) for t in range(layer.slots)]
         hits = sum(a["hits"] - b["hits"] for a, b in zip(after, before))
         uniq = sum(a["unique_ids"] - b["unique_ids"] for a, b in zip(after, before))
+        calls = sum(a["batches"] - b["batches"] for a, b in zip(after[:1], before[:1])) or 1
         rows[label] = {"us": t, "hit_rate": hits / uniq if uniq else None,
-                       "gbs": layer.bytes_moved() / (t * 1e-6) / 1e9}
+                       "gbs": layer.bytes_moved() / (t * 1e-6) / 1e9,
+                       # rows that crossed the host link per call (misses, after dedup)
+                       "missed_bytes": (uniq - hits) * layer.dim * 4 / calls}
+        if tiers is not None:
+            # What the advisor's CPU simulator expects on the same sequence of
+            # batches (the warm-up, then the timed calls cycling the pool), all
+            # tables together; once per policy: host reads do not change it.
+            if tiers.policy not in sim_rates:
+                from tiemb.advise import TableInfo, simulate
+
+                seq = list(range(batches // 2)) + [j % batches for j in range(k[0])]
+                host_pool = [[cp.asnumpy(ids) for ids in b] for b in pool]
+                sim_hits = sim_uniq = 0
+                for s in range(layer.slots):
+                    c = simulate(TableInfo(str(s), layer.vocab, layer.dim), [host_pool[i][s] for i in seq],
+                                 tiers.cache_percentage, policy=tiers.policy)
+                    sim_hits, sim_uniq = sim_hits + c["hits"], sim_uniq + c["unique_ids"]
+                sim_rates[tiers.policy] = sim_hits / sim_uniq
+            rows[label]["simulated_hit_rate_all_batches"] = sim_rates[tiers.policy]
+            rows[label]["measured_hit_rate_all_batches"] = \
+                sum(a["hits"] for a in after) / sum(a["unique_ids"] for a in after)
     res = rows["resident"]["us"]
     for r in rows.values():
         r["throughput_vs_resident"] = res / r["us"]
+        if h2d_bw:
+            r["floor_us"] = res + r["missed_bytes"] / (h2d_bw * 1e9) * 1e6
+            r["over_floor"] = r["us"] / r["floor_us"]
     return rows
 
 
@@ -235,10 +283,12 @@ def main():
     dev = cp.cuda.runtime.getDeviceProperties(0)
     gpu = dev["name"].decode() if isinstance(dev["name"], bytes) else dev["name"]
     copy_bw = copy_bandwidth_gbs()
-    print(f"GPU: {gpu}; device-to-device copy: {copy_bw:.0f} GB/s (read + write)", flush=True)
+    h2d_bw = h2d_bandwidth_gbs()
+    print(f"GPU: {gpu}; device-to-device copy: {copy_bw:.0f} GB/s (read + write); "
+          f"host-to-device (pinned, 1 GiB cudaMemcpy): {h2d_bw:.1f} GB/s", flush=True)
     rng = np.random.default_rng(0)
     vocab = 100_000 if args.quick else 1_000_000
-    results = {"gpu": gpu, "copy_gbs": copy_bw, "resident": [], "tiered": None}
+    results = {"gpu": gpu, "copy_gbs": copy_bw, "h2d_gbs": h2d_bw, "resident": [], "tiered": None}
     for nnz in (1, 10):
         layer = Layer(rng, slots=26, vocab=vocab, dim=16, batch=512, nnz=nnz, alpha=1.1)
         results["resident"].append(resident_case(f"W&D batch 512, 26 slots, dim 16, nnz {nnz}, Zipf(1.1)",
@@ -254,7 +304,7 @@ def main():
     for dim, nnz, v in ((16, 10, vocab), (64, 4, vocab // 2)):
         layer = Layer(rng, slots=26, vocab=v, dim=dim, batch=4096, nnz=nnz, alpha=1.1)
         results["tiered"].append({"case": f"batch 4096, 26 slots, dim {dim}, nnz {nnz}, {v}-row tables, "
-                                          f"cache 0.2, Zipf(1.1)", **tiered_case(layer, copy_bw)})
+                                          f"cache 0.2, Zipf(1.1)", **tiered_case(layer, copy_bw, h2d_bw=h2d_bw)})
         print(json.dumps(results["tiered"][-1]), flush=True)
         del layer
 
@@ -270,13 +320,20 @@ def main():
               f"{r.get('speedup_vs_best_peer', float('nan')):.1f}x |")
     for t in results["tiered"]:
         print(f"\n{t['case']}")
-        print("| config | us per call | steady-state hit rate | throughput vs resident |")
-        print("| --- | --- | --- | --- |")
+        print(f"(host-to-device {h2d_bw:.1f} GB/s measured in this run; floor = resident + missed bytes / that)")
+        print("| config | us per call | steady-state hit rate | simulated hit rate (advise) | throughput vs resident "
+              "| missed MB per call | floor us | tiered / floor |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for k, v in t.items():
             if k == "case":
                 continue
             hr = "-" if v["hit_rate"] is None else f"{100 * v['hit_rate']:.1f}%"
-            print(f"| {k} | {v['us']:.1f} | {hr} | {100 * v['throughput_vs_resident']:.0f}% |")
+            sim = v.get("simulated_hit_rate_all_batches")
+            sim = "-" if sim is None else (f"{100 * sim:.1f}% (measured over the same batches: "
+                                           f"{100 * v['measured_hit_rate_all_batches']:.1f}%)")
+            print(f"| {k} | {v['us']:.1f} | {hr} | {sim} | {100 * v['throughput_vs_resident']:.0f}% | "
+                  f"{v['missed_bytes'] / 1e6:.2f} | {v.get('floor_us', float('nan')):.1f} | "
+                  f"{v.get('over_floor', float('nan')):.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

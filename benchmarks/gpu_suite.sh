@@ -49,5 +49,7 @@ else
   echo "no bundles under benchmarks/bundles/: run python benchmarks/export_bundles.py where TensorFlow is, and carry them"
 fi
 echo "== benchmarks"
-(cd /tmp && timeout "${BENCH_TIMEOUT:-300}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --json "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -30)
+(cd /tmp && timeout "${BENCH_TIMEOUT:-360}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --json "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40)
+echo "== NVE-shaped case (issue 15): 16 GB table in pinned host memory, GPU cache 10%"
+(cd /tmp && timeout "${NVE_TIMEOUT:-120}" python3 "$OLDPWD/benchmarks/nve_case.py" --json "$OUT/nve_case.json" 2>&1 | tee "$OUT/nve.log" | tail -12)
 exit $test_rc

@@ -5,9 +5,11 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "../csrc/core/cache_sim.h"
 #include "../csrc/core/config.h"
 #include "../csrc/core/error.h"
 #include "../csrc/core/table_file.h"
@@ -33,6 +35,79 @@ using namespace tiemb::bind;
 #endif
 
 namespace {
+
+using id_array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+py::dict sim_counts(const cache_sim_counts& c) {
+  py::dict d;
+  d["batches"] = c.batches;
+  d["lookups"] = c.lookups;
+  d["unique_ids"] = c.unique_ids;
+  d["hits"] = c.hits;
+  d["host_hits"] = c.host_hits;
+  d["backing_reads"] = c.backing_reads;
+  d["inserted"] = c.inserted;
+  d["rejected"] = c.rejected;
+  return d;
+}
+
+std::unique_ptr<cache_simulator> new_simulator(int64_t rows, double cache_percentage, double cpu_cache_percentage,
+                                               const py::object& profile, const std::string& policy) {
+  tier_config c;
+  c.cache_percentage = cache_percentage;
+  c.cpu_cache_percentage = cpu_cache_percentage;
+  const cache_policy p = parse_cache_policy(policy);
+  if (profile.is_none()) return std::make_unique<cache_simulator>(rows, c, nullptr, 0, p);
+  const auto ids = profile.cast<id_array>();
+  return std::make_unique<cache_simulator>(rows, c, ids.data(), ids.size(), p);
+}
+
+// The CPU simulator of the GPU cache (csrc/core/cache_sim.h), for tiemb.advise.
+void bind_cache_sim(py::module_& m) {
+  py::class_<cache_simulator>(m, "CacheSimulator")
+      .def(py::init(&new_simulator), py::arg("rows"), py::arg("cache_percentage"),
+           py::arg("cpu_cache_percentage") = 1.0, py::arg("profile_ids") = py::none(), py::arg("policy") = "lru")
+      .def("batch", [](cache_simulator& s, const id_array& ids) { s.batch(ids.data(), ids.size()); }, py::arg("ids"))
+      .def_property_readonly("counts", [](const cache_simulator& s) { return sim_counts(s.counts()); })
+      .def_property_readonly("keys", [](const cache_simulator& s) { return s.keys(); })
+      .def_property_readonly("stamps", [](const cache_simulator& s) { return s.stamps(); })
+      .def_property_readonly("cache_sets", [](const cache_simulator& s) { return s.sizes().cache_sets; });
+  m.def("simulate_cache", [](int64_t rows, double cache_percentage, double cpu_cache_percentage,
+                             const py::object& profile, const id_array& ids, const id_array& offsets,
+                             const std::string& policy, int64_t warmup) {
+    auto sim = new_simulator(rows, cache_percentage, cpu_cache_percentage, profile, policy);
+    const int64_t* o = offsets.data();
+    const int64_t nb = offsets.size() - 1;
+    for (int64_t b = 0; b < nb; ++b) {
+      TIEMB_EXPECT(o[b] >= 0 && o[b] <= o[b + 1] && o[b + 1] <= ids.size(), "batch offsets must rise within the ",
+                   ids.size(), " ids, got offsets[", b, ":", b + 2, "] = ", o[b], ", ", o[b + 1]);
+    }
+    TIEMB_EXPECT(warmup >= 0 && warmup < std::max<int64_t>(nb, 1), "warmup must be in [0, ", nb,
+                 ") batches, got ", warmup);
+    cache_sim_counts warm;
+    {
+      py::gil_scoped_release release;
+      for (int64_t b = 0; b < nb; ++b) {
+        if (b == warmup) warm = sim->counts();
+        sim->batch(ids.data() + o[b], o[b + 1] - o[b]);
+      }
+    }
+    // Counted after the warm-up batches only.
+    cache_sim_counts c = sim->counts();
+    c.batches -= warm.batches;
+    c.lookups -= warm.lookups;
+    c.unique_ids -= warm.unique_ids;
+    c.hits -= warm.hits;
+    c.host_hits -= warm.host_hits;
+    c.backing_reads -= warm.backing_reads;
+    c.inserted -= warm.inserted;
+    c.rejected -= warm.rejected;
+    return sim_counts(c);
+  }, py::arg("rows"), py::arg("cache_percentage"), py::arg("cpu_cache_percentage"), py::arg("profile_ids"),
+     py::arg("ids"), py::arg("offsets"), py::arg("policy") = "lru", py::arg("warmup") = 0,
+     "Counters of the GPU cache simulated over batches ids[offsets[b]:offsets[b+1]], counted after the first "
+     "`warmup` batches.");
+}
 
 class py_cpu_engine {
  public:
@@ -224,6 +299,8 @@ PYBIND11_MODULE(_C, m) {
                        int64_t limit) {
     return hot_rows(rows, ids.data(), ids.size(), limit);
   }, py::arg("rows"), py::arg("profile_ids"), py::arg("limit"));
+
+  bind_cache_sim(m);
 
   m.def("write_store_manifest", [](const std::string& dir, int64_t max_batch_size, int64_t slot_num,
                                    int64_t max_nnz, const std::vector<std::string>& tables,

@@ -72,13 +72,14 @@ class py_gpu_engine {
 
   int32_t add_table(const py::array& weights, double cache_percentage, double cpu_cache_percentage,
                     double hit_rate_threshold, const std::string& backing_file, bool host_zero_copy,
-                    const py::object& profile_ids) {
+                    const py::object& profile_ids, bool admission_filter) {
     const int t = engine_dtype(weights);
     TIEMB_EXPECT(t == static_cast<int>(dtype::float32) || t == static_cast<int>(dtype::float16),
                  "table must be float32 or float16, got ", dtype_name(weights));
     TIEMB_EXPECT(weights.ndim() == 2, "table must be 2-D (rows x dim), got ", weights.ndim(), "-D");
     TIEMB_EXPECT(is_c_contiguous(weights), "table must be C-contiguous (use numpy.ascontiguousarray)");
     tier_config tiers{cache_percentage, cpu_cache_percentage, hit_rate_threshold, backing_file, host_zero_copy};
+    tiers.admission_filter = admission_filter;
     const int64_t* prof = nullptr;
     int64_t nprof = 0;
     py::array_t<int64_t, py::array::c_style | py::array::forcecast> p;
@@ -110,6 +111,7 @@ class py_gpu_engine {
     d["rows_host"] = s.rows_host;
     d["rows_file"] = s.rows_file;
     d["hit_rate"] = s.unique_ids > 0 ? static_cast<double>(s.hits) / static_cast<double>(s.unique_ids) : 0.0;
+    d["backing_reads"] = s.backing_reads;
     return d;
   }
 
@@ -229,7 +231,7 @@ void bind_gpu(py::module_& m) {
            py::arg("max_nnz"), py::arg("device") = 0)
       .def("add_table", &py_gpu_engine::add_table, py::arg("weights"), py::arg("cache_percentage"),
            py::arg("cpu_cache_percentage"), py::arg("hit_rate_threshold"), py::arg("backing_file"),
-           py::arg("host_zero_copy"), py::arg("profile_ids"))
+           py::arg("host_zero_copy"), py::arg("profile_ids"), py::arg("admission_filter") = false)
       .def("stats", &py_gpu_engine::stats, py::arg("table"))
       .def("table_info", &py_gpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_gpu_engine::num_tables)

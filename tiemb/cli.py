@@ -7,6 +7,7 @@
     tiemb bench [--model wd|deepfm|dlrm|all|layer] [--batch 1,8,64,512,4096] [--level 0,1] [--device cpu]
                 [--scale tiny|small|full] [--runs 30] [--json OUT] [--plot OUT.png]
     tiemb info
+    tiemb advise MODEL_OR_STORE --traffic FILE.npz [--target-hit-rate 0.95] [--plot OUT.png] [--json OUT]
     tiemb tasks submit|list|show|stop|retry|delete|tag|save|worker ...   (see tiemb/tasks/cli.py)
     tiemb ui [--port P]
 
@@ -188,6 +189,21 @@ def _cmd_info(_args) -> int:
     return 0
 
 
+def _cmd_advise(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from . import advise
+
+    report = advise.advise(args.model, args.traffic, args.target_hit_rate, args.cpu_cache_percentage,
+                           args.batch_ids, args.policies)
+    print(advise.format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.plot:
+        advise.plot(report, args.plot)
+    return 0
+
+
 def _version() -> str:
     from ._version import __version__
 
@@ -239,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(sub, _int_list, _input_shapes, _config)
     i = sub.add_parser("info", help="print what this build contains (CUDA part, TF op library)")
     i.set_defaults(func=_cmd_info)
+    a = sub.add_parser("advise", help="GPU cache size per table from recorded traffic: hit rate and GPU memory")
+    a.add_argument("model", metavar="MODEL_OR_STORE", help="table store directory, SavedModel or frozen .pb")
+    a.add_argument("--traffic", required=True, metavar="FILE.npz", help="recorded ids (layout: tiemb/advise.py)")
+    a.add_argument("--target-hit-rate", type=float, default=0.95, help="GPU cache hit rate to reach (0.95)")
+    a.add_argument("--cpu-cache-percentage", type=float, help="host tier share (default: the store's, else 1)")
+    a.add_argument("--batch-ids", type=_positive_int, help="batch length for 1-D traffic arrays")
+    a.add_argument("--policies", action="store_true", help="also LFU and LRU+admission hit rates (simulated)")
+    a.add_argument("--plot", metavar="OUT.png", help="hit rate against cache_percentage (needs matplotlib)")
+    a.add_argument("--json", metavar="OUT", help="also write the advice as JSON")
+    a.set_defaults(func=_cmd_advise)
     from .tasks.cli import add_parsers as add_task_parsers
 
     add_task_parsers(sub)

@@ -57,6 +57,13 @@ class TierConfig:
             for rows outside host memory.
         host_read: ``"zero_copy"`` (the kernel reads host-tier rows in place)
             or ``"copy"`` (the host gathers them and copies in one transfer).
+        policy: ``"lru"`` (evict the least recently used way), or
+            ``"lru_admit"``: the same victim, but a miss replaces it only if
+            the miss's row was seen in more batches (counted per row in GPU
+            memory, 4 bytes per row, starting from ``profile_ids``' counts);
+            fewer inserts and a higher hit rate on flat power-law traffic
+            (``tiemb advise --policies`` simulates both). Results are exact
+            either way.
     """
 
     cache_percentage: float = PARAMETERS["tiemb/cache_percentage"][1]
@@ -64,6 +71,7 @@ class TierConfig:
     hit_rate_threshold: float = PARAMETERS["tiemb/hit_rate_threshold"][1]
     backing_file: Optional[str] = None
     host_read: str = "zero_copy"
+    policy: str = "lru"
 
     def validate(self, rows: int) -> "TierConfig":
         for name in ("cache_percentage", "cpu_cache_percentage", "hit_rate_threshold"):
@@ -72,12 +80,31 @@ class TierConfig:
                 raise ValueError(f"{name} must be a number, got {v!r}")
         if self.host_read not in ("zero_copy", "copy"):
             raise ValueError(f"host_read must be 'zero_copy' or 'copy', got {self.host_read!r}")
+        if self.policy not in ("lru", "lru_admit"):
+            raise ValueError(f"policy must be 'lru' or 'lru_admit', got {self.policy!r}")
         _C.validate_tiers(rows, float(self.cache_percentage), float(self.cpu_cache_percentage),
                           float(self.hit_rate_threshold), self.backing_file or "")
         return self
 
 
 RESIDENT = TierConfig(cache_percentage=1.0)
+
+
+def with_tier_rates(st: dict) -> dict:
+    """Adds gpu_hit_rate, host_hit_rate and backing_hit_rate to engine counters.
+
+    host_fetches counts every miss the host gathers (backing-file rows, and
+    host-tier rows in "copy" mode); backing_reads only the backing file's, so
+    the host tier's share is host_hits + host_fetches - backing_reads."""
+    st = dict(st)
+    if st.get("rows_file", 0) == 0 and st.get("rows_host", 0) == 0:  # resident
+        st.update(gpu_hit_rate=1.0, host_hit_rate=0.0, backing_hit_rate=0.0)
+        return st
+    u = st["unique_ids"]
+    host = st["host_hits"] + st["host_fetches"] - st["backing_reads"]
+    st.update(gpu_hit_rate=st["hits"] / u if u else 0.0, host_hit_rate=host / u if u else 0.0,
+              backing_hit_rate=st["backing_reads"] / u if u else 0.0)
+    return st
 
 
 def _default_stream() -> int:
@@ -220,16 +247,20 @@ class GpuEmbeddingEngine:
             profile_ids = np.ascontiguousarray(profile_ids, dtype=np.int64).ravel()
         return self._engine.add_table(weights, float(tiers.cache_percentage), float(tiers.cpu_cache_percentage),
                                       float(tiers.hit_rate_threshold), tiers.backing_file or "",
-                                      tiers.host_read == "zero_copy", profile_ids)
+                                      tiers.host_read == "zero_copy", profile_ids, tiers.policy == "lru_admit")
 
     def table_shape(self, table: int) -> tuple:
         return self._engine.table_info(table)
 
     def stats(self, table: int) -> dict:
         """Counters of a table: lookups, unique_ids, hits, host_hits, host_fetches,
-        inserted, batches, sync_inserts, hit_rate, rows_gpu/rows_host/rows_file.
-        Waits for the GPU."""
-        return self._engine.stats(table)
+        backing_reads, inserted, batches, sync_inserts, hit_rate,
+        rows_gpu/rows_host/rows_file, and the share of unique ids (per batch,
+        summed) each tier served: gpu_hit_rate (= hit_rate), host_hit_rate
+        (pinned host memory, read in place or copied), backing_hit_rate (the
+        backing file). A resident table serves every id from the GPU
+        (gpu_hit_rate 1). Waits for the GPU."""
+        return with_tier_rates(self._engine.stats(table))
 
     def group(self, slots: Sequence[Slot]) -> "GpuLookupGroup":
         return GpuLookupGroup(self, slots)

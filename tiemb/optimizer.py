@@ -393,6 +393,49 @@ def _engine_sizes(model: _Model, rewritten, found, batches, params: dict, specs:
     return engine.engine_sizes(given, need, extra_batch=declared)
 
 
+def _cache_report(model: _Model, lookups: List[dict], batches, params: dict, device: str) -> dict:
+    """The report's ``cache`` field: the tier settings, what applies to this
+    serving target, and, with the user's test data, the GPU cache hit rate
+    per table that ``tiemb advise`` simulates at the configured
+    cache_percentage and the smallest cache_percentage reaching 95%."""
+    pct, cpu = params["tiemb/cache_percentage"], params["tiemb/cpu_cache_percentage"]
+    out = {"gpu_cache_percentage": pct, "cpu_cache_percentage": cpu,
+           "hit_rate_threshold": params["tiemb/hit_rate_threshold"], "hit_rate": None}
+    if device == "cpu":
+        out["tiers"] = ("CPU serving: every table is resident in host memory (served from there, hit rate 1); "
+                        "the GPU cache and backing-store tiers do not apply")
+    else:
+        out["tiers"] = (f"GPU serving: tables with cache_percentage {pct} < 1 are tiered (GPU cache, "
+                        f"{cpu:.0%} of rows in pinned host memory, the rest from a backing file)")
+    if not batches:
+        out["note"] = "pass test_data (real batches) for the GPU cache hit rates tiemb advise expects"
+        return out
+    from . import advise
+
+    tables, traffic = advise.model_traffic(model, lookups, batches)
+    sim = {}
+    for t in tables:
+        if t.name not in traffic:
+            continue
+        try:
+            a = advise.advise_table(t, traffic[t.name], 0.95, cpu, max_ids=params["tiemb/max_batch_size"] *
+                                    params["tiemb/max_nnz"], source="test_data")
+        except advise.AdviseError as e:  # the model ran on these ids, so this is ours to report, not to raise
+            sim[t.name] = {"error": str(e)}
+            continue
+        at = advise.simulate(t, traffic[t.name], pct, cpu, warmup=a["warmup_batches"])
+        sim[t.name] = {"expected_hit_rate": at["hit_rate"], "host_hit_rate": at["host_hit_rate"],
+                       "backing_hit_rate": at["backing_hit_rate"],
+                       "recommended_cache_percentage": a["recommended"]["cache_percentage"],
+                       "recommended_hit_rate": a["recommended"]["hit_rate"],
+                       "recommended_gpu_bytes": a["recommended"]["gpu_bytes"], "note": a["note"]}
+    out["simulated"] = {"tables": sim, "target_hit_rate": 0.95, "batches": len(batches),
+                        "method": "tiemb advise: the GPU engine's cache policy simulated on the CPU over the test "
+                                  "data, hits counted after the first half of the batches (few batches understate a "
+                                  "warm server's hit rate)"}
+    return out
+
+
 # ----------------------------------------------------------------- timing
 
 def _stats(seconds: List[float]) -> dict:
@@ -565,12 +608,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         accuracy={"max_abs_diff": abs_d, "max_rel_diff": rel_d, "tolerance": tol, "batches": len(batches)},
         rewrite={k: v for k, v in rewrite.as_dict().items() if k != "dense"},
         dense_backend=rewrite.dense,
-        cache={"gpu_cache_percentage": params["tiemb/cache_percentage"],
-               "cpu_cache_percentage": params["tiemb/cpu_cache_percentage"],
-               "hit_rate_threshold": params["tiemb/hit_rate_threshold"],
-               "hit_rate": None,
-               "note": "CPU serving: every table is resident in host memory (hit rate 1 by construction); the GPU "
-                       "cache parameters apply to the GPU engine"},
+        cache=_cache_report(model, found.lookups, batches if source == "user provided" else None, params, device),
         config={"values": params, "inferred": inferred, "saved_as": "tiemb_config.json in the table store",
                 "meaning": SIZE_MEANING},
         notes=notes + ([rewrite.note] if rewrite.note else []))

@@ -22,6 +22,7 @@ struct tier_config {
   double hit_rate_threshold = kDefaultHitRateThreshold;      ///< below: insert misses before returning; else in background
   std::string backing_file;           ///< rows beyond the host tier are read from here
   bool host_zero_copy = true;         ///< read host-tier misses in place (else batched copy)
+  bool admission_filter = false;      ///< LRU, but a miss replaces its victim only if seen in more batches
 
   /// Throws tiemb::error naming the field ("cache_percentage must be in (0, 1], got 2").
   void validate(int64_t rows) const;
@@ -64,6 +65,7 @@ struct table_stats {
   int64_t rows_file = 0;    ///< rows only in the backing file
   int64_t batches = 0;
   int64_t sync_inserts = 0;  ///< batches whose misses were inserted before returning
+  int64_t backing_reads = 0; ///< unique ids read from the backing file (not in GPU cache or host memory)
 };
 
 }  // namespace tiemb

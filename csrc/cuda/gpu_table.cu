@@ -1,8 +1,11 @@
 #include "gpu_table.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
+#include "../core/cache_hash.h"
+#include "../core/cache_sim.h"
 #include "cuda_check.h"
 #include "device_util.cuh"
 #include "gpu_types.h"
@@ -13,18 +16,6 @@ namespace {
 
 constexpr int kBlock = 256;
 constexpr int kWarpsPerBlock = kBlock / 32;
-
-__host__ __device__ inline uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-__host__ __device__ inline int64_t cache_set(int64_t id, int64_t sets) {
-  return static_cast<int64_t>(mix64(static_cast<uint64_t>(id)) % static_cast<uint64_t>(sets));
-}
 
 // Ids of every view into its table's hash set; an id's unique index is its
 // hash slot, so there is no counter to share and nothing to wait for.
@@ -117,11 +108,12 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   const int gl = lane % kProbeLanes;   // lane within the group
   const int leader = sub * kProbeLanes;
   // Counted per block first: one global atomic per block, not per id.
-  __shared__ unsigned long long block_unique, block_hits, block_host_hits;
+  __shared__ unsigned long long block_unique, block_hits, block_host_hits, block_backing;
   if (threadIdx.x == 0) {
     block_unique = 0;
     block_hits = 0;
     block_host_hits = 0;
+    block_backing = 0;
   }
   __syncthreads();
   const int64_t capacity = static_cast<int64_t>(c.hash_mask) + 1;
@@ -140,6 +132,7 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       const int64_t u = base + (active ? nth : 0);
       const unsigned long long key = __shfl_sync(0xffffffffu, my_key, active ? nth : 0);  // every lane shuffles
       const int64_t id = active ? static_cast<int64_t>(key) : 0;
+      if (active && gl == 0 && t.freq != nullptr) atomicAdd(&t.freq[id], 1u);  // admission filter's counts
       const int64_t set = cache_set(id, t.sets);
       char* dst = c.staging + u * t.row_bytes;
       uint32_t v1 = 1;
@@ -171,8 +164,10 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       warp_append(miss && gl == 0, &c.batch->misses, nullptr, 0, u, c.miss_list);
       const int64_t slot = (miss && t.host_index != nullptr) ? t.host_index[id] : id;
       const bool in_place = miss && c.zero_copy && slot >= 0;
+      if (miss && slot < 0 && gl == 0) atomicAdd(&block_backing, 1ULL);  // per-tier stats: only in the file
       if (in_place) {
-        group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+        // Deferred: host_read_kernel reads these rows after the probe.
+        if (!c.defer_host_reads) group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
         if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
       }
       warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
@@ -183,6 +178,31 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     if (block_unique) atomicAdd(&c.batch->unique_ids, block_unique);
     if (block_hits) atomicAdd(&c.batch->hits, block_hits);
     if (block_host_hits) atomicAdd(&c.batch->host_hits, block_host_hits);
+    if (block_backing) atomicAdd(&c.batch->backing_reads, block_backing);
+  }
+}
+
+// blockIdx.y = table. The misses held in pinned host memory, read in place
+// (zero-copy) into their staging slots after the probe: rows that are only
+// independent loads, many in flight per SM, where inside the probe each read
+// waited behind that id's dependent cache loads and fence. Rows outside host
+// memory (slot -1) are left to the host fetch (scatter_rows_kernel), so every
+// staging slot is written by exactly one kernel.
+__global__ void host_read_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
+  if (!c.zero_copy || !c.defer_host_reads) return;
+  const tiered_ref& t = c.t;
+  const int gl = (threadIdx.x & 31) % kProbeLanes;
+  const int64_t groups = static_cast<int64_t>(gridDim.x) * (blockDim.x / kProbeLanes);
+  const auto n = static_cast<int64_t>(c.batch->misses);
+  for (int64_t m = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kProbeLanes; m < n;
+       m += groups) {
+    const int64_t u = c.miss_list[m];
+    const auto id = static_cast<int64_t>(c.hash_keys[u]);
+    const int64_t slot = t.host_index != nullptr ? t.host_index[id] : id;
+    if (slot >= 0) {
+      group_copy_row(c.staging + u * t.row_bytes, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+    }
   }
 }
 
@@ -215,6 +235,7 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
   if (!present) {
     const unsigned empty = __ballot_sync(0xffffffffu, key < 0);
     int way;
+    bool admit = true;
     if (empty != 0) {
       way = __ffs(empty) - 1;
     } else {
@@ -231,12 +252,22 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
         }
       }
       way = __shfl_sync(0xffffffffu, best, 0);
+      if (t.freq != nullptr) {
+        // Admission filter: replace the victim only with a row seen in more
+        // batches. Keeping the victim changes no result: the miss was served.
+        const int64_t victim = __shfl_sync(0xffffffffu, key, way);
+        admit = *reinterpret_cast<volatile uint32_t*>(&t.freq[id]) >
+                *reinterpret_cast<volatile uint32_t*>(&t.freq[victim]);
+        admit = __shfl_sync(0xffffffffu, admit, 0);
+      }
     }
-    group_copy_row(t.cache_rows + (set * 32 + way) * t.row_bytes, src, t.row_bytes, lane, 32);
-    if (lane == 0) {
-      t.keys[set * 32 + way] = id;
-      t.stamps[set * 32 + way] = batch_no;
-      atomicAdd(&t.totals->inserted, 1ULL);
+    if (admit) {
+      group_copy_row(t.cache_rows + (set * 32 + way) * t.row_bytes, src, t.row_bytes, lane, 32);
+      if (lane == 0) {
+        t.keys[set * 32 + way] = id;
+        t.stamps[set * 32 + way] = batch_no;
+        atomicAdd(&t.totals->inserted, 1ULL);
+      }
     }
   }
   __syncwarp();
@@ -266,6 +297,7 @@ __global__ void insert_or_defer_kernel(const __grid_constant__ tiered_params p) 
     atomicAdd(&tot->host_hits, c.batch->host_hits);
     atomicAdd(&tot->file_reads, c.batch->host_reads);
     atomicAdd(&tot->batches, 1ULL);
+    atomicAdd(&tot->backing_reads, c.batch->backing_reads);
   }
   for (int64_t m = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; m < misses; m += warps) {
     const int32_t u = c.miss_list[m];
@@ -347,21 +379,14 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
   }
 
   // GPU cache, warm: the hottest rows, each in its own set while ways last.
+  // (warm_cache_keys is shared with the CPU simulator of `tiemb advise`.)
   const int64_t slots = sizes_.cache_sets * kCacheWays;
-  std::vector<int64_t> keys(static_cast<size_t>(slots), -1);
+  const std::vector<int64_t> keys = warm_cache_keys(sizes_.cache_sets, order);
   std::vector<uint32_t> stamps(static_cast<size_t>(slots), 0);
   std::vector<char> data(static_cast<size_t>(slots * rb), 0);
-  std::vector<int> used(static_cast<size_t>(sizes_.cache_sets), 0);
-  int64_t placed = 0;
-  for (int64_t id : order) {
-    if (placed == slots) break;
-    const int64_t set = cache_set(id, sizes_.cache_sets);
-    int& u = used[static_cast<size_t>(set)];
-    if (u == kCacheWays) continue;
-    const int64_t slot = set * kCacheWays + u++;
-    keys[static_cast<size_t>(slot)] = id;
-    std::memcpy(data.data() + slot * rb, src + id * rb, static_cast<size_t>(rb));
-    ++placed;
+  for (int64_t slot = 0; slot < slots; ++slot) {
+    const int64_t id = keys[static_cast<size_t>(slot)];
+    if (id >= 0) std::memcpy(data.data() + slot * rb, src + id * rb, static_cast<size_t>(rb));
   }
   keys_ = device_buffer(keys.size() * sizeof(int64_t));
   stamps_ = device_buffer(stamps.size() * sizeof(uint32_t));
@@ -373,6 +398,17 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
   TIEMB_CUDA_CHECK(cudaMemset(versions_.get(), 0, versions_.bytes()));
   TIEMB_CUDA_CHECK(cudaMemcpy(cache_rows_.get(), data.data(), data.size(), cudaMemcpyHostToDevice));
   TIEMB_CUDA_CHECK(cudaMemset(totals_.get(), 0, totals_.bytes()));
+  if (tiers.admission_filter) {
+    // Batches each row was seen in, starting from the profile's counts (the
+    // CPU simulator's lru_admit starts the same way).
+    std::vector<uint32_t> freq(static_cast<size_t>(rows), 0);
+    for (int64_t i = 0; i < num_profile; ++i) {
+      const int64_t id = profile_ids[i];
+      if (id >= 0 && id < rows) ++freq[static_cast<size_t>(id)];
+    }
+    freq_ = device_buffer(freq.size() * sizeof(uint32_t));
+    TIEMB_CUDA_CHECK(cudaMemcpy(freq_.get(), freq.data(), freq_.bytes(), cudaMemcpyHostToDevice));
+  }
 }
 
 gpu_table::~gpu_table() = default;
@@ -403,6 +439,7 @@ tiered_ref gpu_table::ref() {
   t.totals = totals_.get<counters>();
   t.sets = sizes_.cache_sets;
   t.rows = rows_;
+  t.freq = freq_.get<uint32_t>();  // null unless the admission filter is on
   t.row_bytes = row_bytes();
   return t;
 }
@@ -424,6 +461,7 @@ table_stats gpu_table::stats() const {
   st.batches = static_cast<int64_t>(c.batches);
   st.inserted = static_cast<int64_t>(c.inserted);
   st.sync_inserts = static_cast<int64_t>(c.sync_inserts);
+  st.backing_reads = static_cast<int64_t>(c.backing_reads);
   return st;
 }
 
@@ -472,6 +510,10 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     batch_no_.push_back(0);
   }
   fetch_counts_.assign(n, 0);
+  // TIEMB_TIERED_INLINE_HOST_READS=1 keeps the earlier path (zero-copy reads
+  // inside the probe), so benchmarks can compare both in one run.
+  const char* inline_reads = std::getenv("TIEMB_TIERED_INLINE_HOST_READS");
+  defer_host_reads_ = inline_reads == nullptr || std::string(inline_reads) != "1";
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&fetch_done_, cudaEventDisableTiming));
   for (int p = 0; p < 2; ++p) {
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&main_done_[p], cudaEventDisableTiming));
@@ -524,6 +566,7 @@ tiered_params tiered_batch::params(int parity) {
     c.threshold = tables_[u]->tiers().hit_rate_threshold;
     c.batch_no = batch_no_[u];
     c.zero_copy = tables_[u]->tiers().host_zero_copy;
+    c.defer_host_reads = defer_host_reads_;
   }
   return p;
 }
@@ -553,6 +596,14 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
                   static_cast<unsigned>(num_tables()));
   probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());
+  if (defer_host_reads_) {
+    // kProbeLanes lanes per row: 32 / kProbeLanes rows per warp.
+    const int64_t warps = (max_misses_ * kProbeLanes + 31) / 32;
+    const dim3 reads(static_cast<unsigned>(table_grid(warps, num_sms_, num_tables(), 8)),
+                     static_cast<unsigned>(num_tables()));
+    host_read_kernel<<<reads, kBlock, 0, stream>>>(staged_);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
   bool any_host = false;
   for (auto* t : tables_) any_host = any_host || t->host_fetch();
   if (any_host) fetch_on_host(stream);

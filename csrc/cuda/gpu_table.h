@@ -44,6 +44,7 @@ struct counters {
   unsigned long long host_reads;  // batch: ids the host must fetch
   unsigned long long sync_inserts;
   unsigned long long batches;
+  unsigned long long backing_reads;  // unique ids only in the backing file (per-tier hit rates)
 };
 
 /// Non-owning, trivially copyable view of a tiered table for kernels.
@@ -58,6 +59,7 @@ struct tiered_ref {
   int64_t sets;
   int64_t rows;
   int64_t row_bytes;
+  uint32_t* freq;         // rows: batches each was seen in; nullptr = plain LRU (no admission filter)
 };
 
 class gpu_table {
@@ -100,6 +102,7 @@ class gpu_table {
   device_buffer resident_;
   // Tiered state.
   device_buffer keys_, stamps_, versions_, cache_rows_, host_index_dev_, totals_;
+  device_buffer freq_;                  // admission filter's counts (empty without it)
   pinned_buffer host_rows_;             // mapped
   std::vector<int32_t> host_index_;     // empty = identity
   std::unique_ptr<table_file_reader> file_;
@@ -125,6 +128,7 @@ struct tiered_call {
   double threshold;
   uint32_t batch_no;
   bool zero_copy;
+  bool defer_host_reads;  // zero-copy rows read by host_read_kernel after the probe, not inside it
 };
 
 /// The ids of one slot over a tiered table.
@@ -207,6 +211,7 @@ class tiered_batch {
   bool side_used_[2] = {false, false};
   int parity_ = 0;
   tiered_params staged_{};
+  bool defer_host_reads_ = true;  // see host_read_kernel; TIEMB_TIERED_INLINE_HOST_READS=1 turns it off
 };
 
 }  // namespace gpu

@@ -169,6 +169,36 @@ def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype,
                 assert st["host_fetches"] == 0
             if cpu < 1.0 or host_read == "copy":
                 assert st["host_fetches"] > 0
+            # Per-tier shares (issue 15): backing_reads counts only rows outside host memory.
+            assert st["gpu_hit_rate"] + st["host_hit_rate"] + st["backing_hit_rate"] == pytest.approx(1.0)
+            assert st["gpu_hit_rate"] == st["hit_rate"]
+            if cpu == 1.0:
+                assert st["backing_reads"] == 0
+            else:
+                assert 0 < st["backing_reads"] <= st["host_fetches"]
+                if host_read == "zero_copy":
+                    assert st["backing_reads"] == st["host_fetches"]
+
+
+@pytest.mark.parametrize("inline,policy", [("0", "lru"), ("1", "lru"), ("0", "lru_admit")])
+def test_zero_copy_reads_in_or_after_the_probe_are_exact(inline, policy, monkeypatch, tmp_path, seed):
+    """Zero-copy misses are read by host_read_kernel after the probe (default) or,
+    with TIEMB_TIERED_INLINE_HOST_READS=1, inside the probe: both equal resident,
+    with rows in the GPU cache, in host memory and in the backing file."""
+    rng = np.random.default_rng(seed)
+    tables = [rng.standard_normal((4000, 16)).astype(np.float32) for _ in range(2)]
+    batches = zipf_batches(rng, 4000, 10, 64, 8)
+    ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, batches, ["sum", "mean", "sum"])
+    monkeypatch.setenv("TIEMB_TIERED_INLINE_HOST_READS", inline)
+    tiers = tiemb.TierConfig(0.1, 0.6, 0.95, str(tmp_path / "backing.tiemb"), "zero_copy", policy)
+    got, e = run_batches(tiers, tables, batches, ["sum", "mean", "sum"])
+    for b, (r, g) in enumerate(zip(ref, got)):
+        for s in range(3):
+            np.testing.assert_array_equal(g[s], r[s], err_msg=f"batch {b}, slot {s}, inline {inline}, seed {seed}")
+    st = e.stats(0)
+    assert st["host_hits"] > 0 and st["backing_reads"] > 0 and st["hits"] > 0
+    if policy == "lru_admit":  # the filter kept some misses out
+        assert st["inserted"] < st["unique_ids"] - st["hits"]
 
 
 def test_hit_rate_extremes(seed):

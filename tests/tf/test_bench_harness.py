@@ -50,6 +50,9 @@ def test_every_model_through_the_harness(tmp_path):
     # Each printed row carries the JSON's speedup.
     for line, r in zip(table, rows):
         assert f"| {r['model']} | {r['batch']} | {r['level']} |" in line and f"{r['speedup']:.2f}x" in line
+        # The cache column: the advisor's simulated GPU hit rate on this traffic (issue 15).
+        assert 0.0 < r["simulated_hit_rate"] <= 1.0, r
+        assert f"{r['simulated_hit_rate']:.1%} simulated GPU" in line
 
 
 def test_harness_errors():

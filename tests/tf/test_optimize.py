@@ -84,6 +84,15 @@ def test_user_test_data_names_and_inference(wide_deep, tmp_path, seed):
     assert inferred["tiemb/max_batch_size"].startswith("200: feature 'cat[:, 0]' has 200 samples in test batch 1")
     assert inferred["tiemb/slot_num"].startswith("26: the fused op tiemb/lookup_0 reads 26 features (distinct id "
                                                  "inputs: cat[:, 0], cat[:, 1],")
+    # The cache field: CPU serving keeps every table resident; the advisor's simulation of the GPU cache on
+    # the test data, per table (W&D: a deep and a wide table per feature).
+    cache = r["cache"]
+    assert "every table is resident in host memory" in cache["tiers"]
+    sim = cache["simulated"]["tables"]
+    assert len(sim) == 52 and cache["simulated"]["batches"] == 2
+    for t in sim.values():
+        assert 0.0 <= t["expected_hit_rate"] <= 1.0 and t["backing_hit_rate"] == 0.0
+        assert t["recommended_hit_rate"] >= 0.95 and 0 < t["recommended_cache_percentage"] <= 1.0
 
 
 def test_errors_say_what_is_wrong(wide_deep, tmp_path):

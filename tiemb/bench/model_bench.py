@@ -78,6 +78,8 @@ class Row:
     engine_ms: float = 0.0           # the engine alone on the same inputs (median)
     fused_outputs: int = 0           # the ops' outputs after output fusion (lookups_fused before it)
 
+    simulated_hit_rate: float = float("nan")  # GPU cache hit rate tiemb advise expects on this traffic (issue 15)
+
     @property
     def op_over_engine(self) -> float:
         return self.op_traced_ms / self.engine_ms if self.engine_ms else float("nan")
@@ -348,11 +350,57 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
             rows.append(Row(name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
                             e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile,
                             op_ms, engine_ms, sum(outputs_of)))
+            rows[-1].simulated_hit_rate = simulated_hit_rate(tf, graph_def, inputs, arg_names, specs, again.lookups,
+                                                             spec, batch, seed, missing)
     return rows
 
 
 # On the CPU every table is resident in host memory: there is no cache to miss.
 CACHE_HIT_CPU = "n/a (CPU: all resident)"
+SIM_BATCHES = 20
+
+
+def simulated_hit_rate(tf, graph_def, inputs, arg_names, specs, lookups, spec, batch: int, seed: int,
+                       missing: float = 0.0, cache_percentage: float = None) -> float:
+    """The GPU cache hit rate ``tiemb advise`` expects at the config's
+    cache_percentage on this bench's traffic (SIM_BATCHES fresh batches of
+    ``batch``, hits counted over the second half; all tables together: hits /
+    unique ids), simulated on the CPU."""
+    from ..advise import TableInfo, simulate
+    from ..config import PARAMETERS
+
+    if cache_percentage is None:
+        cache_percentage = PARAMETERS["tiemb/cache_percentage"][1]
+    names = list(dict.fromkeys(lk["ids"] if ":" in lk["ids"] else f"{lk['ids']}:0" for lk in lookups))
+    if not names:
+        return float("nan")
+    fn = _pruned(tf, graph_def, inputs, names, specs=specs)
+    rng = np.random.default_rng(seed + 7)
+    per: Dict[str, list] = {}
+    for _ in range(SIM_BATCHES):
+        feeds = models.random_batch(spec, batch, rng, missing=missing)
+        values = dict(zip(names, fn(*[tf.constant(feeds[n]) for n in arg_names])))
+        got: Dict[str, list] = {}
+        for lk in lookups:
+            v = values[lk["ids"] if ":" in lk["ids"] else f"{lk['ids']}:0"].numpy()
+            if lk.get("id_column") is not None and v.ndim == 2:
+                v = v[:, lk["id_column"]]
+            got.setdefault(lk["table"], []).append(v.astype(np.int64).ravel())
+        for t, parts in got.items():
+            per.setdefault(t, []).append(np.concatenate(parts))
+    rows = {lk["table"]: (int(lk["rows"]), int(lk["dim"])) for lk in lookups}
+    hits = unique = 0
+    for t, batches_of in per.items():
+        c = simulate(TableInfo(t, *rows[t]), batches_of, cache_percentage, warmup=SIM_BATCHES // 2)
+        hits, unique = hits + c["hits"], unique + c["unique_ids"]
+    return hits / unique if unique else float("nan")
+
+
+def _hit_cell(r) -> str:
+    sim = r.simulated_hit_rate
+    if sim != sim:  # nan: no lookups to simulate
+        return CACHE_HIT_CPU
+    return f"{sim:.1%} simulated GPU (CPU: all resident)"
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -368,7 +416,7 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{r.embedding_original.median_ms:.3f} | {r.embedding_fused.median_ms:.3f} | {r.embedding_speedup:.1f}x | "
             f"{r.op_traced_ms:.3f} | {r.engine_ms:.3f} | {r.op_over_engine:.2f} | "
             f"{r.floor.median_ms:.2f} | {r.over_floor:.2f} | {r.max_rel_diff:.1e} | "
-            f"{r.lookups_fused}/{r.lookups_found} | {r.fused_outputs} | {r.dense_backend} | {CACHE_HIT_CPU} |")
+            f"{r.lookups_fused}/{r.lookups_found} | {r.fused_outputs} | {r.dense_backend} | {_hit_cell(r)} |")
     return "\n".join(lines)
 
 
