@@ -68,6 +68,15 @@ def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_s
     _C.write_store_manifest(directory, max_batch_size, slot_num, max_nnz, names, uuid.uuid4().hex, checksums, sizes)
 
 
+def resize_store(directory: str, *, max_batch_size: int, slot_num: int, max_nnz: int) -> None:
+    """Rewrites a table store's engine sizes, keeping its tables (their files
+    and checksums) as they are. The store gets a new content id: engines are
+    cached per content id, and one built with the old sizes must not serve it."""
+    m = _C.read_store_manifest(directory)
+    _C.write_store_manifest(directory, max_batch_size, slot_num, max_nnz, m["tables"], uuid.uuid4().hex,
+                            m["checksums"], m["file_bytes"])
+
+
 def check_store(directory: str) -> list:
     """Every problem of the table store at ``directory`` (manifest missing or
     damaged; table files missing, of the wrong size, or whose CRC32C does not

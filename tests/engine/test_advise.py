@@ -6,17 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from tiemb import _C, advise, cli
+from tiemb import _C, advise, cli, tf_ops
 
 
 def make_store(tmp_path, tables, max_batch=64, max_nnz=4):
     d = tmp_path / "store"
-    d.mkdir()
-    names = []
-    for name, (rows, dim) in tables.items():
-        _C.write_table_file(str(d / f"{name}.tbl"), np.zeros((rows, dim), np.float32))
-        names.append(f"{name}.tbl")
-    _C.write_store_manifest(str(d), max_batch, len(names), max_nnz, names)
+    tf_ops.write_store(str(d), {f"{name}.tbl": np.zeros((rows, dim), np.float32) for name, (rows, dim) in tables.items()},
+                       max_batch_size=max_batch, slot_num=len(tables), max_nnz=max_nnz)
     return str(d)
 
 

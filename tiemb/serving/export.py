@@ -142,10 +142,9 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
         slot_num = max([len(o["slots"]) for o in op_meta] + [1])
         max_nnz = params.get("tiemb/max_nnz") or _max_nnz(op_meta, batches)
         if ops:
-            from .. import _C
+            from .. import tf_ops
 
-            names = _C.read_store_manifest(store)["tables"]
-            _C.write_store_manifest(store, buckets[-1], slot_num, max_nnz, names)
+            tf_ops.resize_store(store, max_batch_size=buckets[-1], slot_num=slot_num, max_nnz=max_nnz)
 
         # The dense part: model inputs it still reads, lookup outputs, weights
         # (weights become arguments before the level-1 casts, so that they
