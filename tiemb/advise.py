@@ -295,9 +295,10 @@ def _match(tables: Sequence[TableInfo], traffic: Dict[str, list], source: str) -
     return by
 
 
-def model_traffic(model, lookups: List[dict], batches: Sequence[Dict[str, np.ndarray]]) -> \
+def model_traffic(model, lookups: List[dict], batches: Sequence[Dict[str, np.ndarray]], graph_def=None) -> \
         Tuple[List[TableInfo], Dict[str, List[np.ndarray]]]:
-    """Tables of a model's lookups and their ids on each feed dict (the model's graph computes them)."""
+    """Tables of a model's lookups and their ids on each feed dict (``graph_def``, the rewriter's graph where
+    given, else the model's, computes them); ids a safe lookup prunes (< 0: padding) are not traffic."""
     from .optimizer import _tensor_values
 
     tables: Dict[str, TableInfo] = {}
@@ -306,15 +307,21 @@ def model_traffic(model, lookups: List[dict], batches: Sequence[Dict[str, np.nda
         tables.setdefault(lk["table"], TableInfo(lk["table"], int(lk["rows"]), int(lk["dim"]), str(lk["dtype"])))
         if lk["ids"] not in names:
             names.append(lk["ids"])
-    values = _tensor_values(model, names, batches) if names else []
+    values = _tensor_values(model, names, batches, graph_def) if names else []
     traffic: Dict[str, List[np.ndarray]] = {}
     for k, v in enumerate(values):
         per: Dict[str, list] = {}
         for lk in lookups:
             ids = np.asarray(v[lk["ids"]])
-            if lk.get("id_column") is not None and ids.ndim == 2:
+            if lk.get("id_width", -1) >= 0:        # a padded id matrix: the columns the slot reads
+                first = max(lk["id_column"], 0)
+                ids = ids[..., first:first + (lk["id_width"] or ids.shape[-1] - first)]
+            elif lk.get("id_column", -1) >= 0 and ids.ndim == 2:
                 ids = ids[:, lk["id_column"]]
-            per.setdefault(lk["table"], []).append(ids.astype(np.int64).ravel())
+            ids = ids.astype(np.int64).ravel()
+            if lk["mode"] == "safe":
+                ids = ids[ids >= 0]
+            per.setdefault(lk["table"], []).append(ids)
         for name, parts in per.items():
             traffic.setdefault(name, []).append(np.concatenate(parts))
     return list(tables.values()), traffic
@@ -357,7 +364,7 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
         from .rewrite.sparse_lookup import rewrite_sparse_lookups
 
         model = _load(model_or_store, _kind(model_or_store), None, None)
-        _, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1,
+        rewritten, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1,
                                           resources=model.resources)
         if not found.lookups:
             raise AdviseError(f"{model_or_store}: no embedding lookups found, nothing to advise")
@@ -367,7 +374,7 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
             raise AdviseError(f"{traffic_path}: model inputs {missing} are missing (the model's inputs are "
                               f"{sorted(model.inputs)})")
         feeds = _model_feeds({k: raw[k] for k in model.inputs}, traffic_path)
-        tables, traffic = model_traffic(model, found.lookups, feeds)
+        tables, traffic = model_traffic(model, found.lookups, feeds, rewritten)
         max_ids = max(sum(b.size for b in v[:1]) for v in traffic.values())
         cpu = 1.0 if cpu_cache_percentage is None else cpu_cache_percentage
         configured = PARAMETERS["tiemb/cache_percentage"][1]

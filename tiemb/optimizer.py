@@ -333,9 +333,9 @@ def _check_generatable(model: _Model, lookups: List[dict]) -> None:
                                     "pass test_data (a list of feed dicts of real batches)")
 
 
-def _tensor_values(model: _Model, graph_def, names: List[str], batches) -> List[Dict[str, np.ndarray]]:
-    """The values of tensors ``names`` of ``graph_def`` (the model's graph, or
-    its rewrite: the fused ops' inputs) on each batch."""
+def _tensor_values(model: _Model, names: List[str], batches, graph_def=None) -> List[Dict[str, np.ndarray]]:
+    """The values of tensors ``names`` of ``graph_def`` (default the model's
+    graph; or its rewrite, which holds every fused op's inputs) on each batch."""
     import tensorflow as tf
 
     from . import tf_ops
@@ -344,7 +344,7 @@ def _tensor_values(model: _Model, graph_def, names: List[str], batches) -> List[
     tf_ops.load()      # a rewritten graph holds TiembLookup nodes (never run here)
 
     def imported():
-        tf.compat.v1.import_graph_def(graph_def, name="")
+        tf.compat.v1.import_graph_def(model.graph_def if graph_def is None else graph_def, name="")
 
     wrapped = tf.compat.v1.wrap_function(imported, [])
     g = wrapped.graph
@@ -369,7 +369,7 @@ def _engine_sizes(model: _Model, rewritten, found, batches, params: dict, specs:
         node, column = lk["feature_key"]
         if node in inputs:
             lk["feature"] = inputs[node] if column is None else f"{inputs[node]}[:, {column}]"
-    values = _tensor_values(model, rewritten, engine.lookup_tensors(lookups), batches) if lookups else \
+    values = _tensor_values(model, engine.lookup_tensors(lookups), batches, rewritten) if lookups else \
         [{} for _ in batches]
     widths, declared = [], 0
     for b, batch in enumerate(batches):
@@ -393,7 +393,7 @@ def _engine_sizes(model: _Model, rewritten, found, batches, params: dict, specs:
     return engine.engine_sizes(given, need, extra_batch=declared)
 
 
-def _cache_report(model: _Model, lookups: List[dict], batches, params: dict, device: str) -> dict:
+def _cache_report(model: _Model, rewritten, lookups: List[dict], batches, params: dict, device: str) -> dict:
     """The report's ``cache`` field: the tier settings, what applies to this
     serving target, and, with the user's test data, the GPU cache hit rate
     per table that ``tiemb advise`` simulates at the configured
@@ -412,7 +412,7 @@ def _cache_report(model: _Model, lookups: List[dict], batches, params: dict, dev
         return out
     from . import advise
 
-    tables, traffic = advise.model_traffic(model, lookups, batches)
+    tables, traffic = advise.model_traffic(model, lookups, batches, rewritten)
     sim = {}
     for t in tables:
         if t.name not in traffic:
@@ -608,7 +608,8 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         accuracy={"max_abs_diff": abs_d, "max_rel_diff": rel_d, "tolerance": tol, "batches": len(batches)},
         rewrite={k: v for k, v in rewrite.as_dict().items() if k != "dense"},
         dense_backend=rewrite.dense,
-        cache=_cache_report(model, found.lookups, batches if source == "user provided" else None, params, device),
+        cache=_cache_report(model, rewritten, found.lookups, batches if source == "user provided" else None, params,
+                            device),
         config={"values": params, "inferred": inferred, "saved_as": "tiemb_config.json in the table store",
                 "meaning": SIZE_MEANING},
         notes=notes + ([rewrite.note] if rewrite.note else []))

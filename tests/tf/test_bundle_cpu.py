@@ -90,8 +90,14 @@ def test_already_optimized_model(tmp_path, seed):
 
     src = str(tmp_path / "dlrm")
     _, feeds = reference("dlrm", src, seed % 1000)
-    rewrite_saved_model(src, str(tmp_path / "opt"), max_batch_size=64, max_nnz=26)
     rng = np.random.default_rng(seed)
+    # Fused outputs (the default rewrite) are not in bundle format 1: a clear error, nothing written.
+    rewrite_saved_model(src, str(tmp_path / "fused"), max_batch_size=64, max_nnz=26)
+    with pytest.raises(serving.BundleError, match=r"writes fused outputs or reads padded id matrices"):
+        serving.export_bundle(str(tmp_path / "fused"), str(tmp_path / "b0"), batch_sizes=BUCKETS,
+                              test_data=[feeds(5, rng)])
+    assert not os.path.exists(str(tmp_path / "b0"))
+    rewrite_saved_model(src, str(tmp_path / "opt"), max_batch_size=64, max_nnz=26, fuse_outputs=False)
     bundle = str(tmp_path / "bundle")
     meta = serving.export_bundle(str(tmp_path / "opt"), bundle, batch_sizes=BUCKETS,
                                  test_data=[feeds(5, rng)], baseline=True)

@@ -13,7 +13,8 @@ import tempfile
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
                         signature: str = "serving_default", overwrite: bool = False, level: int = 0,
                         device: str = "cpu", test_batches=None, backend: str = None,
-                        freeze_limit_bytes: int = 64 << 20, store_files=None, slot_num: int = None):
+                        freeze_limit_bytes: int = 64 << 20, store_files=None, slot_num: int = None,
+                        fuse_outputs: bool = True):
     """Writes an optimized copy of SavedModel ``src`` to ``dst``.
 
     The signature is frozen (variables become constants), its embedding
@@ -35,6 +36,8 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
             assets with it), e.g. the optimization config.
         slot_num: most features (distinct id inputs) an op serves (None:
             what the model's ops read; see :func:`rewrite_sparse_lookups`).
+        fuse_outputs: let the op write the model's concatenations, stacks
+            and sums of lookup outputs (see :func:`rewrite_sparse_lookups`).
         freeze_limit_bytes: 2-D float variables larger than this are not
             frozen into the GraphDef (which cannot exceed 2 GB): their values
             go straight from the model's variables to the table store.
@@ -75,7 +78,7 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         store = os.path.join(work, "store")
         new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
                                                 half_tables=level >= 1, resources=resources, device=device,
-                                                slot_num=slot_num)
+                                                slot_num=slot_num, fuse_outputs=fuse_outputs)
         new_gd = _drop_resources(new_gd, resources, src)
         if report.replaced:
             write_store_files(store, store_files)

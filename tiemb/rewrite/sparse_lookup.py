@@ -276,7 +276,7 @@ def _const_node(name: str, value: np.ndarray):
 
 def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
                            half_tables: bool = False, resources=None, device: str = "cpu",
-                           slot_num: Optional[int] = None, fuse_outputs: bool = True):
+                           slot_num: Optional[int] = None, fuse_outputs: bool = True, pooled: bool = True):
     """Replaces the embedding lookups of a frozen GraphDef: every
     tf.nn.embedding_lookup_sparse (this file) and every row gather from a
     table (Keras Embedding, tf.gather; dense_gather.py).
@@ -302,6 +302,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
         device: "cpu" pins the ops to the CPU kernel; "gpu" leaves them to
             TensorFlow's placement (the op's GPU kernel, on the GPU engine,
             which serves every slot form the CPU engine does).
+        pooled: fuse padded dense id matrices (feature columns' dense-to-sparse
+            conversion, masked pooling: pooled_lookup.py) into the op.
         fuse_outputs: where the model concatenates, stacks or sums lookup
             outputs right away, the op writes one output laid out as the
             result (output_fusion.py; listed in report.ops[i]["merged"]).
@@ -340,7 +342,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
     from .pooled_lookup import fuse_pooled
 
     inside.update(name for m in matches for name in m.removable)
-    matches = fuse_pooled(view, graph_def, matches, inside, report)
+    if pooled:
+        matches = fuse_pooled(view, graph_def, matches, inside, report)
     # Dense row gathers, except those inside the sparse patterns above.
     from .dense_gather import match_gather
 

@@ -127,8 +127,11 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
             ops = [{"name": n.name} for n in already]
             optimized_input = True
         else:
+            # One output per slot, ids wired from the model's inputs as the bundle's runtime knows them: no
+            # fused outputs, no padded id matrix slots (their wiring is not in bundle format 1).
             new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=buckets[-1], max_nnz=max_nnz,
-                                                    half_tables=level >= 1, resources=resources)
+                                                    half_tables=level >= 1, resources=resources, fuse_outputs=False,
+                                                    pooled=False)
             ops, lookups = report.ops, {d["output"]: d for d in report.lookups}
             optimized_input = False
         config_json = json.dumps({k: v for k, v in params.items() if v is not None}, indent=1, sort_keys=True)
@@ -288,6 +291,11 @@ def _ops_meta(graph_def, ops, wiring, lookups, store):
     for op in ops:
         node = nodes[op["name"]]
         a = node.attr
+        if (len(a["slot_outputs"].list.i) and list(a["slot_outputs"].list.i) != list(range(a["N"].i))) or \
+                any(w >= 0 for w in a["id_widths"].list.i):
+            raise fmt.BundleError(f"{op['name']} writes fused outputs or reads padded id matrices (the model was "
+                                  "optimized with output fusion or pooled slots, which bundle format 1 does not "
+                                  "wire); export the original model instead")
         slots, specs = [], []
         for s in range(a["N"].i):
             table = a["tables"].list.s[s].decode()
