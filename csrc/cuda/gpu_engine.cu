@@ -528,9 +528,12 @@ void gpu_lookup_group::run_host(const slot_request* reqs, int64_t n, void* const
     d.segment_stride = 1;
     d.row_stride = r.ids_per_row;
     d.weights = static_cast<const float*>(stage(r.weights, r.num_weights, 4, [](int64_t k) { return k; }));
-    // Empty arrays still need a valid (unused) address.
+    // Empty arrays still need a valid (unused) address; gather slots and
+    // dense id matrices have no segments at all.
     if (d.ids == nullptr) d.ids = in_d;
-    if (d.segments == nullptr) d.segments = in_d;
+    if (d.segments == nullptr && r.ids_per_row == 0 && slots_[static_cast<size_t>(s)].mode != row_mode::gather) {
+      d.segments = in_d;
+    }
   }
   const size_t in_used = off;
   // Outputs packed the same way: one transfer down.

@@ -110,7 +110,7 @@ class gpu_table {
 
 /// Most tiered tables, and slots over them, one group serves (their state
 /// travels as one kernel parameter).
-constexpr int kMaxTieredTables = 32;
+constexpr int kMaxTieredTables = 64;
 constexpr int kMaxTieredViews = 64;
 
 /// One tiered table's part of a call, as the kernels see it.

@@ -20,9 +20,9 @@ def cupy():
     return pytest.importorskip("cupy")
 
 
-def engines(tables, tiers, max_batch=64, max_nnz=8):
-    cpu = tiemb.EmbeddingEngine(max_batch, len(tables), max_nnz)
-    gpu = tiemb.GpuEmbeddingEngine(max_batch, len(tables), max_nnz)
+def engines(tables, tiers, max_batch=64, max_nnz=8, features=4):
+    cpu = tiemb.EmbeddingEngine(max_batch, features, max_nnz)
+    gpu = tiemb.GpuEmbeddingEngine(max_batch, features, max_nnz)
     return cpu, gpu, [cpu.add_table(t) for t in tables], [gpu.add_table(t, tiers) for t in tables]
 
 

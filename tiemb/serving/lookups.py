@@ -136,14 +136,9 @@ def _rename(message: str, op: dict) -> str:
 class GpuLookups:
     """The bundle's lookup ops on :class:`tiemb.GpuEmbeddingEngine` (cupy in, cupy out, no waiting).
 
-    The GPU engine serves plain and safe slots over 1-D ids today (another
-    change adds gather slots and in-place column reads to it). Until then the
-    other slots are served by what it accepts, on the device: a gather slot
-    is a safe sum slot over its ids with one id per row (segment ids 0..n-1,
-    made once per bucket), a column is a contiguous column copy, Keras'
-    negative ids are wrapped with one elementwise pass. A safe gather gives
-    zeros for an id below 0 where TensorFlow's CPU gather raises (TensorFlow's
-    GPU gather also gives zeros); ids >= rows are still errors.
+    Gather slots are the engine's own (ids of any shape, Keras' negative-id
+    wrapping); a column of an id matrix is handed over as a contiguous copy
+    of that column (wrapped there when the slot wraps).
     """
 
     def __init__(self, bundle_dir: str, meta: dict, device: int = 0):
@@ -161,20 +156,13 @@ class GpuLookups:
             slots = []
             for s in op["slots"]:
                 mode, combiner = s["mode"], s["combiner"]
-                if mode == "gather":
-                    mode, combiner = "safe", "sum"
-                elif mode == "plain" and (s["weights"] is None or combiner == "sum"):
+                if mode == "plain" and (s["weights"] is None or combiner == "sum"):
                     # Same result as plain with the bucket's row count given: no row-count read back.
                     mode = "safe"
                 slots.append(Slot(table_ids[s["table"]], combiner, mode,
-                                  None if s["default_id"] < 0 else s["default_id"], s["out_dtype"]))
+                                  None if s["default_id"] < 0 else s["default_id"], s["out_dtype"],
+                                  wrap_negative=mode == "gather" and s["wrap_negative"]))
             self.groups.append(self.engine.group(slots))
-        self._arange = {}
-
-    def _rows(self, n: int):
-        if n not in self._arange:
-            self._arange[n] = self.cp.arange(n, dtype=self.cp.int64)
-        return self._arange[n]
 
     def __call__(self, feeds, bucket: int) -> list:
         cp = self.cp
@@ -187,14 +175,13 @@ class GpuLookups:
                 # matrices) need a boolean-mask compaction, which waits for
                 # the GPU to learn the count; fusing that into the op removes it.
                 x = columns[s] if s in columns else _ids(slot, feeds, cp)
-                if slot["wrap_negative"] and s not in columns:
+                if slot["wrap_negative"] and s in columns:
                     x = cp.where((x < 0) & (x >= -slot["rows"]), x + slot["rows"], x)
                 x = cp.ascontiguousarray(x)
-                if slot["mode"] == "gather":
-                    shapes.append(x.shape)
-                    x = x.reshape(-1)
-                    segs.append(self._rows(x.shape[0]))
-                    rows.append(x.shape[0])
+                if slot["mode"] == "gather":     # the engine's gather slot: ids of any shape, Keras' wrapping
+                    shapes.append(None)
+                    segs.append(None)
+                    rows.append(None)
                 else:
                     shapes.append(None)
                     x = x.reshape(-1)

@@ -87,8 +87,11 @@ def compiled_dots(hlo: str):
     """(dot or GEMM lines of compiled HLO, those not at HIGHEST precision):
     on a GPU the dots become cuBLAS custom calls whose backend config keeps
     the operand precision; anything but HIGHEST there may run in TF32."""
-    lines = [ln.strip() for ln in hlo.splitlines() if " dot(" in ln or "cublas" in ln.lower()]
-    return lines, [ln[:240] for ln in lines if "highest" not in ln.lower()]
+    lines = [ln.strip() for ln in hlo.splitlines()
+             if " dot(" in ln or "cublas" in ln.lower() or "gemm" in ln.lower() or "matmul" in ln.lower()]
+    # A GEMM fusion's call line carries no precision (its dot inside does): only lines that state one count.
+    return lines, [ln[:240] for ln in lines
+                   if (" dot(" in ln or "precision" in ln.lower()) and "highest" not in ln.lower()]
 
 
 def put(array, dev):
