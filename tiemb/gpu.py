@@ -290,7 +290,7 @@ class GpuLookupGroup:
         self._group = _C.GpuLookupGroup(
             engine._engine, [int(s.table) for s in slots], [COMBINERS[s.combiner] for s in slots],
             [ROW_MODES[s.mode] for s in slots], [-1 if s.default_id is None else int(s.default_id) for s in slots],
-            out_dtypes, slot_features(slots))
+            out_dtypes, slot_features(slots), [bool(s.wrap_negative) for s in slots])
 
     def _normalise(self, ids, segment_ids, row_offsets, weights, num_rows):
         return lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights, num_rows)
