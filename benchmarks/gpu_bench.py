@@ -203,7 +203,7 @@ def resident_case(name, layer, copy_bw, have_torch):
     return row
 
 
-INLINE = "tiered 0.2, zero-copy read inside the probe (before issue 15)"
+INLINE = "tiered 0.2, zero-copy read inside the probe (the default)"
 
 
 def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
@@ -213,7 +213,8 @@ def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
     rows = {}
     sim_rates = {}
     for label, tiers in [("resident", None),
-                         ("tiered 0.2, zero-copy", tiemb.TierConfig(0.2, host_read="zero_copy")),
+                         ("tiered 0.2, zero-copy, separate host-read kernel",
+                          tiemb.TierConfig(0.2, host_read="zero_copy")),
                          (INLINE, tiemb.TierConfig(0.2, host_read="zero_copy")),
                          ("tiered 0.2, zero-copy, admission filter", tiemb.TierConfig(0.2, policy="lru_admit")),
                          ("tiered 0.2, batched copy", tiemb.TierConfig(0.2, host_read="copy"))]:

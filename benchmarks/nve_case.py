@@ -101,7 +101,7 @@ def main():
           f"setup {time.time() - t0:.0f} s", flush=True)
     results = {"gpu": gpu, "rows": rows, "table_gb": rows * DIM * 4 / 1e9, "h2d_gbs": h2d, "nve": NVE, "runs": {}}
     results["runs"]["resident"] = run(table, None, batches)
-    # zero_copy_inline: zero-copy reads inside the probe, the path before issue 15;
+    # zero_copy_inline: zero-copy reads inside the probe (the default); zero_copy: the separate host-read kernel;
     # zero_copy_admit: the admission filter (policy "lru_admit").
     for mode in os.environ.get("TIEMB_NVE_MODES", "zero_copy,zero_copy_inline,zero_copy_admit").split(","):
         os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if mode == "zero_copy_inline" else "0"

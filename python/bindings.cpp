@@ -175,11 +175,12 @@ class py_cpu_lookup_group {
   /// outputs allocated once: the engine's own time, without Python's per-call
   /// argument handling (benchmarks compare it with the TensorFlow op's span).
   std::vector<double> time_lookup(const py::list& ids, const py::list& segments, bool segments_are_offsets,
-                                  const py::list& weights, const std::vector<int64_t>& num_rows, int repeats) {
+                                  const py::list& weights, const std::vector<int64_t>& num_rows,
+                                  const std::vector<int64_t>& samples, int repeats) {
     const auto n = static_cast<int64_t>(ids.size());
     TIEMB_EXPECT(n == group_.num_slots(), "lookup got ids for ", n, " slots but the group has ", group_.num_slots());
     TIEMB_EXPECT(repeats >= 1, "repeats must be >= 1, got ", repeats);
-    std::vector<slot_request> req = numpy_requests(ids, segments, segments_are_offsets, weights, num_rows);
+    std::vector<slot_request> req = numpy_requests(ids, segments, segments_are_offsets, weights, num_rows, samples);
     std::vector<std::vector<char>> buffers(static_cast<size_t>(n));
     std::vector<void*> ptrs(static_cast<size_t>(n));
     std::vector<double> seconds;
@@ -250,7 +251,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"),
            py::arg("samples") = std::vector<int64_t>{})
       .def("time_lookup", &py_cpu_lookup_group::time_lookup, py::arg("ids"), py::arg("segments"),
-           py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"), py::arg("repeats"));
+           py::arg("segments_are_offsets"), py::arg("weights"), py::arg("num_rows"), py::arg("samples"),
+           py::arg("repeats"));
 
   m.def("write_table_file", [](const std::string& path, const py::array& table) {
     const int t = engine_dtype(table);

@@ -249,9 +249,20 @@ class LookupGroup:
                 range, unsorted or negative segment ids, mismatched lengths, or
                 more ids than ``max_batch_size * max_nnz``.
         """
+        ids, segments, weights, rows, samples, shapes = self._inputs(ids, segment_ids, row_offsets, weights, num_rows)
+        outs = self._group.lookup(ids, segments, row_offsets is not None, weights, rows, samples)
+        for s, shape in shapes.items():
+            outs[s] = outs[s].reshape(shape + (outs[s].shape[1],))
+        return outs
+
+    __call__ = lookup
+
+    def _inputs(self, ids, segment_ids, row_offsets, weights, num_rows):
+        """The per-slot lists the core takes, and per gather slot of rank != 1
+        its ids' shape: such ids are [samples, ...] (flattened, their samples
+        given), a dense id matrix stays 2-D, its weights flattened."""
         ids, segments, weights, rows = lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights,
                                                     num_rows, check_ids=False)
-        # Gather slots take ids of any shape ([samples, ...]); the output gets the ids' shape + [dim].
         shapes, samples = {}, [-1] * len(ids)
         for s, slot in enumerate(self.slots[:len(ids)]):
             if slot.mode == "gather" and isinstance(ids[s], np.ndarray) and ids[s].ndim != 1:
@@ -261,12 +272,7 @@ class LookupGroup:
         for s, slot in enumerate(self.slots[:len(weights)]):   # a dense id matrix's weights: same shape
             if slot.mode == "safe" and isinstance(weights[s], np.ndarray) and weights[s].ndim == 2:
                 weights[s] = weights[s].reshape(-1)
-        outs = self._group.lookup(ids, segments, row_offsets is not None, weights, rows, samples)
-        for s, shape in shapes.items():
-            outs[s] = outs[s].reshape(shape + (outs[s].shape[1],))
-        return outs
-
-    __call__ = lookup
+        return ids, segments, weights, rows, samples, shapes
 
     def time_lookup(self, ids, segment_ids=None, row_offsets=None, weights=None, num_rows=None,
                     repeats: int = 50) -> list:
@@ -274,7 +280,6 @@ class LookupGroup:
         inputs (arguments as :meth:`lookup`), timed around the engine call
         alone (outputs allocated once): the engine's own time, for comparing
         with the TensorFlow op's traced span. Nothing is returned but times."""
-        ids, segments, weights, rows = lookup_lists(len(self.slots), ids, segment_ids, row_offsets, weights,
-                                                    num_rows, check_ids=False)
-        ids = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in ids]
-        return list(self._group.time_lookup(ids, segments, row_offsets is not None, weights, rows, int(repeats)))
+        ids, segments, weights, rows, samples, _ = self._inputs(ids, segment_ids, row_offsets, weights, num_rows)
+        return list(self._group.time_lookup(ids, segments, row_offsets is not None, weights, rows, samples,
+                                            int(repeats)))

@@ -510,10 +510,12 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     batch_no_.push_back(0);
   }
   fetch_counts_.assign(n, 0);
-  // TIEMB_TIERED_INLINE_HOST_READS=1 keeps the earlier path (zero-copy reads
-  // inside the probe), so benchmarks can compare both in one run.
+  // Zero-copy reads inside the probe stay the default: on the H200 the
+  // separate host-read kernel was slower (974 vs 671 us, 561 vs 471 us per
+  // call in benchmarks/RESULTS.md). TIEMB_TIERED_INLINE_HOST_READS=0 selects
+  // that kernel, so benchmarks can compare both in one run.
   const char* inline_reads = std::getenv("TIEMB_TIERED_INLINE_HOST_READS");
-  defer_host_reads_ = inline_reads == nullptr || std::string(inline_reads) != "1";
+  defer_host_reads_ = inline_reads != nullptr && std::string(inline_reads) == "0";
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&fetch_done_, cudaEventDisableTiming));
   for (int p = 0; p < 2; ++p) {
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&main_done_[p], cudaEventDisableTiming));

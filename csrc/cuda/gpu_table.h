@@ -211,7 +211,7 @@ class tiered_batch {
   bool side_used_[2] = {false, false};
   int parity_ = 0;
   tiered_params staged_{};
-  bool defer_host_reads_ = true;  // see host_read_kernel; TIEMB_TIERED_INLINE_HOST_READS=1 turns it off
+  bool defer_host_reads_ = false;  // see host_read_kernel; TIEMB_TIERED_INLINE_HOST_READS=0 turns it on
 };
 
 }  // namespace gpu

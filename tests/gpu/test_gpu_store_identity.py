@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _sum_rows(engine, ids):
-    group = engine.group([tiemb.Slot(0, "sum", "plain", -1)])
+    group = engine.group([tiemb.Slot(0, "sum", "plain")])
     out = group.lookup([np.asarray(ids, np.int64)], weights=[None], segment_ids=[np.zeros(len(ids), np.int64)],
                        num_rows=[None])
     return np.asarray(out[0])

@@ -210,11 +210,18 @@ def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, t
         outs = list(op.attr["slot_outputs"].list.i) or list(range(n))
         modes = [m.decode() for m in op.attr["modes"].list.s]
         columns = list(op.attr["id_columns"].list.i) or [-1] * n
-        ids = [np.ascontiguousarray(i[:, c]) if c >= 0 else i for i, c in zip(ids, columns)]
-        segs = [None if m == "gather" else np.ascontiguousarray(g[:, 0] if g.ndim == 2 else g)
-                for g, m in zip(segs, modes)]
+        widths = list(op.attr["id_widths"].list.i) or [-1] * n
+        for s, (w, c) in enumerate(zip(widths, columns)):
+            if w >= 0:      # a padded id matrix (its columns from c): the engine's 2-D safe form
+                m = ids[s].reshape(-1, ids[s].shape[-1])
+                first = max(c, 0)
+                ids[s] = np.ascontiguousarray(m[:, first:first + (w or m.shape[1] - first)])
+        ids = [np.ascontiguousarray(i[:, c]) if c >= 0 and w < 0 else i for i, c, w in zip(ids, columns, widths)]
+        segs = [None if m == "gather" or w >= 0 else np.ascontiguousarray(g[:, 0] if g.ndim == 2 else g)
+                for g, m, w in zip(segs, modes, widths)]
         weights = [w if op.attr["weighted"].list.b[s] else None for s, w in enumerate(weights)]
-        rows = [int(np.reshape(r, -1)[0]) if m == "safe" else None for r, m in zip(rows, modes)]
+        rows = [(ids[s].shape[0] if w >= 0 else int(np.reshape(r, -1)[0])) if m == "safe" else None
+                for s, (r, m, w) in enumerate(zip(rows, modes, widths))]
         engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64)
         slots = []
         for s in range(n):

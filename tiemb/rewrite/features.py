@@ -24,8 +24,11 @@ from .graph import GraphView, split_input
 PLACEHOLDERS = ("Placeholder", "PlaceholderWithDefault")
 
 
-def feature_of(view: GraphView, ids: str, id_column: int) -> Tuple[tuple, str]:
-    """(key, display name) of the feature a lookup with these ids reads."""
+def feature_of(view: GraphView, ids: str, id_column: int, extra: Optional[Dict[str, object]] = None) \
+        -> Tuple[tuple, str]:
+    """(key, display name) of the feature a lookup with these ids reads;
+    ``extra``: nodes the rewrite adds (a pooled slot's masked ids), by name."""
+    extra = extra or {}
     if id_column >= 0:
         src, _ = view.skip_identity(*view.producer(ids))
         base = src.name if src is not None else split_input(ids)[0]
@@ -33,7 +36,8 @@ def feature_of(view: GraphView, ids: str, id_column: int) -> Tuple[tuple, str]:
     found, columns = set(), set()
     stack, seen = [split_input(ids)[0]], set()
     while stack:
-        node = view.nodes.get(stack.pop())
+        name = stack.pop()
+        node = view.nodes.get(name) or extra.get(name)
         if node is None or node.name in seen:
             continue
         seen.add(node.name)

@@ -366,7 +366,8 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
             files[m.table_node] = fname
             tables[fname] = m.table.astype(np.float16) if half_tables else m.table
     idioms = {"plain": "embedding_lookup_sparse", "safe": "safe_embedding_lookup_sparse", "gather": "gather"}
-    keys = [feature_of(view, m.ids, m.id_column) for m in matches]
+    added = {n.name: n for m in matches for n in m.extra_nodes}
+    keys = [feature_of(view, m.ids, m.id_column, added) for m in matches]
     report.lookups = [{"output": m.output, "idiom": "pooled id matrix" if m.id_width >= 0 else idioms[m.mode],
                        "mode": m.mode, "combiner": m.combiner,
                        "table": m.table_node, "rows": int(m.table.shape[0]), "dim": int(m.table.shape[1]),
