@@ -24,7 +24,8 @@ _OWNER = "tiemb-owner"
 _ORPHAN_SECONDS = 3600
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def remove_stale_work_dirs(parent: str) -> list:
         try:
             with open(os.path.join(path, _OWNER)) as f:
                 owner_host, pid = f.read().split()
-            stale = owner_host == host and not _alive(int(pid))
+            stale = owner_host == host and not process_alive(int(pid))
         except (OSError, ValueError):
             try:
                 stale = time.time() - os.stat(path).st_mtime > _ORPHAN_SECONDS

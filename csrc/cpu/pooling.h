@@ -124,7 +124,9 @@ void gather_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int6
 }
 
 /// Finishes one output row from its accumulator: TensorFlow's safe-lookup
-/// rules for empty rows (zeros, or the default_id row) and its combiners.
+/// rules for empty rows (zeros, or the default_id row: TF fills an empty row
+/// with default_id at weight 1, the row itself) and its combiners (div_no_nan
+/// for weighted means, the id count otherwise).
 template <class IdT, class TabT, class OutT>
 inline void finish_row(const pooling_args<IdT, TabT, OutT>& a, OutT* out, const float* acc, int64_t count,
                        float weight_sum, float weight_sq_sum) {
@@ -255,33 +257,7 @@ void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_
         for (int64_t k = 0; k < dim; ++k) acc[k] += detail::load(row, k);
       }
     }
-    OutT* out = a.out + r * a.out_stride;
-    if (count == 0) {
-      if (a.safe && a.default_id >= 0) {
-        // TF fills the empty row with default_id at weight 1: the row itself.
-        const TabT* row = a.table + a.default_id * dim;
-        for (int64_t k = 0; k < dim; ++k) detail::store(out, k, detail::load(row, k));
-      } else {
-        for (int64_t k = 0; k < dim; ++k) detail::store(out, k, 0.f);
-      }
-      continue;
-    }
-    // TF divides with div_no_nan (weighted) or by the id count (unweighted).
-    float denom = 1.f;
-    if (a.comb == combiner::mean) {
-      denom = a.weights != nullptr ? weight_sum : static_cast<float>(count);
-    } else if (a.comb == combiner::sqrtn) {
-      denom = a.weights != nullptr ? std::sqrt(weight_sq_sum) : std::sqrt(static_cast<float>(count));
-    }
-    if (a.comb == combiner::sum) {
-      if constexpr (!std::is_same_v<OutT, float>) {
-        for (int64_t k = 0; k < dim; ++k) detail::store(out, k, acc[k]);
-      }
-    } else if (denom == 0.f) {
-      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, 0.f);
-    } else {
-      for (int64_t k = 0; k < dim; ++k) detail::store(out, k, acc[k] / denom);
-    }
+    finish_row(a, a.out + r * a.out_stride, acc, count, weight_sum, weight_sq_sum);
   }
 }
 

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Dict, Optional
 
+from .._files import process_alive
 from .store import FAILED, QUEUED, RUNNING, STOPPED, Store
 
 STALE_S = 30.0          # a worker silent this long is dead, wherever it ran
@@ -32,16 +33,6 @@ HEARTBEAT_S = 1.0
 REAP_S = 3.0
 KILL_GRACE_S = 2.0
 EXIT_GRACE_S = 15.0     # a task that wrote its end gets this long to exit by itself
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_orphans(store: Store, me: Optional[str] = None) -> int:
@@ -56,7 +47,7 @@ def reap_orphans(store: Store, me: Optional[str] = None) -> int:
     for w in workers.values():
         if w["id"] == me:
             continue
-        if (w["host"] == host and not _alive(w["pid"])) or now - w["heartbeat"] > STALE_S:
+        if (w["host"] == host and not process_alive(w["pid"])) or now - w["heartbeat"] > STALE_S:
             dead.add(w["id"])
     n = 0
     for t in tasks:
