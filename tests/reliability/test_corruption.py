@@ -117,14 +117,14 @@ def test_damaged_optimized_model_fails_with_the_file_and_tiemb_check_says_so(tmp
     feed = feeds(vocab=5000)
     tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=p, runs=2)
     cli = [sys.executable, "-m", "tiemb", "check", p]
-    ok = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    ok = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd="/")
     assert ok.returncode == 0 and "sound" in ok.stdout, ok.stdout + ok.stderr
     table = [f for f in os.listdir(os.path.join(p, "assets")) if f.endswith(".tiemb")][0]
     path = os.path.join(p, "assets", table)
     data = bytearray(open(path, "rb").read())
     data[64 + 4 * 16 * int(feed["ids"][0, 0]) + 1] ^= 0x10      # a byte of a row the batch reads
     open(path, "wb").write(bytes(data))
-    bad = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    bad = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd="/")
     assert bad.returncode == 1 and bad.stdout.count("\n") == 1 and table in bad.stdout, bad.stdout + bad.stderr
     # A fresh serving process (this one still holds the engine it loaded
     # before the damage, with the rows as they were).
@@ -134,7 +134,7 @@ def test_damaged_optimized_model_fails_with_the_file_and_tiemb_check_says_so(tmp
             "    m.signatures['serving_default'](ids=tf.constant(np.zeros((2, 4), np.int64)))\n"
             "except tf.errors.InvalidArgumentError as e:\n"
             "    print('refused', ' '.join(str(e).split()))\n")
-    run = subprocess.run([sys.executable, "-c", code, p], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", code, p], capture_output=True, text=True, cwd="/",
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert run.returncode == 0 and run.stdout.startswith("refused") and f"{table}: checksum mismatch" in run.stdout, \
         run.stdout + run.stderr[-2000:]

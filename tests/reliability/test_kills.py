@@ -46,7 +46,7 @@ def test_kills_during_optimize_leave_old_or_new(tmp_path, seed):
     for k, sig in enumerate([signal.SIGKILL, signal.SIGTERM] * 3):
         src = b_src if k % 2 == 0 else a_src
         proc = subprocess.Popen([sys.executable, "-c", _OPTIMIZE, src, p], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env)
+                                stderr=subprocess.DEVNULL, text=True, env=env, cwd="/")
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(float(rng.uniform(0.0, 4.0)))
         proc.send_signal(sig)

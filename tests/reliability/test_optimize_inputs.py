@@ -28,7 +28,7 @@ def test_wrong_width_and_order_name_the_input(tmp_path):
                                             r"'values'\]"):
         tiemb.optimize(sp, 0, 1, ["8*2", "8", "2"], save_path=str(tmp_path / "o"))
     run = subprocess.run([sys.executable, "-m", "tiemb", "optimize", src, "--save", str(tmp_path / "o"),
-                          "--input-shapes", "16*5"], capture_output=True, text=True,
+                          "--input-shapes", "16*5"], capture_output=True, text=True, cwd="/",
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     lines = [line for line in run.stderr.splitlines() if line.startswith("tiemb optimize: error")]
     assert run.returncode == 1 and len(lines) == 1 and "ids" in lines[0], run.stderr[-2000:]

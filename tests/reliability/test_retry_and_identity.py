@@ -52,7 +52,7 @@ print("alive")
 
 @pytest.mark.parametrize("case", ["slots", "default_id"])
 def test_failed_group_build_then_retry_does_not_crash(tmp_path, case):
-    proc = subprocess.run([sys.executable, "-c", _RETRY, str(tmp_path / "store"), case], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", _RETRY, str(tmp_path / "store"), case], capture_output=True, cwd="/",
                           text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     lines = proc.stdout.splitlines()

@@ -29,12 +29,14 @@ class Tasks:
         self.db = str(db)
         self.env = _env()
         self.workers = []
+        # Out of the source tree: `python -m` would import its uncompiled tiemb/ first.
+        self.cwd = os.path.dirname(os.path.abspath(self.db))
 
     def run(self, *args, check=True, timeout=60):
         cmd = [sys.executable, "-m", "tiemb", *args]
         if args[0] == "tasks":
             cmd += ["--db", self.db]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, cwd=self.cwd)
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
         return p
@@ -59,7 +61,7 @@ class Tasks:
     def start_worker(self, jobs=1, log=None):
         log = open(log or os.path.join(os.path.dirname(self.db), f"worker{len(self.workers)}.log"), "w")
         p = subprocess.Popen([sys.executable, "-m", "tiemb", "tasks", "worker", "--db", self.db, "--jobs", str(jobs)],
-                             stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         self.workers.append(p)
         return p
 

@@ -153,7 +153,7 @@ def test_two_versions_stop_retry_tag_save_delete(tasks, serving_model, tmp_path)
 def test_ui_without_flask_says_how_to_install(tasks):
     p = subprocess.run([sys.executable, "-c", "import sys; sys.modules['flask'] = None; from tiemb.cli import main; "
                         f"sys.exit(main(['ui', '--db', {tasks.db!r}]))"],
-                       capture_output=True, text=True, env=tasks.env, timeout=60)
+                       capture_output=True, text=True, env=tasks.env, timeout=60, cwd=tasks.cwd)
     assert p.returncode == 1 and "pip install 'tiemb[ui]'" in p.stderr, p.stderr
 
 
@@ -185,7 +185,7 @@ def test_concurrent_submitters(tasks, serving_model, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "tiemb", "tasks", "submit", "--db", tasks.db, "--name", n,
                                "--model", serving_model, "--tensor-info", TENSOR_INFO,
                                "--save-root", str(tmp_path / "out")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tasks.env)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tasks.env, cwd=tasks.cwd)
              for n in names]
     results = [(p.wait(60), p.stdout.read(), p.stderr.read()) for p in procs]
     failed = [r for r in results if r[0] != 0]

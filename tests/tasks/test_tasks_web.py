@@ -27,7 +27,7 @@ def ui(tasks, tmp_path):
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tiemb", "ui", "--db", tasks.db, "--port", "0", "--jobs", "2"],
-                                stdout=out, stderr=subprocess.STDOUT, env=tasks.env)
+                                stdout=out, stderr=subprocess.STDOUT, env=tasks.env, cwd=tasks.cwd)
     tasks.workers.append(proc)  # SIGTERM at the end stops the page and its worker
     end = time.monotonic() + 30
     while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -145,8 +146,9 @@ def _cmd_ui(args) -> int:
     db = args.db or default_db()
     worker = None
     if args.jobs:  # a convenience: the same worker as `tiemb tasks worker`, in its own process
+        db = os.path.abspath(db)     # and run where it lives: see the worker's own processes
         worker = subprocess.Popen([sys.executable, "-m", "tiemb", "tasks", "worker", "--db", db, "--jobs",
-                                   str(args.jobs), "--exit-with-parent"])
+                                   str(args.jobs), "--exit-with-parent"], cwd=os.path.dirname(db))
     try:
         return serve(db, host=args.host, port=args.port)
     finally:

@@ -98,9 +98,12 @@ class Worker:
     def _spawn(self, task: dict) -> subprocess.Popen:
         os.makedirs(os.path.dirname(task["log_path"]), exist_ok=True)
         with open(task["log_path"], "a") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "tiemb.tasks.runner", self.store.path, str(task["id"]),
+            # Run where the database lives: `python -m` puts the working directory first on sys.path, and a
+            # tiemb source tree there (a checkout without its compiled core) must not shadow the installed one.
+            db = os.path.abspath(self.store.path)
+            proc = subprocess.Popen([sys.executable, "-m", "tiemb.tasks.runner", db, str(task["id"]),
                                      self.id], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, cwd=os.path.dirname(db))
         self.store.update(task["id"], pid=proc.pid)
         self.say(f"task {task['id']} {task['name']}: started (pid {proc.pid})")
         return proc
