@@ -123,6 +123,20 @@ void gather_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int6
   }
 }
 
+/// The accumulator of output row r, zeroed: a float32 output row itself,
+/// else the task's scratch row.
+template <class IdT, class TabT, class OutT>
+inline float* row_accumulator(const pooling_args<IdT, TabT, OutT>& a, int64_t r) {
+  float* acc;
+  if constexpr (std::is_same_v<OutT, float>) {
+    acc = a.out + r * a.out_stride;
+  } else {
+    acc = a.acc;
+  }
+  std::memset(acc, 0, static_cast<size_t>(a.dim) * sizeof(float));
+  return acc;
+}
+
 /// Finishes one output row from its accumulator: TensorFlow's safe-lookup
 /// rules for empty rows (zeros, or the default_id row: TF fills an empty row
 /// with default_id at weight 1, the row itself) and its combiners (div_no_nan
@@ -175,13 +189,7 @@ void pool_matrix_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin,
         if (ahead >= 0) __builtin_prefetch(a.table + ahead * dim);
       }
     }
-    float* acc;
-    if constexpr (std::is_same_v<OutT, float>) {
-      acc = a.out + r * a.out_stride;
-    } else {
-      acc = a.acc;
-    }
-    std::memset(acc, 0, static_cast<size_t>(dim) * sizeof(float));
+    float* acc = row_accumulator(a, r);
     float weight_sum = 0.f;
     float weight_sq_sum = 0.f;
     int64_t count = 0;
@@ -222,13 +230,7 @@ void pool_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int64_
     const int64_t first = a.offsets != nullptr ? a.offsets[r] : r;
     const int64_t last = a.offsets != nullptr ? a.offsets[r + 1] : r + 1;
     // Accumulate straight into a float32 output row; through scratch otherwise.
-    float* acc;
-    if constexpr (std::is_same_v<OutT, float>) {
-      acc = a.out + r * a.out_stride;
-    } else {
-      acc = a.acc;
-    }
-    std::memset(acc, 0, static_cast<size_t>(dim) * sizeof(float));
+    float* acc = row_accumulator(a, r);
     float weight_sum = 0.f;
     float weight_sq_sum = 0.f;
     int64_t count = 0;
