@@ -13,6 +13,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 import tiemb  # noqa: E402
+from rel_models import feeds, lookup_model  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
@@ -61,27 +62,8 @@ def test_failed_group_build_then_retry_does_not_crash(tmp_path, case):
     assert all(want in line for line in lines if line.startswith("refused:")), proc.stdout
 
 
-def _model(path, seed):
-    """A small model as outside code writes one (tf.Module, a sparse lookup
-    over the id matrix, a dense layer); its weights depend on `seed`."""
-    rng = np.random.default_rng(seed)
-    module = tf.Module()
-    module.table = tf.Variable(rng.standard_normal((50, 8)).astype(np.float32))
-    module.kernel = tf.Variable(rng.standard_normal((8, 3)).astype(np.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.int64, name="ids")])
-    def serve(ids):
-        sp = tf.sparse.from_dense(ids + 1)
-        sp = tf.SparseTensor(sp.indices, sp.values - 1, sp.dense_shape)
-        emb = tf.nn.embedding_lookup_sparse(module.table, sp, None, combiner="sum")
-        return {"out": tf.matmul(emb, module.kernel)}
-
-    tf.saved_model.save(module, path, signatures={"serving_default": serve})
-    return path
-
-
 def _optimize(src, dst, overwrite=False):
-    batches = [{"ids": np.random.default_rng(0).integers(0, 50, (16, 4)).astype(np.int64)}]
+    batches = [feeds(seed=0, batch=16, vocab=50)]
     tiemb.optimize(src, 0, 1, ["16*4"], test_data=batches, save_path=dst, overwrite=overwrite, runs=2)
     return batches
 
@@ -95,7 +77,7 @@ def _serve(model, feeds):
 def test_replaced_store_directory_is_a_new_model(tmp_path, how):
     """Load A from P, replace P with B, load P again while A is loaded: each
     serves its own tables."""
-    a_src, b_src = _model(str(tmp_path / "a"), 1), _model(str(tmp_path / "b"), 2)
+    a_src, b_src = lookup_model(str(tmp_path / "a"), 1), lookup_model(str(tmp_path / "b"), 2)
     p = str(tmp_path / "p")
     feeds = _optimize(a_src, p)[0]
     want_a = _serve(tf.saved_model.load(a_src), feeds)
