@@ -1,4 +1,7 @@
-"""A read-mostly view of a GraphDef: nodes by name, consumers, constants."""
+"""The rewriter's shared graph helpers: a read-mostly view of a GraphDef
+(nodes by name, consumers, constants, tables) and the NodeDef builders the
+passes and the driver share. Imports nothing else from tiemb.rewrite, so
+every pass may import it without a cycle."""
 
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ def split_input(name: str) -> Tuple[str, int, bool]:
 
 def tensor_name(node: str, index: int) -> str:
     return node if index == 0 else f"{node}:{index}"
+
+
+def canon(t: str) -> str:
+    """An input string as a tensor name: 'x:0' and 'x' alike become 'x'."""
+    node, idx, _ = split_input(t)
+    return tensor_name(node, idx)
 
 
 class GraphView:
@@ -107,3 +116,41 @@ class GraphView:
 
     def data_consumers(self, node_name: str) -> List[Tuple[object, int]]:
         return [(n, i) for n, i, control in self.consumers.get(node_name, []) if not control]
+
+    def through_identity(self, t: str) -> str:
+        """The tensor ``t`` forwards through Identity nodes, canonical."""
+        node, idx = self.skip_identity(*self.producer(t))
+        return tensor_name(node.name, idx) if node is not None else canon(t)
+
+
+def const_node(name: str, value: np.ndarray):
+    """A Const NodeDef holding ``value`` (object arrays become strings)."""
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.python.framework import dtypes, tensor_util
+
+    n = node_def_pb2.NodeDef(name=name, op="Const")
+    n.attr["dtype"].type = (dtypes.string if value.dtype == object else dtypes.as_dtype(value.dtype)).as_datatype_enum
+    n.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value))
+    return n
+
+
+def attr_values(**kw) -> dict:
+    """AttrValues from Python values: ``("types", [enum...])`` a type list,
+    a list of bools / ints / strings the matching list, an int ``i``."""
+    from tensorflow.core.framework import attr_value_pb2
+
+    out = {}
+    for k, v in kw.items():
+        a = attr_value_pb2.AttrValue()
+        if isinstance(v, tuple) and v[0] == "types":
+            a.list.type.extend(v[1])
+        elif isinstance(v, list) and v and isinstance(v[0], bool):
+            a.list.b.extend(v)
+        elif isinstance(v, int):
+            a.i = v
+        elif isinstance(v, list) and v and isinstance(v[0], int):
+            a.list.i.extend(v)
+        elif isinstance(v, list):
+            a.list.s.extend(s.encode() for s in v)
+        out[k] = a
+    return out

@@ -2,7 +2,8 @@
 built on it (``embedding_column``, linear-model categorical columns).
 
 TensorFlow's safe lookup wraps an ``embedding_lookup_sparse`` (matched by
-sparse_lookup.py, the "inner" lookup) like this::
+fusion_sparse.py or fusion_weighted.py, the "inner" lookup) like this; the
+pass starts from the inner lookup's ids, the SparseFillEmptyRows::
 
     SparseReshape(indices, dense_shape, [prod(shape[:-1]), shape[-1]])
       ─► retain ids >= 0 (and weights > 0 unless the combiner is sum):
@@ -28,12 +29,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .graph import GraphView, split_input, tensor_name
+from .base import Refused, WideningPass
+from .graph import GraphView, canon, tensor_name
+from .lookup import SafePart
 
-
-def _canon(t: str) -> str:
-    node, idx, _ = split_input(t)
-    return tensor_name(node, idx)
+DT_HALF, DT_INT64 = 19, 9
 
 
 def _source(view: GraphView, t: str) -> str:
@@ -41,7 +41,7 @@ def _source(view: GraphView, t: str) -> str:
     node, idx = view.producer(t)
     while node is not None and node.op in ("Identity", "Cast"):
         node, idx = view.input(node, 0)
-    return tensor_name(node.name, idx) if node is not None else _canon(t)
+    return tensor_name(node.name, idx) if node is not None else canon(t)
 
 
 def _retained(view: GraphView, t: str) -> Optional[Tuple[str, str]]:
@@ -55,7 +55,7 @@ def _retained(view: GraphView, t: str) -> Optional[Tuple[str, str]]:
     w, _ = view.input(r, 0)
     if w is None or w.op != "Where":
         return None
-    return g.input[0], _canon(w.input[0])
+    return g.input[0], canon(w.input[0])
 
 
 def _filter_kind(view: GraphView, cond: str, values: str, weights: Optional[str]) -> Optional[str]:
@@ -65,7 +65,7 @@ def _filter_kind(view: GraphView, cond: str, values: str, weights: Optional[str]
         return None
 
     def ids_valid(node):
-        return node is not None and node.op == "GreaterEqual" and _canon(node.input[0]) == _canon(values) \
+        return node is not None and node.op == "GreaterEqual" and canon(node.input[0]) == canon(values) \
             and view.const_equals(node.input[1], 0)
 
     if ids_valid(c):
@@ -74,10 +74,10 @@ def _filter_kind(view: GraphView, cond: str, values: str, weights: Optional[str]
         a, _ = view.input(c, 0)
         ones, _ = view.input(c, 1)   # ones_like(weights, bool)
         shape, _ = view.input(ones, 0) if ones is not None and ones.op == "Fill" else (None, 0)
-        if ids_valid(a) and shape is not None and shape.op == "Shape" and _canon(shape.input[0]) == _canon(weights) \
+        if ids_valid(a) and shape is not None and shape.op == "Shape" and canon(shape.input[0]) == canon(weights) \
                 and view.const_equals(ones.input[1], True):
             return "ids"
-    if c.op == "Greater" and weights is not None and _canon(c.input[0]) == _canon(weights) \
+    if c.op == "Greater" and weights is not None and canon(c.input[0]) == canon(weights) \
             and view.const_equals(c.input[1], 0):
         return "weights"
     return None
@@ -105,7 +105,7 @@ def _is_column0(view: GraphView, t: str, indices: str) -> bool:
     s, _ = view.producer(t)
     while s is not None and s.op in ("Cast", "Identity"):
         s, _ = view.input(s, 0)
-    return s is not None and s.op == "StridedSlice" and _canon(s.input[0]) == _canon(indices) \
+    return s is not None and s.op == "StridedSlice" and canon(s.input[0]) == canon(indices) \
         and view.const_equals(s.input[1], [0, 0]) and view.const_equals(s.input[2], [0, 1]) \
         and view.const_equals(s.input[3], [1, 1]) and s.attr["shrink_axis_mask"].i == 2 \
         and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0
@@ -120,12 +120,12 @@ def _fold_rank2(view: GraphView, select, indices: str, shape: str):
     shape_node, shape_idx = view.skip_identity(*view.producer(shape))
     if sr is None or sr.op != "SparseReshape" or k != 0 or shape_node is not sr or shape_idx != 1:
         return None
-    s0 = _canon(sr.input[1])
+    s0 = canon(sr.input[1])
     pack, _ = view.input(sr, 2)   # [prod(shape[:rank-1]), shape[rank-1]] with rank - 1 == 1
     if pack is None or pack.op != "Pack" or len(pack.input) != 2:
         return None
     last, _ = view.input(pack, 1)
-    if last is None or last.op != "GatherV2" or _canon(last.input[0]) != s0 or not view.const_equals(last.input[1], 1):
+    if last is None or last.op != "GatherV2" or canon(last.input[0]) != s0 or not view.const_equals(last.input[1], 1):
         return None
     users = view.data_consumers(select.name)
     reshapes = [n for n, i in users if n.op == "Reshape" and i == 0]
@@ -148,60 +148,82 @@ def _fold_rank2(view: GraphView, select, indices: str, shape: str):
     return final, sr.input[0], sr.input[1]
 
 
-def match_safe(view: GraphView, inner, report):
-    """The safe lookup around plain Lookup ``inner``, as a "safe" Lookup, or
-    None when ``inner`` is not the lookup of a safe_embedding_lookup_sparse
-    (or the wrapper differs from TensorFlow's in a checked detail; then the
-    reason is reported and ``inner`` alone is fused)."""
-    fill, ids_idx = view.skip_identity(*view.producer(inner.ids))
-    if fill is None or fill.op != "SparseFillEmptyRows" or ids_idx != 1:
-        return None
-    users = view.data_consumers(inner.output)
-    selects = [n for n, i in users if n.op in ("Select", "SelectV2") and i == 2]
-    anchor = selects[0] if len(selects) == 1 else view.nodes[inner.output]
+class SafeLookupFusion(WideningPass):
+    idiom = "safe_embedding_lookup_sparse"
 
-    def leave(reason):
-        report.left_alone.append({"node": anchor.name, "idiom": "safe_embedding_lookup_sparse", "reason": reason
-                                  + "; the embedding_lookup_sparse inside it is fused, the rest stays TensorFlow ops"})
+    def widen(self, inner):
+        """The safe lookup around plain Lookup ``inner``, as a "safe" Lookup;
+        None when ``inner`` is not the lookup of a safe_embedding_lookup_sparse;
+        Refused when the wrapper differs from TensorFlow's in a checked detail
+        (then ``inner`` alone is fused)."""
+        view = self.view
+        fill, ids_idx = view.skip_identity(*view.producer(inner.ids))
+        if fill is None or fill.op != "SparseFillEmptyRows" or ids_idx != 1:
+            return None
+        users = view.data_consumers(inner.output)
+        selects = [n for n, i in users if n.op in ("Select", "SelectV2") and i == 2]
+        anchor = selects[0] if len(selects) == 1 else view.nodes[inner.output]
 
-    if anchor.op in ("Select", "SelectV2"):   # default_id None: empty rows become zeros
-        zeros, _ = view.input(anchor, 1)
-        tile, _ = view.input(anchor, 0)
-        flag, _ = view.input(tile, 0) if tile is not None and tile.op == "Tile" else (None, 0)
-        flag_fill, k = view.input(flag, 0) if flag is not None and flag.op == "Reshape" else (None, 0)
-        if zeros is None or zeros.op != "ZerosLike" or zeros.input[0] != inner.output or flag_fill is not fill \
-                or k != 2:
-            return leave("empty rows are not zeroed by Select(Tile(SparseFillEmptyRows.empty_row_indicator), zeros, ·)")
-        default_id = -1
-    else:                                       # default_id d: empty rows are filled with id d
+        def leave(reason):
+            return Refused(reason + "; the embedding_lookup_sparse inside it is fused, the rest stays TensorFlow ops",
+                           anchor.name)
+
+        default_id = self._default_id(inner, anchor, fill)
+        if isinstance(default_id, str):
+            return leave(default_id)
+        if not _is_column0(view, inner.segment_ids, tensor_name(fill.name, 0)):
+            return leave("the lookup's segment ids are not filled_indices[:, 0]")
+        filled = self._filled_weights(inner, fill)
+        if isinstance(filled, str):
+            return leave(filled)
+        weights, half_weights = filled
+        indices, values, weights, kinds = _unprune(view, fill.input[0], fill.input[1], weights)
+        if "ids" not in kinds:
+            return leave("ids < 0 are not pruned before the lookup as TensorFlow's safe lookup does")
+        if inner.weights is not None and ("weights" in kinds) != (inner.combiner != "sum"):
+            return leave("weights <= 0 are pruned only when the combiner is not sum; this graph differs")
+        output, num_rows = anchor, fill.input[2]
+        folded = _fold_rank2(view, anchor, indices, num_rows)
+        if folded is not None:
+            output, indices, num_rows = folded
+        part = SafePart(default_id=default_id, half_weights=inner.weights is not None and half_weights,
+                        half_output=inner.part.half_output)
+        return replace(inner, output=output.name, ids=values, segment_ids=indices, seg_dtype=DT_INT64,
+                       id_dtype=fill.attr["T"].type, weights=weights, num_rows=num_rows, part=part,
+                       removable=inner.removable + [anchor.name, inner.output])
+
+    def _default_id(self, inner, anchor, fill):
+        """-1 when empty rows are zeroed by Select(Tile(empty_row_indicator), zeros, ·) (default_id None),
+        d when they are filled with the constant id d; a reason string otherwise."""
+        view = self.view
+        if anchor.op in ("Select", "SelectV2"):
+            zeros, _ = view.input(anchor, 1)
+            tile, _ = view.input(anchor, 0)
+            flag, _ = view.input(tile, 0) if tile is not None and tile.op == "Tile" else (None, 0)
+            flag_fill, k = view.input(flag, 0) if flag is not None and flag.op == "Reshape" else (None, 0)
+            if zeros is None or zeros.op != "ZerosLike" or zeros.input[0] != inner.output or flag_fill is not fill \
+                    or k != 2:
+                return "empty rows are not zeroed by Select(Tile(SparseFillEmptyRows.empty_row_indicator), zeros, ·)"
+            return -1
         default = view.const_value(view.producer(fill.input[3])[0])
         if default is None or np.ndim(default) != 0 or int(default) < 0:
-            return leave("empty rows are filled with something other than a constant default id")
-        default_id = int(default)
-    if not _is_column0(view, inner.segment_ids, tensor_name(fill.name, 0)):
-        return leave("the lookup's segment ids are not filled_indices[:, 0]")
-    weights = None
-    if inner.weights is not None:
+            return "empty rows are filled with something other than a constant default id"
+        return int(default)
+
+    def _filled_weights(self, inner, fill):
+        """(weights before their SparseFillEmptyRows, they are float16) for a
+        weighted inner lookup, (None, False) for an unweighted one; the reason
+        when the weights are not filled as TensorFlow does."""
+        if inner.weights is None:
+            return None, False
+        view = self.view
         wfill, widx = view.skip_identity(*view.producer(inner.weights))
-        half_weights = wfill is not None and wfill.op == "Cast" and wfill.attr["SrcT"].type == 19  # DT_HALF:
+        half_weights = wfill is not None and wfill.op == "Cast" and wfill.attr["SrcT"].type == DT_HALF
         if half_weights:                                     # TF casts float16 weights to float32
             wfill, widx = view.skip_identity(*view.input(wfill, 0))
         if wfill is None or wfill.op != "SparseFillEmptyRows" or widx != 1 \
                 or not view.const_equals(wfill.input[3], 1.0):
-            return leave("the weights are not filled by SparseFillEmptyRows with weight 1")
+            return "the weights are not filled by SparseFillEmptyRows with weight 1"
         if _source(view, wfill.input[2]) != _source(view, fill.input[2]):
-            return leave("the ids and the weights are filled against different dense shapes")
-        weights = wfill.input[1]
-    indices, values, weights, kinds = _unprune(view, fill.input[0], fill.input[1], weights)
-    if "ids" not in kinds:
-        return leave("ids < 0 are not pruned before the lookup as TensorFlow's safe lookup does")
-    if inner.weights is not None and ("weights" in kinds) != (inner.combiner != "sum"):
-        return leave("weights <= 0 are pruned only when the combiner is not sum; this graph differs")
-    output, num_rows = anchor, fill.input[2]
-    folded = _fold_rank2(view, anchor, indices, num_rows)
-    if folded is not None:
-        output, indices, num_rows = folded
-    return replace(inner, output=output.name, ids=values, segment_ids=indices, seg_dtype=9,  # DT_INT64
-                   id_dtype=fill.attr["T"].type, weights=weights, num_rows=num_rows, mode="safe",
-                   default_id=default_id, half_weights=inner.weights is not None and half_weights,
-                   removable=inner.removable + [anchor.name, inner.output])
+            return "the ids and the weights are filled against different dense shapes"
+        return wfill.input[1], half_weights

@@ -1,5 +1,7 @@
 """Fusion of what a model does with the lookups right after them: the
-TiembLookup op writes one output laid out as the model's concatenation.
+TiembLookup op writes one output laid out as the model's concatenation. This
+pass runs on the spliced graph (driver.py), anchored at the ConcatV2 / Pack /
+sum that reads the ops' outputs.
 
 Patterns (``e_k`` a TiembLookup output, possibly through shape-only ops
 Identity / Reshape / ExpandDims / Squeeze that nothing else reads)::
@@ -33,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .graph import split_input, tensor_name
+from .graph import const_node, split_input, tensor_name
 
 SHAPE_ONLY = ("Identity", "Reshape", "ExpandDims", "Squeeze")
 SUMS = ("AddN", "AddV2", "Add")
@@ -189,16 +191,10 @@ def fuse_lookup_outputs(graph_def, report) -> object:
     return out
 
 
-def _const(name: str, value: np.ndarray):
-    from .sparse_lookup import _const_node
-
-    return _const_node(name, value)
-
-
 def _reshape(name: str, tensor: str, shape: List[int], dtype: int, new_nodes: list) -> str:
     from tensorflow.core.framework import node_def_pb2
 
-    new_nodes.append(_const(f"{name}/shape", np.array(shape, np.int32)))
+    new_nodes.append(const_node(f"{name}/shape", np.array(shape, np.int32)))
     r = node_def_pb2.NodeDef(name=name, op="Reshape", input=[tensor, f"{name}/shape"])
     r.attr["T"].type, r.attr["Tshape"].type = dtype, 3   # DT_INT32
     new_nodes.append(r)
@@ -286,7 +282,7 @@ def _fuse_concat(node, graph, shape_of, ends, merged, new_nodes, drop, replace):
         else:
             r = node_def_pb2.NodeDef(name=node.name, op="Reshape", input=[key, f"{node.name}/tiemb_shape"] + control)
             r.attr["T"].type, r.attr["Tshape"].type = dtype, 3
-            new_nodes.append(_const(f"{node.name}/tiemb_shape", np.array(block, np.int32)))
+            new_nodes.append(const_node(f"{node.name}/tiemb_shape", np.array(block, np.int32)))
         replace[node.name] = r
         return
     inputs, k = [], 0
@@ -312,7 +308,7 @@ def _fuse_concat(node, graph, shape_of, ends, merged, new_nodes, drop, replace):
     c.attr["T"].type, c.attr["N"].i = dtype, len(inputs)
     c.attr["Tidx"].type = node.attr["Tidx"].type if node.op == "ConcatV2" else 3
     if node.op == "Pack":
-        new_nodes.append(_const(f"{node.name}/tiemb_axis", np.array(axis, np.int32)))
+        new_nodes.append(const_node(f"{node.name}/tiemb_axis", np.array(axis, np.int32)))
     replace[node.name] = c
 
 
@@ -368,7 +364,7 @@ def _fuse_sum(node, graph, shape_of, ends, merged, new_nodes, drop, replace):
         key = _claim([_t(terms[k]) for k in ks], ends, merged, drop, "sum", node.name)
         base = f"{node.name}/tiemb_sum_{len(summed)}"
         x = _reshape(f"{base}/rows", key, [-1, len(ks), width], dtype, new_nodes)
-        new_nodes.append(_const(f"{base}/axis", np.array(1, np.int32)))
+        new_nodes.append(const_node(f"{base}/axis", np.array(1, np.int32)))
         s = node_def_pb2.NodeDef(name=f"{base}/sum", op="Sum", input=[x, f"{base}/axis"])
         s.attr["T"].type, s.attr["Tidx"].type, s.attr["keep_dims"].b = dtype, 3, False
         new_nodes.append(s)
