@@ -1,4 +1,4 @@
-"""Output fusion (tiemb/rewrite/output_fusion.py): where a model concatenates,
+"""Output fusion (tiemb/rewrite/fusion_outputs.py): where a model concatenates,
 stacks or sums its lookups, the op writes one output laid out as the result.
 Checked on models written by others (Keras W&D and DLRM, deepctr, feature
 columns) and on hand-written graphs where the concatenation has other

@@ -1,4 +1,4 @@
-"""Masked pooling of padded multi-hot id matrices (pooled_lookup.py): NVIDIA
+"""Masked pooling of padded multi-hot id matrices (fusion_masked_pooling.py, fusion_dense_to_sparse.py): NVIDIA
 DeepLearningExamples' TF2 Wide&Deep multi-hot features, written the way its
 ``_categorical_embedding_lookup`` writes them (tiemb/bench/multihot.py),
 fused into one dense id matrix slot each; node counts, the report and equal

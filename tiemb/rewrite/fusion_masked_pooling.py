@@ -59,7 +59,9 @@ def _rank2(view: GraphView, t: str) -> bool:
         and s.attr["shrink_axis_mask"].i == 0 and s.attr["ellipsis_mask"].i == 0 and s.attr["new_axis_mask"].i == 0
 
 
-
+# 1 + eps rounds to 1 in float32 for eps <= 2**-24 (half an ulp of 1, ties to
+# even), and n + eps to n for every larger count n: dividing by count + eps is
+# dividing by the count, and 0 / eps is 0 for rows without ids.
 _EPS_MAX = 2.0 ** -24
 
 
