@@ -12,7 +12,7 @@ checked detail: the reason goes to the report's ``left_alone``), or None
 Passes only read the graph. The driver (driver.py) runs them in order,
 builds the fused op and splices it in once; there, a node a match lists as
 removable goes only once nothing outside the replaced subgraphs reads it
-(``driver.unused_candidates``), so a pattern never takes away a tensor that
+(``splice.unused_candidates``), so a pattern never takes away a tensor that
 other code uses.
 """
 

@@ -73,14 +73,26 @@ def find_lookups(view: GraphView, report: RewriteReport, options: Dict[str, bool
 def rewrite(graph_def, store_dir: Optional[str], *, max_batch_size: int, max_nnz: int, prefix: str = "tiemb",
             half_tables: bool = False, resources=None, device: str = "cpu", slot_num: Optional[int] = None,
             fuse_outputs: bool = True, pooled: bool = True, passes=None) -> Rewrite:
-    """Replaces the embedding lookups of a frozen GraphDef by TiembLookup ops.
+    """Replaces the embedding lookups of a frozen GraphDef by TiembLookup ops
+    and returns a ``Rewrite``: the new graph, the report, and the tables with
+    the sizes the store must record (``store``; None when nothing was
+    replaced, and then the graph is an unchanged copy). Writes nothing; the
+    input graph is not modified.
 
-    The options are those of ``rewrite_sparse_lookups`` (see there);
-    ``store_dir`` here only names the store the ops will read (written into
-    the graph; None: an empty path, for analysis), nothing is written.
-    ``passes``: the fusion pass classes to run, in order (None: ``PASSES``,
-    read at call time). The input graph is
-    not modified; with nothing to replace the result is an unchanged copy.
+    Args:
+        store_dir: the store path written into the graph for the ops to read
+            (None: an empty path, for analysis).
+        max_batch_size, max_nnz: the engine's sizes, passed on to ``store``.
+        prefix: name prefix of the nodes the rewrite adds.
+        half_tables: return float32 tables as float16 (optimization level 1).
+        resources: resource placeholder name -> numpy value of tables left as
+            variables; gathers from them are matched like gathers from constants.
+        device: "cpu" pins the ops to the CPU kernel; "gpu" leaves placement to TensorFlow.
+        slot_num: recorded in ``store``; None: the most features one op reads.
+        fuse_outputs: run fusion_outputs.py on the spliced graph.
+        pooled: run the passes whose ``option`` is "pooled" (padded dense id matrices).
+        passes: the fusion pass classes to run, in order; None: ``PASSES``,
+            read at call time.
     """
     view = GraphView(graph_def, resources)
     report = RewriteReport()
