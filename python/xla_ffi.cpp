@@ -79,13 +79,15 @@ class lookup_plan {
   virtual ~lookup_plan() = default;
 
   /// Runs the lookups of one call; `stream` is XLA's (nullptr on the CPU).
-  ffi::Error call(ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream) {
+  /// Errors read "tiemb_lookup handle H: slot S: ...": the runtime names
+  /// the op by its handle and the slot by its index.
+  ffi::Error call(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream) {
     std::lock_guard<std::mutex> lk(mutex_);
     try {
       read(args, rets);
       run(stream);
     } catch (const std::exception& e) {
-      return ffi::Error::InvalidArgument(e.what());
+      return ffi::Error::InvalidArgument("tiemb_lookup handle " + std::to_string(handle) + ": " + e.what());
     }
     return ffi::Error::Success();
   }
@@ -301,7 +303,7 @@ std::shared_ptr<lookup_plan> find_plan(int64_t handle) {
 ffi::Error call_plan(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream) {
   std::shared_ptr<lookup_plan> plan = find_plan(handle);
   if (!plan) return ffi::Error::InvalidArgument("tiemb lookup: no plan with handle " + std::to_string(handle));
-  return plan->call(args, rets, stream);
+  return plan->call(handle, args, rets, stream);
 }
 
 ffi::Error cpu_lookup(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets) {
