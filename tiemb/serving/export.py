@@ -14,6 +14,7 @@ import numpy as np
 
 from . import dense as dense_mod
 from . import format as fmt
+from .program import operand_key
 from .samples import test_batches
 from .wiring import PARTS, batch_input, discover
 
@@ -389,7 +390,7 @@ def _padded_inputs(dense_inputs, op_meta) -> Dict[str, object]:
 
 # What the custom call reads in place (python/xla_ffi.cpp): an input as it
 # is, or one column of it (ids, segment ids); weights contiguous.
-_READABLE = {"ids": ("values", "column"), "segment_ids": ("values", "column"), "weights": ("values",)}
+_READABLE = {"ids": ("values", "column", "masked"), "segment_ids": ("values", "column"), "weights": ("values",)}
 # Fill of a SparseTensor piece padded to a bucket's capacity: ids -1 (pruned
 # by safe slots), weights 0.
 # Padded segment ids go to rows after the bucket's ("spill" rows, max_nnz
@@ -450,8 +451,8 @@ def _check_readable(op: dict, slot: dict, inputs: dict) -> None:
         if not spec["padded"]:
             spec["capacity"] = True
             spec["fill"] = _FILL[part]
-        if src["input"] not in op["operands"]:
-            op["operands"].append(src["input"])
+        if operand_key(src) not in op["operands"]:
+            op["operands"].append(operand_key(src))
     if slot["ids"]["kind"] == "column" and slot["id_column"] >= 0:
         raise ValueError(f"{where}: reads column {slot['id_column']} of ids that are already a column")
     slot["serve_mode"] = slot["mode"]

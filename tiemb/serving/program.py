@@ -46,13 +46,42 @@ def input_shape(spec: dict, bucket: int, max_nnz: int) -> List[int]:
     return [first if i == 0 and d == -1 else d for i, d in enumerate(spec["shape"])]
 
 
+def operand_key(source: dict) -> str:
+    """The name of a lookup operand: the model input, or for a ``masked``
+    source "<input>!=<ignore>" (computed in the program before the call)."""
+    return source["input"] if source["kind"] != "masked" else f"{source['input']}!={source['ignore']}"
+
+
+def _operand_input(key: str) -> str:
+    return key.split("!=")[0]
+
+
 def program_inputs(meta: dict) -> List[str]:
     """The model inputs the program takes, in order: the dense module's,
     then those only the lookups read."""
     names = list(meta["dense"]["inputs"])
     for op in meta["ops"]:
-        names += [n for n in op["operands"] if n not in names]
-    return names
+        names += [_operand_input(k) for k in op["operands"] if _operand_input(k) not in names]
+    return list(dict.fromkeys(names))
+
+
+def _masked(lines: List[str], value: Dict[str, str], types: Dict[str, str], ops: list) -> None:
+    """Values of ``masked`` operands: where(x != ignore, x, -1), so that the
+    pooled slot prunes the padding (Keras masked pooling's select)."""
+    for op in ops:
+        for key in op["operands"]:
+            if key in value:
+                continue
+            x, ignore = _operand_input(key), int(key.split("!=")[1])
+            t, k = types[x], len(value)
+            pred = t[:t.rfind("x") + 1] + "i1>" if "x" in t else "tensor<i1>"
+            lines.append(f"    %mc{k} = stablehlo.constant dense<{ignore}> : {t}")
+            lines.append(f"    %mn{k} = stablehlo.constant dense<-1> : {t}")
+            lines.append(f"    %mp{k} = \"stablehlo.compare\"({value[x]}, %mc{k}) <{{comparison_direction = "
+                         f"#stablehlo<comparison_direction NE>, compare_type = #stablehlo<comparison_type SIGNED>}}> "
+                         f": ({t}, {t}) -> {pred}")
+            lines.append(f"    %mv{k} = \"stablehlo.select\"(%mp{k}, {value[x]}, %mn{k}) : ({pred}, {t}, {t}) -> {t}")
+            value[key], types[key] = f"%mv{k}", t
 
 
 def _output_shape(out: dict, bucket: int, spill: bool) -> List[int]:
@@ -76,12 +105,9 @@ def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lo
     serves op i). ``lookups_only``: a program that returns every lookup
     output instead (the floor in benchmarks takes them as inputs).
 
-    Raises BundleError when the dense module's signature does not match
-    what the bundle's wiring says it takes."""
-    try:
-        dense_body, dense_args, dense_results = xla.rename_main(dense_text, DENSE)
-    except ValueError as e:
-        raise BundleError(f"the dense module of batch {bucket} does not parse: {e}") from None
+    Raises ValueError when ``dense_text`` does not parse, BundleError when
+    its signature does not match what the bundle's wiring says it takes."""
+    dense_body, dense_args, dense_results = xla.rename_main(dense_text, DENSE)   # ValueError: it does not parse
     names = program_inputs(meta)
     max_nnz = meta["engine"]["max_nnz"]
     types = {n: tensor_type(input_shape(meta["inputs"][n], bucket, max_nnz), meta["inputs"][n]["dtype"])
@@ -92,6 +118,7 @@ def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lo
         [f"%w{k}: {t}" for k, t in enumerate(weight_types)]
     value = {n: f"%in{k}" for k, n in enumerate(names)}
     lines, flat, flat_types = [], [], []
+    _masked(lines, value, types, meta["ops"])
     for i, (op, handle) in enumerate(zip(meta["ops"], handles)):
         outs = [tensor_type(_output_shape(o, bucket, spill=True), o["dtype"]) for o in op["outputs"]]
         operands = op["operands"]

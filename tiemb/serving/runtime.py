@@ -304,10 +304,11 @@ def _wiring(op: dict, slot: dict) -> list:
     ids, seg, w = slot["ids"], slot["segment_ids"], slot["weights"]
     column = slot["id_column"] if slot["id_column"] >= 0 else ids.get("column", -1) if ids["kind"] == "column" else -1
     dense_matrix = slot["id_width"] >= 0 or slot["mode"] == "gather"
-    return [arg[ids["input"]], column, slot["id_width"],
-            -1 if seg is None or dense_matrix else arg[seg["input"]],
+    key = program.operand_key
+    return [arg[key(ids)], column, slot["id_width"],
+            -1 if seg is None or dense_matrix else arg[key(seg)],
             seg.get("column", -1) if seg is not None and seg["kind"] == "column" else -1,
-            -1 if w is None else arg[w["input"]], slot["output"], slot["offset"]]
+            -1 if w is None else arg[key(w)], slot["output"], slot["offset"]]
 
 
 class Baseline:
