@@ -102,8 +102,9 @@ def _result(name: str, count: int) -> str:
 def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lookups_only: bool = False) -> str:
     """The program of ``bucket``: ``dense_text`` (the bucket's dense module)
     called on the outputs of one custom call per lookup op (``handles[i]``
-    serves op i). ``lookups_only``: a program that returns every lookup
-    output instead (the floor in benchmarks takes them as inputs).
+    serves op i). ``lookups_only``: a program of the model inputs alone
+    that returns every lookup output instead (the floor in benchmarks
+    takes them as inputs).
 
     Raises ValueError when ``dense_text`` does not parse, BundleError when
     its signature does not match what the bundle's wiring says it takes."""
@@ -114,8 +115,9 @@ def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lo
              for n in names}
     n_weights = len(meta["dense"]["weights"])
     weight_types = dense_args[len(dense_args) - n_weights:] if n_weights else []
-    args = [f"%in{k}: {types[n]}" for k, n in enumerate(names)] + \
-        [f"%w{k}: {t}" for k, t in enumerate(weight_types)]
+    args = [f"%in{k}: {types[n]}" for k, n in enumerate(names)]
+    if not lookups_only:
+        args += [f"%w{k}: {t}" for k, t in enumerate(weight_types)]
     value = {n: f"%in{k}" for k, n in enumerate(names)}
     lines, flat, flat_types = [], [], []
     _masked(lines, value, types, meta["ops"])
