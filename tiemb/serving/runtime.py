@@ -190,11 +190,11 @@ class BundleModel:
         try:
             results = self._programs[bucket].run(args)
             out = {}
+            host = self.device_kind == "cpu" or on_host
             for spec, r in zip(self.outputs, results):
-                if spec["batched"]:
-                    r = r[:batch]
-                host = self.device_kind == "cpu" or on_host
-                out[spec["name"]] = xla.to_host(r) if host else xla.to_cupy(r)
+                # Cut on the numpy / cupy view: slicing a jax Array dispatches an XLA op per output.
+                r = xla.to_host(r) if host else xla.to_cupy(r)
+                out[spec["name"]] = r[:batch] if spec["batched"] else r
         except Exception as e:         # XLA passes the handler's message on in its own exception type
             raise self._slot_error(e) from None
         if self.device_kind == "gpu" and on_host:
