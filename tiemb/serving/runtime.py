@@ -62,6 +62,9 @@ class BundleModel:
         self._plans = _plans(bundle_dir, meta, device, ordinal)
         self._handles = {p.handle: op for p, op in zip(self._plans, meta["ops"])}
         self._program_inputs = program.program_inputs(meta)
+        # Slots over SparseTensor pieces (checked per call on the host; usually none).
+        self._piece_slots = [(op, s, slot) for op in meta["ops"] for s, slot in enumerate(op["slots"])
+                             if self.inputs[slot["ids"]["input"]].get("capacity")]
         self._programs = {b: self._compile(b) for b in self.buckets}
         self._dense, self._lookups_only = {}, {}
 
@@ -114,29 +117,26 @@ class BundleModel:
         """SparseTensor pieces: equal lengths per slot (the padding would hide
         a mismatch from the engine), and no negative ids where a plain
         lookup is served in safe mode (which would prune them)."""
-        for op in self.meta["ops"]:
-            for s, slot in enumerate(op["slots"]):
-                ids = slot["ids"]
-                if not self.inputs[ids["input"]].get("capacity"):
-                    continue
-                n = feeds[ids["input"]].shape[0]
-                for part in ("segment_ids", "weights"):
-                    src = slot[part]
-                    if src is not None and feeds[src["input"]].shape[0] != n:
-                        raise SlotError(f"{_where(op, s)}: {part} has {feeds[src['input']].shape[0]} entries but "
-                                        f"ids has {n}")
-                seg = slot["segment_ids"]
-                if seg is not None and isinstance(feeds[seg["input"]], np.ndarray) and n:
-                    g = feeds[seg["input"]]
-                    top = int((g[:, seg.get("column", 0)] if g.ndim == 2 else g).max())
-                    if top >= batch:
-                        raise SlotError(f"{_where(op, s)}: segment ids reach row {top}, beyond the batch of "
-                                        f"{batch} rows")
-                x = feeds[ids["input"]]
-                if slot["serve_mode"] != slot["mode"] and isinstance(x, np.ndarray) and x.size and x.min() < 0:
-                    k = int(np.argmax(x < 0))
-                    raise SlotError(f"{_where(op, s)}: id {int(x[k])} at position {k} is out of range "
-                                    f"[0, {slot['rows']})")
+        for op, s, slot in self._piece_slots:
+            ids = slot["ids"]
+            n = feeds[ids["input"]].shape[0]
+            for part in ("segment_ids", "weights"):
+                src = slot[part]
+                if src is not None and feeds[src["input"]].shape[0] != n:
+                    raise SlotError(f"{_where(op, s)}: {part} has {feeds[src['input']].shape[0]} entries but "
+                                    f"ids has {n}")
+            seg = slot["segment_ids"]
+            if seg is not None and isinstance(feeds[seg["input"]], np.ndarray) and n:
+                g = feeds[seg["input"]]
+                top = int((g[:, seg.get("column", 0)] if g.ndim == 2 else g).max())
+                if top >= batch:
+                    raise SlotError(f"{_where(op, s)}: segment ids reach row {top}, beyond the batch of "
+                                    f"{batch} rows")
+            x = feeds[ids["input"]]
+            if slot["serve_mode"] != slot["mode"] and isinstance(x, np.ndarray) and x.size and x.min() < 0:
+                k = int(np.argmax(x < 0))
+                raise SlotError(f"{_where(op, s)}: id {int(x[k])} at position {k} is out of range "
+                                f"[0, {slot['rows']})")
 
     def _pad(self, feeds, batch: int, bucket: int, xp):
         out = dict(feeds)
@@ -186,7 +186,7 @@ class BundleModel:
         """Runs the model on ``feeds`` (see the class doc); raises ValueError
         naming the input or slot for bad feeds."""
         batch, bucket, on_host, padded = self._prepare(feeds)
-        args = [xla.put(padded[name], self._dev) for name in self._program_inputs] + self._weights
+        args = xla.put_all([padded[name] for name in self._program_inputs], self._dev) + self._weights
         try:
             results = self._programs[bucket].run(args)
             out = {}

@@ -109,6 +109,14 @@ def put(array, dev):
     raise ValueError(f"cannot hand a {type(array).__name__} to XLA: give numpy, cupy or a DLPack array")
 
 
+def put_all(arrays, dev) -> list:
+    """:func:`put` of each array, in one x64 scope (entering it costs more
+    than handing over an array that is already on the device)."""
+    jax = _jax()
+    with _x64(jax):
+        return [put(a, dev) for a in arrays]
+
+
 def to_host(array) -> np.ndarray:
     """A numpy copy (waits for the device)."""
     return np.asarray(array)
