@@ -4,6 +4,7 @@ Environment knobs:
   TIEMB_CUDA=AUTO|ON|OFF          build the CUDA sources (AUTO: where nvcc exists)
   TIEMB_CUDA_ARCHITECTURES=75;90  CUDA architectures (default 75;80;86;90)
   TIEMB_TF_OPS=AUTO|ON|OFF        build the TensorFlow op library (AUTO: where TF imports)
+  TIEMB_XLA_FFI=AUTO|ON|OFF       build the XLA FFI lookup handlers (AUTO: where jaxlib imports)
   CMAKE_ARGS="..."                extra arguments for the CMake configure step
   CMAKE_BUILD_PARALLEL_LEVEL=N    parallel compile jobs (default: all cores)
   DEBUG=1                         debug build
@@ -51,6 +52,25 @@ def tensorflow_flags():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def xla_ffi_include():
+    """jaxlib's XLA FFI header directory in the *target* environment (probed
+    like TensorFlow above), or "" where jaxlib is not importable or
+    TIEMB_XLA_FFI=OFF. The handlers are header-only against it: the built
+    extension does not link jaxlib, and runs with any jaxlib whose FFI API
+    is compatible (XLA keeps the C API versioned)."""
+    mode = os.environ.get("TIEMB_XLA_FFI", "AUTO").upper()
+    if mode == "OFF":
+        return ""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    probe = "import jax.ffi; print(jax.ffi.include_dir())"
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if mode == "ON":
+            raise RuntimeError("TIEMB_XLA_FFI=ON but jax is not importable:\n" + proc.stderr)
+        return ""
+    return proc.stdout.strip().splitlines()[-1]
+
+
 class CMakeExtension(Extension):
     def __init__(self, name, sourcedir=""):
         super().__init__(name, sources=[])
@@ -80,6 +100,9 @@ class CMakeBuild(build_ext):
         tf = tensorflow_flags() or ([], [], False)
         cmake_args += [f"-DTIEMB_TF_CFLAGS={' '.join(tf[0])}", f"-DTIEMB_TF_LFLAGS={' '.join(tf[1])}",
                        f"-DTIEMB_TF_CUDA={'ON' if tf[2] else 'OFF'}"]
+        # Always passed (empty without jaxlib), for the same reason as TensorFlow's flags.
+        cmake_args += [f"-DTIEMB_XLA_FFI={os.environ.get('TIEMB_XLA_FFI', 'AUTO').upper()}",
+                       f"-DTIEMB_XLA_FFI_INCLUDE={xla_ffi_include()}"]
         if shutil.which("ninja"):
             cmake_args += ["-G", "Ninja"]
         cmake_args += shlex.split(os.environ.get("CMAKE_ARGS", ""))

@@ -2,8 +2,9 @@
 TensorFlow by export_bundles.py) on this GPU, and prints one table row per
 model, level and batch:
 
-* tiemb ms: the whole bundle call (feeds already on the GPU: lookups on the
-  GPU engine + the dense module), to the GPU finishing;
+* tiemb ms: the whole bundle call (feeds already on the GPU: one XLA program
+  per bucket, the lookups on the GPU engine as its custom call, then the
+  dense module), to the GPU finishing;
 * floor ms: the dense module alone on precomputed lookup outputs (same XLA,
   same GPU): what the model would take if lookups were free;
 * baseline ms: the original model's whole graph compiled by XLA on this GPU,
@@ -99,11 +100,8 @@ def main(argv=None):
                     continue
             dev = {k: cp.asarray(v) for k, v in feeds.items()}
             n = model._check(dev)
-            bucket = model.buckets[np.searchsorted(model.buckets, n)]
-            padded = model._pad(dev, n, bucket, cp)
-            looked = model._lookups(padded, bucket) if model._lookups else []
-            dense_args = [xla.put(padded[i], model._dev) for i in model.meta["dense"]["inputs"]] + \
-                [xla.put(looked[i], model._dev) for i in model.meta["dense"]["lookups"]]
+            # The floor's inputs: the lookups' outputs, computed once by the bundle's own lookup program.
+            bucket, dense_args = model.floor_args(dev)
             fns = [lambda: model(dev), lambda: xla.block(model.dense_only(dense_args, bucket))]
             if base is not None and n == bucket:
                 fns.append(lambda: xla.block(base(dev)))

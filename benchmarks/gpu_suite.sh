@@ -25,6 +25,8 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s"
 [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit $rc; }
 (cd /tmp && python3 -c "import tiemb, json; print(json.dumps(tiemb.build_info())); print('cuda_available', tiemb.cuda_available())")
+# The bundle's lookups run as XLA FFI custom calls: the handlers are built only where jax was importable at build time.
+(cd /tmp && python3 -c "import tiemb._C as c; print('xla_ffi handlers', sorted(getattr(c, 'xla_ffi_targets', dict)()))")
 (cd /tmp && so=$(python3 -c "import tiemb._C as c; print(c.__file__)") && ldd "$so" > "$OUT/ldd.txt" 2>&1; nm -DC --defined-only "$so" 2>/dev/null | grep -c "std::" >> "$OUT/ldd.txt")
 
 echo "== CPU-engine error path (crashed once on this machine)"

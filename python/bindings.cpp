@@ -211,6 +211,9 @@ class py_cpu_lookup_group {
 #ifdef TIEMB_WITH_CUDA
 void bind_gpu(py::module_& m);  // gpu_bindings.cpp
 #endif
+#ifdef TIEMB_WITH_XLA_FFI
+void bind_xla_ffi(py::module_& m);  // xla_ffi.cpp
+#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tiemb core: fused embedding lookups (CPU and CUDA) and the tiered cache";
@@ -347,5 +350,8 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef TIEMB_WITH_CUDA
   bind_gpu(m);
+#endif
+#ifdef TIEMB_WITH_XLA_FFI
+  bind_xla_ffi(m);
 #endif
 }

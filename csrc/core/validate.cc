@@ -174,7 +174,8 @@ int64_t check_slot(const engine_config& cfg, const slot_config& sc, int64_t tabl
     // are not part of the output.
     rows = safe ? m - 1 : last_nonempty + 1;
   } else {
-    rows = safe ? req.num_rows : (n == 0 ? 0 : index_at(req.segments, req.segment_type, n - 1) + 1);
+    rows = safe ? req.num_rows
+                : (n == 0 ? 0 : index_at(req.segments, req.segment_type, (n - 1) * req.segment_stride) + 1);
     TIEMB_EXPECT(rows <= cfg.max_batch_size, "slot ", s, ": ", rows,
                  " output rows exceed max_batch_size = ", cfg.max_batch_size);
     int64_t prev = 0;

@@ -71,3 +71,52 @@ def test_gpu_bad_feeds_name_the_input():
         model({k: v for k, v in feeds.items() if k != name})
     with pytest.raises(ValueError, match=f"input '{name}' must be"):
         model(dict(feeds, **{name: feeds[name].astype(np.float64)}))
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT}")
+def test_gpu_program_is_one_executable_with_the_lookup_call():
+    """The GPU handler is built and the bucket's program runs the lookups as
+    its custom call: floor_args (the lookups alone) fed to the dense module
+    alone give the whole call's outputs."""
+    pytest.importorskip("jax")
+    cp = pytest.importorskip("cupy")
+    from tiemb import _C, serving
+    from tiemb.serving import xla
+
+    assert "gpu" in _C.xla_ffi_targets(), "this build has no GPU FFI handler (TIEMB_CUDA=ON with jax installed)"
+    model = serving.load(BUNDLES[0], device="gpu")
+    feeds, _ = model.test_batches()[0]
+    dev = {k: cp.asarray(v) for k, v in feeds.items()}
+    whole = model(dev)
+    bucket, args = model.floor_args(dev)
+    assert xla.LOOKUP_TARGET in model._programs[bucket].hlo_text()
+    parts = model.dense_only(args, bucket)
+    n = next(iter(whole.values())).shape[0]
+    for spec, r in zip(model.outputs, parts):
+        np.testing.assert_allclose(cp.asnumpy(cp.from_dlpack(r))[:n], cp.asnumpy(whole[spec["name"]]),
+                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT}")
+def test_gpu_id_out_of_range_names_the_slot():
+    """A data error the GPU finds surfaces at synchronize (device feeds) or at once (numpy feeds), naming the slot."""
+    pytest.importorskip("jax")
+    cp = pytest.importorskip("cupy")
+    from tiemb import serving
+
+    for bundle in BUNDLES:
+        model = serving.load(bundle, device="gpu")
+        feeds, _ = model.test_batches()[0]
+        slot = next((s for op in model.meta["ops"] for s in op["slots"] if s["mode"] == "gather"), None)
+        if slot is None or feeds[slot["ids"]["input"]].ndim != 2:
+            continue
+        bad = {k: v.copy() for k, v in feeds.items()}
+        column = max(slot["id_column"], 0)
+        bad[slot["ids"]["input"]][0, column] = slot["rows"] + 7
+        with pytest.raises(ValueError, match=f"input '{slot['ids']['input']}'.*{slot['rows'] + 7}"):
+            model(bad)
+        model({k: cp.asarray(v) for k, v in bad.items()})
+        with pytest.raises(ValueError, match=f"input '{slot['ids']['input']}'"):
+            model.synchronize()
+        return
+    pytest.skip("no bundle with a gather slot over an id matrix")

@@ -91,19 +91,16 @@ def test_already_optimized_model(tmp_path, seed):
     src = str(tmp_path / "dlrm")
     _, feeds = reference("dlrm", src, seed % 1000)
     rng = np.random.default_rng(seed)
-    # Fused outputs (the default rewrite) are not in bundle format 1: a clear error, nothing written.
-    rewrite_saved_model(src, str(tmp_path / "fused"), max_batch_size=64, max_nnz=26)
-    with pytest.raises(serving.BundleError, match=r"writes fused outputs or reads padded id matrices"):
-        serving.export_bundle(str(tmp_path / "fused"), str(tmp_path / "b0"), batch_sizes=BUCKETS,
-                              test_data=[feeds(5, rng)])
-    assert not os.path.exists(str(tmp_path / "b0"))
-    rewrite_saved_model(src, str(tmp_path / "opt"), max_batch_size=64, max_nnz=26, fuse_outputs=False)
-    bundle = str(tmp_path / "bundle")
-    meta = serving.export_bundle(str(tmp_path / "opt"), bundle, batch_sizes=BUCKETS,
-                                 test_data=[feeds(5, rng)], baseline=True)
-    assert "already optimized" in meta["baseline"]["reason"]
     batches = [feeds(n, rng) for n in (2, 30)]
-    assert_same_outputs(serve_here(src, batches), [serving.load(bundle, "cpu")(b) for b in batches], rtol=1e-5)
+    # Fused outputs (the default rewrite) and one output per slot both serve.
+    for k, fuse in enumerate((True, False)):
+        opt = str(tmp_path / f"opt{k}")
+        rewrite_saved_model(src, opt, max_batch_size=64, max_nnz=26, fuse_outputs=fuse)
+        bundle = str(tmp_path / f"bundle{k}")
+        meta = serving.export_bundle(opt, bundle, batch_sizes=BUCKETS, test_data=[feeds(5, rng)], baseline=True)
+        assert "already optimized" in meta["baseline"]["reason"]
+        assert (len(meta["ops"][0]["outputs"]) < len(meta["ops"][0]["slots"])) == fuse
+        assert_same_outputs(serve_here(src, batches), [serving.load(bundle, "cpu")(b) for b in batches], rtol=1e-5)
 
 
 def test_sparse_tensor_pieces_model(tmp_path, seed):
@@ -141,56 +138,38 @@ def test_cli_export(tmp_path, seed):
     assert_same_outputs(serve_here(src, [batch]), [model(batch)], rtol=1e-5)
 
 
-class _CpuBackedGpuEngine:
-    """GpuEmbeddingEngine's interface over the CPU engine, to check here how
-    the bundle feeds the GPU engine (gathers as one-id-per-row safe slots,
-    plain slots as safe ones, columns from one transposed copy)."""
-
-    def __init__(self, store):
-        from tiemb import EmbeddingEngine, _C
-
-        m = _C.read_store_manifest(store)
-        self.engine = EmbeddingEngine(m["max_batch_size"], m["slot_num"], m["max_nnz"])
-        self.store_tables = list(m["tables"])
-        for name in self.store_tables:
-            rows = _C.read_table_rows(os.path.join(store, name), [])[0]
-            self.engine.add_table(_C.read_table_rows(os.path.join(store, name), list(range(rows)))[3])
-
-    @classmethod
-    def from_store(cls, store, device=0):
-        return cls(store)
-
-    def group(self, slots):
-        g = self.engine.group(slots)
-        g.synchronize = lambda: None
-        return g
-
-
 @pytest.mark.parametrize("name", ["wide_deep", "deepfm", "sparse"])
-def test_gpu_lookup_plan_equals_cpu(name, tmp_path, seed, monkeypatch):
-    """The GPU path's slot conversions give the CPU path's lookups (numpy
-    standing in for cupy, the CPU engine for the GPU engine)."""
-    import sys
-
-    import tiemb.gpu
-    from tiemb.serving import lookups
-    from tiemb.serving.runtime import BundleModel
+def test_one_program_per_bucket(name, tmp_path, seed):
+    """Each bucket is one XLA program: the lookups as tiemb_lookup custom
+    calls feeding the dense module; its lookups alone (floor_args) fed to
+    the dense module alone give the same outputs."""
+    from tiemb.serving import program, xla
 
     src = str(tmp_path / name)
     feeds = sparse_model(src, seed % 1000) if name == "sparse" else reference(name, src, seed % 1000)[1]
     rng = np.random.default_rng(seed)
     bundle = str(tmp_path / "bundle")
-    serving.export_bundle(src, bundle, batch_sizes=BUCKETS, test_data=[feeds(6, rng), feeds(20, rng)], verify=False)
-    model = BundleModel(bundle, device="cpu")
+    meta = serving.export_bundle(src, bundle, batch_sizes=BUCKETS, test_data=[feeds(6, rng), feeds(20, rng)],
+                                 verify=False)
+    model = serving.load(bundle, device="cpu")
+    text = program.compose(open(os.path.join(bundle, "dense_32.mlir")).read(), meta, 32, [7] * len(meta["ops"]))
+    assert text.count(f"stablehlo.custom_call @{xla.LOOKUP_TARGET}(") == len(meta["ops"])
+    assert "mhlo.backend_config = {handle = 7 : i64}" in text and f"func.call @{program.DENSE}(" in text
+    hlo = model._programs[32].hlo_text()
+    assert f'custom_call_target="{xla.LOOKUP_TARGET}"' in hlo
     batch = feeds(13, rng)
+    whole = model(batch)
+    bucket, args = model.floor_args(batch)
+    parts = model.dense_only(args, bucket)
+    for spec, r in zip(model.outputs, parts):
+        np.testing.assert_array_equal(np.asarray(r)[:13], whole[spec["name"]])
     if name == "wide_deep":
-        batch["cat"][::4, 5] = -1          # Keras' wrapping: the last row
-    monkeypatch.setitem(sys.modules, "cupy", np)
-    monkeypatch.setattr(tiemb.gpu, "GpuEmbeddingEngine", _CpuBackedGpuEngine)
-    gpu_plan = lookups.GpuLookups(bundle, model.meta)
-    padded = model._pad(batch, 13, 32, np)
-    want = model._lookups(padded, 32)
-    got = gpu_plan(padded, 32)
-    assert len(got) == len(want)
-    for w, g in zip(want, got):
-        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+        # Fused outputs: W&D's 52 slots write 2 outputs (deep and wide concatenations).
+        assert [len(o["outputs"]) for o in meta["ops"]] == [2]
+    if name == "deepfm":
+        # Feature columns' padded id matrices are pooled slots, read in place (no dense-to-sparse conversion).
+        slots = [s for op in meta["ops"] for s in op["slots"]]
+        assert any(s["id_width"] >= 0 for s in slots)
+        assert all(s["ids"]["kind"] in ("values", "column") for s in slots)
+    if name == "sparse":
+        assert meta["inputs"]["ids"]["capacity"] and meta["ops"][0]["outputs"][0]["spill"]

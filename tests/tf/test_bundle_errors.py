@@ -95,7 +95,11 @@ def test_corrupt_bundles(wd_bundle, tmp_path):
     meta_path = os.path.join(b, "bundle.json")
     meta = json.load(open(meta_path))
     json.dump(dict(meta, format_version=99), open(meta_path, "w"))
-    with pytest.raises(BundleError, match="format version 99; this tiemb reads version 1"):
+    with pytest.raises(BundleError, match="format version 99; this tiemb reads version 2 only"):
+        serving.load(b, device="cpu")
+    # A bundle of format 1 (one output per slot, lookups in Python): export again.
+    json.dump(dict(meta, format_version=1), open(meta_path, "w"))
+    with pytest.raises(BundleError, match="format version 1; .*export the model again"):
         serving.load(b, device="cpu")
     open(meta_path, "w").write("{not json")
     with pytest.raises(BundleError, match="bundle.json is corrupt"):
@@ -121,3 +125,37 @@ def test_corrupt_bundles(wd_bundle, tmp_path):
 def test_bad_device(wd_bundle):
     with pytest.raises(ValueError, match="device must be one of"):
         serving.load(wd_bundle[0], device="tpu")
+
+
+def test_without_ffi_handlers_load_says_how_to_build(wd_bundle, monkeypatch):
+    """No silent fallback: a tiemb built without its XLA FFI handlers cannot serve a bundle and says why."""
+    from tiemb import _C
+    from tiemb.serving import xla
+
+    monkeypatch.delattr(_C, "xla_ffi_targets", raising=False)
+    monkeypatch.setattr(xla, "_registered", set())
+    with pytest.raises(RuntimeError, match="built without its XLA FFI lookup handlers.*pip install"):
+        serving.load(wd_bundle[0], device="cpu")
+
+
+def test_sparse_pieces_beyond_capacity_and_batch(tmp_path):
+    src = str(tmp_path / "sparse")
+    feeds = sparse_model(src, 5)
+    rng = np.random.default_rng(6)
+    bundle = str(tmp_path / "bundle")
+    meta = serving.export_bundle(src, bundle, batch_sizes=[4, 16], test_data=[feeds(6, rng), feeds(11, rng)])
+    model = serving.load(bundle, device="cpu")
+    cap = 4 * meta["engine"]["max_nnz"]
+    good = feeds(3, rng)
+    many = dict(good, ids=np.zeros(cap + 1, np.int64),
+                indices=np.stack([np.repeat(np.arange(3), cap), np.tile(np.arange(cap), 3)], 1)[:cap + 1])
+    with pytest.raises(ValueError, match=f"input 'ids' has {cap + 1} entries, more than the {cap}"):
+        model(many)
+    beyond = dict(good, indices=good["indices"].copy())
+    beyond["indices"][-1, 0] = 3             # dense_shape says 3 rows
+    with pytest.raises(ValueError, match="input 'ids'.*segment ids reach row 3, beyond the batch of 3"):
+        model(beyond)
+    negative = dict(good, ids=good["ids"].copy())
+    negative["ids"][1] = -2                  # embedding_lookup_sparse refuses it; so does the bundle
+    with pytest.raises(ValueError, match=r"input 'ids'.*id -2 at position 1 is out of range"):
+        model(negative)

@@ -3,9 +3,10 @@
 ``export_bundle`` (needs TensorFlow) writes a directory with the table store,
 the dense part lowered by TensorFlow's XLA bridge to StableHLO (one module
 per batch bucket, weights as arguments), the wiring of inputs to lookup
-slots, and test batches with TensorFlow's outputs. ``load`` (needs jax; on a
-GPU also cupy) serves it: lookups on tiemb's engine, the dense part compiled
-by XLA through PJRT.
+slots, and test batches with TensorFlow's outputs. ``load`` (needs jax, and
+tiemb built with its XLA FFI handlers; on a GPU also cupy) serves it: one XLA
+program per bucket, compiled through PJRT, whose lookups are a custom call
+on tiemb's engine (program.py, python/xla_ffi.cpp) followed by the dense part.
 """
 
 from __future__ import annotations

@@ -151,6 +151,77 @@ _VALUE_SHAPED = {"Where", "Unique", "UniqueV2", "UniqueWithCounts", "SparseFillE
 _SHAPE_OPS = {"Shape", "ShapeN", "Rank", "Size"}
 
 
+class _ShapeLogic:
+    """Which nodes of a graph compute from input *shapes* only (foldable to
+    constants once the bucket fixes the shapes), memoised; iterative walks,
+    as graphs are deep."""
+
+    def __init__(self, graph_def):
+        from ..rewrite.graph import GraphView
+
+        self.view = GraphView(graph_def)
+        self._value_shaped, self._fold = {}, {}
+
+    def _deps(self, n: str) -> List[str]:
+        return [split_input(i)[0] for i in self.view.nodes[n].input if not i.startswith("^")]
+
+    def value_shaped(self, name: str) -> bool:
+        """Any value-shaped op among the data ancestors of node ``name``."""
+        memo, stack, order = self._value_shaped, [name], []
+        while stack:
+            n = stack.pop()
+            if n in memo or n not in self.view.nodes:
+                continue
+            deps = self._deps(n)
+            pending = [d for d in deps if d not in memo and d in self.view.nodes]
+            if pending and n not in order:
+                order.append(n)
+                stack.append(n)
+                stack.extend(pending)
+                continue
+            memo[n] = self.view.nodes[n].op in _VALUE_SHAPED or any(memo.get(d, False) for d in deps)
+        return memo.get(name, False)
+
+    def foldable(self, name: str) -> bool:
+        memo, stack = self._fold, [name]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            node = self.view.nodes[n]
+            if node.op == "Const":
+                memo[n] = True
+            elif node.op in ("Placeholder", "PlaceholderWithDefault") or node.op.startswith("Tiemb"):
+                memo[n] = False
+            elif node.op in _SHAPE_OPS:
+                memo[n] = not any(self.value_shaped(d) for d in self._deps(n))
+            else:
+                pending = [d for d in self._deps(n) if d not in memo]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                deps = self._deps(n)
+                memo[n] = bool(deps) and all(memo[d] for d in deps)
+            stack.pop()
+        return memo[name]
+
+    def frontier(self, needed, fetches: Sequence[str]) -> List[str]:
+        """Tensors a non-foldable node (or a fetch) reads from a foldable non-Const node."""
+        found = []
+        for node in needed.node:
+            if self.foldable(node.name):
+                continue
+            for i in node.input:
+                src, idx, control = split_input(i)
+                if not control and self.foldable(src) and self.view.nodes[src].op != "Const":
+                    found.append(f"{src}:{idx}")
+        for t in fetches:
+            if self.foldable(split_input(t)[0]) and self.view.nodes[split_input(t)[0]].op != "Const":
+                found.append(t if ":" in t else t + ":0")
+        return sorted(set(found))
+
+
 def fold_shapes(graph_def, args: Sequence[Tuple[str, tuple, str]], fetches: Sequence[str]):
     """``graph_def`` with everything computed from input *shapes* only
     (``Shape``/``Rank``/``Size`` of inputs with the bucket's static shapes,
@@ -159,68 +230,10 @@ def fold_shapes(graph_def, args: Sequence[Tuple[str, tuple, str]], fetches: Sequ
     (``Switch``/``Merge``, which XLA cannot compile) left around such
     shape logic by feature columns goes with it."""
     import tensorflow as tf
-    from tensorflow.core.framework import node_def_pb2
-    from tensorflow.python.framework import tensor_util
 
-    from ..rewrite.graph import GraphView
-
-    view = GraphView(graph_def)
-    value_shaped_memo, fold_memo = {}, {}
-
-    def value_shaped(name):      # any value-shaped op among the data ancestors of node ``name``
-        stack, order = [name], []
-        while stack:
-            n = stack.pop()
-            if n in value_shaped_memo or n not in view.nodes:
-                continue
-            deps = [split_input(i)[0] for i in view.nodes[n].input if not i.startswith("^")]
-            pending = [d for d in deps if d not in value_shaped_memo and d in view.nodes]
-            if pending and n not in order:
-                order.append(n)
-                stack.append(n)
-                stack.extend(pending)
-                continue
-            value_shaped_memo[n] = view.nodes[n].op in _VALUE_SHAPED or any(value_shaped_memo.get(d, False)
-                                                                              for d in deps)
-        return value_shaped_memo.get(name, False)
-
-    def foldable(name):
-        stack = [name]
-        while stack:
-            n = stack[-1]
-            if n in fold_memo:
-                stack.pop()
-                continue
-            node = view.nodes[n]
-            if node.op == "Const":
-                fold_memo[n] = True
-            elif node.op in ("Placeholder", "PlaceholderWithDefault") or node.op.startswith("Tiemb"):
-                fold_memo[n] = False
-            elif node.op in _SHAPE_OPS:
-                fold_memo[n] = not any(value_shaped(split_input(i)[0]) for i in node.input if not i.startswith("^"))
-            else:
-                deps = [split_input(i)[0] for i in node.input if not i.startswith("^")]
-                pending = [d for d in deps if d not in fold_memo]
-                if pending:
-                    stack.extend(pending)
-                    continue
-                fold_memo[n] = bool(deps) and all(fold_memo[d] for d in deps)
-            stack.pop()
-        return fold_memo[name]
-
+    logic = _ShapeLogic(graph_def)
     needed = pruned(graph_def, fetches)
-    frontier = []            # tensors a non-foldable node reads from a foldable non-Const one
-    for node in needed.node:
-        if foldable(node.name):
-            continue
-        for i in node.input:
-            src, idx, control = split_input(i)
-            if not control and foldable(src) and view.nodes[src].op != "Const":
-                frontier.append(f"{src}:{idx}")
-    for t in fetches:
-        if foldable(split_input(t)[0]) and view.nodes[split_input(t)[0]].op != "Const":
-            frontier.append(t if ":" in t else t + ":0")
-    frontier = sorted(set(frontier))
+    frontier = logic.frontier(needed, fetches)
     if not frontier:
         return needed, list(fetches)
     names = [a[0] for a in args]
@@ -231,23 +244,33 @@ def fold_shapes(graph_def, args: Sequence[Tuple[str, tuple, str]], fetches: Sequ
 
     fn = tf.compat.v1.wrap_function(body, [tf.TensorSpec(s, tf.as_dtype(d)) for _, s, d in args])
     values = fn(*[tf.zeros(s, tf.as_dtype(d)) for _, s, d in args])
+    return _with_constants(graph_def, logic, dict(zip(frontier, values)), fetches)
+
+
+def _with_constants(graph_def, logic: _ShapeLogic, values: dict, fetches: Sequence[str]):
+    """``graph_def`` reading ``values`` (frontier tensor -> its value) as
+    constants instead of computing them, pruned to ``fetches``."""
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.python.framework import tensor_util
+
     const_of = {}
     out = type(graph_def)()
     out.CopyFrom(graph_def)
-    for t, v in zip(frontier, values):
+    for t, v in values.items():
         name = f"{split_input(t)[0]}/folded_{split_input(t)[1]}"
         c = node_def_pb2.NodeDef(name=name, op="Const")
         c.attr["dtype"].type = v.dtype.as_datatype_enum
         c.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(v.numpy()))
         out.node.append(c)
         const_of[t] = name
+    nodes = logic.view.nodes
     for node in out.node:
-        if node.name in view.nodes and foldable(node.name):
+        if node.name in nodes and logic.foldable(node.name):
             continue
         inputs = []
         for i in node.input:
             src, idx, control = split_input(i)
-            if control and src in view.nodes and foldable(src):
+            if control and src in nodes and logic.foldable(src):
                 continue          # shape logic (a cond's switch, an assert on a rank) folded away
             inputs.append(const_of.get(f"{src}:{idx}", i) if not control else i)
         del node.input[:]

@@ -7,12 +7,14 @@ import json
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import dense as dense_mod
 from . import format as fmt
+from .program import operand_key
 from .samples import test_batches
 from .wiring import PARTS, batch_input, discover
 
@@ -50,8 +52,9 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
 
     Args:
         model: a SavedModel directory, original (optimized here first: its
-            embedding lookups fused, tables written to the bundle's store) or
-            already optimized by tiemb (its store is copied).
+            embedding lookups fused, with fused outputs and pooled dense id
+            matrix slots, tables written to the bundle's store) or already
+            optimized by tiemb (its store is copied).
         bundle_dir: created; replaced when it exists and ``overwrite``.
         batch_sizes: the batch buckets, one dense module each (a request is
             padded to the next bucket); default from ``input_shapes``, else
@@ -71,18 +74,14 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
         input_shapes: parsed input shapes (:func:`tiemb.parse_input_shapes`):
             the buckets and the shapes of generated test data.
         signature: the SavedModel signature served.
+        overwrite: replace an existing non-empty ``bundle_dir`` (else ValueError).
         verify: load the bundle on the CPU (jax's CPU backend) and compare
             it with TensorFlow on the test data; the difference is recorded.
 
     Raises ValueError naming what cannot be bundled (a slot whose ids the
-    runtime cannot compute, a dense part XLA cannot compile, ...).
+    runtime cannot read, a dense part XLA cannot compile, ...).
     """
-    import tensorflow as tf
-
-    from .. import backends, tf_ops
     from ..config import OptimizeConfig
-    from ..rewrite.saved_model import _freeze
-    from ..rewrite.sparse_lookup import rewrite_sparse_lookups
 
     if level not in (0, 1):
         raise ValueError(f"level must be 0 or 1, got {level!r}")
@@ -92,143 +91,20 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
     buckets = buckets_from(batch_sizes, input_shapes, params.get("tiemb/max_batch_size"))
     if os.path.exists(bundle_dir) and os.listdir(bundle_dir) and not overwrite:
         raise ValueError(f"{bundle_dir} exists and is not empty")
-    tf_ops.load()
-    try:
-        loaded = tf.saved_model.load(model)
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f"cannot load a SavedModel from {model}: {e}") from None
-    if signature not in loaded.signatures:
-        raise ValueError(f"{model} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
-    fn = loaded.signatures[signature]
-    frozen, resources = _freeze(fn, 64 << 20)
-    graph_def = frozen.graph.as_graph_def()
-    specs = fn.structured_input_signature[1]
-    arg_names = sorted(specs)
-    input_tensors = {name: t.name for name, t in zip(arg_names, frozen.inputs)}
-    out_keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
-    outputs = {k: t.name for k, t in zip(out_keys, frozen.outputs)}
-    out_names = sorted(outputs)
-    fetches = [outputs[k] for k in out_names]
-
-    batches = test_batches(test_data, specs, input_shapes, graph_def)
-    want = [{k: v.numpy() for k, v in fn(**{n: tf.constant(b[n]) for n in arg_names}).items()} for b in batches]
-
+    src = _load(model, signature)
+    src.batches = test_batches(test_data, src.specs, input_shapes, src.graph_def)
+    src.want = [{k: v.numpy() for k, v in src.fn(**{n: src.tf.constant(b[n]) for n in src.arg_names}).items()}
+                for b in src.batches]
     parent = os.path.dirname(os.path.abspath(bundle_dir))
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".tiemb-bundle-", dir=parent)
     try:
-        store = os.path.join(work, fmt.STORE)
-        already = [n for n in graph_def.node if n.op == "TiembLookup"]
-        # Provisional: the store's manifest is written again below with the ids per sample the wiring shows.
-        max_nnz = params.get("tiemb/max_nnz") or 1
-        if already:
-            shutil.copytree(os.path.join(model, "assets"), store)
-            new_gd, lookups = graph_def, None
-            ops = [{"name": n.name} for n in already]
-            optimized_input = True
-        else:
-            # One output per slot, ids wired from the model's inputs as the bundle's runtime knows them: no
-            # fused outputs, no padded id matrix slots (their wiring is not in bundle format 1).
-            new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=buckets[-1], max_nnz=max_nnz,
-                                                    half_tables=level >= 1, resources=resources, fuse_outputs=False,
-                                                    pooled=False)
-            ops, lookups = report.ops, {d["output"]: d for d in report.lookups}
-            optimized_input = False
-        config_json = json.dumps({k: v for k, v in params.items() if v is not None}, indent=1, sort_keys=True)
-        if ops:
-            with open(os.path.join(store, "tiemb_config.json"), "w") as f:
-                f.write(config_json)
-        with open(os.path.join(work, fmt.CONFIG), "w") as f:
-            f.write(config_json)
-        wiring = discover(new_gd, ops, input_tensors, batches)
-        op_meta, lookup_specs = _ops_meta(new_gd, ops, wiring, lookups, store)
-        slot_num = max([len(o["slots"]) for o in op_meta] + [1])
-        max_nnz = params.get("tiemb/max_nnz") or _max_nnz(op_meta, batches)
-        if ops:
-            from .. import tf_ops
-
-            tf_ops.resize_store(store, max_batch_size=buckets[-1], slot_num=slot_num, max_nnz=max_nnz)
-
-        # The dense part: model inputs it still reads, lookup outputs, weights
-        # (weights become arguments before the level-1 casts, so that they
-        # stay float32 on disk and the casts run inside the module).
-        dg = dense_mod.pruned(dense_mod.dense_part(new_gd), fetches)
-        dg, weights = dense_mod.weights_to_placeholders(dg)
-        notes = []
-        if level >= 1:
-            dg, notes = backends.apply("tensorflow", dg, level)
-        present = set(dense_mod.placeholders(dg))
-        dense_inputs = [n for n in arg_names if input_tensors[n].split(":")[0] in present]
-        padded = _padded_inputs(dense_inputs, op_meta)
-        inputs_meta = _inputs_meta(specs, batches, padded, op_meta)
-        _fill_gather_shapes(lookup_specs, inputs_meta)
-        flat = [(o["name"], k, s) for o in op_meta for k, s in enumerate(lookup_specs[o["name"]])]
-        # Only the lookup outputs the dense part reads are its arguments.
-        lookup_args = [(i, f"{dense_mod.lookup_placeholder(op, k)}:0", s) for i, (op, k, s) in enumerate(flat)
-                       if dense_mod.lookup_placeholder(op, k) in present]
-        known = set(weights) | {t.split(":")[0] for _, t, _ in lookup_args} | \
-            {input_tensors[i].split(":")[0] for i in dense_inputs}
-        unread = sorted(present - known)
-        if unread:
-            raise ValueError(f"the dense part reads placeholder {unread[0]!r}, which is no model input")
-        prev_tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
-        tf.config.experimental.enable_tensor_float_32_execution(False)   # dots lowered at HIGHEST precision
-        kept = None
-        try:
-            for b in buckets:
-                args = [(input_tensors[n], _shape_at(inputs_meta[n]["shape"], b), inputs_meta[n]["dtype"])
-                        for n in dense_inputs]
-                args += [(t, tuple(b if d == -1 else d for d in s["shape"]), s["dtype"]) for _, t, s in lookup_args]
-                args += [(f"{k}:0", v.shape, v.dtype.name) for k, v in weights.items()]
-                try:
-                    g, fetch_b = dense_mod.fold_shapes(dg, args, fetches)
-                    left = set(dense_mod.placeholders(g))
-                    args = [a for a in args if a[0].split(":")[0] in left]
-                    text = dense_mod.lower(g, args, fetch_b)
-                except ValueError as e:
-                    raise ValueError(f"XLA cannot compile the dense part at batch {b}: {e}") from None
-                if kept is None:
-                    kept = [a[0] for a in args]
-                elif kept != [a[0] for a in args]:
-                    raise ValueError(f"the dense part reads other inputs at batch {b} than at {buckets[0]}")
-                bad = dense_mod.dots_not_highest(text) if level == 0 else []
-                if bad:
-                    raise ValueError(f"level 0: a dot of the dense module is not at full float32 precision: {bad[0]}")
-                with open(os.path.join(work, fmt.dense_module(b)), "w") as f:
-                    f.write(text)
-            base = _baseline(tf, graph_def, resources, arg_names, input_tensors, inputs_meta, fetches, buckets,
-                             work) if baseline and not optimized_input else \
-                ({"reason": "the model given is already optimized: its original graph is not at hand"}
-                 if baseline else None)
-        finally:
-            tf.config.experimental.enable_tensor_float_32_execution(prev_tf32)
-
-        outputs_meta = [{"name": k, "dtype": want[0][k].dtype.name, "shape": [-1] + list(want[0][k].shape[1:]),
-                         "batched": bool(want[0][k].ndim >= 1 and
-                                         all(w[k].shape[0] == _batch_of(b, inputs_meta) for w, b in
-                                             zip(want, batches)))} for k in out_names]
-        meta = {"level": level, "buckets": buckets, "inputs": inputs_meta, "outputs": outputs_meta,
-                "ops": op_meta, "engine": {"max_batch_size": buckets[-1], "slot_num": slot_num, "max_nnz": max_nnz},
-                "dense": {"inputs": dense_inputs, "lookups": None, "weights": None,
-                          "modules": {str(b): fmt.dense_module(b) for b in buckets}, "notes": notes,
-                          "precision": "float32 dots at HIGHEST precision" if level == 0 else
-                          "float16 tables, bfloat16 matmuls"},
-                "batch_source": batch_input(wiring, [n for n in arg_names if inputs_meta[n]["padded"]]),
-                "baseline": base, "source_model": os.path.abspath(model), "signature": signature,
-                "tensorflow": tf.__version__}
-        if meta["batch_source"] is None:
-            raise ValueError("cannot tell a request's batch size: no input has a batch dimension and no slot "
-                             "reads a dense_shape")
-        # What the modules take, in order: model inputs, lookup outputs, weights.
-        kept = set(kept)
-        dense_inputs = [n for n in dense_inputs if input_tensors[n] in kept]
-        lookup_args = [a for a in lookup_args if a[1] in kept]
-        weights = {k: v for k, v in weights.items() if f"{k}:0" in kept}
-        np.savez(os.path.join(work, fmt.WEIGHTS), **{_npz_key(k): v for k, v in weights.items()})
-        meta["dense"].update(inputs=dense_inputs, lookups=[i for i, _, _ in lookup_args],
-                             weights=[_npz_key(k) for k in weights])
-        fmt.write_tests(work, batches, want)
-        fmt.write_meta(work, meta)
+        b = SimpleNamespace(work=work, buckets=buckets, level=level, params=params, model=model)
+        _rewrite(src, b)
+        _dense(src, b)
+        _resize_store(b)
+        _lower_buckets(src, b, baseline)
+        meta = _write(src, b, signature)
         if verify:
             meta["verified"] = _verify(work)
             fmt.write_meta(work, meta)
@@ -238,6 +114,176 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
         return meta
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _load(model: str, signature: str) -> SimpleNamespace:
+    """The SavedModel's signature, frozen: graph, inputs, outputs."""
+    import tensorflow as tf
+
+    from .. import tf_ops
+    from ..rewrite.saved_model import _freeze
+
+    tf_ops.load()
+    try:
+        loaded = tf.saved_model.load(model)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"cannot load a SavedModel from {model}: {e}") from None
+    if signature not in loaded.signatures:
+        raise ValueError(f"{model} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
+    fn = loaded.signatures[signature]
+    frozen, resources = _freeze(fn, 64 << 20)
+    specs = fn.structured_input_signature[1]
+    arg_names = sorted(specs)
+    out_keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
+    outputs = {k: t.name for k, t in zip(out_keys, frozen.outputs)}
+    return SimpleNamespace(tf=tf, loaded=loaded, fn=fn, graph_def=frozen.graph.as_graph_def(), resources=resources,
+                           specs=specs, arg_names=arg_names, out_names=sorted(outputs),
+                           input_tensors={name: t.name for name, t in zip(arg_names, frozen.inputs)},
+                           fetches=[outputs[k] for k in sorted(outputs)])
+
+
+def _rewrite(src, b) -> None:
+    """The lookups fused (or the given model's ops taken as they are), the
+    store written, the ops' slots wired to the model's inputs."""
+    from .. import tf_ops
+    from ..rewrite.sparse_lookup import rewrite_sparse_lookups
+
+    store = os.path.join(b.work, fmt.STORE)
+    already = [n for n in src.graph_def.node if n.op == "TiembLookup"]
+    # Provisional: the store's manifest is written again below with the ids per sample the wiring shows.
+    max_nnz = b.params.get("tiemb/max_nnz") or 1
+    b.lookups = None
+    if already:
+        shutil.copytree(os.path.join(b.model, "assets"), store)
+        b.graph_def, b.ops, b.optimized_input = src.graph_def, [{"name": n.name} for n in already], True
+    else:
+        b.graph_def, report = rewrite_sparse_lookups(src.graph_def, store, max_batch_size=b.buckets[-1],
+                                                     max_nnz=max_nnz, half_tables=b.level >= 1,
+                                                     resources=src.resources)
+        b.ops, b.optimized_input = report.ops, False
+    config_json = json.dumps({k: v for k, v in b.params.items() if v is not None}, indent=1, sort_keys=True)
+    if b.ops:
+        with open(os.path.join(store, "tiemb_config.json"), "w") as f:
+            f.write(config_json)
+    with open(os.path.join(b.work, fmt.CONFIG), "w") as f:
+        f.write(config_json)
+    wiring = discover(b.graph_def, b.ops, src.input_tensors, src.batches)
+    b.wiring = wiring
+    b.op_meta = _ops_meta(b.graph_def, b.ops, wiring, store)
+    b.slot_num = max([len(o["slots"]) for o in b.op_meta] + [1])
+    b.max_nnz = b.params.get("tiemb/max_nnz") or _max_nnz(b.op_meta, src.batches)
+
+
+def _resize_store(b) -> None:
+    """The store's engine sizes: the largest bucket's rows (twice that where
+    outputs take padded SparseTensor pieces: their spill rows)."""
+    from .. import tf_ops
+
+    spill = any(o.get("spill") for op in b.op_meta for o in op["outputs"])
+    b.max_batch = b.buckets[-1] * (2 if spill else 1)
+    if b.ops:
+        tf_ops.resize_store(os.path.join(b.work, fmt.STORE), max_batch_size=b.max_batch, slot_num=b.slot_num,
+                            max_nnz=b.max_nnz)
+
+
+def _dense(src, b) -> None:
+    """The dense part: model inputs it still reads, lookup outputs, weights
+    (weights become arguments before the level-1 casts, so that they stay
+    float32 on disk and the casts run inside the module)."""
+    from .. import backends
+
+    dg = dense_mod.pruned(dense_mod.dense_part(b.graph_def), src.fetches)
+    dg, b.weights = dense_mod.weights_to_placeholders(dg)
+    b.notes = []
+    if b.level >= 1:
+        dg, b.notes = backends.apply("tensorflow", dg, b.level)
+    b.dense_graph = dg
+    present = set(dense_mod.placeholders(dg))
+    b.dense_inputs = [n for n in src.arg_names if src.input_tensors[n].split(":")[0] in present]
+    padded = _padded_inputs(b.dense_inputs, b.op_meta)
+    b.inputs_meta = _inputs_meta(src.specs, src.batches, padded, b.op_meta)
+    flat = [(o["name"], k, out) for o in b.op_meta for k, out in enumerate(o["outputs"])]
+    for _, _, out in flat:
+        out["shape"] = _output_shape(out, b.inputs_meta)
+    # Only the lookup outputs the dense part reads are its arguments.
+    b.lookup_args = [(i, f"{dense_mod.lookup_placeholder(op, k)}:0", out) for i, (op, k, out) in enumerate(flat)
+                     if dense_mod.lookup_placeholder(op, k) in present]
+    known = set(b.weights) | {t.split(":")[0] for _, t, _ in b.lookup_args} | \
+        {src.input_tensors[i].split(":")[0] for i in b.dense_inputs}
+    unread = sorted(present - known)
+    if unread:
+        raise ValueError(f"the dense part reads placeholder {unread[0]!r}, which is no model input")
+
+
+def _lower_buckets(src, b, baseline: bool) -> None:
+    """One dense module per bucket (and the baseline's), every dot of a
+    level-0 module at full float32 precision."""
+    tf = src.tf
+    prev_tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)   # dots lowered at HIGHEST precision
+    b.kept = None
+    try:
+        for bucket in b.buckets:
+            args = [(src.input_tensors[n], _shape_at(b.inputs_meta[n]["shape"], bucket), b.inputs_meta[n]["dtype"])
+                    for n in b.dense_inputs]
+            args += [(t, _shape_at(s["shape"], bucket), s["dtype"]) for _, t, s in b.lookup_args]
+            args += [(f"{k}:0", v.shape, v.dtype.name) for k, v in b.weights.items()]
+            try:
+                g, fetch_b = dense_mod.fold_shapes(b.dense_graph, args, src.fetches)
+                left = set(dense_mod.placeholders(g))
+                args = [a for a in args if a[0].split(":")[0] in left]
+                text = dense_mod.lower(g, args, fetch_b)
+            except ValueError as e:
+                raise ValueError(f"XLA cannot compile the dense part at batch {bucket}: {e}") from None
+            if b.kept is None:
+                b.kept = [a[0] for a in args]
+            elif b.kept != [a[0] for a in args]:
+                raise ValueError(f"the dense part reads other inputs at batch {bucket} than at {b.buckets[0]}")
+            bad = dense_mod.dots_not_highest(text) if b.level == 0 else []
+            if bad:
+                raise ValueError(f"level 0: a dot of the dense module is not at full float32 precision: {bad[0]}")
+            with open(os.path.join(b.work, fmt.dense_module(bucket)), "w") as f:
+                f.write(text)
+        if baseline and b.optimized_input:
+            b.baseline = {"reason": "the model given is already optimized: its original graph is not at hand"}
+        elif baseline:
+            b.baseline = _baseline(tf, src.graph_def, src.resources, src.arg_names, src.input_tensors,
+                                   b.inputs_meta, src.fetches, b.buckets, b.work)
+        else:
+            b.baseline = None
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(prev_tf32)
+
+
+def _write(src, b, signature: str) -> dict:
+    """bundle.json, weights.npz and tests.npz; returns the metadata."""
+    want, batches = src.want, src.batches
+    outputs_meta = [{"name": k, "dtype": want[0][k].dtype.name, "shape": [-1] + list(want[0][k].shape[1:]),
+                     "batched": bool(want[0][k].ndim >= 1 and
+                                     all(w[k].shape[0] == _batch_of(x, b.inputs_meta) for w, x in
+                                         zip(want, batches)))} for k in src.out_names]
+    kept = set(b.kept)
+    dense_inputs = [n for n in b.dense_inputs if src.input_tensors[n] in kept]
+    lookup_args = [a for a in b.lookup_args if a[1] in kept]
+    weights = {k: v for k, v in b.weights.items() if f"{k}:0" in kept}
+    meta = {"level": b.level, "buckets": b.buckets, "inputs": b.inputs_meta, "outputs": outputs_meta,
+            "ops": b.op_meta,
+            "engine": {"max_batch_size": b.max_batch, "slot_num": b.slot_num, "max_nnz": b.max_nnz},
+            "dense": {"inputs": dense_inputs, "lookups": [i for i, _, _ in lookup_args],
+                      "weights": [_npz_key(k) for k in weights],
+                      "modules": {str(x): fmt.dense_module(x) for x in b.buckets}, "notes": b.notes,
+                      "precision": "float32 dots at HIGHEST precision" if b.level == 0 else
+                      "float16 tables, bfloat16 matmuls"},
+            "batch_source": batch_input(b.wiring, [n for n in src.arg_names if b.inputs_meta[n]["padded"]]),
+            "baseline": b.baseline, "source_model": os.path.abspath(b.model), "signature": signature,
+            "tensorflow": src.tf.__version__}
+    if meta["batch_source"] is None:
+        raise ValueError("cannot tell a request's batch size: no input has a batch dimension and no slot "
+                         "reads a dense_shape")
+    np.savez(os.path.join(b.work, fmt.WEIGHTS), **{_npz_key(k): v for k, v in weights.items()})
+    fmt.write_tests(b.work, batches, want)
+    fmt.write_meta(b.work, meta)
+    return meta
 
 
 def _npz_key(name: str) -> str:
@@ -257,9 +303,9 @@ def _batch_of(feeds, inputs_meta) -> int:
 
 def _max_nnz(op_meta, batches) -> int:
     """Most ids a sample may carry in one slot (the engine's max_nnz): the
-    width of a gathered id matrix or of a padded one compacted whole, 1 for
-    a column, and for SparseTensor pieces twice the most the test data shows
-    (set ``tiemb/max_nnz`` when requests may carry more)."""
+    width of a gathered or pooled id matrix, 1 for a column, and for
+    SparseTensor pieces twice the most the test data shows (set
+    ``tiemb/max_nnz`` when requests may carry more)."""
     from .wiring import compute
 
     most = 1
@@ -267,9 +313,11 @@ def _max_nnz(op_meta, batches) -> int:
         for slot in op["slots"]:
             src = slot["ids"]
             x = batches[0][src["input"]]
-            if slot["id_column"] >= 0 or src.get("column") is not None:
+            if slot["id_width"] >= 0:
+                most = max(most, slot["id_width"] or x.shape[-1] - max(slot["id_column"], 0))
+            elif slot["id_column"] >= 0 or src.get("column") is not None:
                 continue
-            if slot["mode"] == "gather" or src["kind"] in ("present_values", "present_rows"):
+            elif slot["mode"] == "gather":
                 most = max(most, int(np.prod(x.shape[1:])) if x.ndim > 1 else 1)
             elif slot["segment_ids"] is not None:
                 for b in batches:
@@ -279,45 +327,53 @@ def _max_nnz(op_meta, batches) -> int:
     return most
 
 
-def _ops_meta(graph_def, ops, wiring, lookups, store):
-    """Per op: its slots (table, mode, combiner, ..., sources); and per op the
-    output shapes/dtypes of its slots as functions of the batch (-1)."""
+def _ops_meta(graph_def, ops, wiring, store) -> List[dict]:
+    """Per op: its slots (table, modes, where each writes, its sources) and
+    its outputs (dtype, width; shapes follow once the inputs are known)."""
+    nodes = {n.name: n for n in graph_def.node}
+    return [_op_meta(nodes[op["name"]], op, wiring[op["name"]], store) for op in ops]
+
+
+def _op_meta(node, op: dict, wiring: List[dict], store: str) -> dict:
     from tensorflow.python.framework import dtypes
 
     from .. import _C
 
-    nodes = {n.name: n for n in graph_def.node}
-    meta, shapes = [], {}
-    for op in ops:
-        node = nodes[op["name"]]
-        a = node.attr
-        if (len(a["slot_outputs"].list.i) and list(a["slot_outputs"].list.i) != list(range(a["N"].i))) or \
-                any(w >= 0 for w in a["id_widths"].list.i):
-            raise fmt.BundleError(f"{op['name']} writes fused outputs or reads padded id matrices (the model was "
-                                  "optimized with output fusion or pooled slots, which bundle format 1 does not "
-                                  "wire); export the original model instead")
-        slots, specs = [], []
-        for s in range(a["N"].i):
-            table = a["tables"].list.s[s].decode()
-            rows, dim = _C.read_table_rows(os.path.join(store, table), [])[:2]
-            src = wiring[op["name"]][s]
-            slot = {"name": op["slots"][s] if "slots" in op else f"{node.name}:{s}",
-                    "table": table, "rows": int(rows), "dim": int(dim), "mode": a["modes"].list.s[s].decode(),
-                    "combiner": a["combiners"].list.s[s].decode(), "default_id": int(a["default_ids"].list.i[s]),
-                    "id_column": int(a["id_columns"].list.i[s]), "wrap_negative": bool(a["wrap_negative"].list.b[s]),
-                    "out_dtype": dtypes.as_dtype(a["out_types"].list.type[s]).name,
-                    **{p: src[p] for p in PARTS}}
-            if slot["ids"] is None:
-                raise ValueError(f"{node.name} slot {s}: its ids are a constant; nothing to serve")
-            slots.append(slot)
-            if slot["mode"] == "gather" and slot["id_column"] < 0:
-                shape = None          # the ids' shape + [dim]: filled in by _inputs_meta's caller below
-            else:
-                shape = [-1, int(dim)]
-            specs.append({"shape": shape, "dtype": slot["out_dtype"], "slot": slot})
-        meta.append({"name": node.name, "slots": slots})
-        shapes[node.name] = specs
-    return meta, shapes
+    a = node.attr
+    n = a["N"].i
+
+    def per_slot(key, kind, default):
+        got = list(getattr(a[key].list, kind))
+        return got if got else [default] * n
+
+    out_types = [dtypes.as_dtype(t).name for t in a["out_types"].list.type]
+    outputs_of = per_slot("slot_outputs", "i", None)
+    outputs_of = list(range(n)) if outputs_of[0] is None else outputs_of
+    offsets, widths = per_slot("slot_offsets", "i", 0), per_slot("id_widths", "i", -1)
+    columns, wrap = per_slot("id_columns", "i", -1), per_slot("wrap_negative", "b", False)
+    slots = []
+    for s in range(n):
+        table = a["tables"].list.s[s].decode()
+        rows, dim = _C.read_table_rows(os.path.join(store, table), [])[:2]
+        slot = {"name": op["slots"][s] if "slots" in op else f"{node.name}:{s}", "table": table,
+                "rows": int(rows), "dim": int(dim), "mode": a["modes"].list.s[s].decode(),
+                "combiner": a["combiners"].list.s[s].decode(), "default_id": int(a["default_ids"].list.i[s]),
+                "id_column": int(columns[s]), "id_width": int(widths[s]), "wrap_negative": bool(wrap[s]),
+                "output": int(outputs_of[s]), "offset": int(offsets[s]), "out_dtype": out_types[outputs_of[s]],
+                **{p: wiring[s][p] for p in PARTS}}
+        if slot["ids"] is None:
+            raise ValueError(f"{node.name} slot {s}: its ids are a constant; nothing to serve")
+        slots.append(slot)
+    outputs = [{"dtype": t, "slots": [s for s in range(n) if outputs_of[s] == o],
+                "width": sum(slots[s]["dim"] for s in range(n) if outputs_of[s] == o)}
+               for o, t in enumerate(out_types)]
+    return {"name": node.name, "slots": slots, "outputs": outputs}
+
+
+def _output_shape(out: dict, inputs_meta: dict) -> list:
+    """An op output's shape, -1 for the batch: a gather slot alone keeps its
+    ids' shape (+ [dim]); every other output is [rows, width]."""
+    return out["shape"] if "shape" in out else [-1, out["width"]]
 
 
 def _padded_inputs(dense_inputs, op_meta) -> Dict[str, object]:
@@ -326,16 +382,27 @@ def _padded_inputs(dense_inputs, op_meta) -> Dict[str, object]:
     pad = {n: 0 for n in dense_inputs}
     for op in op_meta:
         for slot in op["slots"]:
-            src = slot["ids"]
-            if src["kind"] in ("present_values", "present_rows"):
-                pad[src["input"]] = src["ignore"]
-            elif slot["mode"] == "gather" or src["kind"] == "column" and slot["id_column"] >= 0 \
-                    or slot["id_column"] >= 0:
-                pad.setdefault(src["input"], 0)
+            if slot["mode"] == "gather" or slot["id_column"] >= 0 or slot["id_width"] >= 0 or \
+                    slot["ids"]["kind"] == "column":
+                pad.setdefault(slot["ids"]["input"], 0)
     return pad
 
 
+# What the custom call reads in place (python/xla_ffi.cpp): an input as it
+# is, or one column of it (ids, segment ids); weights contiguous.
+_READABLE = {"ids": ("values", "column", "masked"), "segment_ids": ("values", "column"), "weights": ("values",)}
+# Fill of a SparseTensor piece padded to a bucket's capacity: ids -1 (pruned
+# by safe slots), weights 0.
+# Padded segment ids go to rows after the bucket's ("spill" rows, max_nnz
+# per row: the engine's per-sample limit holds), which the program cuts off.
+_FILL = {"ids": -1, "segment_ids": "spill", "weights": 0}
+
+
 def _inputs_meta(specs, batches, padded, op_meta):
+    """Each input's dtype, shape (-1 = any), and how a request is padded:
+    ``padded`` (to the bucket, with ``pad``) or ``capacity`` (a SparseTensor
+    piece: to bucket * max_nnz entries, with ``fill``). Also fixes each
+    slot's ``serve_mode`` and each op's ``operands`` (the inputs it reads)."""
     out = {}
     for name, spec in specs.items():
         x = batches[0][name]
@@ -346,23 +413,57 @@ def _inputs_meta(specs, batches, padded, op_meta):
         if name in padded:
             shape = [-1] + [int(d) for d in x.shape[1:]]
         out[name] = {"dtype": spec.dtype.name, "shape": shape, "padded": name in padded,
-                     "pad": padded.get(name, 0)}
+                     "pad": padded.get(name, 0), "capacity": False}
     for op in op_meta:
+        op["operands"] = []
         for slot in op["slots"]:
-            if slot["mode"] == "gather" and slot["id_column"] < 0:
-                src = out[slot["ids"]["input"]]
-                if not src["padded"]:
-                    raise ValueError(f"slot {slot['name']!r}: gathers with ids from {slot['ids']['input']!r}, "
-                                     "which has no batch dimension")
+            _check_readable(op, slot, out)
+        for o in op["outputs"]:
+            _spill(op, o, out)
+            first = op["slots"][o["slots"][0]]
+            if len(o["slots"]) == 1 and first["mode"] == "gather" and first["id_column"] < 0 and \
+                    first["ids"]["kind"] == "values":
+                o["shape"] = list(out[first["ids"]["input"]]["shape"]) + [first["dim"]]
     return out
 
 
-def _fill_gather_shapes(lookup_specs, inputs_meta):
-    for specs in lookup_specs.values():
-        for s in specs:
-            if s["shape"] is None:
-                slot = s["slot"]
-                s["shape"] = list(inputs_meta[slot["ids"]["input"]]["shape"]) + [slot["dim"]]
+def _spill(op: dict, out: dict, inputs: dict) -> None:
+    """An output whose slots read SparseTensor pieces has twice the bucket's
+    rows (the second half takes the padding; the program slices it off)."""
+    pieces = [inputs[op["slots"][s]["ids"]["input"]]["capacity"] for s in out["slots"]]
+    if any(pieces) and not all(pieces):
+        raise ValueError(f"op {op['name']}: an output fuses slots over SparseTensor pieces with slots over "
+                         "batch inputs, which a bundle cannot pad alike; export the model unfused")
+    out["spill"] = all(pieces)
+
+
+def _check_readable(op: dict, slot: dict, inputs: dict) -> None:
+    where = f"slot {slot['name']!r} (op {op['name']})"
+    for part, kinds in _READABLE.items():
+        src = slot[part]
+        if src is None or (part == "segment_ids" and (slot["mode"] == "gather" or slot["id_width"] >= 0)):
+            continue
+        if src["kind"] not in kinds:
+            raise ValueError(f"{where}: its {part} are {src['kind']} of input {src['input']!r}, which the bundle's "
+                             f"lookup call cannot read in place (it reads {' or '.join(kinds)}); the rewriter "
+                             "fuses padded id matrices into the op (pooled slots) where it recognises them")
+        spec = inputs[src["input"]]
+        if not spec["padded"]:
+            spec["capacity"] = True
+            spec["fill"] = _FILL[part]
+        if operand_key(src) not in op["operands"]:
+            op["operands"].append(operand_key(src))
+    if slot["ids"]["kind"] == "column" and slot["id_column"] >= 0:
+        raise ValueError(f"{where}: reads column {slot['id_column']} of ids that are already a column")
+    slot["serve_mode"] = slot["mode"]
+    if slot["mode"] == "plain" and inputs[slot["ids"]["input"]]["capacity"]:
+        # Padded pieces carry ids -1, which safe mode prunes and plain refuses; with every real
+        # id valid, safe mode with the bucket's rows is plain mode's result, zero rows after the last.
+        if slot["weights"] is not None and slot["combiner"] != "sum":
+            raise ValueError(f"{where}: a weighted {slot['combiner']} lookup over SparseTensor pieces is not "
+                             "served by a bundle (its padding would change the result); optimize the model "
+                             "for TensorFlow instead (tiemb optimize)")
+        slot["serve_mode"] = "safe"
 
 
 def _baseline(tf, graph_def, resources, arg_names, input_tensors, inputs_meta, fetches, buckets, work):

@@ -23,7 +23,10 @@ from typing import Dict, List
 
 import numpy as np
 
-FORMAT_VERSION = 1
+# 2: lookup ops with fused outputs and pooled (dense id matrix) slots, read
+# in place by the XLA custom call (ops[i]["outputs"], slots' output/offset/
+# id_width/serve_mode, inputs' "capacity"); 1 had one output per slot.
+FORMAT_VERSION = 2
 META = "bundle.json"
 STORE = "store"
 WEIGHTS = "weights.npz"
@@ -77,7 +80,8 @@ def read_meta(bundle_dir: str) -> dict:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"{bundle_dir} is bundle format version {version!r}; this tiemb reads version "
-                          f"{FORMAT_VERSION}: export the model again with this tiemb")
+                          f"{FORMAT_VERSION} only (a bundle holds no TensorFlow graph to convert from): "
+                          f"export the model again with this tiemb (tiemb export MODEL --bundle DIR)")
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise BundleError(f"{path} is corrupt: missing {', '.join(missing)}")

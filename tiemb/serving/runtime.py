@@ -1,18 +1,26 @@
-"""A loaded bundle: feeds checked and padded to a bucket, lookups on tiemb's
-engine, the dense part compiled by XLA, the padding cut off."""
+"""A loaded bundle: feeds checked and padded to a bucket, then one compiled
+program per bucket (the lookups as XLA custom calls on tiemb's engine, the
+dense part after them), the padding cut off."""
 
 from __future__ import annotations
 
 import bisect
 import os
+import re
 from typing import Dict
 
 import numpy as np
 
 from . import format as fmt
-from . import xla
+from . import program, xla
 
 DEVICES = ("cpu", "gpu")
+_ENGINE_ENUMS = {"combiner": {"sum": 0, "mean": 1, "sqrtn": 2}, "mode": {"plain": 0, "safe": 1, "gather": 2},
+                 "dtype": {"float32": 0, "float16": 1}}   # csrc/core/types.h (keep in sync)
+
+
+class SlotError(ValueError):
+    """Bad data in a request that a lookup found (an id out of range, ...), naming the slot."""
 
 
 class BundleModel:
@@ -24,6 +32,10 @@ class BundleModel:
     device arrays in (cupy, ``__cuda_array_interface__``, DLPack) give cupy
     arrays out without waiting for the GPU; data errors the GPU finds (an id
     out of range) are raised by :meth:`synchronize` or the next call.
+
+    Each bucket is one XLA program: the lookups run as custom calls on
+    tiemb's engine (python/xla_ffi.cpp) inside it, on XLA's stream, writing
+    into XLA's buffers, then the dense part; nothing runs in Python per slot.
 
     Attributes:
         buckets: the batch sizes compiled; a request is padded to the next one.
@@ -45,23 +57,28 @@ class BundleModel:
         if missing:
             raise fmt.BundleError(f"{bundle_dir}/{fmt.WEIGHTS} is corrupt: no weight {missing[0]!r}")
         self._weights = [xla.put(weights[w], self._dev) for w in meta["dense"]["weights"]]
-        self._modules = {}
-        for b in self.buckets:
-            try:
-                self._modules[b] = xla.Executable(fmt.read_module(bundle_dir, fmt.dense_module(b)), self._dev)
-            except fmt.BundleError:
-                raise
-            except Exception as e:    # XLA's parse / compile errors
-                raise fmt.BundleError(f"{bundle_dir}/{fmt.dense_module(b)} does not compile: "
-                                      f"{str(e).splitlines()[0][:300]}") from None
-        if device == "cpu":
-            from .lookups import CpuLookups
+        if meta["ops"]:
+            xla.register_lookup_target(device)
+        self._plans = _plans(bundle_dir, meta, device, ordinal)
+        self._handles = {p.handle: op for p, op in zip(self._plans, meta["ops"])}
+        self._program_inputs = program.program_inputs(meta)
+        # Slots over SparseTensor pieces (checked per call on the host; usually none).
+        self._piece_slots = [(op, s, slot) for op in meta["ops"] for s, slot in enumerate(op["slots"])
+                             if self.inputs[slot["ids"]["input"]].get("capacity")]
+        self._programs = {b: self._compile(b) for b in self.buckets}
+        self._dense, self._lookups_only = {}, {}
 
-            self._lookups = CpuLookups(bundle_dir, meta) if meta["ops"] else None
-        else:
-            from .lookups import GpuLookups
-
-            self._lookups = GpuLookups(bundle_dir, meta, ordinal) if meta["ops"] else None
+    def _compile(self, bucket: int, lookups_only: bool = False, dense_alone: bool = False) -> xla.Executable:
+        name = fmt.dense_module(bucket)
+        text = fmt.read_module(self.dir, name)
+        try:
+            if not dense_alone:
+                text = program.compose(text, self.meta, bucket, [p.handle for p in self._plans], lookups_only)
+            return xla.Executable(text, self._dev)
+        except fmt.BundleError:
+            raise
+        except Exception as e:    # XLA's parse / compile errors
+            raise fmt.BundleError(f"{self.dir}/{name} does not compile: {str(e).splitlines()[0][:300]}") from None
 
     # -- feeds ---------------------------------------------------------------
     def _check(self, feeds) -> int:
@@ -75,88 +92,147 @@ class BundleModel:
             raise ValueError(f"unknown input {extra[0]!r} (the model's inputs: {sorted(self.inputs)})")
         batch = None
         for name, spec in self.inputs.items():
-            a = feeds[name]
-            dtype = np.dtype(getattr(a, "dtype", type(a)))
-            if dtype != np.dtype(spec["dtype"]):
-                raise ValueError(f"input {name!r} must be {spec['dtype']}, got {dtype.name}")
-            shape = tuple(a.shape)
-            if len(shape) != len(spec["shape"]):
-                raise ValueError(f"input {name!r} must have {len(spec['shape'])} dimensions "
-                                 f"(shape {spec['shape']}, -1 = any), got shape {shape}")
-            fixed = [(i, d) for i, d in enumerate(spec["shape"]) if d >= 0 and (i > 0 or not spec["padded"])]
-            for i, d in fixed:
-                if shape[i] != d:
-                    raise ValueError(f"input {name!r} must have shape {spec['shape']} (-1 = any), got {shape}")
+            _check_feed(name, spec, feeds[name])
             if spec["padded"]:
-                if batch is not None and shape[0] != batch[1]:
-                    raise ValueError(f"input {name!r} has batch {shape[0]} but input {batch[0]!r} has {batch[1]}")
-                batch = (name, shape[0])
+                if batch is not None and feeds[name].shape[0] != batch[1]:
+                    raise ValueError(f"input {name!r} has batch {feeds[name].shape[0]} but input {batch[0]!r} "
+                                     f"has {batch[1]}")
+                batch = (name, feeds[name].shape[0])
         if batch is None:
             src = self.meta["batch_source"]
             shape_feed = feeds[src["input"]]
             if not isinstance(shape_feed, np.ndarray) and hasattr(shape_feed, "get"):
                 shape_feed = shape_feed.get()          # a dense_shape on the GPU: one small read back
-            n = int(np.asarray(shape_feed).reshape(-1)[0])
-            batch = (src["input"], n)
+            batch = (src["input"], int(np.asarray(shape_feed).reshape(-1)[0]))
         if batch[1] < 1:
             raise ValueError(f"input {batch[0]!r}: batch must be at least 1, got {batch[1]}")
         if batch[1] > self.buckets[-1]:
             raise ValueError(f"input {batch[0]!r}: batch {batch[1]} is above the largest bucket "
                              f"{self.buckets[-1]} this bundle was exported for (export with --batch ...,"
                              f"{batch[1]} or larger, or split the request)")
+        self._check_pieces(feeds, batch[1])
         return batch[1]
 
+    def _check_pieces(self, feeds, batch: int) -> None:
+        """SparseTensor pieces: equal lengths per slot (the padding would hide
+        a mismatch from the engine), and no negative ids where a plain
+        lookup is served in safe mode (which would prune them)."""
+        for op, s, slot in self._piece_slots:
+            ids = slot["ids"]
+            n = feeds[ids["input"]].shape[0]
+            for part in ("segment_ids", "weights"):
+                src = slot[part]
+                if src is not None and feeds[src["input"]].shape[0] != n:
+                    raise SlotError(f"{_where(op, s)}: {part} has {feeds[src['input']].shape[0]} entries but "
+                                    f"ids has {n}")
+            seg = slot["segment_ids"]
+            if seg is not None and isinstance(feeds[seg["input"]], np.ndarray) and n:
+                g = feeds[seg["input"]]
+                top = int((g[:, seg.get("column", 0)] if g.ndim == 2 else g).max())
+                if top >= batch:
+                    raise SlotError(f"{_where(op, s)}: segment ids reach row {top}, beyond the batch of "
+                                    f"{batch} rows")
+            x = feeds[ids["input"]]
+            if slot["serve_mode"] != slot["mode"] and isinstance(x, np.ndarray) and x.size and x.min() < 0:
+                k = int(np.argmax(x < 0))
+                raise SlotError(f"{_where(op, s)}: id {int(x[k])} at position {k} is out of range "
+                                f"[0, {slot['rows']})")
+
     def _pad(self, feeds, batch: int, bucket: int, xp):
-        if batch == bucket:
-            return feeds
         out = dict(feeds)
+        cap = bucket * self.meta["engine"]["max_nnz"]
         for name, spec in self.inputs.items():
-            if spec["padded"]:
-                a = feeds[name]
+            a = feeds[name]
+            if spec["padded"] and batch != bucket:
                 fill = xp.full((bucket - batch,) + tuple(a.shape[1:]), spec["pad"], dtype=a.dtype)
                 out[name] = xp.concatenate([a, fill])
+            elif spec.get("capacity"):
+                if a.shape[0] > cap:
+                    raise ValueError(f"input {name!r} has {a.shape[0]} entries, more than the {cap} a batch of "
+                                     f"{bucket} holds (bucket x tiemb/max_nnz = {self.meta['engine']['max_nnz']}); "
+                                     "export with a larger tiemb/max_nnz")
+                out[name] = xp.concatenate([a, self._fill(spec, a, cap - a.shape[0], bucket, xp)])
         return out
 
-    # -- calls ---------------------------------------------------------------
-    def __call__(self, feeds):
-        """Runs the model on ``feeds`` (see the class doc); raises ValueError
-        naming the input or slot for bad feeds."""
+    def _fill(self, spec: dict, a, count: int, bucket: int, xp):
+        """``count`` entries padding SparseTensor piece ``a``: segment ids in
+        the spill rows after the bucket, max_nnz per row (sorted, within the
+        engine's per-sample limit); ids -1 (pruned); weights 0."""
+        if spec["fill"] != "spill":
+            return xp.full((count,) + tuple(a.shape[1:]), spec["fill"], dtype=a.dtype)
+        rows = bucket + xp.arange(count, dtype=a.dtype) // self.meta["engine"]["max_nnz"]
+        if a.ndim == 1:
+            return rows
+        fill = xp.zeros((count,) + tuple(a.shape[1:]), dtype=a.dtype)
+        fill[:, 0] = rows
+        return fill
+
+    def _prepare(self, feeds):
+        """(batch, bucket, on_host, padded feeds on the device's array library)."""
         batch = self._check(feeds)
         bucket = self.buckets[bisect.bisect_left(self.buckets, batch)]
         on_host = all(isinstance(v, (np.ndarray, np.generic)) for v in feeds.values())
         if self.device_kind == "gpu":
             import cupy as xp
 
-            feeds = {k: xp.asarray(v) if isinstance(v, (np.ndarray, np.generic)) else xp.from_dlpack(v)
-                     if not hasattr(v, "__cuda_array_interface__") else xp.asarray(v) for k, v in feeds.items()}
+            feeds = {k: xp.asarray(v) if isinstance(v, (np.ndarray, np.generic)) or
+                     hasattr(v, "__cuda_array_interface__") else xp.from_dlpack(v) for k, v in feeds.items()}
         else:
             xp = np
-        padded = self._pad(feeds, batch, bucket, xp)
-        looked_up = self._lookups(padded, bucket) if self._lookups else []
-        args = [xla.put(padded[name], self._dev) for name in self.meta["dense"]["inputs"]]
-        args += [xla.put(looked_up[i], self._dev) for i in self.meta["dense"]["lookups"]]
-        results = self._modules[bucket].run(args + self._weights)
-        out = {}
-        for spec, r in zip(self.outputs, results):
-            if spec["batched"]:
-                r = r[:batch]
-            if self.device_kind == "cpu" or on_host:
-                out[spec["name"]] = xla.to_host(r)
-            else:
-                out[spec["name"]] = xla.to_cupy(r)
-        if self.device_kind == "gpu" and on_host and self._lookups is not None:
-            self._lookups.check()
+        return batch, bucket, on_host, self._pad(feeds, batch, bucket, xp)
+
+    # -- calls ---------------------------------------------------------------
+    def __call__(self, feeds):
+        """Runs the model on ``feeds`` (see the class doc); raises ValueError
+        naming the input or slot for bad feeds."""
+        batch, bucket, on_host, padded = self._prepare(feeds)
+        args = xla.put_all([padded[name] for name in self._program_inputs], self._dev) + self._weights
+        try:
+            results = self._programs[bucket].run(args)
+            out = {}
+            host = self.device_kind == "cpu" or on_host
+            for spec, r in zip(self.outputs, results):
+                # Cut on the numpy / cupy view: slicing a jax Array dispatches an XLA op per output.
+                r = xla.to_host(r) if host else xla.to_cupy(r)
+                out[spec["name"]] = r[:batch] if spec["batched"] else r
+        except Exception as e:         # XLA passes the handler's message on in its own exception type
+            raise self._slot_error(e) from None
+        if self.device_kind == "gpu" and on_host:
+            self.synchronize()
         return out
 
-    def dense_only(self, feeds_and_lookups: list, bucket: int):
-        """The dense module of ``bucket`` alone on device arrays (the floor
-        in benchmarks): its results, not waited for."""
-        return self._modules[bucket].run(list(feeds_and_lookups) + self._weights)
+    def _slot_error(self, e: Exception) -> Exception:
+        """The custom call's "tiemb_lookup handle H: slot S: ..." with the slot's name and input."""
+        m = re.search(r"tiemb_lookup handle (\d+): (.*)", str(e), re.S)
+        if m is None or int(m.group(1)) not in self._handles:
+            return e
+        return SlotError(_rename(m.group(2).strip(), self._handles[int(m.group(1))]))
 
     def synchronize(self):
         """GPU: waits for the last call and raises the data errors its lookups found."""
-        if self.device_kind == "gpu" and self._lookups is not None:
-            self._lookups.check()
+        for plan, op in zip(self._plans, self.meta["ops"]):
+            try:
+                plan.check(True)
+            except ValueError as e:
+                raise SlotError(_rename(str(e), op)) from None
+
+    def floor_args(self, feeds):
+        """(bucket, the dense module's arguments for ``feeds``): padded dense
+        inputs and the lookup outputs (computed once here), as device arrays."""
+        _, bucket, _, padded = self._prepare(feeds)
+        if bucket not in self._lookups_only:
+            self._lookups_only[bucket] = self._compile(bucket, lookups_only=True)
+        names = self._program_inputs
+        looked = self._lookups_only[bucket].run([xla.put(padded[n], self._dev) for n in names])
+        return bucket, [xla.put(padded[n], self._dev) for n in self.meta["dense"]["inputs"]] + \
+            [looked[i] for i in self.meta["dense"]["lookups"]]
+
+    def dense_only(self, feeds_and_lookups: list, bucket: int):
+        """The dense module of ``bucket`` alone on device arrays (the floor
+        in benchmarks; arguments from :meth:`floor_args`): its results, not waited for."""
+        if bucket not in self._dense:
+            self._dense[bucket] = self._compile(bucket, dense_alone=True)
+        return self._dense[bucket].run(list(feeds_and_lookups) + self._weights)
 
     def test_batches(self):
         """[(feeds, TensorFlow's outputs)] recorded at export."""
@@ -165,6 +241,74 @@ class BundleModel:
     def __repr__(self):
         return (f"BundleModel({os.path.abspath(self.dir)!r}, device={self.device_kind!r}, buckets={self.buckets}, "
                 f"level={self.meta['level']})")
+
+
+def _check_feed(name: str, spec: dict, a) -> None:
+    dtype = np.dtype(getattr(a, "dtype", type(a)))
+    if dtype != np.dtype(spec["dtype"]):
+        raise ValueError(f"input {name!r} must be {spec['dtype']}, got {dtype.name}")
+    shape = tuple(a.shape)
+    if len(shape) != len(spec["shape"]):
+        raise ValueError(f"input {name!r} must have {len(spec['shape'])} dimensions "
+                         f"(shape {spec['shape']}, -1 = any), got shape {shape}")
+    for i, d in enumerate(spec["shape"]):
+        if d >= 0 and (i > 0 or not spec["padded"]) and shape[i] != d:
+            raise ValueError(f"input {name!r} must have shape {spec['shape']} (-1 = any), got {shape}")
+
+
+def _where(op: dict, s: int) -> str:
+    slot = op["slots"][s]
+    return f"slot {slot['name']!r} (op {op['name']} slot {s}, input {slot['ids']['input']!r})"
+
+
+def _rename(message: str, op: dict) -> str:
+    """The engine's "slot i: ..." with the slot's name and input."""
+    m = re.match(r"slot (\d+):(.*)", message, re.S)
+    if m and int(m.group(1)) < len(op["slots"]):
+        return f"{_where(op, int(m.group(1)))}:{m.group(2)}"
+    return f"op {op['name']}: {message}"
+
+
+def _plans(bundle_dir: str, meta: dict, device: str, ordinal: int) -> list:
+    """One tiemb._C.XlaLookupPlan per lookup op: its slots on the engine of
+    the bundle's store (tiers from the store's config on the GPU) and where
+    each reads its operands and writes its output columns."""
+    if not meta["ops"]:
+        return []
+    from .. import _C
+
+    store = os.path.join(bundle_dir, fmt.STORE)
+    for op in meta["ops"]:
+        for slot in op["slots"]:
+            if not os.path.isfile(os.path.join(store, slot["table"])):
+                raise fmt.BundleError(f"{bundle_dir} is incomplete: missing {fmt.STORE}/{slot['table']}")
+    e = _ENGINE_ENUMS
+    plans = []
+    for op in meta["ops"]:
+        slots = op["slots"]
+        try:
+            plans.append(_C.XlaLookupPlan(
+                device, store, ordinal, [s["table"] for s in slots], [e["combiner"][s["combiner"]] for s in slots],
+                [e["mode"][s["serve_mode"]] for s in slots], [s["default_id"] for s in slots],
+                [e["dtype"][s["out_dtype"]] for s in slots], [s["wrap_negative"] for s in slots],
+                [s["dim"] for s in slots], [_wiring(op, s) for s in slots], [o["width"] for o in op["outputs"]]))
+        except ValueError as err:
+            raise fmt.BundleError(f"{bundle_dir}: op {op['name']} cannot be served: {err}") from None
+    return plans
+
+
+def _wiring(op: dict, slot: dict) -> list:
+    """python/xla_ffi.cpp's slot_wiring: (ids operand, ids column, id width,
+    segment ids operand, its column, weights operand, output, first column)."""
+    arg = {n: k for k, n in enumerate(op["operands"])}
+    ids, seg, w = slot["ids"], slot["segment_ids"], slot["weights"]
+    column = slot["id_column"] if slot["id_column"] >= 0 else ids.get("column", -1) if ids["kind"] == "column" else -1
+    dense_matrix = slot["id_width"] >= 0 or slot["mode"] == "gather"
+    key = program.operand_key
+    return [arg[key(ids)], column, slot["id_width"],
+            -1 if seg is None or dense_matrix else arg[key(seg)],
+            seg.get("column", -1) if seg is not None and seg["kind"] == "column" else -1,
+            -1 if w is None else arg[key(w)], slot["output"], slot["offset"]]
 
 
 class Baseline:

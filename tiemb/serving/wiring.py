@@ -10,6 +10,8 @@ compute from one model input ``x`` with numpy or cupy:
 =================  ===========================================================
 ``values``         ``x`` itself (gather slots keep its shape, others ravel it)
 ``column``         ``x[:, c]`` (``sp_ids.indices[:, 0]``)
+``masked``         ``where(x != ignore, x, -1)`` (Keras masked pooling: a padded
+                   id matrix whose padding becomes -1, pruned by a pooled slot)
 ``present_values`` ``x[x != ignore]`` (a padded id matrix, feature columns),
                    or of its column c when ``column`` is set
 ``present_rows``   the row index of each of those (``np.nonzero(x != ignore)[0]``)
@@ -41,6 +43,8 @@ def compute(x: np.ndarray, source: dict, xp=np):
         return x
     if kind == "column":
         return x[:, source["column"]]
+    if kind == "masked":
+        return xp.where(x != source["ignore"], x, xp.asarray(-1, x.dtype))
     if kind in ("present_values", "present_rows"):
         if source.get("column") is not None:
             x = x[:, source["column"]]
@@ -70,7 +74,7 @@ def _upstream(view: GraphView, tensor: str):
     return sorted(set(found)), types
 
 
-def _candidates(part: str, sparse: bool, x: np.ndarray) -> List[dict]:
+def _candidates(part: str, sparse: bool, x: np.ndarray, masked: bool = False) -> List[dict]:
     ignore = [-1, 0] if x.dtype.kind in "iu" else []
     if sparse:
         columns = [None] + (list(range(x.shape[1])) if x.ndim == 2 else [])
@@ -83,6 +87,11 @@ def _candidates(part: str, sparse: bool, x: np.ndarray) -> List[dict]:
     found = [{"kind": "values"}]
     if x.ndim == 2:
         found += [{"kind": "column", "column": c} for c in range(x.shape[1])]
+    if part == "ids" and x.dtype.kind in "iu" and x.ndim >= 2:
+        # With a select upstream the masked form comes first: test data without padding
+        # would also match "values", and then padding would be served as ids.
+        mask = [{"kind": "masked", "ignore": 0}]
+        found = mask + found if masked else found + mask
     return found
 
 
@@ -137,7 +146,8 @@ def discover(graph_def, ops: Sequence[dict], input_tensors: Dict[str, str], batc
         # The op reads column 0 of a 2-D segment-ids tensor in place (sp_ids.indices).
         target = [v[k][:, 0] if part == "segment_ids" and v[k].ndim == 2 else v[k] for v in values]
         chosen = None
-        cands = _candidates(part, sparse, batches[0][arg])
+        masked = bool(types & {"Select", "SelectV2"}) and "NotEqual" in types
+        cands = _candidates(part, sparse, batches[0][arg], masked)
         ids_src = out[op][s]["ids"]
         if part != "ids" and ids_src and ids_src["input"] == arg and "column" in ids_src:
             # Row indices of one column can equal another column's: the ids' column and ignore value come first.

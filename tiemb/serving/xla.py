@@ -109,6 +109,14 @@ def put(array, dev):
     raise ValueError(f"cannot hand a {type(array).__name__} to XLA: give numpy, cupy or a DLPack array")
 
 
+def put_all(arrays, dev) -> list:
+    """:func:`put` of each array, in one x64 scope (entering it costs more
+    than handing over an array that is already on the device)."""
+    jax = _jax()
+    with _x64(jax):
+        return [put(a, dev) for a in arrays]
+
+
 def to_host(array) -> np.ndarray:
     """A numpy copy (waits for the device)."""
     return np.asarray(array)
@@ -124,3 +132,56 @@ def to_cupy(array):
 def block(arrays) -> None:
     for a in arrays:
         a.block_until_ready()
+
+
+# -- the lookups' custom call -------------------------------------------------
+LOOKUP_TARGET = "tiemb_lookup"
+_FFI_PLATFORM = {"cpu": "cpu", "gpu": "CUDA"}
+_registered = set()
+
+
+def register_lookup_target(kind: str) -> None:
+    """Registers tiemb._C's XLA FFI lookup handler for ``kind`` ("cpu" or
+    "gpu") with jax's XLA, once per process. Raises RuntimeError saying how
+    to build the handlers when this tiemb has none (built without jaxlib's
+    FFI headers) or none for ``kind`` (a GPU handler needs the CUDA part)."""
+    if kind in _registered:
+        return
+    jax = _jax()
+    from .. import _C
+
+    if not hasattr(_C, "xla_ffi_targets"):
+        raise RuntimeError("this tiemb was built without its XLA FFI lookup handlers, which serving a bundle needs: "
+                           "rebuild it where jax is installed (pip install jax, then pip install . ; on a host "
+                           "without network: pip install --no-build-isolation --no-deps .; TIEMB_XLA_FFI=ON makes "
+                           "a build without them fail)")
+    targets = _C.xla_ffi_targets()
+    if kind not in targets:
+        raise RuntimeError(f"this tiemb has no {kind} XLA FFI lookup handler (built without the CUDA part: build it "
+                           "on the GPU host with TIEMB_CUDA=ON)")
+    jax.ffi.register_ffi_target(LOOKUP_TARGET, targets[kind], platform=_FFI_PLATFORM[kind], api_version=1)
+    _registered.add(kind)
+
+
+def rename_main(text: str, name: str):
+    """``text`` (a StableHLO module) with its ``main`` renamed to private
+    ``name``, printed without locations; and main's argument and result
+    types as MLIR type strings. Raises ValueError when it does not parse or
+    has no main."""
+    _jax()
+    from jax._src.interpreters import mlir
+    from jax.extend.mlir import ir
+
+    with mlir.make_ir_context():
+        try:
+            module = ir.Module.parse(text)
+        except Exception as e:      # MLIR's parse errors come as several types
+            raise ValueError(str(e).splitlines()[0][:300]) from None
+        for op in module.body.operations:
+            if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == "main":
+                ftype = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
+                op.attributes["sym_name"] = ir.StringAttr.get(name)
+                op.attributes["sym_visibility"] = ir.StringAttr.get("private")
+                return (module.operation.get_asm(enable_debug_info=False), [str(t) for t in ftype.inputs],
+                        [str(t) for t in ftype.results])
+    raise ValueError("the module has no function main")
