@@ -18,8 +18,8 @@ namespace {
 
 py::object reply_object(const cluster_reply& r) {
   if (r.nil) return py::none();
-  if (!r.value.empty() || r.integer == 0) return py::bytes(r.value);
-  return py::int_(r.integer);
+  if (r.is_integer) return py::int_(r.integer);
+  return py::bytes(r.value);
 }
 
 std::vector<std::vector<std::string>> to_commands(const py::list& cmds) {

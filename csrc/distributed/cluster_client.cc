@@ -302,6 +302,7 @@ void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std:
         } else if (r->type == REDIS_REPLY_INTEGER) {
           out.nil = false;
           out.integer = r->integer;
+          out.is_integer = true;
         } else {
           out.nil = true;
         }

@@ -48,6 +48,7 @@ struct cluster_reply {
   bool nil = true;        ///< the key does not exist (GET), or no value
   std::string value;      ///< string/status reply
   int64_t integer = 0;    ///< integer reply
+  bool is_integer = false;
 };
 
 class cluster_client {

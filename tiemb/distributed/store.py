@@ -1,0 +1,115 @@
+"""A table store's tables into the cluster, and what the store records
+about them (``distributed.json`` and the host tier's row ids).
+
+``distributed.json`` (until the store format absorbs it)::
+
+    {"format": 1, "namespace": ..., "model": ..., "params": {tiemb/distributed_* values, no address secrets},
+     "tables": {"<file>": {"version", "rows", "dim", "dtype", "block_rows", "host_ids": "distributed/<file>.host.npy"}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from .. import _C
+from .publish import publish_table
+from .serving import DISTRIBUTED_JSON, host_ids
+from .settings import DEFAULT_BLOCK_ROWS, DistributedSettings, connect
+
+
+def read_store_table(store: str, name: str) -> np.ndarray:
+    """A whole table of a store as a (memory-mapped) array."""
+    path = os.path.join(store, name)
+    rows, dim, dtype, _ = _C.read_table_rows(path, [])
+    return np.memmap(path, dtype=str(dtype), mode="r", offset=64, shape=(int(rows), int(dim)))
+
+
+def default_model_name(store: str) -> str:
+    """The model part of the keys when none is given: the model directory's
+    name (a SavedModel's assets/ store) or the store directory's."""
+    path = os.path.abspath(store).rstrip("/")
+    if os.path.basename(path) == "assets":
+        path = os.path.dirname(path)
+    name = os.path.basename(path)
+    for suffix in (".store", ".pb"):
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "model"
+
+
+def publish_store(store: str, settings: DistributedSettings, *, model: Optional[str] = None,
+                  block_rows: int = DEFAULT_BLOCK_ROWS, cpu_cache_percentage: Optional[float] = None,
+                  profile: Optional[Dict[str, np.ndarray]] = None, params: Optional[dict] = None,
+                  progress=None) -> dict:
+    """Publishes every table of ``store`` and records it in the store.
+
+    Args:
+        store: a table store directory.
+        settings: the cluster (:class:`DistributedSettings`).
+        model: key part naming the model; default :func:`default_model_name`.
+        block_rows: rows per cluster value.
+        cpu_cache_percentage: share of each table's rows in the serving host
+            tier; default the store's tiemb_config.json value, else 1.0.
+        profile: per table name, ids seen in the test data (the host tier
+            takes the most frequent first); None keeps a previous publish's
+            host tier, else the lowest ids.
+        params: the resolved tiemb/* values to record (namespace, timeouts, ...).
+        progress: called with (table, result) after each table.
+
+    Returns the distributed.json document written.
+    """
+    client = connect(settings)
+    manifest = _C.read_store_manifest(store)
+    cfg_path = os.path.join(store, "tiemb_config.json")
+    cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
+    if cpu_cache_percentage is None:
+        cpu_cache_percentage = float(cfg.get("tiemb/cpu_cache_percentage") or 1.0)
+    model = model or default_model_name(store)
+    recorded = {k: v for k, v in (params or cfg).items() if k.startswith("tiemb/distributed_") or
+                k == "tiemb/refresh_seconds"}
+    recorded["tiemb/distributed_namespace"] = settings.namespace
+    recorded["tiemb/distributed_address"] = settings.address
+    recorded["tiemb/distributed_timeout_ms"] = settings.timeout_ms
+    recorded["tiemb/distributed_retries"] = settings.retries
+    recorded["tiemb/refresh_seconds"] = settings.refresh_seconds
+    os.makedirs(os.path.join(store, "distributed"), exist_ok=True)
+    doc = {"format": 1, "namespace": settings.namespace, "model": model, "params": recorded, "tables": {},
+           "cpu_cache_percentage": cpu_cache_percentage}
+    for name in manifest["tables"]:
+        table = read_store_table(store, name)
+        result = publish_table(client, settings.namespace, model, name, table, block_rows)
+        rel = f"distributed/{name}.host.npy"
+        path = os.path.join(store, rel)
+        if profile is not None or not os.path.isfile(path):
+            ids = host_ids(table.shape[0], cpu_cache_percentage, None if profile is None else profile.get(name))
+            np.save(path, ids)
+        doc["tables"][name] = {"version": result["version"], "rows": result["rows"], "dim": result["dim"],
+                               "dtype": result["dtype"], "block_rows": block_rows, "host_ids": rel,
+                               "written_values": result["written_values"]}
+        if progress:
+            progress(name, result)
+    tmp = os.path.join(store, DISTRIBUTED_JSON + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(store, DISTRIBUTED_JSON))
+    return doc
+
+
+def publish_for_optimize(store: str, params: dict, model_name: str,
+                         profile: Optional[Dict[str, np.ndarray]] = None) -> dict:
+    """optimize()'s one call when tiemb/enable_distributed is set: publishes
+    the new store's tables under ``model_name`` and returns the report's
+    ``distributed`` entry."""
+    settings = DistributedSettings.from_params(params)
+    doc = publish_store(store, settings, model=default_model_name(model_name), params=params,
+                        cpu_cache_percentage=params.get("tiemb/cpu_cache_percentage"), profile=profile)
+    return {"address": settings.address, "namespace": doc["namespace"], "model": doc["model"],
+            "tables": {n: {"version": t["version"], "written_values": t["written_values"]}
+                       for n, t in doc["tables"].items()},
+            "cpu_cache_percentage": doc["cpu_cache_percentage"],
+            "policy": "static host tier: the hottest rows of the test data, chosen at load; misses read from the "
+                      "cluster every call"}
