@@ -142,7 +142,9 @@ class DistributedTables:
             self._thread.join(timeout=5)
 
     def __del__(self):
-        self._stop.set()
+        stop = getattr(self, "_stop", None)  # absent when __init__ failed
+        if stop is not None:
+            stop.set()
 
 
 def read_distributed_json(store: str) -> Optional[dict]:
