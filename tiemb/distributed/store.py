@@ -99,17 +99,33 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
     return doc
 
 
-def publish_for_optimize(store: str, params: dict, model_name: str,
-                         profile: Optional[Dict[str, np.ndarray]] = None) -> dict:
+def publish_for_optimize(save_path: str, params: dict, traffic=None) -> dict:
     """optimize()'s one call when tiemb/enable_distributed is set: publishes
-    the new store's tables under ``model_name`` and returns the report's
-    ``distributed`` entry."""
+    the table store of the optimized model at ``save_path`` (keys under the
+    model's directory name) and returns the report's ``cache["distributed"]``.
+
+    Args:
+        save_path: the optimized SavedModel directory or ``.pb`` file.
+        params: the resolved tiemb/* values (address, namespace, ...).
+        traffic: None, or a callable returning {table: [id arrays]} seen in
+            the test data: the host tier keeps the most frequent ids.
+    """
+    from ..check import store_of
+
+    store = store_of(save_path)
     settings = DistributedSettings.from_params(params)
-    doc = publish_store(store, settings, model=default_model_name(model_name), params=params,
+    profile = None
+    if traffic is not None:
+        profile = {}
+        for name, arrays in traffic().items():
+            arrays = [np.asarray(a, dtype=np.int64).ravel() for a in arrays]
+            profile[name] = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+    doc = publish_store(store, settings, model=default_model_name(save_path), params=params,
                         cpu_cache_percentage=params.get("tiemb/cpu_cache_percentage"), profile=profile)
     return {"address": settings.address, "namespace": doc["namespace"], "model": doc["model"],
             "tables": {n: {"version": t["version"], "written_values": t["written_values"]}
                        for n, t in doc["tables"].items()},
             "cpu_cache_percentage": doc["cpu_cache_percentage"],
-            "policy": "static host tier: the hottest rows of the test data, chosen at load; misses read from the "
-                      "cluster every call"}
+            "policy": "static host tier: the hottest rows of the test data (cpu_cache_percentage of each table), "
+                      "chosen at load; every other row read from the cluster on each call that needs it",
+            "recorded_in": "distributed.json in the table store"}

@@ -1,0 +1,110 @@
+"""optimize() with tiemb/enable_distributed publishes the model's tables; the
+store records namespace and versions; `tiemb publish` / `tiemb update` on it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tiemb
+import tiemb._C as C
+from tiemb import distributed as dist
+
+pytestmark = pytest.mark.skipif(not C.redis_compiled(), reason="this build has no hiredis (TIEMB_REDIS)")
+
+
+def lookup_model(path, seed, vocab=50, dim=8):
+    """A tf.Module as outside code writes one: ids [batch, 4] -> embedding_lookup_sparse -> a dense layer."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    module = tf.Module()
+    module.table = tf.Variable(rng.standard_normal((vocab, dim)).astype(np.float32))
+    module.kernel = tf.Variable(rng.standard_normal((dim, 3)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.int64, name="ids")])
+    def serve(ids):
+        sp = tf.sparse.from_dense(ids + 1)
+        sp = tf.SparseTensor(sp.indices, sp.values - 1, sp.dense_shape)
+        return {"out": tf.matmul(tf.nn.embedding_lookup_sparse(module.table, sp, None, combiner="sum"), module.kernel)}
+
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+    return path
+
+
+def _optimize(src, out, address, namespace):
+    cfg = tiemb.OptimizeConfig()
+    cfg.parameter_map["tiemb/enable_distributed"].b = True
+    cfg.parameter_map["tiemb/distributed_address"].s = address
+    cfg.parameter_map["tiemb/distributed_namespace"].s = namespace
+    cfg.parameter_map["tiemb/cpu_cache_percentage"].f = 0.3
+    cfg.parameter_map["tiemb/cache_percentage"].f = 0.2
+    feed = {"ids": np.random.default_rng(1).integers(0, 50, (16, 4)).astype(np.int64)}
+    return tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=out,
+                          optimization_config=cfg, runs=2, overwrite=True)
+
+
+def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, capsys):
+    import tensorflow as tf
+
+    src = lookup_model(str(tmp_path / "src"), seed)
+    table = tf.saved_model.load(src).table.numpy()
+    ns = f"opt{seed}"
+    _, report = _optimize(src, str(tmp_path / "model"), redis_cluster.address, ns)
+    info = report.cache["distributed"]
+    assert info["namespace"] == ns and info["model"] == "model"
+    (name, t), = info["tables"].items()
+    assert t["written_values"] == 4  # 50 rows in blocks of 16
+    store = os.path.join(tmp_path, "model", "assets")
+    doc = json.load(open(os.path.join(store, "distributed.json")))
+    assert doc["tables"][name]["version"] == t["version"] == dist.content_version(table)
+    hot = np.load(os.path.join(store, doc["tables"][name]["host_ids"]))
+    assert len(hot) == 15  # ceil(0.3 * 50), the test data's most frequent ids first
+
+    # Served from the cluster: TensorFlow's lookup on the original table is the oracle.
+    engine, tables = dist.open_store(store, refresh_seconds=0)
+    g = engine.group([tiemb.Slot(tables.table_ids[name], "sum", "plain")])
+    ids = np.random.default_rng(seed).integers(0, 50, 64).astype(np.int64)
+    seg = np.repeat(np.arange(16), 4).astype(np.int64)  # [16, 4] ids, as the model takes them
+    got = g.lookup([ids], segment_ids=[seg])[0]
+    sp = tf.SparseTensor(np.stack([seg, np.tile(np.arange(4), 16)], 1), ids, [16, 4])
+    want = tf.nn.embedding_lookup_sparse(tf.constant(table), sp, None, combiner="sum").numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    s = tables.stats()["tables"][name]
+    assert s["host_hits"] > 0 and s["cluster_rows"] > 0 and s["host_rows"] == 15
+
+    # Again: the same content version is found, nothing written.
+    _, again = _optimize(src, str(tmp_path / "model"), redis_cluster.address, ns)
+    assert again.cache["distributed"]["tables"][name]["written_values"] == 0
+
+    # tiemb publish: idempotent too; tiemb update: a new version served after refresh.
+    from tiemb.cli import main
+
+    assert main(["publish", str(tmp_path / "model"), "--address", redis_cluster.address]) == 0
+    assert "0 values written" in capsys.readouterr().out
+    new = np.full((2, table.shape[1]), 3.5, np.float32)
+    np.savez(tmp_path / "rows.npz", ids=np.array([0, 49]), rows=new)
+    assert main(["update", str(tmp_path / "model"), "--table", name, "--rows", str(tmp_path / "rows.npz")]) == 0
+    assert tables.refresh() and np.array_equal(
+        engine.group([tiemb.Slot(tables.table_ids[name], "sum", "gather")]).lookup([np.array([0, 49, 1])])[0],
+        np.vstack([new, table[1:2]]))
+    tables.close()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from tiemb.cli import main
+
+    from rcluster import free_ports
+
+    os.makedirs(tmp_path / "s")
+    tiemb.tf_ops.write_store(str(tmp_path / "s"), {"t": np.zeros((4, 2), np.float32)}, max_batch_size=4, slot_num=1,
+                             max_nnz=1)
+    port = free_ports(1)[0]
+    assert main(["publish", str(tmp_path / "s"), "--address", f"127.0.0.1:{port}", "--retries", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"127.0.0.1:{port} unreachable" in err
+    assert main(["publish", str(tmp_path / "s"), "--address", "nohost"]) == 1
+    assert "malformed entry 'nohost'" in capsys.readouterr().err
+    assert main(["update", str(tmp_path / "s"), "--table", "t", "--rows", "x.npz"]) == 1
+    assert "not published (no distributed.json)" in capsys.readouterr().err
