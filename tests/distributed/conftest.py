@@ -1,6 +1,6 @@
 import pytest
 
-from rcluster import RedisCluster, redis_missing_reason
+from tiemb.distributed.local_cluster import RedisCluster, redis_missing_reason
 
 
 def _skip_without_redis():

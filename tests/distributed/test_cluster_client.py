@@ -72,7 +72,7 @@ def test_malformed_address(address, message):
 
 
 def test_unreachable_address():
-    from rcluster import free_ports
+    from tiemb.distributed.local_cluster import free_ports
 
     port = free_ports(1)[0]
     with pytest.raises(ValueError, match=rf"no reachable cluster node \(127.0.0.1:{port} unreachable\)") as e:
@@ -81,7 +81,7 @@ def test_unreachable_address():
 
 
 def test_non_cluster_redis(tmp_path):
-    from rcluster import free_ports, redis_missing_reason
+    from tiemb.distributed.local_cluster import free_ports, redis_missing_reason
 
     if redis_missing_reason():
         pytest.skip(redis_missing_reason())

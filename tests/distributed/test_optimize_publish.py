@@ -95,7 +95,7 @@ def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, ca
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from tiemb.cli import main
 
-    from rcluster import free_ports
+    from tiemb.distributed.local_cluster import free_ports
 
     os.makedirs(tmp_path / "s")
     tiemb.tf_ops.write_store(str(tmp_path / "s"), {"t": np.zeros((4, 2), np.float32)}, max_batch_size=4, slot_num=1,
