@@ -42,6 +42,8 @@ class cpu_engine {
   const std::shared_ptr<remote_table>& remote(int32_t id) const;
   /// Rows of table `id`, resident or remote.
   int64_t table_rows(int32_t id) const;
+  /// Keeps `thing` alive as long as the engine (a remote tables' refresher).
+  void attach(std::shared_ptr<void> thing) { attached_.push_back(std::move(thing)); }
 
  private:
   engine_config config_;
@@ -52,6 +54,7 @@ class cpu_engine {
   // (a remote table's entry in tables_ is a one-row placeholder of its dtype
   // and dim).
   std::vector<std::shared_ptr<remote_table>> remote_;
+  std::vector<std::shared_ptr<void>> attached_;
 };
 
 /// A parallel loop supplied by the caller, so that a lookup can run on the

@@ -59,7 +59,7 @@ def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, ca
     store = os.path.join(tmp_path, "model", "assets")
     doc = json.load(open(os.path.join(store, "distributed.json")))
     assert doc["tables"][name]["version"] == t["version"] == dist.content_version(table)
-    hot = np.load(os.path.join(store, doc["tables"][name]["host_ids"]))
+    hot = np.fromfile(os.path.join(store, doc["tables"][name]["host_ids"]), dtype="<i8")
     assert len(hot) == 15  # ceil(0.3 * 50), the test data's most frequent ids first
 
     # Served from the cluster: TensorFlow's lookup on the original table is the oracle.
@@ -108,3 +108,66 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "malformed entry 'nohost'" in capsys.readouterr().err
     assert main(["update", str(tmp_path / "s"), "--table", "t", "--rows", "x.npz"]) == 1
     assert "not published (no distributed.json)" in capsys.readouterr().err
+
+
+_SERVE_SCRIPT = r'''
+import sys, time, json
+import numpy as np
+import tensorflow as tf
+import tiemb
+from tiemb import distributed as dist
+
+src, opt, address, ns, period = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+orig = tf.saved_model.load(src)
+table, kernel = orig.table.numpy(), orig.kernel.numpy()
+model = tf.saved_model.load(opt)
+fn = model.signatures["serving_default"]
+ids = np.random.default_rng(5).integers(0, 50, (16, 4)).astype(np.int64)
+
+def expected(t):
+    sp = tf.sparse.from_dense(ids + 1)
+    sp = tf.SparseTensor(sp.indices, sp.values - 1, sp.dense_shape)
+    return (tf.nn.embedding_lookup_sparse(tf.constant(t), sp, None, combiner="sum").numpy() @ kernel)
+
+got = fn(ids=tf.constant(ids))["out"].numpy()
+np.testing.assert_allclose(got, expected(table), rtol=1e-5, atol=1e-5)
+# Every row changes; the op's engine must read the cluster to see it.
+doc = dist.read_distributed_json(opt + "/assets")
+name = next(iter(doc["tables"]))
+client = dist.connect(dist.DistributedSettings(address, namespace=ns))
+new = (table * -2.0 + 1.0).astype(np.float32)
+dist.update_table(client, ns, doc["model"], name, np.arange(50), new)
+t0 = time.monotonic()
+while True:
+    got = fn(ids=tf.constant(ids))["out"].numpy()
+    if np.allclose(got, expected(new), rtol=1e-5, atol=1e-5):
+        break
+    assert np.allclose(got, expected(table), rtol=1e-5, atol=1e-5), "neither the old nor the new version"
+    assert time.monotonic() - t0 < period + 2.0, "update not served by the TF op within refresh_seconds + 2 s"
+    time.sleep(0.02)
+print(json.dumps({"served_after_s": time.monotonic() - t0}))
+'''
+
+
+def test_tf_op_serves_from_the_cluster_and_refreshes(redis_cluster, tmp_path, seed):
+    """The optimized SavedModel in a fresh process: TiembLookup's engine reads the
+    cluster (an update of every row shows in its outputs within refresh_seconds)."""
+    import subprocess
+    import sys
+
+    src = lookup_model(str(tmp_path / "src"), seed)
+    ns = f"tfop{seed}"
+    cfg = tiemb.OptimizeConfig()
+    cfg.parameter_map["tiemb/enable_distributed"].b = True
+    cfg.parameter_map["tiemb/distributed_address"].s = redis_cluster.address
+    cfg.parameter_map["tiemb/distributed_namespace"].s = ns
+    cfg.parameter_map["tiemb/cpu_cache_percentage"].f = 0.3
+    cfg.parameter_map["tiemb/cache_percentage"].f = 0.2
+    cfg.parameter_map["tiemb/refresh_seconds"].f = 0.5
+    feed = {"ids": np.random.default_rng(1).integers(0, 50, (16, 4)).astype(np.int64)}
+    tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=str(tmp_path / "opt"), optimization_config=cfg,
+                   runs=2)
+    r = subprocess.run([sys.executable, "-c", _SERVE_SCRIPT, src, str(tmp_path / "opt"), redis_cluster.address, ns,
+                        "0.5"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "served_after_s" in r.stdout

@@ -4,9 +4,11 @@ version layered over the current one), and the layout a reader resolves.
 Keys, for table ``T`` of model ``M`` in namespace ``NS``::
 
     NS:M:T:current          the version served (switched last, atomically)
-    NS:M:T:<v>:meta         JSON: rows, dim, dtype, block_rows, base (the
-                            version it layers over, or null), changed (the
-                            blocks this layer holds; all for a base version)
+    NS:M:T:<v>:meta         "tiemb-meta 1" then one "key value" line each:
+                            rows, dim, dtype, block_rows, base (the version
+                            it layers over, or -), changed (comma-separated
+                            blocks this layer holds; - for a base version).
+                            Read by Python and C++ (csrc/distributed/remote_store.cc).
     NS:M:T:<v>:b<k>         rows [k*block_rows, (k+1)*block_rows), raw bytes
 
 A version is a content hash (the table's bytes, or the parent version and
@@ -20,7 +22,6 @@ version that is not whole.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -94,12 +95,31 @@ def publish_table(client, namespace: str, model: str, name: str, table: np.ndarr
             out["skipped_values"] += len(ks) - len(cmds)
         meta_doc = {"rows": rows, "dim": dim, "dtype": table.dtype.name, "block_rows": block_rows, "base": None,
                     "changed": None}
-        client.run([["SET", f"{prefix}:meta", json.dumps(meta_doc)]])
+        client.run([["SET", f"{prefix}:meta", _meta_text(meta_doc)]])
     else:
         out["skipped_values"] = nblocks
     if make_current:
         client.run([["SET", f"{base}:current", version]])
     return out
+
+
+def _meta_text(meta: dict) -> str:
+    changed = "-" if meta["changed"] is None else ",".join(str(int(k)) for k in meta["changed"])
+    return (f"tiemb-meta 1\nrows {meta['rows']}\ndim {meta['dim']}\ndtype {meta['dtype']}\n"
+            f"block_rows {meta['block_rows']}\nbase {meta['base'] or '-'}\nchanged {changed}\n")
+
+
+def _parse_meta(raw: bytes, key: str) -> dict:
+    lines = raw.decode(errors="replace").splitlines()
+    if not lines or lines[0] != "tiemb-meta 1":
+        raise DistributedError(f"key {key!r}: not a tiemb table version (no 'tiemb-meta 1' header)")
+    kv = dict(line.split(" ", 1) for line in lines[1:] if " " in line)
+    try:
+        return {"rows": int(kv["rows"]), "dim": int(kv["dim"]), "dtype": kv["dtype"],
+                "block_rows": int(kv["block_rows"]), "base": None if kv["base"] == "-" else kv["base"],
+                "changed": None if kv["changed"] == "-" else [int(k) for k in kv["changed"].split(",") if k]}
+    except (KeyError, ValueError) as e:
+        raise DistributedError(f"key {key!r}: damaged version metadata ({e})") from None
 
 
 def read_meta(client, namespace: str, model: str, name: str, version: str) -> dict:
@@ -109,7 +129,7 @@ def read_meta(client, namespace: str, model: str, name: str, version: str) -> di
         raise DistributedError(f"distributed table {name!r}: version {version} is not in the cluster (key {key!r} "
                                f"missing; namespace {namespace!r}, model {model!r}): publish it "
                                "(tiemb publish STORE --address ...) or check the namespace")
-    return json.loads(raw)
+    return _parse_meta(raw, key)
 
 
 def current_version(client, namespace: str, model: str, name: str) -> str:
@@ -196,6 +216,6 @@ def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray,
             client.run([["SET", f"{prefix}:b{k}", blocks[k].tobytes()] for k in part])
         meta = {"rows": layout["rows"], "dim": layout["dim"], "dtype": layout["dtype"], "block_rows": br,
                 "base": base_version, "changed": changed}
-        client.run([["SET", f"{prefix}:meta", json.dumps(meta)]])
+        client.run([["SET", f"{prefix}:meta", _meta_text(meta)]])
     client.run([["SET", f"{table_key(namespace, model, name)}:current", version]])
     return {"version": version, "base": base_version, "changed_blocks": len(changed), "ids": int(ids.size)}

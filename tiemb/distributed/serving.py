@@ -163,7 +163,7 @@ def open_store(store: str, *, address: Optional[str] = None, num_threads: int = 
         store: a table store written by ``optimize()`` with
             ``tiemb/enable_distributed`` (or ``tiemb publish``): its
             ``distributed.json`` names the namespace, model and versions, and
-            its ``distributed/*.host.npy`` the host tier of each table.
+            its ``distributed/*.host.i64`` the host tier of each table.
         address: the cluster; default: the one recorded, else TIEMB_REDIS_ADDRESS.
         num_threads: the engine's lookup threads (0 = all cores).
         refresh_seconds: overrides the recorded tiemb/refresh_seconds.
@@ -181,7 +181,8 @@ def open_store(store: str, *, address: Optional[str] = None, num_threads: int = 
     engine = EmbeddingEngine(manifest["max_batch_size"], manifest["slot_num"], manifest["max_nnz"], num_threads)
     hosts = {}
     for name, t in doc["tables"].items():
-        ids = np.load(os.path.join(store, t["host_ids"])) if t.get("host_ids") else np.zeros(0, np.int64)
+        ids = np.fromfile(os.path.join(store, t["host_ids"]), dtype="<i8") if t.get("host_ids") \
+            else np.zeros(0, np.int64)
         if cpu_cache_percentage is not None:
             ids = ids[:min(len(ids), math.ceil(cpu_cache_percentage * t["rows"]))]
         hosts[name] = ids

@@ -3,8 +3,12 @@ about them (``distributed.json`` and the host tier's row ids).
 
 ``distributed.json`` (until the store format absorbs it)::
 
-    {"format": 1, "namespace": ..., "model": ..., "params": {tiemb/distributed_* values, no address secrets},
-     "tables": {"<file>": {"version", "rows", "dim", "dtype", "block_rows", "host_ids": "distributed/<file>.host.npy"}}}
+    {"format": 1, "namespace": ..., "model": ..., "params": {tiemb/distributed_* values},
+     "tables": {"<file>": {"version", "rows", "dim", "dtype", "block_rows", "host_ids": "distributed/<file>.host.i64"}}}
+
+``distributed/remote.txt``: the same for the C++ store loader (the
+TensorFlow op's engine), see csrc/distributed/remote_store.h. Host ids are
+raw little-endian int64, hottest first.
 """
 
 from __future__ import annotations
@@ -82,16 +86,24 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
     for name in manifest["tables"]:
         table = read_store_table(store, name)
         result = publish_table(client, settings.namespace, model, name, table, block_rows)
-        rel = f"distributed/{name}.host.npy"
+        rel = f"distributed/{name}.host.i64"
         path = os.path.join(store, rel)
         if profile is not None or not os.path.isfile(path):
             ids = host_ids(table.shape[0], cpu_cache_percentage, None if profile is None else profile.get(name))
-            np.save(path, ids)
+            ids.astype("<i8").tofile(path)
         doc["tables"][name] = {"version": result["version"], "rows": result["rows"], "dim": result["dim"],
                                "dtype": result["dtype"], "block_rows": block_rows, "host_ids": rel,
                                "written_values": result["written_values"]}
         if progress:
             progress(name, result)
+    lines = ["tiemb-remote 1", f"address {settings.address}", f"namespace {settings.namespace}", f"model {model}",
+             f"timeout_ms {settings.timeout_ms}", f"retries {settings.retries}",
+             f"refresh_seconds {settings.refresh_seconds!r}"]
+    lines += [f"table {n} {t['host_ids']}" for n, t in doc["tables"].items()]
+    tmp = os.path.join(store, "distributed", "remote.txt.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(store, "distributed", "remote.txt"))
     tmp = os.path.join(store, DISTRIBUTED_JSON + ".tmp")
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=True)
