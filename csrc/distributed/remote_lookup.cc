@@ -34,6 +34,10 @@ remote_resolver::remote_resolver(const engine_config& cfg, const std::vector<slo
     sc.touched.reserve(static_cast<size_t>(max_ids + 1));
   }
   misses_.reserve(static_cast<size_t>(max_ids) * 2);
+  for (const auto& t : tables_) {
+    if (t && std::find(distinct_.begin(), distinct_.end(), t.get()) == distinct_.end()) distinct_.push_back(t.get());
+  }
+  locks_.reserve(distinct_.size());
 }
 
 int64_t remote_resolver::stage(slot_scratch& sc, int64_t id) {
@@ -65,6 +69,12 @@ void remote_resolver::resolve(const slot_request* requests, int64_t n) {
   key_slots_.clear();
   // Block keys shared by slots of one table are read once.
   std::unordered_map<std::string, int32_t> key_index;
+  locks_.clear();
+  for (remote_table* t : distinct_) locks_.emplace_back(t->mutex());
+  struct release {
+    std::vector<std::shared_lock<std::shared_mutex>>& locks;
+    ~release() { locks.clear(); }  // also when staging throws
+  } unlock_at_end{locks_};
   for (int64_t s = 0; s < n; ++s) {
     staged_[static_cast<size_t>(s)] = requests[s];
     const auto& table = tables_[static_cast<size_t>(s)];
@@ -102,8 +112,7 @@ void remote_resolver::resolve(const slot_request* requests, int64_t n) {
     out.id_stride = 1;
     sc.default_id = cfg.mode == row_mode::safe && cfg.default_id >= 0 ? stage(sc, cfg.default_id) : cfg.default_id;
 
-    // Host tier first; the rest become block reads.
-    std::shared_lock<std::shared_mutex> lk(table->mutex());
+    // Host tier first; the rest become block reads (under locks_).
     const auto rb = static_cast<size_t>(table->row_bytes());
     int64_t host_hits = 0;
     for (int64_t i = 0; i < sc.count; ++i) {
@@ -129,6 +138,8 @@ void remote_resolver::resolve(const slot_request* requests, int64_t n) {
     }
     table->count(host_hits, sc.count - host_hits, 0);
   }
+  // Block values of a version never change, so the fetch needs no lock.
+  locks_.clear();
   if (keys_.empty()) return;
   // One pipelined batch for the whole call: at most one round trip per node.
   tables_[static_cast<size_t>(key_slots_[0])]->client().get_many(keys_, &replies_);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,10 @@ class remote_resolver {
 
   std::vector<slot_config> slots_;
   std::vector<std::shared_ptr<remote_table>> tables_;
+  std::vector<remote_table*> distinct_;  // each remote table once
+  // Held while a call reads versions: every slot of the call sees the same
+  // version of a table, even when refresh() switches it meanwhile.
+  std::vector<std::shared_lock<std::shared_mutex>> locks_;
   std::vector<slot_scratch> scratch_;
   std::vector<slot_request> staged_;
   // The call's misses: (slot, staged row, table row), and their block keys.

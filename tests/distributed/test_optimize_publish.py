@@ -56,6 +56,13 @@ def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, ca
     assert info["namespace"] == ns and info["model"] == "model"
     (name, t), = info["tables"].items()
     assert t["written_values"] == 4  # 50 rows in blocks of 16
+    seen = np.random.default_rng(1).integers(0, 50, (16, 4)).ravel()  # the test data's ids
+    hot15 = np.unique(seen, return_counts=True)
+    assert t["test_data_host_hit_rate"] == pytest.approx(
+        np.isin(seen, np.fromfile(os.path.join(tmp_path, "model", "assets", "distributed", name + ".host.i64"),
+                                  dtype="<i8")).mean())
+    # The 15 most frequent ids are the host tier: it serves exactly their share.
+    assert t["test_data_host_hit_rate"] == pytest.approx(np.sort(hot15[1])[::-1][:15].sum() / seen.size)
     store = os.path.join(tmp_path, "model", "assets")
     doc = json.load(open(os.path.join(store, "distributed.json")))
     assert doc["tables"][name]["version"] == t["version"] == dist.content_version(table)

@@ -94,6 +94,11 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
         doc["tables"][name] = {"version": result["version"], "rows": result["rows"], "dim": result["dim"],
                                "dtype": result["dtype"], "block_rows": block_rows, "host_ids": rel,
                                "written_values": result["written_values"]}
+        seen = None if profile is None else profile.get(name)
+        if seen is not None and len(seen):
+            # Share of the test data's lookups (duplicates included) the host tier serves.
+            host = np.fromfile(path, dtype="<i8")
+            doc["tables"][name]["test_data_host_hit_rate"] = float(np.isin(seen, host).mean())
         if progress:
             progress(name, result)
     lines = ["tiemb-remote 1", f"address {settings.address}", f"namespace {settings.namespace}", f"model {model}",
@@ -124,18 +129,27 @@ def publish_for_optimize(save_path: str, params: dict, traffic=None) -> dict:
     """
     from ..check import store_of
 
+    import re
+
     store = store_of(save_path)
     settings = DistributedSettings.from_params(params)
     profile = None
     if traffic is not None:
         profile = {}
+        files = set(_C.read_store_manifest(store)["tables"])
         for name, arrays in traffic().items():
             arrays = [np.asarray(a, dtype=np.int64).ravel() for a in arrays]
-            profile[name] = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+            # Traffic is keyed by the graph's table node; the store by its file
+            # name (tiemb/rewrite/sparse_lookup.py names the files so).
+            file = name if name in files else re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".tiemb"
+            if file not in files:
+                raise ValueError(f"tiemb/enable_distributed: the test data's table {name!r} is not in the store "
+                                 f"{store} (tables: {sorted(files)})")
+            profile[file] = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
     doc = publish_store(store, settings, model=default_model_name(save_path), params=params,
                         cpu_cache_percentage=params.get("tiemb/cpu_cache_percentage"), profile=profile)
     return {"address": settings.address, "namespace": doc["namespace"], "model": doc["model"],
-            "tables": {n: {"version": t["version"], "written_values": t["written_values"]}
+            "tables": {n: {k: t[k] for k in ("version", "written_values", "test_data_host_hit_rate") if k in t}
                        for n, t in doc["tables"].items()},
             "cpu_cache_percentage": doc["cpu_cache_percentage"],
             "policy": "static host tier: the hottest rows of the test data (cpu_cache_percentage of each table), "
