@@ -181,6 +181,12 @@ class OptimizeConfig:
         if out["tiemb/enable_distributed"]:
             import os
 
+            from . import _C
+
+            if not _C.redis_compiled():
+                raise ConfigError("tiemb/enable_distributed: this tiemb was built without hiredis; install it "
+                                  "(apt-get install libhiredis-dev) and rebuild (TIEMB_REDIS=ON)")
+
             if out["tiemb/distributed_address"] is None:
                 out["tiemb/distributed_address"] = os.environ.get("TIEMB_REDIS_ADDRESS") or None
             if out["tiemb/distributed_address"] is None:

@@ -14,6 +14,8 @@ namespace {
 }
 }  // namespace
 
+struct cluster_client::node {};  // never created without hiredis
+
 cluster_client::cluster_client(const std::string& address, int timeout_ms, int retries)
     : address_(address), timeout_ms_(timeout_ms), retries_(retries) {
   no_redis();
