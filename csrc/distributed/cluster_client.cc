@@ -170,18 +170,74 @@ void cluster_client::give_back(node& n, redisContext* c, bool broken) {
 }
 
 void cluster_client::get_many(const std::vector<std::string>& keys, std::vector<cluster_reply>* replies) {
-  std::vector<std::vector<std::string>> cmds;
-  cmds.reserve(keys.size());
-  for (const auto& k : keys) cmds.push_back({"GET", k});
-  run(cmds, replies);
+  get_many(keys.data(), keys.size(), replies);
+}
+
+void cluster_client::get_many(const std::string* keys, size_t n, std::vector<cluster_reply>* replies) {
+  run_commands(n, [](const void* ctx, size_t i, const char** argv, size_t* argl) {
+    const std::string& k = static_cast<const std::string*>(ctx)[i];
+    argv[0] = "GET";
+    argl[0] = 3;
+    argv[1] = k.data();
+    argl[1] = k.size();
+    return 2;
+  }, keys, replies);
 }
 
 void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std::vector<cluster_reply>* replies) {
-  replies->assign(cmds.size(), cluster_reply{});
-  std::vector<size_t> todo(cmds.size());
-  for (size_t i = 0; i < cmds.size(); ++i) todo[i] = i;
-  std::vector<cluster_endpoint> ask_target(cmds.size());
-  std::vector<char> asking(cmds.size(), 0);
+  for (const auto& c : cmds) {
+    TIEMB_EXPECT(c.size() >= 2 && c.size() <= static_cast<size_t>(kMaxArgs), "a cluster command needs a name, a key "
+                 "and at most ", kMaxArgs - 2, " more arguments, got ", c.size(), " parts");
+  }
+  run_commands(cmds.size(), [](const void* ctx, size_t i, const char** argv, size_t* argl) {
+    const auto& c = static_cast<const std::vector<std::vector<std::string>>*>(ctx)->at(i);
+    for (size_t a = 0; a < c.size(); ++a) {
+      argv[a] = c[a].data();
+      argl[a] = c[a].size();
+    }
+    return static_cast<int>(c.size());
+  }, &cmds, replies);
+}
+
+void cluster_client::run_commands(size_t count, command_fn fn, const void* ctx, std::vector<cluster_reply>* replies) {
+  // Reused, not reassigned: the reply strings keep their capacity.
+  if (replies->size() < count) replies->resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    cluster_reply& r = (*replies)[i];
+    r.nil = true;
+    r.value.clear();
+    r.integer = 0;
+    r.is_integer = false;
+  }
+  struct args {
+    const char* argv[kMaxArgs];
+    size_t argl[kMaxArgs];
+    int argc;
+  };
+  auto command = [&](size_t i) {
+    args a;
+    a.argc = fn(ctx, i, a.argv, a.argl);
+    return a;
+  };
+  auto key_of = [&](size_t i) {
+    const args a = command(i);
+    return std::string(a.argv[1], a.argl[1]);
+  };
+  auto name_of = [&](size_t i) {
+    const args a = command(i);
+    return std::string(a.argv[0], a.argl[0]);
+  };
+  std::vector<size_t> todo(count);
+  for (size_t i = 0; i < count; ++i) todo[i] = i;
+  // Only commands that meet an ASK redirect get an entry.
+  std::vector<std::pair<size_t, cluster_endpoint>> ask_target;
+  std::vector<char> asking(count, 0);
+  auto ask_of = [&](size_t i) -> const cluster_endpoint& {
+    for (auto& e : ask_target) {
+      if (e.first == i) return e.second;
+    }
+    throw error("internal: ASK target lost");
+  };
   std::string last_problem;
   int failures = 0;  // rounds that met a lost connection or a cluster not ready
   int redirect_rounds = 0;
@@ -191,15 +247,15 @@ void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std:
     {
       std::unique_lock<std::shared_mutex> lk(map_mutex_);
       for (size_t i : todo) {
-        const auto& key = cmds[i].at(1);
+        const args a = command(i);
         node* n = nullptr;
         if (asking[i]) {
-          n = node_for(ask_target[i]);
+          n = node_for(ask_of(i));
         } else {
-          const int32_t idx = slot_node_[static_cast<size_t>(key_hash_slot(key.data(), key.size()))];
+          const int32_t idx = slot_node_[static_cast<size_t>(key_hash_slot(a.argv[1], a.argl[1]))];
           if (idx >= 0) n = nodes_[static_cast<size_t>(idx)].get();
         }
-        TIEMB_EXPECT(n != nullptr, "Redis Cluster '", address_, "': no node serves the hash slot of key '", key,
+        TIEMB_EXPECT(n != nullptr, "Redis Cluster '", address_, "': no node serves the hash slot of key '", key_of(i),
                      "' (the cluster is missing slots)");
         auto it = batches.begin();
         for (; it != batches.end() && it->first != n; ++it) {
@@ -223,14 +279,9 @@ void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std:
       if (c == nullptr) continue;
       for (size_t i : batches[b].second) {
         if (asking[i]) redisAppendCommand(c, "ASKING");
-        std::vector<const char*> argv;
-        std::vector<size_t> argl;
-        for (const auto& a : cmds[i]) {
-          argv.push_back(a.data());
-          argl.push_back(a.size());
-          bytes_out_ += static_cast<int64_t>(a.size());
-        }
-        redisAppendCommandArgv(c, static_cast<int>(argv.size()), argv.data(), argl.data());
+        args a = command(i);
+        for (int k = 0; k < a.argc; ++k) bytes_out_ += static_cast<int64_t>(a.argl[k]);
+        redisAppendCommandArgv(c, a.argc, a.argv, a.argl);
         ++commands_;
       }
       // Flush the whole pipeline now so the nodes work in parallel.
@@ -278,7 +329,14 @@ void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std:
             retry.push_back(i);
           } else if (parse_redirect(r->str, r->len, "ASK", &ep)) {
             ++redirects_;
-            ask_target[i] = ep;
+            bool known = false;
+            for (auto& e : ask_target) {
+              if (e.first == i) {
+                e.second = ep;
+                known = true;
+              }
+            }
+            if (!known) ask_target.emplace_back(i, ep);
             asking[i] = 1;
             retry.push_back(i);
           } else if (starts_with(r->str, r->len, "TRYAGAIN") || starts_with(r->str, r->len, "CLUSTERDOWN") ||
@@ -292,7 +350,7 @@ void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std:
             freeReplyObject(r);
             give_back(n, c, true);  // unread replies remain in its pipeline
             for (size_t rest = b + 1; rest < batches.size(); ++rest) give_back(*batches[rest].first, conns[rest], true);
-            throw error(detail::concat("Redis Cluster node ", n.ep.str(), ": ", cmds[i][0], " '", cmds[i][1],
+            throw error(detail::concat("Redis Cluster node ", n.ep.str(), ": ", name_of(i), " '", key_of(i),
                                        "' failed: ", msg));
           }
         } else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
@@ -319,12 +377,12 @@ void cluster_client::run(const std::vector<std::vector<std::string>>& cmds, std:
     }
     if (retry.empty()) break;
     if (round_failed && ++failures > retries_) {
-      throw error(detail::concat("Redis Cluster '", address_, "': ", retry.size(), " of ", cmds.size(),
+      throw error(detail::concat("Redis Cluster '", address_, "': ", retry.size(), " of ", count,
                                  " commands failed after ", retries_, " retries (", last_problem,
-                                 "); first key '", cmds[retry.front()][1], "'"));
+                                 "); first key '", key_of(retry.front()), "'"));
     }
     TIEMB_EXPECT(++redirect_rounds < 64 + 16 * (retries_ + 1), "Redis Cluster '", address_,
-                 "': too many redirects for key '", cmds[retry.front()][1], "'");
+                 "': too many redirects for key '", key_of(retry.front()), "'");
     if (round_failed) {
       // Back off so that a failover can complete (the cluster promotes a
       // replica after its cluster-node-timeout); bounded by timeout_ms.

@@ -72,6 +72,12 @@ class cluster_client {
 
   /// GET of many keys, as run().
   void get_many(const std::vector<std::string>& keys, std::vector<cluster_reply>* replies);
+  /// GET of keys[0..n), as run(). `replies` is reused: its strings keep
+  /// their capacity from call to call.
+  void get_many(const std::string* keys, size_t n, std::vector<cluster_reply>* replies);
+
+  /// Most arguments one command may have.
+  static constexpr int kMaxArgs = 8;
 
   /// Nodes (masters) in the current slot map.
   std::vector<std::string> masters() const;
@@ -82,7 +88,9 @@ class cluster_client {
 
  private:
   struct node;
-  struct pending;
+  // Fills argv/argl (at most kMaxArgs) for command i; returns argc.
+  using command_fn = int (*)(const void* ctx, size_t i, const char** argv, size_t* argl);
+  void run_commands(size_t n, command_fn fn, const void* ctx, std::vector<cluster_reply>* replies);
   node* node_for(const cluster_endpoint& ep);  // under exclusive map lock
   void refresh_slots();
   redisContext* connect(const cluster_endpoint& ep) const;

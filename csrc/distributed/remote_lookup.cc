@@ -4,7 +4,6 @@
 #include <cstring>
 #include <mutex>
 #include <shared_mutex>
-#include <unordered_map>
 
 #include "../core/error.h"
 
@@ -38,6 +37,37 @@ remote_resolver::remote_resolver(const engine_config& cfg, const std::vector<slo
     if (t && std::find(distinct_.begin(), distinct_.end(), t.get()) == distinct_.end()) distinct_.push_back(t.get());
   }
   locks_.reserve(distinct_.size());
+  // At most one block per staged row of every remote slot.
+  int64_t most_keys = 0;
+  for (const auto& t : tables_) most_keys += t ? max_ids + 1 : 0;
+  const int64_t buckets = pow2_at_least(2 * most_keys);
+  block_map_keys_.assign(static_cast<size_t>(buckets), -1);
+  block_map_vals_.resize(static_cast<size_t>(buckets));
+  block_map_touched_.reserve(static_cast<size_t>(most_keys));
+  keys_.reserve(static_cast<size_t>(most_keys));
+  key_blocks_.reserve(static_cast<size_t>(most_keys));
+  key_slots_.reserve(static_cast<size_t>(most_keys));
+  checked_.reserve(static_cast<size_t>(most_keys));
+  replies_.reserve(static_cast<size_t>(most_keys));
+}
+
+int32_t remote_resolver::key_of_block(int64_t table_ordinal, int64_t block, bool* fresh) {
+  const int64_t key = (table_ordinal << 40) | block;  // blocks < 2^40: tables have < 2^31 rows
+  const auto mask = static_cast<uint64_t>(block_map_keys_.size() - 1);
+  const uint64_t h = static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull;
+  for (uint64_t b = (h >> 20) & mask;; b = (b + 1) & mask) {
+    if (block_map_keys_[b] == key) {
+      *fresh = false;
+      return block_map_vals_[b];
+    }
+    if (block_map_keys_[b] < 0) {
+      block_map_keys_[b] = key;
+      block_map_vals_[b] = static_cast<int32_t>(num_keys_);
+      block_map_touched_.push_back(static_cast<int64_t>(b));
+      *fresh = true;
+      return static_cast<int32_t>(num_keys_);
+    }
+  }
 }
 
 int64_t remote_resolver::stage(slot_scratch& sc, int64_t id) {
@@ -64,11 +94,11 @@ int64_t id_at(const void* ids, int64_t i) {
 
 void remote_resolver::resolve(const slot_request* requests, int64_t n) {
   misses_.clear();
-  keys_.clear();
+  num_keys_ = 0;
   key_blocks_.clear();
   key_slots_.clear();
-  // Block keys shared by slots of one table are read once.
-  std::unordered_map<std::string, int32_t> key_index;
+  for (int64_t b : block_map_touched_) block_map_keys_[static_cast<size_t>(b)] = -1;
+  block_map_touched_.clear();
   locks_.clear();
   for (remote_table* t : distinct_) locks_.emplace_back(t->mutex());
   struct release {
@@ -122,17 +152,17 @@ void remote_resolver::resolve(const slot_request* requests, int64_t n) {
         ++host_hits;
         continue;
       }
-      std::string key = table->block_key_of(id);
-      auto it = key_index.find(key);
-      int32_t k;
-      if (it == key_index.end()) {
-        k = static_cast<int32_t>(keys_.size());
-        key_index.emplace(key, k);
-        keys_.push_back(std::move(key));
+      // Block keys shared by slots of one table are read once.
+      const auto ordinal = static_cast<int64_t>(
+          std::find(distinct_.begin(), distinct_.end(), table.get()) - distinct_.begin());
+      bool fresh = false;
+      const int32_t k = key_of_block(ordinal, table->block_of(id), &fresh);
+      if (fresh) {
+        if (keys_.size() <= num_keys_) keys_.emplace_back();
+        table->block_key_of(id, keys_[num_keys_]);
+        ++num_keys_;
         key_blocks_.push_back(table->block_of(id));
         key_slots_.push_back(static_cast<int32_t>(s));
-      } else {
-        k = it->second;
       }
       misses_.push_back(miss{static_cast<int32_t>(s), static_cast<int32_t>(i), id, k});
     }
@@ -140,10 +170,11 @@ void remote_resolver::resolve(const slot_request* requests, int64_t n) {
   }
   // Block values of a version never change, so the fetch needs no lock.
   locks_.clear();
-  if (keys_.empty()) return;
+  if (num_keys_ == 0) return;
   // One pipelined batch for the whole call: at most one round trip per node.
-  tables_[static_cast<size_t>(key_slots_[0])]->client().get_many(keys_, &replies_);
-  std::vector<char> checked(keys_.size(), 0);
+  tables_[static_cast<size_t>(key_slots_[0])]->client().get_many(keys_.data(), num_keys_, &replies_);
+  std::vector<char>& checked = checked_;
+  checked.assign(num_keys_, 0);
   for (const miss& m : misses_) {
     const auto& table = *tables_[static_cast<size_t>(m.slot)];
     const cluster_reply& r = replies_[static_cast<size_t>(m.key)];

@@ -67,10 +67,18 @@ class remote_resolver {
     int32_t key;
   };
   std::vector<miss> misses_;
+  // The call's block keys: keys_[0..num_keys_) (strings reused across
+  // calls), deduplicated by (table, block) in an open-addressing map.
   std::vector<std::string> keys_;
+  size_t num_keys_ = 0;
   std::vector<int64_t> key_blocks_;
   std::vector<int32_t> key_slots_;
+  std::vector<int64_t> block_map_keys_;
+  std::vector<int32_t> block_map_vals_;
+  std::vector<int64_t> block_map_touched_;
+  std::vector<char> checked_;
   std::vector<cluster_reply> replies_;
+  int32_t key_of_block(int64_t table_ordinal, int64_t block, bool* fresh);
 };
 
 }  // namespace tiemb

@@ -1,6 +1,7 @@
 #include "remote_table.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -11,6 +12,15 @@ namespace tiemb {
 
 std::string remote_layout::block_key(int64_t block) const {
   return layers[block_layer[static_cast<size_t>(block)]] + ":b" + std::to_string(block);
+}
+
+void remote_layout::block_key_into(int64_t block, std::string& out) const {
+  const std::string& layer = layers[block_layer[static_cast<size_t>(block)]];
+  char digits[24];
+  const auto res = std::to_chars(digits, digits + sizeof digits, block);
+  out.assign(layer);
+  out.append(":b", 2);
+  out.append(digits, static_cast<size_t>(res.ptr - digits));
 }
 
 void remote_layout::validate() const {

@@ -38,6 +38,8 @@ struct remote_layout {
   int64_t row_bytes() const { return dim * size_of(type); }
   int64_t blocks() const { return (rows + block_rows - 1) / block_rows; }
   std::string block_key(int64_t block) const;
+  /// block_key(block) into `out`, reusing its capacity.
+  void block_key_into(int64_t block, std::string& out) const;
   void validate() const;
 };
 
@@ -73,6 +75,7 @@ class remote_table {
   }
   /// Key of the block holding row `id`, in the current version (shared lock).
   std::string block_key_of(int64_t id) const { return layout_.block_key(id / layout_.block_rows); }
+  void block_key_of(int64_t id, std::string& out) const { layout_.block_key_into(id / layout_.block_rows, out); }
   int64_t block_of(int64_t id) const { return id / layout_.block_rows; }
   int64_t block_rows() const { return layout_.block_rows; }
   std::shared_mutex& mutex() const { return mutex_; }
