@@ -3,6 +3,7 @@
 Environment knobs:
   TIEMB_CUDA=AUTO|ON|OFF          build the CUDA sources (AUTO: where nvcc exists)
   TIEMB_CUDA_ARCHITECTURES=75;90  CUDA architectures (default 75;80;86;90)
+  TIEMB_REDIS=AUTO|ON|OFF         link hiredis for Redis Cluster tables (AUTO: where pkg-config finds it)
   TIEMB_TF_OPS=AUTO|ON|OFF        build the TensorFlow op library (AUTO: where TF imports)
   TIEMB_XLA_FFI=AUTO|ON|OFF       build the XLA FFI lookup handlers (AUTO: where jaxlib imports)
   CMAKE_ARGS="..."                extra arguments for the CMake configure step
@@ -92,6 +93,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DTIEMB_VERSION={VERSION}",
             f"-DTIEMB_CUDA={os.environ.get('TIEMB_CUDA', 'AUTO')}",
+            f"-DTIEMB_REDIS={os.environ.get('TIEMB_REDIS', 'AUTO')}",
         ]
         if os.environ.get("TIEMB_CUDA_ARCHITECTURES"):
             cmake_args.append(f"-DTIEMB_CUDA_ARCHITECTURES={os.environ['TIEMB_CUDA_ARCHITECTURES']}")

@@ -18,6 +18,7 @@
 #include "../csrc/core/tier_config.h"
 #include "../csrc/cpu/cpu_engine.h"
 #include "../csrc/cuda/device_info.h"
+#include "../csrc/distributed/remote_table.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -126,8 +127,10 @@ class py_cpu_engine {
 
   py::tuple table_info(int32_t id) const {
     const table& t = engine_.tables().at(id);
-    return py::make_tuple(t.rows(), t.dim(), to_string(t.type()));
+    return py::make_tuple(engine_.table_rows(id), t.dim(), to_string(t.type()));
   }
+
+  int32_t add_remote_table(std::shared_ptr<remote_table> remote) { return engine_.add_remote_table(std::move(remote)); }
 
   int32_t num_tables() const { return engine_.tables().size(); }
   int num_threads() { return engine_.pool().num_threads(); }
@@ -214,6 +217,7 @@ void bind_gpu(py::module_& m);  // gpu_bindings.cpp
 #ifdef TIEMB_WITH_XLA_FFI
 void bind_xla_ffi(py::module_& m);  // xla_ffi.cpp
 #endif
+void bind_distributed(py::module_& m);  // distributed_bindings.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tiemb core: fused embedding lookups (CPU and CUDA) and the tiered cache";
@@ -234,10 +238,13 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
 
+  bind_distributed(m);
+
   py::class_<py_cpu_engine>(m, "CpuEngine")
       .def(py::init<int64_t, int64_t, int64_t, int32_t>(), py::arg("max_batch_size"),
            py::arg("slot_num"), py::arg("max_nnz"), py::arg("num_threads") = 0)
       .def("add_table", &py_cpu_engine::add_table, py::arg("weights"))
+      .def("add_remote_table", &py_cpu_engine::add_remote_table, py::arg("remote"))
       .def("table_info", &py_cpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_cpu_engine::num_tables)
       .def_property_readonly("num_threads", &py_cpu_engine::num_threads);

@@ -81,7 +81,10 @@ def test_malformed_specs_point_at_the_bad_part(spec, message):
 def test_seed_config_and_defaults():
     assert seed_config().resolve() == {"tiemb/max_batch_size": 512, "tiemb/slot_num": 26, "tiemb/max_nnz": 10,
                                        "tiemb/cache_percentage": 0.2, "tiemb/cpu_cache_percentage": 1.0,
-                                       "tiemb/hit_rate_threshold": 0.95, "tiemb/enable_distributed": False}
+                                       "tiemb/hit_rate_threshold": 0.95, "tiemb/enable_distributed": False,
+                                       "tiemb/distributed_address": None, "tiemb/distributed_namespace": "tiemb",
+                                       "tiemb/distributed_timeout_ms": 1000, "tiemb/distributed_retries": 5,
+                                       "tiemb/refresh_seconds": 5.0}
     empty = OptimizeConfig().resolve()
     assert empty["tiemb/max_batch_size"] is None and empty["tiemb/cache_percentage"] == 0.2
     cfg = OptimizeConfig()
@@ -100,13 +103,20 @@ def test_seed_config_and_defaults():
     (lambda c: setattr(c.parameter_map["tiemb/max_nnz"], "i", "8"), r"tiemb/max_nnz: must be of type int, got '8'"),
     (lambda c: setattr(c.parameter_map["tiemb/cache_percentage"], "f", 1.5), r"tiemb/cache_percentage: must be in \(0, 1\]"),
     (lambda c: setattr(c.parameter_map["tiemb/hit_rate_threshold"], "f", -0.1), r"tiemb/hit_rate_threshold: must be in \[0, 1\]"),
-    (lambda c: setattr(c.parameter_map["tiemb/enable_distributed"], "b", True), r"tiemb/enable_distributed: a Redis"),
+    (lambda c: setattr(c.parameter_map["tiemb/enable_distributed"], "b", True),
+     r"tiemb/enable_distributed: needs the cluster's address"),
+    (lambda c: setattr(c.parameter_map["tiemb/distributed_address"], "s", "localhost"),
+     r"tiemb/distributed_address: must be host:port\[,host:port...\], got 'localhost'"),
+    (lambda c: setattr(c.parameter_map["tiemb/distributed_namespace"], "s", "a b"),
+     r"tiemb/distributed_namespace: must be a non-empty string"),
+    (lambda c: setattr(c.parameter_map["tiemb/distributed_retries"], "i", -1), r"tiemb/distributed_retries: must be in"),
     (lambda c: (setattr(c.parameter_map["tiemb/cache_percentage"], "f", 0.5),
                 setattr(c.parameter_map["tiemb/cpu_cache_percentage"], "f", 0.3)),
      r"tiemb/cpu_cache_percentage \(0.3\) must be at least tiemb/cache_percentage \(0.5\)"),
     (lambda c: setattr(c, "output_names", "prob"), r"output_names: must be a list of output names"),
 ])
-def test_bad_config_entries_name_the_key(setup, message):
+def test_bad_config_entries_name_the_key(setup, message, monkeypatch):
+    monkeypatch.delenv("TIEMB_REDIS_ADDRESS", raising=False)
     cfg = OptimizeConfig()
     setup(cfg)
     with pytest.raises(ConfigError, match=message):

@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tasks.cli import add_parsers as add_task_parsers
 
     add_task_parsers(sub)
+    from .distributed.cli import add_parsers as add_distributed_parsers
+
+    add_distributed_parsers(sub)
     return p
 
 

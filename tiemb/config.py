@@ -26,6 +26,14 @@ PARAMETERS = {
     "tiemb/cpu_cache_percentage": ("f", 1.0, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "tiemb/hit_rate_threshold": ("f", 0.95, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "tiemb/enable_distributed": ("b", False, lambda v: True, ""),
+    # Distributed tables (tiemb/distributed/settings.py documents each; keep the defaults in sync there).
+    # The address: "host:port[,host:port...]" (or a list of such strings); None: TIEMB_REDIS_ADDRESS.
+    "tiemb/distributed_address": ("s", None, lambda v: _address_ok(v), "host:port[,host:port...]"),
+    "tiemb/distributed_namespace": ("s", "tiemb", lambda v: _namespace_ok(v),
+                                    "a non-empty string of letters, digits, '_', '-' and '.'"),
+    "tiemb/distributed_timeout_ms": ("i", 1000, lambda v: 1 <= v <= 600000, "in [1, 600000]"),
+    "tiemb/distributed_retries": ("i", 5, lambda v: 0 <= v <= 100, "in [0, 100]"),
+    "tiemb/refresh_seconds": ("f", 5.0, lambda v: v >= 0.0, ">= 0 (0: refresh() only)"),
 }
 FIELD_TYPES = {"i": "int", "f": "float", "b": "bool", "s": "list of strings"}
 
@@ -153,11 +161,14 @@ class OptimizeConfig:
                 raise ConfigError(f"{key}: takes .{field} ({FIELD_TYPES[field]}), was set through .{entry.field}")
             ok_type = {"i": lambda v: isinstance(v, int) and not isinstance(v, bool),
                        "f": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-                       "b": lambda v: isinstance(v, bool)}[field](value)
+                       "b": lambda v: isinstance(v, bool),
+                       "s": lambda v: isinstance(v, str) or _names(v)}[field](value)
             if not ok_type:
                 raise ConfigError(f"{key}: must be of type {FIELD_TYPES[field]}, got {value!r}")
             if not check(value):
                 raise ConfigError(f"{key}: must be {meaning}, got {value!r}")
+            if field == "s":  # a one-string parameter also accepts a list (joined: addresses)
+                value = value if isinstance(value, str) else ",".join(value)
             out[key] = float(value) if field == "f" else value
         if self.output_names is not None:
             if not _names(self.output_names):
@@ -168,13 +179,41 @@ class OptimizeConfig:
                               f"tiemb/cache_percentage ({out['tiemb/cache_percentage']}): the host tier holds what "
                               "the GPU cache holds")
         if out["tiemb/enable_distributed"]:
-            raise ConfigError("tiemb/enable_distributed: a Redis Cluster backing store is not part of this build; "
-                              "tables are served from the local table store (set it to False)")
+            import os
+
+            from . import _C
+
+            if not _C.redis_compiled():
+                raise ConfigError("tiemb/enable_distributed: this tiemb was built without hiredis; install it "
+                                  "(apt-get install libhiredis-dev) and rebuild (TIEMB_REDIS=ON)")
+
+            if out["tiemb/distributed_address"] is None:
+                out["tiemb/distributed_address"] = os.environ.get("TIEMB_REDIS_ADDRESS") or None
+            if out["tiemb/distributed_address"] is None:
+                raise ConfigError("tiemb/enable_distributed: needs the cluster's address: set "
+                                  "tiemb/distributed_address (.s = 'host:port[,host:port...]') or TIEMB_REDIS_ADDRESS")
+            if not _address_ok(out["tiemb/distributed_address"]):
+                raise ConfigError(f"TIEMB_REDIS_ADDRESS: must be host:port[,host:port...], got "
+                                  f"{out['tiemb/distributed_address']!r}")
         return out
 
     def __repr__(self):
         set_ = {k: v.value for k, v in self.parameter_map.items() if v.field}
         return f"OptimizeConfig({json.dumps(set_)}, output_names={self.output_names!r})"
+
+
+def _address_ok(value) -> bool:
+    import re
+
+    value = value if isinstance(value, str) else ",".join(value)
+    return all(re.fullmatch(r"[^\s:,/]+:([1-9][0-9]{0,4})", p.strip()) and int(p.rsplit(":", 1)[1]) < 65536
+               for p in value.split(","))
+
+
+def _namespace_ok(value) -> bool:
+    import re
+
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", value) is not None
 
 
 def _names(value) -> bool:

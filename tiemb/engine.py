@@ -151,6 +151,11 @@ class EmbeddingEngine:
             raise ValueError(f"table must be a numpy array, got {type(weights).__name__}")
         return self._engine.add_table(weights)
 
+    def add_remote_table(self, remote) -> int:
+        """Adds a table whose rows live in a Redis Cluster (a
+        ``tiemb._C.RemoteTable``, see :mod:`tiemb.distributed`); returns its id."""
+        return self._engine.add_remote_table(remote)
+
     def table_shape(self, table: int) -> tuple:
         """(rows, dim, dtype name) of a table."""
         return self._engine.table_info(table)

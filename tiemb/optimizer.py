@@ -586,6 +586,7 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         # `work` until the new one has passed its check there).
         abs_d, rel_d, optimized_run, output_model = _into_place(
             kind, staged, save_path, model, original_run, batches, tol, optimization_level)
+        dist_info = _publish_distributed(save_path, params, model, found, batches, rewritten)
         say("timing")
         timed = batches[0]
         base_s, opt_s = alternate([lambda: original_run(timed), lambda: optimized_run(timed)], runs,
@@ -613,10 +614,23 @@ def optimize(input_model, optimization_level, device_type, input_shapes, input_n
         config={"values": params, "inferred": inferred, "saved_as": "tiemb_config.json in the table store",
                 "meaning": SIZE_MEANING},
         notes=notes + ([rewrite.note] if rewrite.note else []))
+    if dist_info:
+        report.cache["distributed"] = dist_info
     report_path = os.path.join(save_path, "tiemb_report.json") if kind == "saved_model" else save_path + ".report.json"
     report.save(report_path)
     report.notes.append(f"report saved to {report_path}")
     return output_model, report
+
+
+def _publish_distributed(save_path, params, model, found, batches, rewritten):
+    """tiemb/enable_distributed: the optimized model's tables into the cluster
+    (tiemb/distributed), host tier by the test data's traffic; else None."""
+    if not params["tiemb/enable_distributed"]:
+        return None
+    from . import advise, distributed
+
+    return distributed.publish_for_optimize(
+        save_path, params, lambda: advise.model_traffic(model, found.lookups, batches, rewritten)[1])
 
 
 def _into_place(kind, staged, save_path, model, original_run, batches, tol, level):

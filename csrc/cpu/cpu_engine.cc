@@ -4,6 +4,7 @@
 
 #include "../core/error.h"
 #include "../core/validate.h"
+#include "../distributed/remote_lookup.h"
 #include "pooling.h"
 
 namespace tiemb {
@@ -26,7 +27,29 @@ cpu_engine::cpu_engine(const engine_config& config)
 
 int32_t cpu_engine::add_table(dtype type, int64_t rows, int64_t dim, const void* data) {
   TIEMB_EXPECT(!frozen_, "tables must be added before the first lookup group is created");
-  return tables_.add(type, rows, dim, data);
+  const int32_t id = tables_.add(type, rows, dim, data);
+  remote_.resize(static_cast<size_t>(tables_.size()));
+  return id;
+}
+
+int32_t cpu_engine::add_remote_table(std::shared_ptr<remote_table> remote) {
+  TIEMB_EXPECT(!frozen_, "tables must be added before the first lookup group is created");
+  TIEMB_EXPECT(remote != nullptr, "add_remote_table: no table");
+  const std::vector<char> placeholder(static_cast<size_t>(remote->row_bytes()), 0);
+  const int32_t id = tables_.add(remote->type(), 1, remote->dim(), placeholder.data());
+  remote_.resize(static_cast<size_t>(tables_.size()));
+  remote_[static_cast<size_t>(id)] = std::move(remote);
+  return id;
+}
+
+const std::shared_ptr<remote_table>& cpu_engine::remote(int32_t id) const {
+  tables_.at(id);  // range check
+  return remote_[static_cast<size_t>(id)];
+}
+
+int64_t cpu_engine::table_rows(int32_t id) const {
+  const auto& r = remote(id);
+  return r ? r->rows() : tables_.at(id).rows();
 }
 
 cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> slots, int max_threads)
@@ -55,8 +78,8 @@ cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> 
       TIEMB_EXPECT(sc.default_id == -1, "slot ", s,
                    ": default_id is only meaningful in safe mode, got ", sc.default_id);
     } else {
-      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < t.rows(), "slot ", s, ": default_id ",
-                   sc.default_id, " is out of range [0, ", t.rows(), ") of table ", sc.table);
+      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < engine_.table_rows(sc.table), "slot ", s, ": default_id ",
+                   sc.default_id, " is out of range [0, ", engine_.table_rows(sc.table), ") of table ", sc.table);
     }
     tables_.push_back(&t);
     max_dim_ = std::max(max_dim_, t.dim());
@@ -68,6 +91,22 @@ cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> 
   errors_.resize(slots_sz);
   tasks_.reserve(slots_sz * kMaxTasksPerSlot);
   acc_.resize(static_cast<size_t>(max_threads_) * static_cast<size_t>(max_dim_));
+  std::vector<std::shared_ptr<remote_table>> remote(slots_sz);
+  bool any_remote = false;
+  for (size_t s = 0; s < slots_sz; ++s) {
+    remote[s] = engine_.remote(slots_[s].table);
+    any_remote = any_remote || remote[s] != nullptr;
+  }
+  if (any_remote) {
+    remote_ = std::make_shared<remote_resolver>(cfg, slots_, std::move(remote));
+    staged_requests_.resize(slots_sz);
+  }
+}
+
+const slot_request* cpu_lookup_group::resolve_remote(const slot_request* requests, int64_t num_requests) {
+  remote_->resolve(requests, num_requests);
+  for (int64_t s = 0; s < num_requests; ++s) staged_requests_[static_cast<size_t>(s)] = remote_->request(s);
+  return staged_requests_.data();
 }
 
 int64_t cpu_lookup_group::dim(int64_t s) const { return tables_[static_cast<size_t>(s)]->dim(); }
@@ -77,7 +116,7 @@ void cpu_lookup_group::plan_slot(int64_t s, const slot_request& req) {
   const slot_config& sc = slots_[static_cast<size_t>(s)];
   int64_t* offsets = offsets_.data() + s * (cfg.max_batch_size + 1);
   rows_[static_cast<size_t>(s)] =
-      check_slot(cfg, sc, tables_[static_cast<size_t>(s)]->rows(), req, s, offsets);
+      check_slot(cfg, sc, engine_.table_rows(sc.table), req, s, offsets);
   TIEMB_EXPECT(req.out_row_stride == 0 || req.out_row_stride >= dim(s), "slot ", s, ": out_row_stride must be 0 or at least the dimension ",
                dim(s), ", got ", req.out_row_stride);
 }
@@ -131,30 +170,39 @@ void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests, 
 
 namespace {
 
+// The rows a task pools: a resident table, or a remote slot's staging rows.
+struct table_view {
+  dtype type;
+  const void* data;
+  int64_t rows;
+  int64_t dim;
+  int64_t default_id;
+};
+
 template <class IdT, class TabT, class OutT>
-void run_task(const slot_config& sc, const table& t, const slot_request& req,
+void run_task(const slot_config& sc, const table_view& t, const slot_request& req,
               const int64_t* offsets, void* out, float* acc, int64_t row_begin, int64_t row_end) {
   pooling_args<IdT, TabT, OutT> a{static_cast<const IdT*>(req.ids),
                                   req.id_stride,
                                   sc.wrap_negative,
                                   req.weights,
                                   offsets,
-                                  static_cast<const TabT*>(t.data()),
-                                  t.rows(),
-                                  t.dim(),
+                                  static_cast<const TabT*>(t.data),
+                                  t.rows,
+                                  t.dim,
                                   sc.comb,
                                   sc.mode == row_mode::safe,
-                                  sc.default_id,
+                                  t.default_id,
                                   static_cast<OutT*>(out),
                                   acc,
                                   req.ids_per_row,
                                   req.row_stride,
-                                  req.out_row_stride > 0 ? req.out_row_stride : t.dim()};
+                                  req.out_row_stride > 0 ? req.out_row_stride : t.dim};
   pool_rows(a, row_begin, row_end);
 }
 
 template <class IdT, class TabT>
-void dispatch_out(const slot_config& sc, const table& t, const slot_request& req,
+void dispatch_out(const slot_config& sc, const table_view& t, const slot_request& req,
                   const int64_t* offsets, void* out, float* acc, int64_t b, int64_t e) {
   if (sc.output_dtype == dtype::float32) {
     run_task<IdT, TabT, float>(sc, t, req, offsets, out, acc, b, e);
@@ -164,9 +212,9 @@ void dispatch_out(const slot_config& sc, const table& t, const slot_request& req
 }
 
 template <class IdT>
-void dispatch_table(const slot_config& sc, const table& t, const slot_request& req,
+void dispatch_table(const slot_config& sc, const table_view& t, const slot_request& req,
                     const int64_t* offsets, void* out, float* acc, int64_t b, int64_t e) {
-  if (t.type() == dtype::float32) {
+  if (t.type == dtype::float32) {
     dispatch_out<IdT, float>(sc, t, req, offsets, out, acc, b, e);
   } else {
     dispatch_out<IdT, half_t>(sc, t, req, offsets, out, acc, b, e);
@@ -188,12 +236,14 @@ void cpu_lookup_group::execute(const slot_request* requests, void* const* output
     const int64_t* offsets =
         slots_[static_cast<size_t>(tk.slot)].mode == row_mode::gather ? nullptr : offsets_.data() + tk.slot * stride;
     float* acc = acc_.data() + thread * max_dim_;
+    const table& t = *tables_[s];
+    const bool staged = remote_ && remote_->remote(tk.slot);
+    const table_view v{t.type(), staged ? remote_->data(tk.slot) : t.data(), staged ? remote_->rows(tk.slot) : t.rows(),
+                       t.dim(), staged ? remote_->default_id(tk.slot) : slots_[s].default_id};
     if (req.id_type == dtype::int32) {
-      dispatch_table<int32_t>(slots_[s], *tables_[s], req, offsets, outputs[s], acc, tk.row_begin,
-                              tk.row_end);
+      dispatch_table<int32_t>(slots_[s], v, req, offsets, outputs[s], acc, tk.row_begin, tk.row_end);
     } else {
-      dispatch_table<int64_t>(slots_[s], *tables_[s], req, offsets, outputs[s], acc, tk.row_begin,
-                              tk.row_end);
+      dispatch_table<int64_t>(slots_[s], v, req, offsets, outputs[s], acc, tk.row_begin, tk.row_end);
     }
   };
   const auto num_tasks = static_cast<int64_t>(tasks_.size());

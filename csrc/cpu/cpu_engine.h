@@ -17,6 +17,9 @@
 
 namespace tiemb {
 
+class remote_table;     // csrc/distributed: a table in a Redis Cluster
+class remote_resolver;
+
 /// Owns the tables and the worker threads. Add every table before creating
 /// the first lookup group; after that the engine is read-only and may be
 /// shared by any number of groups and threads.
@@ -32,11 +35,26 @@ class cpu_engine {
   thread_pool& pool() { return pool_; }
   void freeze() { frozen_ = true; }
 
+  /// Adds a table whose rows live in a Redis Cluster (tiemb/enable_distributed)
+  /// and returns its id; lookups stage its rows per call (remote_lookup.h).
+  int32_t add_remote_table(std::shared_ptr<remote_table> remote);
+  /// The remote table behind `id`, or null for a resident table.
+  const std::shared_ptr<remote_table>& remote(int32_t id) const;
+  /// Rows of table `id`, resident or remote.
+  int64_t table_rows(int32_t id) const;
+  /// Keeps `thing` alive as long as the engine (a remote tables' refresher).
+  void attach(std::shared_ptr<void> thing) { attached_.push_back(std::move(thing)); }
+
  private:
   engine_config config_;
   table_set tables_;
   thread_pool pool_;
   bool frozen_ = false;
+  // Appended for distributed tables: per table id, its remote table or null
+  // (a remote table's entry in tables_ is a one-row placeholder of its dtype
+  // and dim).
+  std::vector<std::shared_ptr<remote_table>> remote_;
+  std::vector<std::shared_ptr<void>> attached_;
 };
 
 /// A parallel loop supplied by the caller, so that a lookup can run on the
@@ -89,6 +107,7 @@ class cpu_lookup_group {
     TIEMB_EXPECT(runner.num_threads() <= max_threads_, "the lookup runner has ", runner.num_threads(),
                  " threads but the group's scratch was sized for ", max_threads_);
     plan(requests, num_requests, runner);
+    if (remote_) requests = resolve_remote(requests, num_requests);
     void* const* outputs = prepare_outputs(static_cast<const int64_t*>(rows_.data()));
     execute(requests, outputs, runner);
   }
@@ -116,6 +135,8 @@ class cpu_lookup_group {
   void plan(const slot_request* requests, int64_t num_requests, parallel_runner& runner);
   void plan_slot(int64_t s, const slot_request& req);
   void execute(const slot_request* requests, void* const* outputs, parallel_runner& runner);
+  // Distributed tables: stages remote rows, returns the requests to pool.
+  const slot_request* resolve_remote(const slot_request* requests, int64_t num_requests);
 
   cpu_engine& engine_;
   engine_pool_runner pool_runner_;
@@ -130,6 +151,9 @@ class cpu_lookup_group {
   std::vector<task> tasks_;
   std::vector<float> acc_;  // one accumulator row per thread
   int64_t max_dim_ = 0;
+  // Appended for distributed tables: set when a slot reads a remote table.
+  std::shared_ptr<remote_resolver> remote_;
+  std::vector<slot_request> staged_requests_;
 };
 
 }  // namespace tiemb

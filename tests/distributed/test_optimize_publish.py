@@ -1,0 +1,180 @@
+"""optimize() with tiemb/enable_distributed publishes the model's tables; the
+store records namespace and versions; `tiemb publish` / `tiemb update` on it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tiemb
+import tiemb._C as C
+from tiemb import distributed as dist
+
+pytestmark = pytest.mark.skipif(not C.redis_compiled(), reason="this build has no hiredis (TIEMB_REDIS)")
+
+
+def lookup_model(path, seed, vocab=50, dim=8):
+    """A tf.Module as outside code writes one: ids [batch, 4] -> embedding_lookup_sparse -> a dense layer."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    module = tf.Module()
+    module.table = tf.Variable(rng.standard_normal((vocab, dim)).astype(np.float32))
+    module.kernel = tf.Variable(rng.standard_normal((dim, 3)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.int64, name="ids")])
+    def serve(ids):
+        sp = tf.sparse.from_dense(ids + 1)
+        sp = tf.SparseTensor(sp.indices, sp.values - 1, sp.dense_shape)
+        return {"out": tf.matmul(tf.nn.embedding_lookup_sparse(module.table, sp, None, combiner="sum"), module.kernel)}
+
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+    return path
+
+
+def _optimize(src, out, address, namespace):
+    cfg = tiemb.OptimizeConfig()
+    cfg.parameter_map["tiemb/enable_distributed"].b = True
+    cfg.parameter_map["tiemb/distributed_address"].s = address
+    cfg.parameter_map["tiemb/distributed_namespace"].s = namespace
+    cfg.parameter_map["tiemb/cpu_cache_percentage"].f = 0.3
+    cfg.parameter_map["tiemb/cache_percentage"].f = 0.2
+    feed = {"ids": np.random.default_rng(1).integers(0, 50, (16, 4)).astype(np.int64)}
+    return tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=out,
+                          optimization_config=cfg, runs=2, overwrite=True)
+
+
+def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, capsys):
+    import tensorflow as tf
+
+    src = lookup_model(str(tmp_path / "src"), seed)
+    table = tf.saved_model.load(src).table.numpy()
+    ns = f"opt{seed}"
+    _, report = _optimize(src, str(tmp_path / "model"), redis_cluster.address, ns)
+    info = report.cache["distributed"]
+    assert info["namespace"] == ns and info["model"] == "model"
+    (name, t), = info["tables"].items()
+    assert t["written_values"] == 4  # 50 rows in blocks of 16
+    seen = np.random.default_rng(1).integers(0, 50, (16, 4)).ravel()  # the test data's ids
+    hot15 = np.unique(seen, return_counts=True)
+    assert t["test_data_host_hit_rate"] == pytest.approx(
+        np.isin(seen, np.fromfile(os.path.join(tmp_path, "model", "assets", "distributed", name + ".host.i64"),
+                                  dtype="<i8")).mean())
+    # The 15 most frequent ids are the host tier: it serves exactly their share.
+    assert t["test_data_host_hit_rate"] == pytest.approx(np.sort(hot15[1])[::-1][:15].sum() / seen.size)
+    store = os.path.join(tmp_path, "model", "assets")
+    doc = json.load(open(os.path.join(store, "distributed.json")))
+    assert doc["tables"][name]["version"] == t["version"] == dist.content_version(table)
+    hot = np.fromfile(os.path.join(store, doc["tables"][name]["host_ids"]), dtype="<i8")
+    assert len(hot) == 15  # ceil(0.3 * 50), the test data's most frequent ids first
+
+    # Served from the cluster: TensorFlow's lookup on the original table is the oracle.
+    engine, tables = dist.open_store(store, refresh_seconds=0)
+    g = engine.group([tiemb.Slot(tables.table_ids[name], "sum", "plain")])
+    ids = np.random.default_rng(seed).integers(0, 50, 64).astype(np.int64)
+    seg = np.repeat(np.arange(16), 4).astype(np.int64)  # [16, 4] ids, as the model takes them
+    got = g.lookup([ids], segment_ids=[seg])[0]
+    sp = tf.SparseTensor(np.stack([seg, np.tile(np.arange(4), 16)], 1), ids, [16, 4])
+    want = tf.nn.embedding_lookup_sparse(tf.constant(table), sp, None, combiner="sum").numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    s = tables.stats()["tables"][name]
+    assert s["host_hits"] > 0 and s["cluster_rows"] > 0 and s["host_rows"] == 15
+
+    # Again: the same content version is found, nothing written.
+    _, again = _optimize(src, str(tmp_path / "model"), redis_cluster.address, ns)
+    assert again.cache["distributed"]["tables"][name]["written_values"] == 0
+
+    # tiemb publish: idempotent too; tiemb update: a new version served after refresh.
+    from tiemb.cli import main
+
+    assert main(["publish", str(tmp_path / "model"), "--address", redis_cluster.address]) == 0
+    assert "0 values written" in capsys.readouterr().out
+    new = np.full((2, table.shape[1]), 3.5, np.float32)
+    np.savez(tmp_path / "rows.npz", ids=np.array([0, 49]), rows=new)
+    assert main(["update", str(tmp_path / "model"), "--table", name, "--rows", str(tmp_path / "rows.npz")]) == 0
+    assert tables.refresh() and np.array_equal(
+        engine.group([tiemb.Slot(tables.table_ids[name], "sum", "gather")]).lookup([np.array([0, 49, 1])])[0],
+        np.vstack([new, table[1:2]]))
+    tables.close()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from tiemb.cli import main
+
+    from tiemb.distributed.local_cluster import free_ports
+
+    os.makedirs(tmp_path / "s")
+    tiemb.tf_ops.write_store(str(tmp_path / "s"), {"t": np.zeros((4, 2), np.float32)}, max_batch_size=4, slot_num=1,
+                             max_nnz=1)
+    port = free_ports(1)[0]
+    assert main(["publish", str(tmp_path / "s"), "--address", f"127.0.0.1:{port}", "--retries", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"127.0.0.1:{port} unreachable" in err
+    assert main(["publish", str(tmp_path / "s"), "--address", "nohost"]) == 1
+    assert "malformed entry 'nohost'" in capsys.readouterr().err
+    assert main(["update", str(tmp_path / "s"), "--table", "t", "--rows", "x.npz"]) == 1
+    assert "not published (no distributed.json)" in capsys.readouterr().err
+
+
+_SERVE_SCRIPT = r'''
+import sys, time, json
+import numpy as np
+import tensorflow as tf
+import tiemb
+from tiemb import distributed as dist
+
+src, opt, address, ns, period = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+orig = tf.saved_model.load(src)
+table, kernel = orig.table.numpy(), orig.kernel.numpy()
+model = tf.saved_model.load(opt)
+fn = model.signatures["serving_default"]
+ids = np.random.default_rng(5).integers(0, 50, (16, 4)).astype(np.int64)
+
+def expected(t):
+    sp = tf.sparse.from_dense(ids + 1)
+    sp = tf.SparseTensor(sp.indices, sp.values - 1, sp.dense_shape)
+    return (tf.nn.embedding_lookup_sparse(tf.constant(t), sp, None, combiner="sum").numpy() @ kernel)
+
+got = fn(ids=tf.constant(ids))["out"].numpy()
+np.testing.assert_allclose(got, expected(table), rtol=1e-5, atol=1e-5)
+# Every row changes; the op's engine must read the cluster to see it.
+doc = dist.read_distributed_json(opt + "/assets")
+name = next(iter(doc["tables"]))
+client = dist.connect(dist.DistributedSettings(address, namespace=ns))
+new = (table * -2.0 + 1.0).astype(np.float32)
+dist.update_table(client, ns, doc["model"], name, np.arange(50), new)
+t0 = time.monotonic()
+while True:
+    got = fn(ids=tf.constant(ids))["out"].numpy()
+    if np.allclose(got, expected(new), rtol=1e-5, atol=1e-5):
+        break
+    assert np.allclose(got, expected(table), rtol=1e-5, atol=1e-5), "neither the old nor the new version"
+    assert time.monotonic() - t0 < period + 2.0, "update not served by the TF op within refresh_seconds + 2 s"
+    time.sleep(0.02)
+print(json.dumps({"served_after_s": time.monotonic() - t0}))
+'''
+
+
+def test_tf_op_serves_from_the_cluster_and_refreshes(redis_cluster, tmp_path, seed):
+    """The optimized SavedModel in a fresh process: TiembLookup's engine reads the
+    cluster (an update of every row shows in its outputs within refresh_seconds)."""
+    import subprocess
+    import sys
+
+    src = lookup_model(str(tmp_path / "src"), seed)
+    ns = f"tfop{seed}"
+    cfg = tiemb.OptimizeConfig()
+    cfg.parameter_map["tiemb/enable_distributed"].b = True
+    cfg.parameter_map["tiemb/distributed_address"].s = redis_cluster.address
+    cfg.parameter_map["tiemb/distributed_namespace"].s = ns
+    cfg.parameter_map["tiemb/cpu_cache_percentage"].f = 0.3
+    cfg.parameter_map["tiemb/cache_percentage"].f = 0.2
+    cfg.parameter_map["tiemb/refresh_seconds"].f = 0.5
+    feed = {"ids": np.random.default_rng(1).integers(0, 50, (16, 4)).astype(np.int64)}
+    tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=str(tmp_path / "opt"), optimization_config=cfg,
+                   runs=2)
+    r = subprocess.run([sys.executable, "-c", _SERVE_SCRIPT, src, str(tmp_path / "opt"), redis_cluster.address, ns,
+                        "0.5"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "served_after_s" in r.stdout
