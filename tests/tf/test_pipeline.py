@@ -78,3 +78,38 @@ def test_graph_runner_agrees_with_tensorflow(saved):
     np.testing.assert_array_equal(run({"ids": ids})[sig.outputs["score"]], want)
     fn = graph_function(sig.graph_def, [sig.input_tensors["ids"]], [sig.outputs["score"]], store="/unused")
     np.testing.assert_array_equal(fn(tf.constant(ids))[0].numpy(), want)
+
+
+def test_frozen_graph_level1_backend_fallback(tmp_path, seed, monkeypatch):
+    """A frozen graph at level 1: bfloat16 matmuls under TensorFlow's kernels
+    when within the tolerance; beyond a stricter one they are dropped, named,
+    and the float32 dense part is kept (one chooser: tiemb.backends.choose)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tiemb import backends
+
+    rng = np.random.default_rng(seed)
+    table = tf.Variable(rng.standard_normal((50, 64)).astype(np.float32))
+    w = tf.Variable(rng.standard_normal((64, 32)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int64, name="ids")])
+    def f(ids):
+        return tf.matmul(tf.reduce_sum(tf.gather(table, ids), 1), w, name="out")
+
+    gd = convert_variables_to_constants_v2(f.get_concrete_function()).graph.as_graph_def()
+    src = str(tmp_path / "model.pb")
+    with open(src, "wb") as fh:
+        fh.write(gd.SerializeToString())
+    _, report = tiemb.optimize(src, 1, 1, ["32*3"], save_path=str(tmp_path / "a.pb"), runs=2)
+    dense = report.dense_backend
+    assert dense["dense_backend"] == "tensorflow" and any("bfloat16" in n for n in dense["notes"]), dense
+    assert 0 < report.accuracy["max_rel_diff"] <= backends.TOLERANCE[1]
+    bf16_diff = report.accuracy["max_rel_diff"]
+    # A tolerance below what bfloat16 gives: TensorFlow's float32 kernels are kept.
+    monkeypatch.setitem(backends.TOLERANCE, 1, bf16_diff / 4)
+    _, report = tiemb.optimize(src, 1, 1, ["32*3"], save_path=str(tmp_path / "b.pb"), runs=2)
+    dense = report.dense_backend
+    assert dense["dense_backend"] == "tensorflow-fp32", dense
+    assert [d["name"] for d in dense["dropped_backends"]] == ["tensorflow"]
+    assert "beyond level 1's tolerance" in dense["dropped_backends"][0]["reason"]
+    assert report.accuracy["max_rel_diff"] <= bf16_diff / 4
