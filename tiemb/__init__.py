@@ -21,6 +21,7 @@ from .engine import EmbeddingEngine, EngineConfig, LookupGroup, Slot
 from .gpu import GpuEmbeddingEngine, GpuLookupGroup, TierConfig
 from .optimizer import OptimizeError, inspect, optimize
 from .report import OptimizedReport
+from .settings import Settings
 from .shapes import InputShape, ShapeSpecError, parse_input_shapes
 
 
@@ -45,4 +46,5 @@ def cuda_available() -> bool:
 
 __all__ = ["EmbeddingEngine", "EngineConfig", "LookupGroup", "Slot", "GpuEmbeddingEngine", "GpuLookupGroup",
            "TierConfig", "build_info", "cuda_available", "optimize", "inspect", "OptimizeConfig", "OptimizedReport",
-           "OptimizeError", "ConfigError", "parse_input_shapes", "InputShape", "ShapeSpecError", "__version__"]
+           "OptimizeError", "ConfigError", "parse_input_shapes", "InputShape", "ShapeSpecError", "__version__",
+           "Settings"]

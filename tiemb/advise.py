@@ -299,7 +299,7 @@ def model_traffic(model, lookups: List[dict], batches: Sequence[Dict[str, np.nda
         Tuple[List[TableInfo], Dict[str, List[np.ndarray]]]:
     """Tables of a model's lookups and their ids on each feed dict (``graph_def``, the rewriter's graph where
     given, else the model's, computes them); ids a safe lookup prunes (< 0: padding) are not traffic."""
-    from .optimizer import _tensor_values
+    from .pipeline.load import tensor_values
 
     tables: Dict[str, TableInfo] = {}
     names = []
@@ -307,7 +307,7 @@ def model_traffic(model, lookups: List[dict], batches: Sequence[Dict[str, np.nda
         tables.setdefault(lk["table"], TableInfo(lk["table"], int(lk["rows"]), int(lk["dim"]), str(lk["dtype"])))
         if lk["ids"] not in names:
             names.append(lk["ids"])
-    values = _tensor_values(model, names, batches, graph_def) if names else []
+    values = tensor_values(model, names, batches, graph_def) if names else []
     traffic: Dict[str, List[np.ndarray]] = {}
     for k, v in enumerate(values):
         per: Dict[str, list] = {}
@@ -360,12 +360,11 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
             float(cfg.get("tiemb/cpu_cache_percentage", PARAMETERS["tiemb/cpu_cache_percentage"][1]))
         configured = float(cfg.get("tiemb/cache_percentage", PARAMETERS["tiemb/cache_percentage"][1]))
     else:
-        from .optimizer import _kind, _load
-        from .rewrite.sparse_lookup import rewrite_sparse_lookups
+        from .pipeline.analyse import analyse
+        from .pipeline.load import kind_of, load_model
 
-        model = _load(model_or_store, _kind(model_or_store), None, None)
-        rewritten, found = rewrite_sparse_lookups(model.graph_def, None, max_batch_size=1, max_nnz=1,
-                                          resources=model.resources)
+        model = load_model(model_or_store, kind_of(model_or_store))
+        rewritten, found = analyse(model)
         if not found.lookups:
             raise AdviseError(f"{model_or_store}: no embedding lookups found, nothing to advise")
         raw = load_traffic(traffic_path, batch_ids or 4096, feeds=True)

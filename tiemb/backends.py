@@ -2,10 +2,9 @@
 
 One interface, chosen by what the installed TensorFlow offers, reported by name:
 
-* ``tf-trt``: TF-TRT (``TrtGraphConverterV2``) where TensorFlow was built with
-  TensorRT (2.17 and older) and a GPU is visible. Detected, never assumed;
-  TensorFlow 2.18+ (this project's 2.21) has no TensorRT, so it is reported
-  as unavailable with that reason.
+* ``tf-trt``: never offered: tiemb has no TF-TRT conversion of the dense
+  part. Its status is detected (TensorFlow 2.18+ has no TensorRT at all) and
+  a GPU target's report lists it as not offered, with the reason.
 * ``xla``: XLA auto-clustering of the dense part: the dense nodes carry
   ``_XlaCompile``/``_XlaScope`` (what ``jit_scope`` writes), so TensorFlow
   compiles them as clusters wherever the model is served, without a
@@ -20,7 +19,7 @@ original beyond the level's tolerance is dropped, and the report says so.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 # Largest allowed max|optimized - original| / max|original| per level.
 TOLERANCE = {0: 1e-6, 1: 3e-2}
@@ -59,15 +58,32 @@ def xla_status() -> Tuple[bool, str]:
     return True, "XLA clusters compiled by TensorFlow's JIT"
 
 
-def candidates(level: int, device: str) -> List[Tuple[str, bool, str]]:
-    """Backends to try, best first: (name, available, reason)."""
+def unavailable(device: str) -> List[Dict[str, str]]:
+    """Backends not offered here, as ``{name, reason}`` (the report's
+    ``dropped_backends`` entries): TF-TRT on a GPU target (tiemb has no TF-TRT
+    conversion, and TensorFlow 2.18+ has no TensorRT: the status says which
+    applies), XLA where TensorFlow was built without it."""
     out = []
     if device == "gpu":
-        out.append(("tf-trt",) + tensorrt_status())
-    out.append(("xla",) + xla_status())
-    out.append(("tensorflow", True, "TensorFlow's own kernels"))
+        ok, reason = tensorrt_status()
+        if ok:
+            reason = "TensorFlow has TensorRT here, but tiemb has no TF-TRT conversion of the dense part"
+        out.append({"name": "tf-trt", "reason": f"not offered: {reason}"})
+    ok, reason = xla_status()
+    if not ok:
+        out.append({"name": "xla", "reason": f"not offered: {reason}"})
+    return out
+
+
+def candidates(level: int, device: str) -> List[Tuple[str, str]]:
+    """Backends that can run here, best first: (name, what it is). Only
+    these are built and compared; :func:`unavailable` lists the others."""
+    out = []
+    if xla_status()[0]:
+        out.append(("xla", xla_status()[1]))
+    out.append(("tensorflow", "TensorFlow's own kernels"))
     if level >= 1:   # if reduced precision is too lossy for this model: float32, said so in the report
-        out.append(("tensorflow-fp32", True, "TensorFlow's own kernels, dense part kept in float32"))
+        out.append(("tensorflow-fp32", "TensorFlow's own kernels, dense part kept in float32"))
     return out
 
 
@@ -96,8 +112,8 @@ def apply(name: str, graph_def, level: int):
     if name == "xla":
         graph_def = mark_xla(graph_def)
         notes.append("dense nodes marked for XLA compilation")
-    elif name == "tf-trt":
-        raise NotImplementedError("TF-TRT conversion runs only where TensorFlow has TensorRT")
+    elif name not in ("tensorflow", "tensorflow-fp32"):
+        raise ValueError(f"dense backend must be one of 'xla', 'tensorflow', 'tensorflow-fp32', got {name!r}")
     return graph_def, notes
 
 
@@ -118,32 +134,55 @@ def relative_difference(want: Dict[str, object], got: Dict[str, object]) -> Tupl
     return abs_diff, rel
 
 
-def choose(level: int, device: str, build: Callable[[str], object], evaluate: Callable[[object], Tuple[float, float, float]]):
-    """Tries the backends best first. ``build(name)`` makes a candidate model,
-    ``evaluate(model)`` returns (max abs diff, max rel diff, median seconds).
-    Keeps the fastest candidate within the level's tolerance.
+def choose(level: int, device: str, build: Callable[[str], object],
+           evaluate: Callable[[object], Tuple[float, float, float]], *, only: Optional[str] = None,
+           names: Optional[Sequence[str]] = None, first_within: bool = False):
+    """The one backend chooser: tries backends best first and keeps the
+    fastest within the level's tolerance.
+
+    Args:
+        level: the optimization level (its tolerance: ``TOLERANCE[level]``).
+        device: "cpu" or "gpu": which backends are candidates.
+        build: ``build(name)`` makes a candidate model.
+        evaluate: ``evaluate(model)`` returns (max abs diff, max rel diff,
+            median seconds).
+        only: force this one backend: ValueError when it is beyond the
+            tolerance, instead of falling back.
+        names: try these, in this order, instead of :func:`candidates`.
+        first_within: keep the first candidate within the tolerance instead of
+            the fastest (for callers whose ``evaluate`` does not time).
 
     Returns (name, model, info) where info has "dense_backend",
-    "backend_results" and "dropped_backends" ([{name, reason}])."""
+    "backend_results" and "dropped_backends" ([{name, reason}]). Raises
+    RuntimeError when no backend is within the tolerance."""
     tol = TOLERANCE[level]
-    dropped, results, best = [], [], None
-    for name, ok, reason in candidates(level, device):
-        if not ok:
-            dropped.append({"name": name, "reason": reason})
-            continue
+    if only is not None:
+        order, dropped = [only], []
+    else:
+        order = list(names) if names is not None else [n for n, _ in candidates(level, device)]
+        dropped = unavailable(device) if names is None else []
+    results, best = [], None
+    for name in order:
         try:
             model = build(name)
             abs_d, rel_d, seconds = evaluate(model)
         except Exception as e:  # a backend that cannot build or run this model is dropped, by name
+            if only is not None:
+                raise
             dropped.append({"name": name, "reason": f"failed on this model: {type(e).__name__}: {str(e)[:300]}"})
             continue
         results.append({"name": name, "max_abs_diff": abs_d, "max_rel_diff": rel_d, "median_s": seconds})
         if rel_d > tol:
+            if only is not None:
+                raise ValueError(f"dense backend {name!r} changes the outputs by {rel_d:.3g} relative, beyond level "
+                                 f"{level}'s tolerance {tol:g}")
             dropped.append({"name": name, "reason": f"outputs differ by {rel_d:.3g} relative, beyond level {level}'s "
                                                     f"tolerance {tol:g}"})
             continue
         if best is None or seconds < best[2]:
             best = (name, model, seconds)
+        if first_within:
+            break
     if best is None:
         raise RuntimeError(f"no dense backend kept the outputs within level {level}'s tolerance: {dropped}")
     return best[0], best[1], {"dense_backend": best[0], "backend_results": results, "dropped_backends": dropped}

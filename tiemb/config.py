@@ -142,7 +142,8 @@ class OptimizeConfig:
 
     def resolve(self) -> dict:
         """The validated values, defaults filled (None: to be inferred from
-        the model). Raises ConfigError naming the key."""
+        the model), as a plain dict; :meth:`tiemb.settings.Settings.from_config`
+        makes the frozen settings object of them. Raises ConfigError naming the key."""
         out = {key: default for key, (_, default, _, _) in PARAMETERS.items()}
         for key, entry in self.parameter_map.items():
             if key == "output_names":
@@ -174,10 +175,7 @@ class OptimizeConfig:
             if not _names(self.output_names):
                 raise ConfigError(f"output_names: must be a list of output names, got {self.output_names!r}")
             out["output_names"] = list(self.output_names)
-        if out["tiemb/cpu_cache_percentage"] < out["tiemb/cache_percentage"]:
-            raise ConfigError(f"tiemb/cpu_cache_percentage ({out['tiemb/cpu_cache_percentage']}) must be at least "
-                              f"tiemb/cache_percentage ({out['tiemb/cache_percentage']}): the host tier holds what "
-                              "the GPU cache holds")
+        check_tiers(out["tiemb/cache_percentage"], out["tiemb/cpu_cache_percentage"])
         if out["tiemb/enable_distributed"]:
             import os
 
@@ -214,6 +212,14 @@ def _namespace_ok(value) -> bool:
     import re
 
     return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", value) is not None
+
+
+def check_tiers(cache_percentage: float, cpu_cache_percentage: float) -> None:
+    """The rule between the tiers (shared with :class:`tiemb.settings.Settings`)."""
+    if cpu_cache_percentage < cache_percentage:
+        raise ConfigError(f"tiemb/cpu_cache_percentage ({cpu_cache_percentage}) must be at least "
+                          f"tiemb/cache_percentage ({cache_percentage}): the host tier holds what "
+                          "the GPU cache holds")
 
 
 def _names(value) -> bool:

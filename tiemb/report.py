@@ -76,7 +76,7 @@ def hardware_environment(device: str) -> Dict[str, str]:
         gpus = tf.config.list_physical_devices("GPU")
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "none"
         return {"device_type": "gpu", "microarchitecture": name}
-    from .bench.timing import machine_name
+    from .timing import machine_name
 
     return {"device_type": "cpu", "microarchitecture": machine_name()}
 

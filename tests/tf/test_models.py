@@ -364,9 +364,15 @@ def test_tensorrt_is_detected_not_assumed():
     ok, reason = backends.tensorrt_status()
     if not tf.sysconfig.get_build_info().get("is_tensorrt_build", False):
         assert not ok and "TensorRT" in reason
-    first = backends.candidates(0, "gpu")[0]
-    assert first[0] == "tf-trt" and first[1] == ok
-    assert "tf-trt" not in [c[0] for c in backends.candidates(0, "cpu")]
+    # tiemb has no TF-TRT conversion: never a candidate, on a GPU target
+    # reported as not offered with the detected reason.
+    for device in ("gpu", "cpu"):
+        assert "tf-trt" not in [name for name, _ in backends.candidates(0, device)]
+    (trt,) = [d for d in backends.unavailable("gpu") if d["name"] == "tf-trt"]
+    assert trt["reason"].startswith("not offered: ") and (ok or reason in trt["reason"]), trt
+    assert "tf-trt" not in [d["name"] for d in backends.unavailable("cpu")]
+    with pytest.raises(ValueError, match="dense backend must be one of .* got 'tf-trt'"):
+        backends.apply("tf-trt", tf.compat.v1.GraphDef(), 0)
 
 
 def test_big_tables_stay_variables_only_when_every_read_is_fused(tmp_path, seed):

@@ -2,20 +2,9 @@
 
 import numpy as np
 
+from ..pipeline.test_data import zipf_ids
 
-def zipf_ids(rng: np.random.Generator, vocab: int, size: int, alpha: float = 1.1) -> np.ndarray:
-    """Ids in [0, vocab) drawn from Zipf(alpha) over ranks, hot ids spread over the table.
-
-    numpy's own zipf has unbounded support; this samples the finite
-    distribution p(rank k) ~ k^-alpha, then maps ranks to ids through a fixed
-    random permutation so that hot rows are not simply the first rows.
-    """
-    p = np.arange(1, vocab + 1, dtype=np.float64) ** -alpha
-    cdf = np.cumsum(p)
-    cdf /= cdf[-1]
-    ranks = np.searchsorted(cdf, rng.random(size), side="right")
-    perm = np.random.default_rng(vocab).permutation(vocab)
-    return perm[np.minimum(ranks, vocab - 1)].astype(np.int64)
+__all__ = ["zipf_ids", "fixed_nnz_slot"]
 
 
 def fixed_nnz_slot(rng, vocab: int, batch: int, nnz: int, alpha: float):

@@ -34,9 +34,10 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from . import models, timing
+from . import models
+from ..runner import graph_function
 from ..serving.dense import dense_part
-from .timing import machine_name
+from ..timing import alternate as _alternate, machine_name, ms_stats
 
 # Reference shapes (issue 4's and the seed's): W&D 26 x dim 16 with a 5 x 1024
 # tower; DeepFM dim 8, DNN 256-128-64; DLRM 26 x dim 64.
@@ -53,8 +54,8 @@ class Timing:
 
     @staticmethod
     def of(seconds: Sequence[float]) -> "Timing":
-        ms = [s * 1e3 for s in seconds]
-        return Timing(statistics.median(ms), min(ms), max(ms))
+        st = ms_stats(seconds)
+        return Timing(st["median_ms"], st["min_ms"], st["max_ms"])
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Row:
 
 def alternate(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 5) -> List[Timing]:
     """Times the callables interleaved (a, b, a, b, ...): same machine state for each."""
-    return [Timing.of(s) for s in timing.alternate(fns, runs, warmup=warmup)]
+    return [Timing.of(s) for s in _alternate(fns, runs, warmup=warmup)]
 
 
 def _import(tf, graph_def, fetches: Sequence[str], store: str = None, probe: bool = True):
@@ -237,34 +238,24 @@ def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, t
     return float(np.median(total)) * 1e3 if total is not None else 0.0
 
 
-def _pruned(tf, graph_def, feeds: Sequence[str], fetches: Sequence[str], store: str = None, specs=None):
-    """A concrete function running ``graph_def`` from tensors ``feeds`` (fed
-    with tensors of ``specs``: TensorSpecs) to ``fetches``."""
-    def imported(*args):
-        input_map = dict(zip(feeds, args))
-        if store:
-            input_map["tiemb/store:0"] = tf.constant(store)
-        return tf.compat.v1.import_graph_def(graph_def, input_map=input_map, return_elements=list(fetches), name="")
+@dataclass
+class _Prepared:
+    """One reference model built, loaded once and frozen, with its inputs."""
 
-    return tf.compat.v1.wrap_function(imported, specs)
+    name: str
+    src: str
+    spec: object
+    sig: object                  # tiemb.rewrite.saved_model.FrozenSignature
+    feeds_by_batch: Dict[int, Dict[str, np.ndarray]]
+    real: Dict[str, np.ndarray]
+    inputs: List[str]            # the frozen graph's input tensors, in sig.arg_names order
+    specs: list
+    missing: float
 
 
-def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], scale: str = "small",
-                runs: int = 50, small: bool = False, seed: int = 0, work_dir: str = None, progress=print,
-                profile_ops: bool = False) -> List[Row]:
-    """Builds reference model ``name`` once, optimizes it per level (engine
-    sized for the largest batch; dense backend chosen on that batch and the
-    real rows) and measures it at every batch size (see module doc)."""
-    import tensorflow as tf
+def _prepare(tf, name, batches, scale, small, seed, work, progress) -> _Prepared:
+    from ..rewrite.saved_model import freeze_signature
 
-    from .. import backends, tf_ops
-    from ..rewrite import rewrite_saved_model
-    from ..rewrite.saved_model import _freeze
-    from ..rewrite.graph import GraphView
-    from ..rewrite.sparse_lookup import rewrite_sparse_lookups
-
-    tf_ops.load()
-    work = work_dir or tempfile.mkdtemp(prefix="tiemb-bench-")
     src = os.path.join(work, name)
     kw = dict((SMALL_KW if small else DEFAULT_KW)[name], seed=seed)
     progress(f"building {name} ({scale} vocabularies)")
@@ -272,93 +263,130 @@ def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], sca
     rng = np.random.default_rng(seed)
     missing = 0.05 if name == "deepfm" else 0.0
     feeds_by_batch = {b: models.random_batch(spec, b, rng, missing=missing) for b in batches}
-    real = models.real_batch(spec)
-    largest = max(batches)
-    loaded = [tf.saved_model.load(src)]            # keep the objects: their variables back the functions
-    original = loaded[0].signatures["serving_default"]
-    arg_names = sorted(original.structured_input_signature[1])
-    frozen, resources = _freeze(original, 64 << 20)
-    graph_def = frozen.graph.as_graph_def()
-    inputs = [t.name for t in frozen.inputs[:len(arg_names)]]
-    specs = [tf.TensorSpec([None] + list(feeds_by_batch[largest][n].shape[1:]),
-                           tf.as_dtype(feeds_by_batch[largest][n].dtype)) for n in arg_names]
+    sig = freeze_signature(src)
+    largest = feeds_by_batch[max(batches)]
+    specs = [tf.TensorSpec([None] + list(largest[n].shape[1:]), tf.as_dtype(largest[n].dtype)) for n in sig.arg_names]
+    return _Prepared(name, src, spec, sig, feeds_by_batch, models.real_batch(spec),
+                     [sig.input_tensors[n] for n in sig.arg_names], specs, missing)
+
+
+def _embedding_ends(new_gd, ops):
+    """(ends in the original, ends in the fused graph, every op output, outputs per op).
+
+    The embedding part ends where the model first reads the lookups: a
+    concatenation / stack / sum of lookups only, which the op now writes
+    (same node name in both graphs); else the lookups (original) and the
+    op's outputs (fused), so that no dense layer is timed."""
+    kinds = {n.name: n.op for n in new_gd.node}
+    ends_original, ends_fused = [], []
+    for op in ops:
+        inside = {sl for m in op.get("merged", []) for sl in m["slots"]}
+        alone = [sl for sl in op["slots"] if sl not in inside]
+        ends_original += [f"{sl}:0" for sl in alone]
+        ends_fused += [f"{op['name']}:{k}" for k in range(len(alone))]
+        for m in op.get("merged", []):
+            if kinds.get(m["into"]) in ("Identity", "Reshape"):      # the whole pattern is the op's output
+                ends_original.append(f"{m['into']}:0")
+                ends_fused.append(f"{m['into']}:0")
+            else:
+                ends_original += [f"{sl}:0" for sl in m["slots"]]
+                ends_fused.append(f"{op['name']}:{m['output']}")
+    outputs_of = [op.get("num_outputs", len(op["slots"])) for op in ops]
+    op_outputs = [f"{op['name']}:{k}" for op, m in zip(ops, outputs_of) for k in range(m)]
+    return ends_original, ends_fused, op_outputs, outputs_of
+
+
+def bench_model(name: str, *, batches: Sequence[int], levels: Sequence[int], scale: str = "small",
+                runs: int = 50, small: bool = False, seed: int = 0, work_dir: str = None, progress=print,
+                profile_ops: bool = False) -> List[Row]:
+    """Builds reference model ``name`` once, optimizes it per level (engine
+    sized for the largest batch; dense backend chosen on that batch and the
+    real rows) and measures it at every batch size (see module doc).
+
+    Args:
+        name: "wd", "deepfm" or "dlrm".
+        batches: batch sizes to measure.
+        levels: optimization levels (0, 1).
+        scale: vocabulary sizes ("tiny", "small", "full").
+        runs: timed calls per measurement.
+        small: small dense towers (quick checks).
+        seed: seed of the model's weights and the batches.
+        work_dir: where the models are written (None: a new temporary directory).
+        progress: called with one line per stage.
+        profile_ops: also the per-op-type profile of both embedding parts."""
+    import tensorflow as tf
+
+    from .. import tf_ops
+    from ..rewrite import rewrite_saved_model
+
+    tf_ops.load()
+    work = work_dir or tempfile.mkdtemp(prefix="tiemb-bench-")
+    p = _prepare(tf, name, batches, scale, small, seed, work, progress)
+    loaded = []            # keep the objects: their variables back the functions
     rows = []
     for level in levels:
         progress(f"optimizing {name} at level {level}")
         dst = os.path.join(work, f"{name}_l{level}")
-        max_batch = max(largest, len(real["cat"]))
-        report = rewrite_saved_model(src, dst, max_batch_size=max_batch, max_nnz=models.GENRES_LEN, level=level,
-                                     test_batches=[feeds_by_batch[largest], real], overwrite=True)
+        max_batch = max(max(batches), len(p.real["cat"]))
+        report = rewrite_saved_model(p.src, dst, max_batch_size=max_batch, max_nnz=models.GENRES_LEN, level=level,
+                                     test_batches=[p.feeds_by_batch[max(batches)], p.real], overwrite=True,
+                                     frozen=p.sig)
         loaded.append(tf.saved_model.load(dst))
-        optimized = loaded[-1].signatures["serving_default"]
-        # The same rewrite in memory, for the parts (lookup outputs, dense part),
-        # reading the saved model's own store: its assets.
-        store = os.path.join(dst, "assets")
-        new_gd, again = rewrite_sparse_lookups(graph_def, None, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
-                                               half_tables=level >= 1, resources=resources)
-        # The embedding part ends where the model first reads the lookups: a
-        # concatenation / stack / sum of lookups only, which the op now writes
-        # (same node name in both graphs); else the lookups (original) and the
-        # op's outputs (fused), so that no dense layer is timed.
-        kinds = {n.name: n.op for n in new_gd.node}
-        ends_original, ends_fused = [], []
-        for op in again.ops:
-            inside = {sl for m in op.get("merged", []) for sl in m["slots"]}
-            alone = [sl for sl in op["slots"] if sl not in inside]
-            ends_original += [f"{sl}:0" for sl in alone]
-            ends_fused += [f"{op['name']}:{k}" for k in range(len(alone))]
-            for m in op.get("merged", []):
-                if kinds.get(m["into"]) in ("Identity", "Reshape"):      # the whole pattern is the op's output
-                    ends_original.append(f"{m['into']}:0")
-                    ends_fused.append(f"{m['into']}:0")
-                else:
-                    ends_original += [f"{sl}:0" for sl in m["slots"]]
-                    ends_fused.append(f"{op['name']}:{m['output']}")
-        outputs_of = [op.get("num_outputs", len(op["slots"])) for op in again.ops]
-        op_outputs = [f"{op['name']}:{k}" for op, m in zip(again.ops, outputs_of) for k in range(m)]
-        view = GraphView(graph_def, resources)
-        table_of = {f: lk["table"] for lk in again.lookups
-                    for f in [re.sub(r"[^A-Za-z0-9_.-]", "_", lk["table"]) + ".tiemb"]}
-        dense_gd, _ = backends.apply(report.dense["dense_backend"], dense_part(new_gd, again.ops), level)
-        fetches = [t.name for t in frozen.outputs]
-        emb_fused = _pruned(tf, new_gd, inputs, op_outputs, store, specs=specs)
-        placeholders = [f"{op['name']}/out_{k}:0" for op, m in zip(again.ops, outputs_of) for k in range(m)]
-        dense = None
-        for batch in batches:
-            feeds = feeds_by_batch[batch]
-            tensors = {k: tf.constant(v) for k, v in feeds.items()}
-            args = [tensors[n] for n in arg_names]
-            looked_up = emb_fused(*args)
-            if dense is None:
-                dense = _pruned(tf, dense_gd, inputs + placeholders, fetches,
-                                specs=specs + [tf.TensorSpec([None] + t.shape[1:].as_list(), t.dtype)
-                                               for t in looked_up])
-            dense_args = args + list(looked_up)
-            progress(f"timing {name} batch {batch} level {level}: {runs} runs each, alternating")
-            # The embedding part as session runs: both end in one scalar reading every lookup.
-            np_feeds = {t: feeds[n] for t, n in zip(inputs, arg_names)}
-            e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, ends_original),
-                                session_runner(tf, new_gd, np_feeds, ends_fused, store)], runs)
-            fused_profile = op_profile(tf, new_gd, np_feeds, ends_fused, store)
-            op_ms = fused_profile[2].get("TiembLookup", 0.0)
-            engine_ms = engine_time(tf, new_gd, np_feeds, store, view, table_of, level >= 1)
-            profile = {}
-            if profile_ops:
-                profile = {"original": op_profile(tf, graph_def, np_feeds, ends_original),
-                           "fused": fused_profile}
-            w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
-                                    lambda: dense(*dense_args)], runs)
-            abs_d = rel_d = 0.0
-            for check in (feeds, real):
-                t = {k: tf.constant(v) for k, v in check.items()}
-                a, r = backends.relative_difference({k: v.numpy() for k, v in original(**t).items()},
-                                                    {k: v.numpy() for k, v in optimized(**t).items()})
-                abs_d, rel_d = max(abs_d, a), max(rel_d, r)
-            rows.append(Row(name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
-                            e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile,
-                            op_ms, engine_ms, sum(outputs_of)))
-            rows[-1].simulated_hit_rate = simulated_hit_rate(tf, graph_def, inputs, arg_names, specs, again.lookups,
-                                                             spec, batch, seed, missing)
+        rows += _bench_level(tf, p, report, loaded[-1].signatures["serving_default"], dst, level, max_batch, batches,
+                             runs, seed, progress, profile_ops)
+    return rows
+
+
+def _bench_level(tf, p: _Prepared, report, optimized, dst, level, max_batch, batches, runs, seed, progress,
+                 profile_ops) -> List[Row]:
+    """The rows of one optimized model (``optimized``: its loaded signature), one per batch size."""
+    from .. import backends
+    from ..rewrite.graph import GraphView
+    from ..rewrite.sparse_lookup import rewrite_sparse_lookups
+
+    graph_def, original = p.sig.graph_def, p.sig.fn
+    # The same rewrite in memory, for the parts (lookup outputs, dense part),
+    # reading the saved model's own store: its assets.
+    store = os.path.join(dst, "assets")
+    new_gd, again = rewrite_sparse_lookups(graph_def, None, max_batch_size=max_batch, max_nnz=models.GENRES_LEN,
+                                           half_tables=level >= 1, resources=p.sig.resources)
+    ends_original, ends_fused, op_outputs, outputs_of = _embedding_ends(new_gd, again.ops)
+    view = GraphView(graph_def, p.sig.resources)
+    table_of = {f: lk["table"] for lk in again.lookups
+                for f in [re.sub(r"[^A-Za-z0-9_.-]", "_", lk["table"]) + ".tiemb"]}
+    dense_gd, _ = backends.apply(report.dense["dense_backend"], dense_part(new_gd, again.ops), level)
+    fetches = [p.sig.outputs[k] for k in sorted(p.sig.outputs)]
+    emb_fused = graph_function(new_gd, p.inputs, op_outputs, store)
+    placeholders = [f"{op['name']}/out_{k}:0" for op, m in zip(again.ops, outputs_of) for k in range(m)]
+    dense = graph_function(dense_gd, p.inputs + placeholders, fetches)
+    rows = []
+    for batch in batches:
+        feeds = p.feeds_by_batch[batch]
+        tensors = {k: tf.constant(v) for k, v in feeds.items()}
+        args = [tensors[n] for n in p.sig.arg_names]
+        dense_args = args + list(emb_fused(*args))
+        progress(f"timing {p.name} batch {batch} level {level}: {runs} runs each, alternating")
+        # The embedding part as session runs: both end in one scalar reading every lookup.
+        np_feeds = {t: feeds[n] for t, n in zip(p.inputs, p.sig.arg_names)}
+        e0, e1 = alternate([session_runner(tf, graph_def, np_feeds, ends_original),
+                            session_runner(tf, new_gd, np_feeds, ends_fused, store)], runs)
+        fused_profile = op_profile(tf, new_gd, np_feeds, ends_fused, store)
+        engine_ms = engine_time(tf, new_gd, np_feeds, store, view, table_of, level >= 1)
+        profile = {"original": op_profile(tf, graph_def, np_feeds, ends_original),
+                   "fused": fused_profile} if profile_ops else {}
+        w0, w1, fl = alternate([lambda: original(**tensors), lambda: optimized(**tensors),
+                                lambda: dense(*dense_args)], runs)
+        abs_d = rel_d = 0.0
+        for check in (feeds, p.real):
+            t = {k: tf.constant(v) for k, v in check.items()}
+            a, r = backends.relative_difference({k: v.numpy() for k, v in original(**t).items()},
+                                                {k: v.numpy() for k, v in optimized(**t).items()})
+            abs_d, rel_d = max(abs_d, a), max(rel_d, r)
+        rows.append(Row(p.name, batch, level, report.found, report.replaced, report.dense["dense_backend"],
+                        e0, e1, w0, w1, fl, abs_d, rel_d, report.dense.get("dropped_backends", []), profile,
+                        fused_profile[2].get("TiembLookup", 0.0), engine_ms, sum(outputs_of)))
+        rows[-1].simulated_hit_rate = simulated_hit_rate(tf, graph_def, p.inputs, p.sig.arg_names, p.specs,
+                                                         again.lookups, p.spec, batch, seed, p.missing)
     return rows
 
 
@@ -381,7 +409,7 @@ def simulated_hit_rate(tf, graph_def, inputs, arg_names, specs, lookups, spec, b
     names = list(dict.fromkeys(lk["ids"] if ":" in lk["ids"] else f"{lk['ids']}:0" for lk in lookups))
     if not names:
         return float("nan")
-    fn = _pruned(tf, graph_def, inputs, names, specs=specs)
+    fn = graph_function(graph_def, inputs, names)
     rng = np.random.default_rng(seed + 7)
     per: Dict[str, list] = {}
     for _ in range(SIM_BATCHES):

@@ -72,21 +72,7 @@ def rewrite_frozen_graph(src: str, dst: str, *, max_batch_size: int, max_nnz: in
 def load_frozen_graph(path: str, inputs, outputs):
     """A callable running frozen graph ``path`` from tensors ``inputs`` to
     ``outputs`` (tensor names), with its TiembLookup ops reading the store
-    beside the file."""
-    import tensorflow as tf
+    beside the file (see :func:`tiemb.runner.graph_function`)."""
+    from ..runner import graph_function
 
-    from .. import tf_ops
-
-    graph_def = read_graph_def(path)
-    has_store = any(n.name == "tiemb/store" for n in graph_def.node)
-    if has_store:
-        tf_ops.load()
-    store = os.path.abspath(store_path(path))
-
-    def imported():
-        input_map = {"tiemb/store:0": tf.constant(store)} if has_store else None
-        tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
-
-    wrapped = tf.compat.v1.wrap_function(imported, [])
-    g = wrapped.graph
-    return wrapped.prune([g.as_graph_element(n) for n in inputs], [g.as_graph_element(n) for n in outputs])
+    return graph_function(read_graph_def(path), inputs, outputs, os.path.abspath(store_path(path)))

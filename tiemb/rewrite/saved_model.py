@@ -6,15 +6,76 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
+from dataclasses import dataclass
+from typing import Dict, List
+
+from ..timing import median_seconds
+
+
+@dataclass
+class FrozenSignature:
+    """A SavedModel signature loaded once and frozen (see :func:`freeze_signature`).
+
+    Fields: ``loaded`` (the loaded object: its variables back ``fn``),
+    ``fn`` (the signature's concrete function), ``graph_def`` (frozen),
+    ``resources`` ({resource placeholder: table value} of tables too big to
+    freeze), ``arg_names`` (the signature's argument names, sorted),
+    ``input_tensors`` ({argument: tensor of the frozen graph}),
+    ``outputs`` ({output key: tensor of the frozen graph}), ``path``."""
+
+    loaded: object
+    fn: object
+    graph_def: object
+    resources: Dict[str, object]
+    arg_names: List[str]
+    input_tensors: Dict[str, str]
+    outputs: Dict[str, str]
+    path: str
+
+    @property
+    def specs(self):
+        """{argument name: TensorSpec} of the signature."""
+        return self.fn.structured_input_signature[1]
+
+
+def freeze_signature(src: str, signature: str = "serving_default",
+                     freeze_limit_bytes: int = 64 << 20) -> FrozenSignature:
+    """Loads SavedModel ``src`` and freezes ``signature`` (see :func:`freeze_function`).
+
+    Args:
+        src: the SavedModel directory.
+        signature: the signature to freeze.
+        freeze_limit_bytes: 2-D float variables larger than this stay resource
+            inputs, their values returned in ``resources``.
+
+    Raises ValueError for an unreadable model or a missing signature."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(src)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"cannot load a SavedModel from {src}: {e}") from None
+    if signature not in loaded.signatures:
+        raise ValueError(f"{src} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
+    fn = loaded.signatures[signature]
+    frozen, resources = freeze_function(fn, freeze_limit_bytes)
+    arg_names = sorted(fn.structured_input_signature[1])
+    # The frozen function's inputs are the signature's, flattened (keys sorted);
+    # their placeholders need not be named after the keys (TF1 signatures).
+    input_tensors = {name: t.name for name, t in zip(arg_names, frozen.inputs)}
+    # The frozen function's outputs are the signature's, flattened (keys sorted).
+    keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
+    outputs = {name: t.name for name, t in zip(keys, frozen.outputs)}
+    return FrozenSignature(loaded, fn, frozen.graph.as_graph_def(), resources, arg_names, input_tensors, outputs,
+                           src)
 
 
 def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int,
                         signature: str = "serving_default", overwrite: bool = False, level: int = 0,
                         device: str = "cpu", test_batches=None, backend: str = None,
                         freeze_limit_bytes: int = 64 << 20, store_files=None, slot_num: int = None,
-                        fuse_outputs: bool = True):
+                        fuse_outputs: bool = True, frozen: FrozenSignature = None):
     """Writes an optimized copy of SavedModel ``src`` to ``dst``.
 
     The signature is frozen (variables become constants), its embedding
@@ -41,80 +102,40 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         freeze_limit_bytes: 2-D float variables larger than this are not
             frozen into the GraphDef (which cannot exceed 2 GB): their values
             go straight from the model's variables to the table store.
+        frozen: ``src`` already loaded and frozen by :func:`freeze_signature`
+            (so a caller that has loaded it does not load it again); None:
+            loaded here.
 
     Returns the RewriteReport (with ``dense``: the backend chosen and why).
     Raises ValueError for a missing signature, an unreadable model, an
     existing non-empty ``dst`` without ``overwrite``; nothing is left at
     ``dst`` when it fails.
     """
-    import tensorflow as tf
-    from .. import backends, tf_ops
+    from .. import backends
     from .sparse_lookup import rewrite_sparse_lookups
 
     if level not in backends.TOLERANCE:
         raise ValueError(f"optimization level must be one of {sorted(backends.TOLERANCE)}, got {level!r}")
     if os.path.exists(dst) and os.listdir(dst) and not overwrite:
         raise ValueError(f"{dst} exists and is not empty (pass overwrite=True to replace it)")
-    try:
-        loaded = tf.saved_model.load(src)
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f"cannot load a SavedModel from {src}: {e}") from None
-    if signature not in loaded.signatures:
-        raise ValueError(f"{src} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
-    fn = loaded.signatures[signature]
-    frozen, resources = _freeze(fn, freeze_limit_bytes)
-    graph_def = frozen.graph.as_graph_def()
-    specs = fn.structured_input_signature[1]               # {arg name: TensorSpec}
-    arg_names = sorted(specs)
-    # The frozen function's inputs are the signature's, flattened (keys sorted);
-    # their placeholders need not be named after the keys (TF1 signatures).
-    input_tensors = {name: t.name for name, t in zip(arg_names, frozen.inputs)}
-    # The frozen function's outputs are the signature's, flattened (keys sorted).
-    keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
-    outputs = {name: t.name for name, t in zip(keys, frozen.outputs)}
-
+    sig = frozen or freeze_signature(src, signature, freeze_limit_bytes)
     work = tempfile.mkdtemp(prefix="tiemb-", dir=os.path.dirname(os.path.abspath(dst)) or None)
     try:
         store = os.path.join(work, "store")
-        new_gd, report = rewrite_sparse_lookups(graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
-                                                half_tables=level >= 1, resources=resources, device=device,
+        new_gd, report = rewrite_sparse_lookups(sig.graph_def, store, max_batch_size=max_batch_size, max_nnz=max_nnz,
+                                                half_tables=level >= 1, resources=sig.resources, device=device,
                                                 slot_num=slot_num, fuse_outputs=fuse_outputs)
-        new_gd = _drop_resources(new_gd, resources, src)
+        new_gd = _drop_resources(new_gd, sig.resources, src)
         if report.replaced:
             write_store_files(store, store_files)
         if not report.replaced and level == 0:   # nothing to do: the model itself, byte for byte
             shutil.copytree(src, os.path.join(work, "model"))
             _replace_dir(os.path.join(work, "model"), dst)
             return report
-        tf_ops.load()
-        has_store = any(n.op == "TiembLookup" for n in new_gd.node)
-        arg_specs = [tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in arg_names]
-
-        def build(name):
-            gd, notes = backends.apply(name, new_gd, level)
-            return _module(tf, gd, arg_names, arg_specs, input_tensors, outputs, store if has_store else None), notes
-
-        if test_batches:
-            want = [{k: v.numpy() for k, v in fn(**_feeds(tf, b)).items()} for b in test_batches]
-
-            def evaluate(candidate):
-                module, _ = candidate
-                def call(b):
-                    return module.serve(*[tf.constant(b[n]) for n in arg_names])
-
-                diffs = [backends.relative_difference(w, {k: v.numpy() for k, v in call(b).items()})
-                         for w, b in zip(want, test_batches)]
-                return max(d[0] for d in diffs), max(d[1] for d in diffs), _median_time(call, test_batches[0])
-
-            name, (module, notes), info = backends.choose(level, device, build, evaluate) if backend is None else \
-                _forced(backend, build, evaluate, level)
-        else:
-            name = backend or "tensorflow"
-            module, notes = build(name)
-            info = {"dense_backend": name, "backend_results": [], "dropped_backends": [],
-                    "verified": False}
-        report.dense = dict(info, notes=notes, level=level)
+        module, report.dense = _dense_module(sig, new_gd, store, level, device, test_batches, backend)
         saved = os.path.join(work, "model")
+        import tensorflow as tf
+
         tf.saved_model.save(module, saved, signatures={signature: module.serve})
         _replace_dir(saved, dst)
         return report
@@ -122,7 +143,45 @@ def rewrite_saved_model(src: str, dst: str, *, max_batch_size: int, max_nnz: int
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _freeze(fn, limit_bytes: int):
+def _dense_module(sig: FrozenSignature, new_gd, store: str, level: int, device: str, test_batches, backend):
+    """(serving module, report.dense): the rewritten graph under the dense
+    backend chosen on ``test_batches`` (or ``backend``, unverified without them)."""
+    import tensorflow as tf
+
+    from .. import backends, tf_ops
+
+    tf_ops.load()
+    has_store = any(n.op == "TiembLookup" for n in new_gd.node)
+    specs = sig.specs
+    arg_specs = [tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in sig.arg_names]
+
+    def build(name):
+        gd, notes = backends.apply(name, new_gd, level)
+        return _module(tf, gd, sig.arg_names, arg_specs, sig.input_tensors, sig.outputs,
+                       store if has_store else None), notes
+
+    if not test_batches:
+        name = backend or "tensorflow"
+        module, notes = build(name)
+        return module, {"dense_backend": name, "backend_results": [], "dropped_backends": [], "verified": False,
+                        "notes": notes, "level": level}
+    want = [{k: v.numpy() for k, v in sig.fn(**_feeds(tf, b)).items()} for b in test_batches]
+
+    def evaluate(candidate):
+        module, _ = candidate
+
+        def call(b):
+            return module.serve(*[tf.constant(b[n]) for n in sig.arg_names])
+
+        diffs = [backends.relative_difference(w, {k: v.numpy() for k, v in call(b).items()})
+                 for w, b in zip(want, test_batches)]
+        return max(d[0] for d in diffs), max(d[1] for d in diffs), median_seconds(lambda: call(test_batches[0]))
+
+    _, (module, notes), info = backends.choose(level, device, build, evaluate, only=backend)
+    return module, dict(info, notes=notes, level=level)
+
+
+def freeze_function(fn, limit_bytes: int):
     """``fn`` with its variables as constants, except 2-D float variables over
     ``limit_bytes`` (embedding tables: they may not fit a 2 GB GraphDef),
     which stay resource inputs. Returns (frozen function, {resource
@@ -153,6 +212,9 @@ def _freeze(fn, limit_bytes: int):
         graph_def, converted = convert(keep)
     frozen = c2c._construct_concrete_function(fn, graph_def, converted)
     return frozen, {name: v.numpy() for name, v in keep.items()}
+
+
+_freeze = freeze_function     # the name tiemb.serving.export and older callers import
 
 
 def _read_otherwise(graph_def, resources):
@@ -195,26 +257,8 @@ def _drop_resources(graph_def, resources, src):
     return out
 
 
-def _forced(name, build, evaluate, level):
-    from .. import backends
-
-    candidate = build(name)
-    abs_d, rel_d, seconds = evaluate(candidate)
-    result = {"name": name, "max_abs_diff": abs_d, "max_rel_diff": rel_d, "median_s": seconds}
-    if rel_d > backends.TOLERANCE[level]:
-        raise ValueError(f"dense backend {name!r} changes the outputs by {rel_d:.3g} relative, beyond level "
-                         f"{level}'s tolerance {backends.TOLERANCE[level]:g}")
-    return name, candidate, {"dense_backend": name, "backend_results": [result], "dropped_backends": []}
-
-
 def _feeds(tf, batch):
     return {k: tf.constant(v) for k, v in batch.items()}
-
-
-def _median_time(f, batch, runs: int = 20) -> float:
-    from ..bench.timing import alternate
-
-    return statistics.median(alternate([lambda: f(batch)], runs, warmup=3)[0])
 
 
 def _module(tf, graph_def, arg_names, arg_specs, input_tensors, outputs, store):

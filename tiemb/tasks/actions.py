@@ -87,3 +87,12 @@ def save(store: Store, task_id: int, repository: str) -> str:
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     shutil.copytree(t["output_path"], dest)
     return dest
+
+
+def log_tail(path: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a task's log file ("" when it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""

@@ -11,6 +11,7 @@ import sys
 import time
 
 from . import actions
+from .actions import log_tail
 from .store import STATES, Store, default_db
 from .submit import parse_tags, read_config_file, submit
 
@@ -54,14 +55,6 @@ def _cmd_list(args) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
-
-
-def log_tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _cmd_show(args) -> int:

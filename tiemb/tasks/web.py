@@ -22,7 +22,7 @@ import os
 from flask import Flask, abort, flash, g, jsonify, redirect, render_template, request, url_for
 
 from . import actions
-from .cli import log_tail
+from .actions import log_tail
 from .store import RUNNING, STATES, Store, TaskError
 from .submit import parse_tags, submit
 
@@ -59,8 +59,14 @@ def create_app(db: str) -> Flask:
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != request.host_url.rstrip("/"):
             abort(403)
 
-    # ----------------------------------------------------------------- page
+    _add_pages(app, store, get_task)
+    _add_forms(app, store)
+    _add_api(app, store)
+    return app
 
+
+def _add_pages(app: Flask, store, get_task) -> None:
+    """The task list, its rows (polled) and one task's page."""
     @app.get("/")
     def index():
         state = request.args.get("state") or None
@@ -78,6 +84,9 @@ def create_app(db: str) -> Flask:
         t = get_task(task_id)
         return render_template("task.html", t=t, running=RUNNING, log=log_tail(t["log_path"], 40))
 
+
+def _add_forms(app: Flask, store) -> None:
+    """The page's forms: submit, stop, retry, delete, tags, save."""
     def act(fn, back):
         try:
             msg = fn()
@@ -131,8 +140,9 @@ def create_app(db: str) -> Flask:
         return act(lambda: "saved to " + actions.save(store(), task_id, request.form.get("repository", "")),
                    url_for("task", task_id=task_id))
 
-    # ----------------------------------------------------------------- API
 
+def _add_api(app: Flask, store) -> None:
+    """The JSON API (see the module docstring)."""
     @app.errorhandler(TaskError)
     @app.errorhandler(ValueError)
     def _bad(e):
@@ -199,8 +209,6 @@ def create_app(db: str) -> Flask:
     def api_delete(task_id):
         actions.delete(store(), task_id)
         return jsonify(deleted=task_id)
-
-    return app
 
 
 def serve(db: str, host: str = "127.0.0.1", port: int = 8765) -> int:
