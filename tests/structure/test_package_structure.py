@@ -8,13 +8,6 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "tiemb")
 MAX_FUNCTION_LINES = 80
-# Functions still over the limit in files other sessions are restructuring;
-# this test fails once one of them is within it, so that it leaves this list.
-NOT_YET = {("rewrite/pooled_lookup.py", "match_masked_pooling"), ("rewrite/sparse_lookup.py", "rewrite_sparse_lookups"),
-           ("serving/dense.py", "fold_shapes"), ("serving/export.py", "export_bundle")}
-# The rewriter's idiom files import each other (issue 12 item 7, another session's).
-CYCLE_NOT_YET = {"tiemb.rewrite.sparse_lookup", "tiemb.rewrite.dense_gather", "tiemb.rewrite.output_fusion",
-                 "tiemb.rewrite.pooled_lookup"}
 
 
 def _modules():
@@ -96,8 +89,7 @@ def test_no_import_cycles():
     graph = {n: {t for t in _imports(n, rel, tree, mods) if not n.startswith(t + ".")}   # a package's own init
              for n, (rel, tree) in mods.items()}
     cycles = _cycles(graph)
-    assert [c for c in cycles if not c <= CYCLE_NOT_YET] == [], cycles
-    assert any(c <= CYCLE_NOT_YET for c in cycles), "the rewriter's cycle is gone: empty CYCLE_NOT_YET"
+    assert cycles == [], cycles
 
 
 def test_functions_are_short():
@@ -107,8 +99,7 @@ def test_functions_are_short():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
                     over.add((rel.replace(os.sep, "/"), node.name))
-    assert over - NOT_YET == set(), f"functions over {MAX_FUNCTION_LINES} lines: {sorted(over - NOT_YET)}"
-    assert NOT_YET <= over, f"now within the limit, take them off NOT_YET: {sorted(NOT_YET - over)}"
+    assert over == set(), f"functions over {MAX_FUNCTION_LINES} lines: {sorted(over)}"
 
 
 def test_the_checks_see_what_they_look_for():
