@@ -17,6 +17,7 @@
 #include "../csrc/core/table_store.h"
 #include "../csrc/core/tier_config.h"
 #include "../csrc/cpu/cpu_engine.h"
+#include "../csrc/cpu/store_engine.h"
 #include "../csrc/cuda/device_info.h"
 #include "common.h"
 
@@ -112,7 +113,23 @@ void bind_cache_sim(py::module_& m) {
 class py_cpu_engine {
  public:
   py_cpu_engine(int64_t max_batch_size, int64_t slot_num, int64_t max_nnz, int32_t num_threads)
-      : engine_(engine_config{max_batch_size, slot_num, max_nnz, num_threads}) {}
+      : engine_(std::make_shared<cpu_engine>(engine_config{max_batch_size, slot_num, max_nnz, num_threads})) {}
+
+  /// The engine the TensorFlow op's CPU kernel serves a table store with
+  /// (one per store per process, from the core's registry).
+  static py_cpu_engine from_store(const std::string& dir) {
+    const store_manifest* manifest = nullptr;
+    std::shared_ptr<cpu_engine> shared;
+    {
+      py::gil_scoped_release release;  // reads every table
+      shared = shared_cpu_engine(dir, &manifest);
+    }
+    py_cpu_engine e(std::move(shared));
+    e.tables_ = manifest->tables;
+    return e;
+  }
+  const std::vector<std::string>& store_tables() const { return tables_; }
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(engine_.get()); }
 
   int32_t add_table(const py::array& weights) {
     const int t = engine_dtype(weights);
@@ -120,21 +137,24 @@ class py_cpu_engine {
                  "table must be float32 or float16, got ", dtype_name(weights));
     TIEMB_EXPECT(weights.ndim() == 2, "table must be 2-D (rows x dim), got ", weights.ndim(), "-D");
     TIEMB_EXPECT(is_c_contiguous(weights), "table must be C-contiguous (use numpy.ascontiguousarray)");
-    return engine_.add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1),
-                             weights.data());
+    return engine_->add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1),
+                              weights.data());
   }
 
   py::tuple table_info(int32_t id) const {
-    const table& t = engine_.tables().at(id);
+    const table& t = engine_->tables().at(id);
     return py::make_tuple(t.rows(), t.dim(), to_string(t.type()));
   }
 
-  int32_t num_tables() const { return engine_.tables().size(); }
-  int num_threads() { return engine_.pool().num_threads(); }
-  cpu_engine& engine() { return engine_; }
+  int32_t num_tables() const { return engine_->tables().size(); }
+  int num_threads() { return engine_->pool().num_threads(); }
+  cpu_engine& engine() { return *engine_; }
 
  private:
-  cpu_engine engine_;
+  explicit py_cpu_engine(std::shared_ptr<cpu_engine> engine) : engine_(std::move(engine)) {}
+
+  std::shared_ptr<cpu_engine> engine_;
+  std::vector<std::string> tables_;  // a store's tables in table-id order (from_store only)
 };
 
 class py_cpu_lookup_group {
@@ -220,6 +240,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_compiled", &cuda_compiled, "True when this build compiled the CUDA sources.");
   m.def("cuda_device_count", &cuda_device_count, "Usable CUDA devices (0 without driver or GPU).");
   m.def("cuda_device_name", &cuda_device_name, py::arg("ordinal") = 0);
+  m.def("cuda_current_device", &cuda_current_device, "The current CUDA device of this thread, -1 without one.");
   m.def("build_info", [] {
     py::dict d;
     d["version"] = TIEMB_VERSION;
@@ -237,7 +258,25 @@ PYBIND11_MODULE(_C, m) {
       .def("add_table", &py_cpu_engine::add_table, py::arg("weights"))
       .def("table_info", &py_cpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_cpu_engine::num_tables)
-      .def_property_readonly("num_threads", &py_cpu_engine::num_threads);
+      .def_property_readonly("num_threads", &py_cpu_engine::num_threads)
+      .def_static("from_store", &py_cpu_engine::from_store, py::arg("store"))
+      .def_property_readonly("store_tables", &py_cpu_engine::store_tables)
+      .def_property_readonly("address", &py_cpu_engine::address,
+                             "The engine's address: its identity in this process (see live_store_engines).");
+  m.def("live_store_engines", [] {
+    py::list out;
+    for (const store_engine_entry& e : live_store_engines()) {
+      py::dict d;
+      d["store"] = e.store;
+      d["device"] = e.device;
+      d["content_id"] = e.content_id;
+      d["address"] = reinterpret_cast<uintptr_t>(e.engine);
+      d["users"] = e.users;
+      out.append(d);
+    }
+    return out;
+  }, "The core's registry of store engines (one per store, device and content id per process): "
+     "a list of dicts with store, device (-1 = CPU), content_id, address and users.");
 
   py::class_<py_cpu_lookup_group>(m, "CpuLookupGroup")
       .def(py::init<py_cpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,

@@ -38,6 +38,21 @@ def load():
     return _module
 
 
+def store_engines() -> list:
+    """The core's registry of store engines as the op library sees it: a list
+    of dicts with ``store``, ``device`` (-1 = CPU), ``content_id``,
+    ``address`` and ``users``, as :func:`tiemb._C.live_store_engines` gives
+    them from the Python side (one core per process: the same list)."""
+    import tensorflow as tf  # noqa: F401  (the op runs eagerly)
+
+    out = []
+    for line in load().tiemb_store_engines().numpy().tolist():
+        store, device, content_id, address, users = line.decode().split("\t")
+        out.append({"store": store, "device": int(device), "content_id": content_id, "address": int(address),
+                    "users": int(users)})
+    return out
+
+
 def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_size: int, slot_num: int,
                 max_nnz: int) -> None:
     """Writes a table store: one table file per entry of ``tables`` (name -> 2-D

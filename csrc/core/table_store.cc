@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "checksum.h"
 #include "error.h"
@@ -205,6 +208,72 @@ std::vector<std::string> check_store(const std::string& dir) {
     }
   }
   return problems;
+}
+
+namespace {
+
+struct registry_entry {
+  std::weak_ptr<void> engine;
+  std::shared_ptr<store_manifest> manifest;
+  const void* address = nullptr;
+};
+using registry_key = std::tuple<std::string, int, std::string>;  // store, device, content id
+
+// Function-local statics in one translation unit of the shared core: one
+// registry per process, whichever module (tiemb._C, the op library) asks.
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<registry_key, registry_entry>& registry() {
+  static std::map<registry_key, registry_entry> r;
+  return r;
+}
+
+}  // namespace
+
+namespace detail {
+
+std::shared_ptr<void> shared_store_engine(const std::string& store, int device, const std::string& dir,
+                                          const store_manifest** manifest,
+                                          const std::function<std::shared_ptr<void>(store_manifest&)>& build) {
+  auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
+  std::lock_guard<std::mutex> lk(registry_mutex());
+  auto& engines = registry();
+  for (auto it = engines.begin(); it != engines.end();) {  // forget released engines
+    it = it->second.engine.expired() ? engines.erase(it) : std::next(it);
+  }
+  const registry_key key{store, device, m->content_id};
+  registry_entry& e = engines[key];
+  if (auto live = e.engine.lock()) {
+    *manifest = e.manifest.get();
+    return live;
+  }
+  std::shared_ptr<void> engine;
+  try {
+    engine = build(*m);
+  } catch (...) {
+    engines.erase(key);
+    throw;
+  }
+  e.engine = engine;
+  e.manifest = m;
+  e.address = engine.get();
+  *manifest = m.get();
+  return engine;
+}
+
+}  // namespace detail
+
+std::vector<store_engine_entry> live_store_engines() {
+  std::lock_guard<std::mutex> lk(registry_mutex());
+  std::vector<store_engine_entry> out;
+  for (const auto& [key, e] : registry()) {
+    const long users = e.engine.use_count();
+    if (users == 0) continue;
+    out.push_back(store_engine_entry{std::get<0>(key), std::get<1>(key), std::get<2>(key), e.address, users});
+  }
+  return out;
 }
 
 }  // namespace tiemb

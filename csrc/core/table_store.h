@@ -63,42 +63,40 @@ void for_each_store_table(const std::string& dir, const store_manifest& manifest
 /// byte (in chunks; no buffer of a table's size).
 std::vector<std::string> check_store(const std::string& dir);
 
-/// One engine per `key` (a store, or a store and a device) and store content
-/// id per process, shared by all its users: built by `build(manifest)` on
-/// first use, released with its last user. `manifest` receives the store's
-/// manifest. The manifest is read on every call (only when an op first opens
-/// a store), so a directory replaced by another store (a new content id) gets
-/// a new engine, never the cached one of the store it replaced.
-template <class Engine, class Key, class Build>
-std::shared_ptr<Engine> shared_store_engine(const Key& key, const std::string& dir, const store_manifest** manifest,
-                                            Build&& build) {
-  struct entry {
-    std::weak_ptr<Engine> engine;
-    std::shared_ptr<store_manifest> manifest;
-  };
-  static std::mutex mutex;
-  static std::map<std::pair<Key, std::string>, entry> engines;
-  auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
-  std::lock_guard<std::mutex> lk(mutex);
-  for (auto it = engines.begin(); it != engines.end();) {  // forget released engines
-    it = it->second.engine.expired() ? engines.erase(it) : std::next(it);
-  }
-  entry& e = engines[std::make_pair(key, m->content_id)];
-  if (auto live = e.engine.lock()) {
-    *manifest = e.manifest.get();
-    return live;
-  }
-  std::shared_ptr<Engine> engine;
-  try {
-    engine = build(*m);
-  } catch (...) {
-    engines.erase(std::make_pair(key, m->content_id));
-    throw;
-  }
-  e.engine = engine;
-  e.manifest = m;
-  *manifest = m.get();
-  return engine;
+/// An engine in the process-wide registry of store engines (see
+/// shared_store_engine): what tests and tools compare to prove that the
+/// Python API and the TensorFlow op share one engine.
+struct store_engine_entry {
+  std::string store;       ///< store_key() of the directory
+  int device = -1;         ///< CUDA device, -1 for a CPU engine
+  std::string content_id;  ///< the store's content id when the engine was built
+  const void* engine = nullptr;  ///< the engine's address: its identity in this process
+  long users = 0;          ///< shared_ptr owners right now (groups, Python objects)
+};
+
+/// The live engines of the registry. The registry lives in the core shared
+/// library (libtiemb_core.so), so every module of the process sees one list.
+std::vector<store_engine_entry> live_store_engines();
+
+namespace detail {
+/// The registry behind shared_store_engine, with the engine type erased.
+std::shared_ptr<void> shared_store_engine(const std::string& store, int device, const std::string& dir,
+                                          const store_manifest** manifest,
+                                          const std::function<std::shared_ptr<void>(store_manifest&)>& build);
+}  // namespace detail
+
+/// One engine per (store, device) and store content id per process, shared
+/// by all its users: built by `build(manifest)` on first use, released with
+/// its last user. `store` is store_key(dir); `device` is -1 for CPU engines.
+/// `manifest` receives the store's manifest. The manifest is read on every
+/// call (only when an op first opens a store), so a directory replaced by
+/// another store (a new content id) gets a new engine, never the cached one
+/// of the store it replaced.
+template <class Engine, class Build>
+std::shared_ptr<Engine> shared_store_engine(const std::string& store, int device, const std::string& dir,
+                                            const store_manifest** manifest, Build&& build) {
+  return std::static_pointer_cast<Engine>(detail::shared_store_engine(
+      store, device, dir, manifest, [&](store_manifest& m) -> std::shared_ptr<void> { return build(m); }));
 }
 
 }  // namespace tiemb

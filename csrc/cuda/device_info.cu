@@ -34,4 +34,13 @@ int cuda_runtime_version() { return CUDART_VERSION; }
 
 std::string cuda_architectures() { return TIEMB_CUDA_ARCHITECTURES; }
 
+int cuda_current_device() {
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  return device;
+}
+
 }  // namespace tiemb

@@ -9,5 +9,6 @@ int cuda_device_count() { return 0; }
 std::string cuda_device_name(int) { return ""; }
 int cuda_runtime_version() { return 0; }
 std::string cuda_architectures() { return ""; }
+int cuda_current_device() { return -1; }
 
 }  // namespace tiemb

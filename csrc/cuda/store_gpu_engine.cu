@@ -43,7 +43,7 @@ tier_config store_tiers(const std::string& dir) {
 }
 
 std::shared_ptr<gpu_engine> shared_gpu_engine(const std::string& dir, int device, const store_manifest** manifest) {
-  return shared_store_engine<gpu_engine>(std::make_pair(store_key(dir), device), dir, manifest,
+  return shared_store_engine<gpu_engine>(store_key(dir), device, dir, manifest,
                                          [&](store_manifest& m) {
     static int backing_files = 0;  // guarded by shared_store_engine's lock
     const tier_config base = store_tiers(dir);

@@ -27,8 +27,7 @@
 #include "../cpu/store_engine.h"
 
 #if TIEMB_TF_GPU
-#include <cuda_runtime_api.h>
-
+#include "../cuda/device_info.h"
 #include "../cuda/gpu_engine.h"
 #include "../cuda/store_gpu_engine.h"
 #include "xla/stream_executor/stream.h"
@@ -629,8 +628,8 @@ class TiembLookupGpuOp : public TiembLookupBase {
       std::vector<slot_request> req;
       OpInputList ids;
       const std::string store(read_inputs(ctx, req, ids));
-      int device = 0;
-      TIEMB_EXPECT(cudaGetDevice(&device) == cudaSuccess, "TiembLookup: no current CUDA device");
+      const int device = cuda_current_device();
+      TIEMB_EXPECT(device >= 0, "TiembLookup: no current CUDA device");
       auto* stream = ctx->op_device_context()->stream();
       TIEMB_EXPECT(stream != nullptr, "TiembLookup: no GPU stream");
       void* cuda_stream = stream->platform_specific_handle().stream;

@@ -405,7 +405,8 @@ def test_engine_from_a_table_store(config, tmp_path, seed):
         (tmp_path / "store" / "tiemb_config.json").write_text(json.dumps(config))
     e = tiemb.GpuEmbeddingEngine.from_store(store)
     assert e.store_tables == [f"t{k}.tiemb" for k in range(len(cases))]
-    assert tiemb.GpuEmbeddingEngine.from_store(store)._engine.num_tables == len(cases)
+    again = tiemb.GpuEmbeddingEngine.from_store(store)
+    assert again._engine.address == e._engine.address, "a second opening of the store built a second engine"
     group = e.group([tiemb.Slot(k, c.combiner, c.mode, c.default_id) for k, c in enumerate(cases)])
     for _ in range(3):     # tiered: misses, then hits
         check_against_references(gpu_lookup(group, cases, device=True), cases, seed, f"store ({config})")
