@@ -236,6 +236,13 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "tiemb core: fused embedding lookups (CPU and CUDA) and the tiered cache";
   m.attr("__version__") = TIEMB_VERSION;
   py::register_exception<tiemb::error>(m, "TiembError", PyExc_ValueError);
+  // Not the caller's input: RuntimeError, so that `except ValueError` around
+  // bad input never swallows an out-of-memory or a failed launch.
+  py::register_exception<tiemb::device_error>(m, "TiembDeviceError", PyExc_RuntimeError);
+  m.def("_raise_device_error", [](const std::string& what, bool out_of_memory) {
+    throw device_error(what, out_of_memory);
+  }, py::arg("what"), py::arg("out_of_memory") = false,
+     "Throws the core's device-error type (for tests of how it reaches Python).");
 
   m.def("cuda_compiled", &cuda_compiled, "True when this build compiled the CUDA sources.");
   m.def("cuda_device_count", &cuda_device_count, "Usable CUDA devices (0 without driver or GPU).");

@@ -609,7 +609,8 @@ void gpu_lookup_group::check(bool wait) {
       throw error(detail::concat("slot ", e.slot, ": row_offsets ends at ", e.value,
                                  " but ids has a different number of entries"));
     default:
-      throw error(detail::concat("slot ", e.slot, ": lookup failed on the GPU (error code ", e.code, ")"));
+      throw device_error(detail::concat("slot ", e.slot, ": lookup failed on the GPU (error code ", e.code, ")"),
+                         false);
   }
 }
 

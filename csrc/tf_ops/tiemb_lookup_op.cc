@@ -25,6 +25,7 @@
 
 #include "../core/error.h"
 #include "../cpu/store_engine.h"
+#include "status.h"
 
 #if TIEMB_TF_GPU
 #include "../cuda/device_info.h"
@@ -423,7 +424,9 @@ class TiembLookupBase : public OpKernel {
       }
       Tensor* t = nullptr;
       const absl::Status st = ctx->allocate_output(static_cast<int>(o), output_shape(ids, o, r), &t);
-      TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
+      // Not the input's fault: the allocator under the op is out of memory (or failed).
+      if (!st.ok()) throw device_error("allocating outputs failed: " + std::string(st.message()),
+                                       absl::IsResourceExhausted(st));
       char* base = const_cast<char*>(t->tensor_data().data());
       const int64_t elem = out_types_[o] == ::tensorflow::DT_HALF ? 2 : 4;
       for (int s : out.slots) slot_out[static_cast<size_t>(s)] = base + slot_offsets_[static_cast<size_t>(s)] * elem;
@@ -602,7 +605,7 @@ class TiembLookupOp : public TiembLookupBase {
         return static_cast<void* const*>(w.slot_out.data());
       }, runner);
     } catch (const std::exception& e) {
-      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
+      ctx->CtxFailure(status_from_exception(e));
     }
   }
 
@@ -645,7 +648,7 @@ class TiembLookupGpuOp : public TiembLookupBase {
       allocate_outputs(ctx, ids, rows.data(), outputs);
       group.launch(req.data(), n_, rows.data(), outputs.data(), cuda_stream);
     } catch (const std::exception& e) {
-      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
+      ctx->CtxFailure(status_from_exception(e));
     }
   }
 

@@ -39,3 +39,25 @@ def test_store_opened_twice_is_one_gpu_engine_and_one_copy_of_its_tables(tmp_pat
         [np.array([3, 5], np.int64)], segment_ids=[np.array([0, 0], np.int64)])[0]
     table = _C.read_table_rows(f"{store}/t.tiemb", [3, 5])[3]
     np.testing.assert_allclose(np.asarray(rows)[0], table[0] + table[1], rtol=1e-5)
+
+
+def test_device_out_of_memory_is_runtime_error_not_value_error():
+    """An allocation the device cannot satisfy (the device filled first, so
+    the size does not depend on the GPU) raises RuntimeError naming the CUDA
+    error, not the ValueError of bad input (issue 12, item 4)."""
+    cp = pytest.importorskip("cupy")
+    engine = tiemb.GpuEmbeddingEngine(max_batch_size=1 << 16, slot_num=1, max_nnz=256)  # 16 M ids: ~320 MB of buffers
+    engine.add_table(np.ones((16, 8), np.float32))
+    filler = []
+    try:
+        free = cp.cuda.runtime.memGetInfo()[0]
+        while free > (64 << 20):   # leave 64 MB: the group's buffers cannot fit
+            chunk = max(free - (64 << 20), 1 << 20)
+            filler.append(cp.cuda.runtime.malloc(chunk))
+            free = cp.cuda.runtime.memGetInfo()[0]
+        with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation") as info:
+            engine.group([tiemb.Slot(0, "sum", "plain")])
+        assert not isinstance(info.value, ValueError)
+    finally:
+        for p in filler:
+            cp.cuda.runtime.free(p)
