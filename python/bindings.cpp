@@ -110,6 +110,30 @@ void bind_cache_sim(py::module_& m) {
      "`warmup` batches.");
 }
 
+// A store description as Python sees it (tiemb.store.read_store).
+py::dict store_dict(const store_manifest& mf) {
+  py::dict d;
+  d["max_batch_size"] = mf.config.max_batch_size;
+  d["slot_num"] = mf.config.slot_num;
+  d["max_nnz"] = mf.config.max_nnz;
+  d["tables"] = mf.tables;
+  d["files"] = mf.files;
+  d["rows"] = mf.rows;
+  d["dims"] = mf.dims;
+  std::vector<std::string> dtypes;
+  for (dtype t : mf.dtypes) dtypes.push_back(to_string(t));
+  d["dtypes"] = dtypes;
+  d["content_id"] = mf.content_id;
+  d["checksums"] = mf.checksums;
+  d["file_bytes"] = mf.file_bytes;
+  py::dict tiers;
+  tiers["cache_percentage"] = mf.tiers.cache_percentage;
+  tiers["cpu_cache_percentage"] = mf.tiers.cpu_cache_percentage;
+  tiers["hit_rate_threshold"] = mf.tiers.hit_rate_threshold;
+  d["tiers"] = tiers;
+  return d;
+}
+
 class py_cpu_engine {
  public:
   py_cpu_engine(int64_t max_batch_size, int64_t slot_num, int64_t max_nnz, int32_t num_threads)
@@ -350,19 +374,6 @@ PYBIND11_MODULE(_C, m) {
 
   bind_cache_sim(m);
 
-  m.def("write_store_manifest", [](const std::string& dir, int64_t max_batch_size, int64_t slot_num,
-                                   int64_t max_nnz, const std::vector<std::string>& tables,
-                                   const std::string& content_id, const std::vector<uint32_t>& checksums,
-                                   const std::vector<int64_t>& file_bytes) {
-    store_manifest mf;
-    mf.config = engine_config{max_batch_size, slot_num, max_nnz, 0};
-    mf.tables = tables;
-    mf.content_id = content_id;
-    mf.checksums = checksums;
-    mf.file_bytes = file_bytes;
-    mf.write(dir);
-  }, py::arg("dir"), py::arg("max_batch_size"), py::arg("slot_num"), py::arg("max_nnz"), py::arg("tables"),
-     py::arg("content_id"), py::arg("checksums"), py::arg("file_bytes"));
   m.def("check_store", [](const std::string& dir) {
     py::gil_scoped_release release;
     return check_store(dir);
@@ -378,18 +389,14 @@ PYBIND11_MODULE(_C, m) {
     return block_crc32c(info.ptr, bytes, threads, portable);
   }, py::arg("data"), py::arg("threads") = 0, py::arg("portable") = false,
      "The table-file checksum of a contiguous buffer (csrc/core/checksum.h).");
-  m.def("read_store_manifest", [](const std::string& dir) {
-    const store_manifest mf = store_manifest::read(dir);
-    py::dict d;
-    d["max_batch_size"] = mf.config.max_batch_size;
-    d["slot_num"] = mf.config.slot_num;
-    d["max_nnz"] = mf.config.max_nnz;
-    d["tables"] = mf.tables;
-    d["content_id"] = mf.content_id;
-    d["checksums"] = mf.checksums;
-    d["file_bytes"] = mf.file_bytes;
-    return d;
-  }, py::arg("dir"));
+  m.def("read_store_manifest", [](const std::string& dir) { return store_dict(store_manifest::read(dir)); },
+        py::arg("dir"), "The checked description (store.json) of the table store at dir, as a dict.");
+  m.def("parse_store_description", [](const std::string& text, const std::string& where) {
+    return store_dict(store_manifest::parse(text, where));
+  }, py::arg("text"), py::arg("where"),
+     "Checks the text of a store description as the engines will read it (the writer's check before it "
+     "replaces store.json); returns it as read_store_manifest does.");
+  m.attr("STORE_FORMAT_VERSION") = kStoreFormatVersion;
 
 #ifdef TIEMB_WITH_CUDA
   bind_gpu(m);

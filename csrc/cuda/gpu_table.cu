@@ -374,8 +374,14 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
                                 cudaMemcpyHostToDevice));
   }
   if (sizes_.file_rows > 0) {
-    write_table_file(tiers.backing_file, type, rows, dim, host_data);
+    // A store's own table file serves its cold rows (reads honour its
+    // header); only a table given as an array is written out first.
+    if (!tiers.backing_file_holds_table) write_table_file(tiers.backing_file, type, rows, dim, host_data);
     file_ = std::make_unique<table_file_reader>(tiers.backing_file);
+    const table_file_header& h = file_->header();
+    TIEMB_EXPECT(h.type == type && h.rows == rows && h.dim == dim, "backing file ", tiers.backing_file, " holds a ",
+                 h.rows, " x ", h.dim, " ", to_string(h.type), " table, not this ", rows, " x ", dim, " ",
+                 to_string(type), " one");
   }
 
   // GPU cache, warm: the hottest rows, each in its own set while ways last.

@@ -11,7 +11,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tiemb  # noqa: E402
+
+# The child imports the tiemb this process imported (a checkout or an install).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tiemb.__file__)))
 
 # Run in a fresh process, so that the order of the two openings is the test's
 # and the resident set is this store's alone.

@@ -9,11 +9,14 @@ import sys
 import numpy as np
 import pytest
 
+import tiemb
+
 tf = pytest.importorskip("tensorflow")
 
 from tiemb import tf_ops  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The child imports the tiemb this process imported (a checkout or an install).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tiemb.__file__)))
 
 # The op builds its workspace from the store's sizes on first use: with
 # max_batch_size = 2^31 that is 16 GB of row offsets. Under an address-space

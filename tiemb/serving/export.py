@@ -135,9 +135,10 @@ def export_bundle(model: str, bundle_dir: str, batch_sizes: Optional[Sequence[in
             ops, lookups = report.ops, {d["output"]: d for d in report.lookups}
             optimized_input = False
         config_json = json.dumps({k: v for k, v in params.items() if v is not None}, indent=1, sort_keys=True)
-        if ops:
-            with open(os.path.join(store, "tiemb_config.json"), "w") as f:
-                f.write(config_json)
+        if ops:   # the store's tiers, where the engines read them
+            from .. import store as table_store
+
+            table_store.write_tiers(store, table_store.tiers_from_parameters(params))
         with open(os.path.join(work, fmt.CONFIG), "w") as f:
             f.write(config_json)
         wiring = discover(new_gd, ops, input_tensors, batches)
