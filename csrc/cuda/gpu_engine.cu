@@ -148,25 +148,10 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   device_guard g(engine_.device());
   const engine_config& cfg = engine_.config();
   const int64_t n = num_slots();
-  TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
-  const int64_t features = count_features(slots_);
-  TIEMB_EXPECT(features <= cfg.slot_num, "a lookup group reads ", features,
-               " features (distinct id inputs), more than slot_num = ", cfg.slot_num);
+  check_slot_configs(cfg, slots_, engine_.num_tables(), [&](int32_t t) { return engine_.table(t).rows(); });
   int64_t max_row_bytes = 0;
   for (int64_t s = 0; s < n; ++s) {
-    const slot_config& sc = slots_[static_cast<size_t>(s)];
-    TIEMB_EXPECT(sc.table >= 0 && sc.table < engine_.num_tables(), "slot ", s, ": table id ", sc.table,
-                 " does not exist (engine has ", engine_.num_tables(), " tables)");
-    gpu_table& t = engine_.table(sc.table);
-    TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
-                 ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
-    if (sc.mode == row_mode::plain) {
-      TIEMB_EXPECT(sc.default_id == -1, "slot ", s, ": default_id is only meaningful in safe mode, got ",
-                   sc.default_id);
-    } else {
-      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < t.rows(), "slot ", s, ": default_id ", sc.default_id,
-                   " is out of range [0, ", t.rows(), ") of table ", sc.table);
-    }
+    gpu_table& t = engine_.table(slots_[static_cast<size_t>(s)].table);
     int32_t layout, lanes;
     choose_layout(t.type(), t.dim(), &layout, &lanes);
     impl_->tables.push_back(&t);
@@ -286,7 +271,7 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
   }
   d.layout = layout;
   d.group = lanes;
-  d.combiner = static_cast<int32_t>(sc.comb);
+  d.comb = sc.comb;
   d.safe = sc.mode == row_mode::safe;
   d.id_is_64 = r.id_type == dtype::int64;
   d.seg_is_64 = r.segment_type == dtype::int64;

@@ -118,7 +118,7 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
   const bool is64 = d.id_is_64;
   const bool weighted = d.weights != nullptr;
   const bool safe = d.safe;
-  const bool prune_weights = safe && weighted && d.combiner != 0;
+  const bool prune_weights = safe && weighted && d.comb != combiner::sum;
   int64_t begin, end;
   if (d.gather) {  // one id, one output row
     begin = r;
@@ -221,10 +221,10 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       if (safe && d.default_id >= 0) {
         load_vec<Vec, TabHalf>(static_cast<const char*>(d.default_row), k0, acc);
       }
-    } else if (d.combiner != 0) {
+    } else if (d.comb != combiner::sum) {
       // As TensorFlow: weighted paths use div_no_nan, unweighted divide by the count.
-      const float denom = d.combiner == 1 ? (weighted ? wsum : static_cast<float>(count))
-                                          : (weighted ? sqrtf(w2sum) : sqrtf(static_cast<float>(count)));
+      const float denom = d.comb == combiner::mean ? (weighted ? wsum : static_cast<float>(count))
+                                                   : (weighted ? sqrtf(w2sum) : sqrtf(static_cast<float>(count)));
 #pragma unroll
       for (int i = 0; i < Vec; ++i) acc[i] = denom == 0.f ? 0.f : acc[i] / denom;
     }

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tiemb
-from tiemb import _C, tf_ops
+from tiemb import _C
+from tiemb import store as table_store
 
 pytestmark = pytest.mark.gpu
 
@@ -22,8 +23,8 @@ def _free_device_bytes():
 def test_store_opened_twice_is_one_gpu_engine_and_one_copy_of_its_tables(tmp_path):
     store = str(tmp_path / "store")
     rng = np.random.default_rng(0)
-    tf_ops.write_store(store, {"t.tiemb": rng.standard_normal((TABLE_ROWS, TABLE_DIM), dtype=np.float32)},
-                       max_batch_size=8, slot_num=1, max_nnz=4)
+    table_store.write_store(store, {"t.tiemb": rng.standard_normal((TABLE_ROWS, TABLE_DIM), dtype=np.float32)},
+                            max_batch_size=8, slot_num=1, max_nnz=4, tiers={"cache_percentage": 1.0})
     table_bytes = TABLE_ROWS * TABLE_DIM * 4
     free0 = _free_device_bytes()
     first = tiemb.GpuEmbeddingEngine.from_store(store)
