@@ -5,7 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "../core/error.h"
+#include "../../core/error.h"
 
 #define TIEMB_CUDA_CHECK(call)                                                          \
   do {                                                                                  \

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "../core/types.h"
+#include "../../core/types.h"
 
 namespace tiemb {
 namespace gpu {

@@ -1,10 +1,10 @@
-#include "gpu_engine.h"
+#include "../gpu_engine.h"
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 
-#include "../core/validate.h"
+#include "../../core/validate.h"
 #include "cuda_check.h"
 #include "device_buffer.h"
 #include "gpu_table.h"

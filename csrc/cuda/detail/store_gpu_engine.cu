@@ -1,6 +1,6 @@
-#include "store_gpu_engine.h"
+#include "../store_gpu_engine.h"
 
-#include "../core/error.h"
+#include "../../core/error.h"
 
 namespace tiemb {
 

@@ -1,6 +1,6 @@
 // Stand-ins compiled only when the build has no CUDA compiler, so the
 // bindings can always ask what CUDA support exists.
-#include "device_info.h"
+#include "../device_info.h"
 
 namespace tiemb {
 

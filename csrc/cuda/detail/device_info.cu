@@ -1,6 +1,6 @@
 #include <cuda_runtime_api.h>
 
-#include "device_info.h"
+#include "../device_info.h"
 
 #ifndef TIEMB_CUDA_ARCHITECTURES
 #define TIEMB_CUDA_ARCHITECTURES "unknown"

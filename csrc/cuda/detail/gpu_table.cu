@@ -4,8 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "../core/cache_hash.h"
-#include "../core/cache_sim.h"
+#include "../../core/cache_hash.h"
+#include "../../core/cache_sim.h"
 #include "cuda_check.h"
 #include "device_util.cuh"
 #include "gpu_types.h"
