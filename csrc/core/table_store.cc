@@ -191,8 +191,8 @@ store_manifest store_manifest::parse(const std::string& text, const std::string&
   TIEMB_EXPECT(top.has("format") && top.at("format") == "tiemb-store", where,
                ": not a tiemb store description (format must be \"tiemb-store\")");
   const int64_t version = top.integer("version", 1);
-  TIEMB_EXPECT(version == kStoreFormatVersion, where, ": store format ", version, " is not read by this tiemb (it reads ",
-               kStoreFormatVersion, "); re-optimize the model with this tiemb");
+  TIEMB_EXPECT(version == kStoreFormatVersion, where, ": store format ", version,
+               " is not read by this tiemb (it reads ", kStoreFormatVersion, "); re-optimize the model with this tiemb");
   check_description_checksum(text, top.hex("checksum", 8), where);
   store_manifest m;
   m.content_id = top.hex("content_id", 32);

@@ -39,7 +39,8 @@ def test_round_trip_carries_tables_sizes_and_tiers(tmp_path):
     assert got["rows"] == [4, 7] and got["dims"] == [3, 2] and got["dtypes"] == ["float32", "float16"]
     assert (got["max_batch_size"], got["slot_num"], got["max_nnz"]) == (8, 2, 3)
     assert got["file_bytes"] == [os.path.getsize(os.path.join(d, f)) for f in got["files"]]
-    assert got["tiers"] == {"cache_percentage": 0.5, "cpu_cache_percentage": PARAMETERS["tiemb/cpu_cache_percentage"][1],
+    assert got["tiers"] == {"cache_percentage": 0.5,
+                            "cpu_cache_percentage": PARAMETERS["tiemb/cpu_cache_percentage"][1],
                             "hit_rate_threshold": PARAMETERS["tiemb/hit_rate_threshold"][1]}
     doc = json.load(open(os.path.join(d, "store.json")))
     assert doc["format"] == "tiemb-store" and doc["version"] == store.FORMAT_VERSION == 3
