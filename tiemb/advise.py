@@ -159,7 +159,7 @@ def simulate(table: TableInfo, batches: Sequence[np.ndarray], cache_percentage: 
 def gpu_bytes(table: TableInfo, cache_percentage: float, cpu_cache_percentage: float = 1.0,
               max_ids: int = 4096) -> dict:
     """GPU memory a table takes at a setting, as the engine allocates it
-    (csrc/cuda/detail/gpu_table.cu), for one slot of at most ``max_ids`` ids per call
+    (csrc/cuda/detail/gpu_table.cu, tiered_batch.cu), for one slot of at most ``max_ids`` ids per call
     (``max_batch_size * max_nnz``): ``cache`` (rows, keys, stamps, set locks,
     host index), ``staging`` (per-call scratch), ``total``."""
     rb = table.row_bytes
