@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tiemb.__file__)))
 
 _CHILD = r"""
 import os, sys
+import cupy as cp
 import numpy as np
 import tiemb
 from tiemb import _C
@@ -30,7 +31,9 @@ rng = np.random.default_rng(0)
 for _ in range(5):   # misses, inserts, hits; cold rows come from the table file
     ids = rng.integers(0, 5000, 256).astype(np.int64)
     seg = np.sort(rng.integers(0, 8, 256)).astype(np.int64)
-    got = np.asarray(g.lookup([ids], segment_ids=[seg])[0])
+    got = g.lookup([cp.asarray(ids)], segment_ids=[cp.asarray(seg)])[0]   # the device path, as serving runs
+    g.synchronize()
+    got = cp.asnumpy(got)
     rows = _C.read_table_rows(d + "/t.tiemb", ids.tolist())[3]
     want = np.zeros((seg.max() + 1, rows.shape[1]), np.float32)
     np.add.at(want, seg, rows)
@@ -43,6 +46,7 @@ print("served")
 
 
 def test_tiered_gpu_serving_process_writes_nothing_outside_the_store(tmp_path):
+    pytest.importorskip("cupy")
     d = str(tmp_path / "store")
     table = np.random.default_rng(1).standard_normal((5000, 16)).astype(np.float32)
     table_store.write_store(d, {"t.tiemb": table}, max_batch_size=8, slot_num=1, max_nnz=256,
