@@ -72,6 +72,11 @@ def xla_ffi_include():
     return proc.stdout.strip().splitlines()[-1]
 
 
+# Built by CMake beside tiemb._C: the one core both modules load, and the
+# TensorFlow op library (only where TensorFlow is importable).
+COMPANION_LIBRARIES = ["libtiemb_core.so", "_tiemb_tf_ops.so"]
+
+
 class CMakeExtension(Extension):
     def __init__(self, name, sourcedir=""):
         super().__init__(name, sources=[])
@@ -117,6 +122,22 @@ class CMakeBuild(build_ext):
         build_temp.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
         subprocess.run(["cmake", "--build", ".", *build_args], cwd=build_temp, check=True)
+        missing = [f for f in COMPANION_LIBRARIES[:1] if not (extdir / f).exists()]
+        if missing:
+            raise RuntimeError(f"the CMake build did not produce {missing} in {extdir}")
+
+    def copy_extensions_to_source(self):
+        """Editable installs copy the built modules into the source tree;
+        the core library (and the op library) must travel with tiemb._C, whose
+        RPATH ($ORIGIN) finds the core beside it."""
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            built = Path(self.get_ext_fullpath(ext.name)).parent
+            package_dir = Path(build_py.get_package_dir(ext.name.rpartition(".")[0]))
+            for name in COMPANION_LIBRARIES:
+                if (built / name).exists():
+                    shutil.copyfile(built / name, package_dir / name)
 
 
 setup(

@@ -18,6 +18,13 @@ if ls .whl/pybind11-*.whl >/dev/null 2>&1 && ! python3 -c "import pybind11, sys;
   python3 -c "import pybind11; print('using carried pybind11', pybind11.__version__)"
 fi
 
+# The store.json parser (nlohmann/json, header-only) comes from the system
+# (nlohmann-json3-dev) or, on a machine without it and without network, from a
+# carried copy at .deps/include/nlohmann (cp -r /usr/include/nlohmann .deps/include/).
+if [ -f /usr/include/nlohmann/json.hpp ]; then echo "nlohmann/json: system"
+elif [ -f .deps/include/nlohmann/json.hpp ]; then echo "nlohmann/json: carried .deps/include"
+else echo "nlohmann/json: MISSING (carry .deps/include/nlohmann; the build will stop and say so)"; fi | tee -a "$OUT/toolchain.txt"
+
 echo "== build: pip install --no-build-isolation --no-deps ."
 start=$(date +%s)
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-build-isolation --no-deps -q . > "$OUT/build.log" 2>&1
@@ -27,7 +34,8 @@ echo "build rc=$rc in $(( $(date +%s) - start )) s"
 (cd /tmp && python3 -c "import tiemb, json; print(json.dumps(tiemb.build_info())); print('cuda_available', tiemb.cuda_available())")
 # The bundle's lookups run as XLA FFI custom calls: the handlers are built only where jax was importable at build time.
 (cd /tmp && python3 -c "import tiemb._C as c; print('xla_ffi handlers', sorted(getattr(c, 'xla_ffi_targets', dict)()))")
-(cd /tmp && so=$(python3 -c "import tiemb._C as c; print(c.__file__)") && ldd "$so" > "$OUT/ldd.txt" 2>&1; nm -DC --defined-only "$so" 2>/dev/null | grep -c "std::" >> "$OUT/ldd.txt")
+(cd /tmp && so=$(python3 -c "import tiemb._C as c; print(c.__file__)") && ldd "$so" > "$OUT/ldd.txt" 2>&1; nm -DC --defined-only "$so" 2>/dev/null | grep -c "std::" >> "$OUT/ldd.txt"
+ ldd "$(dirname "$so")/libtiemb_core.so" >> "$OUT/ldd.txt" 2>&1)
 
 echo "== CPU-engine error path (crashed once on this machine)"
 (cd /tmp && python3 -X faulthandler -m pytest "$OLDPWD/tests/engine/test_bad_input.py" -q -p no:cacheprovider -x 2>&1 | tail -5)

@@ -17,6 +17,7 @@
 #include "../csrc/core/table_store.h"
 #include "../csrc/core/tier_config.h"
 #include "../csrc/cpu/cpu_engine.h"
+#include "../csrc/cpu/store_engine.h"
 #include "../csrc/cuda/device_info.h"
 #include "../csrc/distributed/remote_table.h"
 #include "common.h"
@@ -110,10 +111,50 @@ void bind_cache_sim(py::module_& m) {
      "`warmup` batches.");
 }
 
+// A store description as Python sees it (tiemb.store.read_store).
+py::dict store_dict(const store_manifest& mf) {
+  py::dict d;
+  d["max_batch_size"] = mf.config.max_batch_size;
+  d["slot_num"] = mf.config.slot_num;
+  d["max_nnz"] = mf.config.max_nnz;
+  d["tables"] = mf.tables;
+  d["files"] = mf.files;
+  d["rows"] = mf.rows;
+  d["dims"] = mf.dims;
+  std::vector<std::string> dtypes;
+  for (dtype t : mf.dtypes) dtypes.push_back(to_string(t));
+  d["dtypes"] = dtypes;
+  d["content_id"] = mf.content_id;
+  d["checksums"] = mf.checksums;
+  d["file_bytes"] = mf.file_bytes;
+  py::dict tiers;
+  tiers["cache_percentage"] = mf.tiers.cache_percentage;
+  tiers["cpu_cache_percentage"] = mf.tiers.cpu_cache_percentage;
+  tiers["hit_rate_threshold"] = mf.tiers.hit_rate_threshold;
+  d["tiers"] = tiers;
+  return d;
+}
+
 class py_cpu_engine {
  public:
   py_cpu_engine(int64_t max_batch_size, int64_t slot_num, int64_t max_nnz, int32_t num_threads)
-      : engine_(engine_config{max_batch_size, slot_num, max_nnz, num_threads}) {}
+      : engine_(std::make_shared<cpu_engine>(engine_config{max_batch_size, slot_num, max_nnz, num_threads})) {}
+
+  /// The engine the TensorFlow op's CPU kernel serves a table store with
+  /// (one per store per process, from the core's registry).
+  static py_cpu_engine from_store(const std::string& dir) {
+    const store_manifest* manifest = nullptr;
+    std::shared_ptr<cpu_engine> shared;
+    {
+      py::gil_scoped_release release;  // reads every table
+      shared = shared_cpu_engine(dir, &manifest);
+    }
+    py_cpu_engine e(std::move(shared));
+    e.tables_ = manifest->tables;
+    return e;
+  }
+  const std::vector<std::string>& store_tables() const { return tables_; }
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(engine_.get()); }
 
   int32_t add_table(const py::array& weights) {
     const int t = engine_dtype(weights);
@@ -121,23 +162,26 @@ class py_cpu_engine {
                  "table must be float32 or float16, got ", dtype_name(weights));
     TIEMB_EXPECT(weights.ndim() == 2, "table must be 2-D (rows x dim), got ", weights.ndim(), "-D");
     TIEMB_EXPECT(is_c_contiguous(weights), "table must be C-contiguous (use numpy.ascontiguousarray)");
-    return engine_.add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1),
-                             weights.data());
+    return engine_->add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1),
+                              weights.data());
   }
 
   py::tuple table_info(int32_t id) const {
-    const table& t = engine_.tables().at(id);
-    return py::make_tuple(engine_.table_rows(id), t.dim(), to_string(t.type()));
+    const table& t = engine_->tables().at(id);
+    return py::make_tuple(engine_->table_rows(id), t.dim(), to_string(t.type()));
   }
 
-  int32_t add_remote_table(std::shared_ptr<remote_table> remote) { return engine_.add_remote_table(std::move(remote)); }
+  int32_t add_remote_table(std::shared_ptr<remote_table> remote) { return engine_->add_remote_table(std::move(remote)); }
 
-  int32_t num_tables() const { return engine_.tables().size(); }
-  int num_threads() { return engine_.pool().num_threads(); }
-  cpu_engine& engine() { return engine_; }
+  int32_t num_tables() const { return engine_->tables().size(); }
+  int num_threads() { return engine_->pool().num_threads(); }
+  cpu_engine& engine() { return *engine_; }
 
  private:
-  cpu_engine engine_;
+  explicit py_cpu_engine(std::shared_ptr<cpu_engine> engine) : engine_(std::move(engine)) {}
+
+  std::shared_ptr<cpu_engine> engine_;
+  std::vector<std::string> tables_;  // a store's tables in table-id order (from_store only)
 };
 
 class py_cpu_lookup_group {
@@ -223,10 +267,18 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "tiemb core: fused embedding lookups (CPU and CUDA) and the tiered cache";
   m.attr("__version__") = TIEMB_VERSION;
   py::register_exception<tiemb::error>(m, "TiembError", PyExc_ValueError);
+  // Not the caller's input: RuntimeError, so that `except ValueError` around
+  // bad input never swallows an out-of-memory or a failed launch.
+  py::register_exception<tiemb::device_error>(m, "TiembDeviceError", PyExc_RuntimeError);
+  m.def("_raise_device_error", [](const std::string& what, bool out_of_memory) {
+    throw device_error(what, out_of_memory);
+  }, py::arg("what"), py::arg("out_of_memory") = false,
+     "Throws the core's device-error type (for tests of how it reaches Python).");
 
   m.def("cuda_compiled", &cuda_compiled, "True when this build compiled the CUDA sources.");
   m.def("cuda_device_count", &cuda_device_count, "Usable CUDA devices (0 without driver or GPU).");
   m.def("cuda_device_name", &cuda_device_name, py::arg("ordinal") = 0);
+  m.def("cuda_current_device", &cuda_current_device, "The current CUDA device of this thread, -1 without one.");
   m.def("build_info", [] {
     py::dict d;
     d["version"] = TIEMB_VERSION;
@@ -247,7 +299,25 @@ PYBIND11_MODULE(_C, m) {
       .def("add_remote_table", &py_cpu_engine::add_remote_table, py::arg("remote"))
       .def("table_info", &py_cpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_cpu_engine::num_tables)
-      .def_property_readonly("num_threads", &py_cpu_engine::num_threads);
+      .def_property_readonly("num_threads", &py_cpu_engine::num_threads)
+      .def_static("from_store", &py_cpu_engine::from_store, py::arg("store"))
+      .def_property_readonly("store_tables", &py_cpu_engine::store_tables)
+      .def_property_readonly("address", &py_cpu_engine::address,
+                             "The engine's address: its identity in this process (see live_store_engines).");
+  m.def("live_store_engines", [] {
+    py::list out;
+    for (const store_engine_entry& e : live_store_engines()) {
+      py::dict d;
+      d["store"] = e.store;
+      d["device"] = e.device;
+      d["content_id"] = e.content_id;
+      d["address"] = reinterpret_cast<uintptr_t>(e.engine);
+      d["users"] = e.users;
+      out.append(d);
+    }
+    return out;
+  }, "The core's registry of store engines (one per store, device and content id per process): "
+     "a list of dicts with store, device (-1 = CPU), content_id, address and users.");
 
   py::class_<py_cpu_lookup_group>(m, "CpuLookupGroup")
       .def(py::init<py_cpu_engine&, const std::vector<int32_t>&, const std::vector<int32_t>&,
@@ -314,19 +384,6 @@ PYBIND11_MODULE(_C, m) {
 
   bind_cache_sim(m);
 
-  m.def("write_store_manifest", [](const std::string& dir, int64_t max_batch_size, int64_t slot_num,
-                                   int64_t max_nnz, const std::vector<std::string>& tables,
-                                   const std::string& content_id, const std::vector<uint32_t>& checksums,
-                                   const std::vector<int64_t>& file_bytes) {
-    store_manifest mf;
-    mf.config = engine_config{max_batch_size, slot_num, max_nnz, 0};
-    mf.tables = tables;
-    mf.content_id = content_id;
-    mf.checksums = checksums;
-    mf.file_bytes = file_bytes;
-    mf.write(dir);
-  }, py::arg("dir"), py::arg("max_batch_size"), py::arg("slot_num"), py::arg("max_nnz"), py::arg("tables"),
-     py::arg("content_id"), py::arg("checksums"), py::arg("file_bytes"));
   m.def("check_store", [](const std::string& dir) {
     py::gil_scoped_release release;
     return check_store(dir);
@@ -342,18 +399,14 @@ PYBIND11_MODULE(_C, m) {
     return block_crc32c(info.ptr, bytes, threads, portable);
   }, py::arg("data"), py::arg("threads") = 0, py::arg("portable") = false,
      "The table-file checksum of a contiguous buffer (csrc/core/checksum.h).");
-  m.def("read_store_manifest", [](const std::string& dir) {
-    const store_manifest mf = store_manifest::read(dir);
-    py::dict d;
-    d["max_batch_size"] = mf.config.max_batch_size;
-    d["slot_num"] = mf.config.slot_num;
-    d["max_nnz"] = mf.config.max_nnz;
-    d["tables"] = mf.tables;
-    d["content_id"] = mf.content_id;
-    d["checksums"] = mf.checksums;
-    d["file_bytes"] = mf.file_bytes;
-    return d;
-  }, py::arg("dir"));
+  m.def("read_store_manifest", [](const std::string& dir) { return store_dict(store_manifest::read(dir)); },
+        py::arg("dir"), "The checked description (store.json) of the table store at dir, as a dict.");
+  m.def("parse_store_description", [](const std::string& text, const std::string& where) {
+    return store_dict(store_manifest::parse(text, where));
+  }, py::arg("text"), py::arg("where"),
+     "Checks the text of a store description as the engines will read it (the writer's check before it "
+     "replaces store.json); returns it as read_store_manifest does.");
+  m.attr("STORE_FORMAT_VERSION") = kStoreFormatVersion;
 
 #ifdef TIEMB_WITH_CUDA
   bind_gpu(m);

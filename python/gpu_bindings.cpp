@@ -122,6 +122,7 @@ class py_gpu_engine {
 
   int32_t num_tables() const { return engine_->num_tables(); }
   gpu_engine& engine() { return *engine_; }
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(engine_.get()); }
 
  private:
   explicit py_gpu_engine(std::shared_ptr<gpu_engine> e) : engine_(std::move(e)) {}
@@ -236,7 +237,9 @@ void bind_gpu(py::module_& m) {
       .def("table_info", &py_gpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_gpu_engine::num_tables)
       .def_static("from_store", &py_gpu_engine::from_store, py::arg("store"), py::arg("device") = 0)
-      .def_property_readonly("store_tables", &py_gpu_engine::store_tables);
+      .def_property_readonly("store_tables", &py_gpu_engine::store_tables)
+      .def_property_readonly("address", &py_gpu_engine::address,
+                             "The engine's address: its identity in this process (see live_store_engines).");
 
   py::class_<prepared_lookup>(m, "GpuPreparedLookup").def("run", &prepared_lookup::run);
 

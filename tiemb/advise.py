@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import numpy as np
 
 from . import _C
 from .config import PARAMETERS
+from .store import is_store
 
 #: The cache_percentage settings each table is simulated at.
 GRID = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -159,7 +159,7 @@ def simulate(table: TableInfo, batches: Sequence[np.ndarray], cache_percentage: 
 def gpu_bytes(table: TableInfo, cache_percentage: float, cpu_cache_percentage: float = 1.0,
               max_ids: int = 4096) -> dict:
     """GPU memory a table takes at a setting, as the engine allocates it
-    (csrc/cuda/gpu_table.cu), for one slot of at most ``max_ids`` ids per call
+    (csrc/cuda/detail/gpu_table.cu, tiered_batch.cu), for one slot of at most ``max_ids`` ids per call
     (``max_batch_size * max_nnz``): ``cache`` (rows, keys, stamps, set locks,
     host index), ``staging`` (per-call scratch), ``total``."""
     rb = table.row_bytes
@@ -262,19 +262,17 @@ def advise_table(table: TableInfo, batches: Sequence[np.ndarray], target_hit_rat
 # ----------------------------------------------------------------- stores and models
 
 def store_tables(store: str) -> Tuple[List[TableInfo], dict]:
-    """The tables of a table store and its tiemb_config.json values (empty without one)."""
-    manifest = _C.read_store_manifest(store)
-    tables = []
-    for f in manifest["tables"]:
-        rows, dim, dtype, _ = _C.read_table_rows(os.path.join(store, f), [])
-        tables.append(TableInfo(f, int(rows), int(dim), str(dtype)))
-    cfg_path = os.path.join(store, "tiemb_config.json")
-    cfg = {}
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as fh:
-            cfg = json.load(fh)
-    cfg.setdefault("tiemb/max_batch_size", manifest["max_batch_size"])
-    cfg.setdefault("tiemb/max_nnz", manifest["max_nnz"])
+    """The tables of a table store and its settings as tiemb/* values (its
+    tiers and sizes, from store.json)."""
+    from .store import read_store
+
+    manifest = read_store(store)
+    tables = [TableInfo(name, int(rows), int(dim), str(dtype))
+              for name, rows, dim, dtype in zip(manifest["tables"], manifest["rows"], manifest["dims"],
+                                                manifest["dtypes"])]
+    cfg = {f"tiemb/{k}": v for k, v in manifest["tiers"].items()}
+    cfg["tiemb/max_batch_size"] = manifest["max_batch_size"]
+    cfg["tiemb/max_nnz"] = manifest["max_nnz"]
     return tables, cfg
 
 
@@ -341,7 +339,7 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
     """The advice for every table with traffic: ``{"source", "target_hit_rate", "tables": [...]}``.
 
     Args:
-        model_or_store: a table store directory (``manifest.txt`` inside) or a
+        model_or_store: a table store directory (``store.json`` inside) or a
             model (SavedModel directory, frozen ``.pb``) whose inputs the
             traffic file holds.
         traffic_path: the ``.npz`` (layout in the module docstring).
@@ -352,7 +350,7 @@ def advise(model_or_store: str, traffic_path: str, target_hit_rate: float = 0.95
         compare_policies: also LFU's and admission-filtered LRU's hit rates
             (simulated only; the engine is LRU).
     """
-    if os.path.isfile(os.path.join(model_or_store, "manifest.txt")):
+    if os.path.isdir(model_or_store) and is_store(model_or_store):
         tables, cfg = store_tables(model_or_store)
         max_ids = int(cfg["tiemb/max_batch_size"]) * int(cfg["tiemb/max_nnz"])
         traffic = _match(tables, load_traffic(traffic_path, batch_ids or max_ids), traffic_path)

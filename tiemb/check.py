@@ -6,17 +6,19 @@ from __future__ import annotations
 import os
 from typing import List, Tuple
 
+from .store import is_store
+
 
 def store_of(model: str) -> str:
     """The table store of ``model``: a SavedModel directory (its ``assets/``),
     a frozen graph ``.pb`` (``<file>.store/``), or a store directory itself.
     Raises ValueError naming the path when there is none."""
     model = os.fspath(model)
-    if os.path.isdir(model) and os.path.exists(os.path.join(model, "manifest.txt")):
+    if os.path.isdir(model) and is_store(model):
         return model
     if os.path.isdir(model):
         if not os.path.exists(os.path.join(model, "saved_model.pb")):
-            raise ValueError(f"{model}: not a SavedModel (no saved_model.pb) and not a table store (no manifest.txt)")
+            raise ValueError(f"{model}: not a SavedModel (no saved_model.pb) and not a table store (no store.json)")
         return os.path.join(model, "assets")
     if model.endswith(".pb"):
         if not os.path.isfile(model):

@@ -213,8 +213,9 @@ class GpuEmbeddingEngine:
     @classmethod
     def from_store(cls, store: str, device: int = 0) -> "GpuEmbeddingEngine":
         """The engine the TensorFlow op's GPU kernel serves a table store with
-        (one per store and device per process; tables in the manifest's order,
-        tiers from the store's ``tiemb_config.json``, resident without one)."""
+        (one per store and device per process; tables in the order of the
+        store's ``store.json``, tiers from it: the tiemb/* defaults where it
+        has none)."""
         _require_cuda()
         self = cls.__new__(cls)
         self.device = device

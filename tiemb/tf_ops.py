@@ -9,12 +9,9 @@ otherwise call :func:`load` (or use :func:`lookup`, which loads it).
 from __future__ import annotations
 
 import os
-import uuid
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
-
-from . import _C
+from . import store as _store
 
 _LIBRARY = os.path.join(os.path.dirname(__file__), "_tiemb_tf_ops.so")
 _module = None
@@ -38,51 +35,26 @@ def load():
     return _module
 
 
-def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_size: int, slot_num: int,
-                max_nnz: int) -> None:
-    """Writes a table store: one table file per entry of ``tables`` (name -> 2-D
-    float32/float16 array) and the manifest with the engine's sizes.
+def store_engines() -> list:
+    """The core's registry of store engines as the op library sees it: a list
+    of dicts with ``store``, ``device`` (-1 = CPU), ``content_id``,
+    ``address`` and ``users``, as :func:`tiemb._C.live_store_engines` gives
+    them from the Python side (one core per process: the same list)."""
+    import tensorflow as tf  # noqa: F401  (the op runs eagerly)
 
-    Args:
-        directory: created if missing; the files in it are replaced. Each
-            table file carries its CRC32C; the manifest lists them with a new
-            random content id (the store's identity) and its own CRC32C.
-        max_batch_size, slot_num, max_nnz: the engine sizes every op reading
-            the store runs with (see :class:`tiemb.EngineConfig`): samples
-            per call, features per op, ids per sample and slot.
-    """
-    os.makedirs(directory, exist_ok=True)
-    names, checksums, sizes = [], [], []
-    for name, table in tables.items():
-        if not name or "/" in name or name == "manifest.txt":
-            raise ValueError(f"table name must be a plain file name, got {name!r}")
-        if not isinstance(table, np.ndarray) or table.dtype not in (np.float32, np.float16) or table.ndim != 2:
-            raise ValueError(f"table {name!r} must be a 2-D float32 or float16 numpy array")
-        path = os.path.join(directory, name)
-        checksums.append(_C.write_table_file(path, np.ascontiguousarray(table)))
-        sizes.append(os.path.getsize(path))
-        names.append(name)
-    # A new content id for every store written: engines are cached per store
-    # path and content id, so a directory replaced by another store is never
-    # served by the engine of the one it replaced.
-    _C.write_store_manifest(directory, max_batch_size, slot_num, max_nnz, names, uuid.uuid4().hex, checksums, sizes)
+    out = []
+    for line in load().tiemb_store_engines().numpy().tolist():
+        store, device, content_id, address, users = line.decode().split("\t")
+        out.append({"store": store, "device": int(device), "content_id": content_id, "address": int(address),
+                    "users": int(users)})
+    return out
 
 
-def resize_store(directory: str, *, max_batch_size: int, slot_num: int, max_nnz: int) -> None:
-    """Rewrites a table store's engine sizes, keeping its tables (their files
-    and checksums) as they are. The store gets a new content id: engines are
-    cached per content id, and one built with the old sizes must not serve it."""
-    m = _C.read_store_manifest(directory)
-    _C.write_store_manifest(directory, max_batch_size, slot_num, max_nnz, m["tables"], uuid.uuid4().hex,
-                            m["checksums"], m["file_bytes"])
-
-
-def check_store(directory: str) -> list:
-    """Every problem of the table store at ``directory`` (manifest missing or
-    damaged; table files missing, of the wrong size, or whose CRC32C does not
-    match), one message per problem naming the file; ``[]`` when it is sound.
-    Reads every byte of every table."""
-    return list(_C.check_store(os.fspath(directory)))
+# The store's writer lives in tiemb.store; these names stay for callers of
+# the old location.
+write_store = _store.write_store
+resize_store = _store.resize_store
+check_store = _store.check_store
 
 
 def lookup(store, ids: Sequence, segment_ids: Sequence, *, tables: Sequence[str], dims: Sequence[int],

@@ -1,9 +1,13 @@
 // Error reporting for the tiemb core.
 //
-// One exception type and one expectation macro: every check that depends on
-// user input throws tiemb::error with a message that names the argument (the
-// slot, the table) and the offending value. The bindings translate it into a
-// Python ValueError and the TF kernels into InvalidArgument.
+// Two exception types. Every check that depends on user input throws
+// tiemb::error (through TIEMB_EXPECT) with a message that names the argument
+// (the slot, the table) and the offending value: the bindings translate it
+// into a Python ValueError and the TF kernels into InvalidArgument. A failure
+// of the device itself (out of memory, a failed launch, a lost GPU) throws
+// tiemb::device_error (through TIEMB_CUDA_CHECK): Python sees RuntimeError,
+// TensorFlow ResourceExhausted (out of memory) or Internal. The caller can
+// fix the first by changing the input, never the second.
 #pragma once
 
 #include <cstdio>
@@ -19,6 +23,20 @@ namespace tiemb {
 class error : public std::runtime_error {
  public:
   explicit error(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// Raised when the device fails, whatever the input: out of memory, a failed
+/// launch or copy, a lost device. Deliberately not a tiemb::error, so that
+/// no handler of bad input catches it.
+class device_error : public std::runtime_error {
+ public:
+  device_error(const std::string& what, bool out_of_memory)
+      : std::runtime_error(what), out_of_memory_(out_of_memory) {}
+  /// True for an allocation the device could not satisfy (ResourceExhausted in TensorFlow).
+  bool out_of_memory() const noexcept { return out_of_memory_; }
+
+ private:
+  bool out_of_memory_;
 };
 
 namespace detail {

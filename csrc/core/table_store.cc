@@ -5,6 +5,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
 
 #include "checksum.h"
 #include "error.h"
@@ -13,18 +18,7 @@
 namespace tiemb {
 namespace {
 
-std::string manifest_path(const std::string& dir) { return dir + "/manifest.txt"; }
-
-std::string printable(const std::string& text);
-
-int64_t parse_int(const std::string& text, const std::string& where) {
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  TIEMB_EXPECT(!text.empty() && end != nullptr && *end == '\0' && errno == 0, where, ": expected an integer, got '",
-               printable(text), "'");
-  return v;
-}
+using json = nlohmann::json;
 
 // Text from a file, safe to show: bytes outside printable ASCII as \xNN (a
 // damaged manifest must give a readable error, not undecodable bytes).
@@ -42,10 +36,8 @@ std::string printable(const std::string& text) {
   return out;
 }
 
-uint32_t parse_hex32(const std::string& text, const std::string& where) {
-  TIEMB_EXPECT(text.size() == 8 && text.find_first_not_of("0123456789abcdef") == std::string::npos, where,
-               ": expected a checksum of 8 hex digits, got '", printable(text), "'");
-  return static_cast<uint32_t>(std::strtoul(text.c_str(), nullptr, 16));
+bool is_hex(const std::string& text, size_t digits) {
+  return text.size() == digits && text.find_first_not_of("0123456789abcdef") == std::string::npos;
 }
 
 std::string hex32(uint32_t v) {
@@ -54,108 +46,191 @@ std::string hex32(uint32_t v) {
   return buf;
 }
 
-}  // namespace
+// Typed access to one field of a description, errors naming the field by
+// its path ("tables[2].rows") and showing the value.
+class fields {
+ public:
+  fields(const json& object, std::string where, std::string path)
+      : object_(object), where_(std::move(where)), path_(std::move(path)) {
+    TIEMB_EXPECT(object_.is_object(), where_, ": ", name(""), " must be an object, got ", shown(object_));
+  }
 
-store_manifest store_manifest::read(const std::string& dir) {
-  const std::string path = manifest_path(dir);
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  TIEMB_EXPECT(f != nullptr, "table store ", dir, ": cannot open manifest.txt: ", std::strerror(errno));
-  std::string text;
-  char buf[4096];
-  for (size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0 && text.size() < (1u << 24);) text.append(buf, got);
-  std::fclose(f);
-  store_manifest m;
-  int line_no = 0;
-  bool header = false, have_batch = false, have_slots = false, have_nnz = false, have_checksum = false;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    const size_t line_start = pos;
-    size_t eol = text.find('\n', pos);
-    if (eol == std::string::npos) eol = text.size();
-    pos = eol + 1;
-    ++line_no;
-    std::string line = text.substr(line_start, eol - line_start);
-    while (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    const auto sp = line.find(' ');
-    const std::string key = line.substr(0, sp);
-    const std::string value = sp == std::string::npos ? "" : line.substr(sp + 1);
-    const std::string where = detail::concat(path, ":", line_no);
-    TIEMB_EXPECT(!have_checksum, where, ": nothing may follow the checksum line, got '", printable(line), "'");
-    if (!header) {
-      TIEMB_EXPECT(key != "tiemb-store" || value != "1", path,
-                   ": store format 1 has no checksums and is no longer read; re-optimize the model with this tiemb");
-      TIEMB_EXPECT(key == "tiemb-store" && value == "2", where, ": expected 'tiemb-store 2', got '", printable(line),
-                   "'");
-      header = true;
-    } else if (key == "content_id") {
-      TIEMB_EXPECT(value.size() == 32 && value.find_first_not_of("0123456789abcdef") == std::string::npos, where,
-                   ": content_id must be 32 hex digits, got '", printable(value), "'");
-      m.content_id = value;
-    } else if (key == "max_batch_size") {
-      m.config.max_batch_size = parse_int(value, where);
-      have_batch = true;
-    } else if (key == "slot_num") {
-      m.config.slot_num = parse_int(value, where);
-      have_slots = true;
-    } else if (key == "max_nnz") {
-      m.config.max_nnz = parse_int(value, where);
-      have_nnz = true;
-    } else if (key == "table") {
-      // <file name> <checksum> <bytes>
-      const auto a = value.find(' ');
-      const auto b = a == std::string::npos ? a : value.find(' ', a + 1);
-      TIEMB_EXPECT(b != std::string::npos, where, ": expected 'table <file> <checksum> <bytes>', got '",
-                   printable(line), "'");
-      const std::string name = value.substr(0, a);
-      TIEMB_EXPECT(!name.empty() && name.find('/') == std::string::npos, where,
-                   ": table must be a file name in the store directory, got '", printable(name), "'");
-      m.tables.push_back(name);
-      m.checksums.push_back(parse_hex32(value.substr(a + 1, b - a - 1), where));
-      m.file_bytes.push_back(parse_int(value.substr(b + 1), where));
-    } else if (key == "checksum") {
-      const uint32_t want = parse_hex32(value, where);
-      const uint32_t got = crc32c(text.data(), line_start);
-      TIEMB_EXPECT(got == want, path, ": checksum mismatch (CRC32C ", hex32(got), ", its checksum line says ",
-                   hex32(want), "): the manifest is damaged");
-      have_checksum = true;
-    } else {
-      TIEMB_EXPECT(false, where, ": unknown key '", printable(key), "'");
+  /// Every key must be one of `known`: a setting this reader does not know
+  /// is an error, never silently ignored.
+  void only(std::initializer_list<const char*> known) const {
+    for (const auto& item : object_.items()) {
+      bool ok = false;
+      for (const char* k : known) ok = ok || item.key() == k;
+      TIEMB_EXPECT(ok, where_, ": unknown key ", name(item.key()), " (this tiemb reads store format ",
+                   kStoreFormatVersion, ")");
     }
   }
-  TIEMB_EXPECT(header, path, ": empty manifest");
-  TIEMB_EXPECT(have_batch && have_slots && have_nnz && !m.content_id.empty(), path,
-               ": needs content_id, max_batch_size, slot_num and max_nnz");
-  TIEMB_EXPECT(have_checksum, path, ": has no checksum line (the manifest is truncated or damaged)");
+  bool has(const char* key) const { return object_.contains(key); }
+  const json& at(const char* key) const {
+    TIEMB_EXPECT(object_.contains(key), where_, ": ", name(key), " is missing");
+    return object_.at(key);
+  }
+  int64_t integer(const char* key, int64_t min) const {
+    const json& v = at(key);
+    TIEMB_EXPECT(v.is_number_integer() && v.get<int64_t>() >= min, where_, ": ", name(key),
+                 " must be an integer >= ", min, ", got ", shown(v));
+    return v.get<int64_t>();
+  }
+  double number(const char* key) const {
+    const json& v = at(key);
+    TIEMB_EXPECT(v.is_number(), where_, ": ", name(key), " must be a number, got ", shown(v));
+    return v.get<double>();
+  }
+  std::string text(const char* key) const {
+    const json& v = at(key);
+    TIEMB_EXPECT(v.is_string(), where_, ": ", name(key), " must be a string, got ", shown(v));
+    return v.get<std::string>();
+  }
+  std::string hex(const char* key, size_t digits) const {
+    const std::string v = text(key);
+    TIEMB_EXPECT(is_hex(v, digits), where_, ": ", name(key), " must be ", digits, " lowercase hex digits, got '",
+                 printable(v), "'");
+    return v;
+  }
+  std::string name(const std::string& key) const {
+    return path_.empty() ? key : key.empty() ? path_ : path_ + "." + key;
+  }
+
+ private:
+  static std::string shown(const json& v) { return printable(v.dump()); }
+
+  const json& object_;
+  std::string where_, path_;
+};
+
+// The description's own checksum: CRC32C of its bytes with the checksum's
+// digits read as zeros (so the writer can compute it before it knows it).
+// The writer puts it last, so it is the last field of that text.
+void check_description_checksum(const std::string& text, const std::string& want, const std::string& where) {
+  const std::string field = "\"checksum\": \"" + want + "\"";
+  const size_t at = text.rfind(field);  // the last field (a table's checksum may read the same)
+  TIEMB_EXPECT(at != std::string::npos, where,
+               ": the checksum field is not where the writer puts it: the description is damaged or hand-edited");
+  std::string zeroed = text;
+  zeroed.replace(at + field.size() - 9, 8, "00000000");
+  const uint32_t got = crc32c(zeroed.data(), zeroed.size());
+  TIEMB_EXPECT(hex32(got) == want, where, ": checksum mismatch (CRC32C ", hex32(got), ", its checksum says ", want,
+               "): the description is damaged");
+}
+
+void read_tables(const fields& top, const std::string& where, store_manifest& m) {
+  const json& tables = top.at("tables");
+  TIEMB_EXPECT(tables.is_array(), where, ": tables must be a list, got ", printable(tables.dump()));
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const fields t(tables[i], where, detail::concat("tables[", i, "]"));
+    t.only({"name", "file", "rows", "dim", "dtype", "checksum", "bytes"});
+    const std::string name = t.text("name"), file = t.text("file");
+    TIEMB_EXPECT(!file.empty() && file.find('/') == std::string::npos && file != kStoreDescription, where, ": ",
+                 t.name("file"), " must be a file name in the store directory, got '", printable(file), "'");
+    for (const std::string& seen : m.tables) {
+      TIEMB_EXPECT(seen != name, where, ": two tables are named '", printable(name), "'");
+    }
+    const std::string type = t.text("dtype");
+    TIEMB_EXPECT(type == "float32" || type == "float16", where, ": ", t.name("dtype"),
+                 " must be float32 or float16, got '", printable(type), "'");
+    m.tables.push_back(name);
+    m.files.push_back(file);
+    m.rows.push_back(t.integer("rows", 1));
+    m.dims.push_back(t.integer("dim", 1));
+    m.dtypes.push_back(type == "float16" ? dtype::float16 : dtype::float32);
+    m.checksums.push_back(static_cast<uint32_t>(std::stoul(t.hex("checksum", 8), nullptr, 16)));
+    m.file_bytes.push_back(t.integer("bytes", kTableFileHeaderBytes));
+  }
+}
+
+void read_tiers(const fields& top, const std::string& where, store_manifest& m) {
+  if (!top.has("tiers")) return;  // the tiemb/* parameters' defaults
+  const fields t(top.at("tiers"), where, "tiers");
+  t.only({"cache_percentage", "cpu_cache_percentage", "hit_rate_threshold"});
+  if (t.has("cache_percentage")) m.tiers.cache_percentage = t.number("cache_percentage");
+  if (t.has("cpu_cache_percentage")) m.tiers.cpu_cache_percentage = t.number("cpu_cache_percentage");
+  if (t.has("hit_rate_threshold")) m.tiers.hit_rate_threshold = t.number("hit_rate_threshold");
+  // Ranges only: a store's tiered rows are backed by its own table files.
+  tier_config ranges = m.tiers;
+  ranges.backing_file = "(the table file)";
+  try {
+    ranges.validate(1);
+  } catch (const error& e) {
+    throw error(detail::concat(where, ": tiers.", e.what()));
+  }
+}
+
+// A store of an older format: the description it has, and the fix.
+void refuse_old_format(const std::string& dir) {
+  const std::string old = dir + "/manifest.txt";
+  std::FILE* f = std::fopen(old.c_str(), "rb");
+  if (f == nullptr) return;
+  char line[32] = {0};
+  const bool got = std::fgets(line, sizeof line, f) != nullptr;
+  std::fclose(f);
+  const std::string first = got ? std::string(line) : std::string();
+  TIEMB_EXPECT(first.rfind("tiemb-store 1", 0) != 0, old,
+               ": store format 1 has no checksums and is no longer read; re-optimize the model with this tiemb "
+               "(tiemb optimize) to rewrite its store as format ", kStoreFormatVersion, " (store.json)");
+  throw error(detail::concat("table store ", dir, ": has manifest.txt (store format 2) but no ", kStoreDescription,
+                             "; this tiemb reads store format ", kStoreFormatVersion,
+                             ": re-optimize the model with this tiemb (tiemb optimize) to rewrite its store"));
+}
+
+}  // namespace
+
+store_manifest store_manifest::parse(const std::string& text, const std::string& where) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::exception& e) {
+    throw error(detail::concat(where, ": not valid JSON (", printable(e.what()), "): the description is damaged"));
+  }
+  const fields top(doc, where, "");
+  top.only({"format", "version", "content_id", "sizes", "tables", "tiers", "checksum"});
+  TIEMB_EXPECT(top.has("format") && top.at("format") == "tiemb-store", where,
+               ": not a tiemb store description (format must be \"tiemb-store\")");
+  const int64_t version = top.integer("version", 1);
+  TIEMB_EXPECT(version == kStoreFormatVersion, where, ": store format ", version,
+               " is not read by this tiemb (it reads ", kStoreFormatVersion, "); re-optimize the model with this tiemb");
+  check_description_checksum(text, top.hex("checksum", 8), where);
+  store_manifest m;
+  m.content_id = top.hex("content_id", 32);
+  const fields sizes(top.at("sizes"), where, "sizes");
+  sizes.only({"max_batch_size", "slot_num", "max_nnz"});
+  m.config.max_batch_size = sizes.integer("max_batch_size", 1);
+  m.config.slot_num = sizes.integer("slot_num", 1);
+  m.config.max_nnz = sizes.integer("max_nnz", 1);
   try {
     m.config.validate();
   } catch (const error& e) {
-    throw error(detail::concat(path, ": ", e.what()));
+    throw error(detail::concat(where, ": sizes: ", e.what()));
   }
+  read_tables(top, where, m);
+  read_tiers(top, where, m);
   return m;
 }
 
-void store_manifest::write(const std::string& dir) const {
-  config.validate();
-  TIEMB_EXPECT(content_id.size() == 32 && content_id.find_first_not_of("0123456789abcdef") == std::string::npos,
-               "table store ", dir, ": content_id must be 32 hex digits, got '", printable(content_id), "'");
-  TIEMB_EXPECT(checksums.size() == tables.size() && file_bytes.size() == tables.size(), "table store ", dir,
-               ": need one checksum and one size per table");
-  std::string text = detail::concat("tiemb-store 2\ncontent_id ", content_id, "\nmax_batch_size ",
-                                    config.max_batch_size, "\nslot_num ", config.slot_num, "\nmax_nnz ",
-                                    config.max_nnz, "\n");
-  for (size_t i = 0; i < tables.size(); ++i) {
-    text += detail::concat("table ", tables[i], " ", hex32(checksums[i]), " ", file_bytes[i], "\n");
+store_manifest store_manifest::read(const std::string& dir) {
+  const std::string path = dir + "/" + kStoreDescription;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    const int err = errno;
+    if (err == ENOENT) refuse_old_format(dir);
+    throw error(detail::concat("table store ", dir, ": cannot open ", kStoreDescription, ": ", std::strerror(err)));
   }
-  text += "checksum " + hex32(crc32c(text.data(), text.size())) + "\n";
-  write_file_atomically(manifest_path(dir), {{text.data(), text.size()}}, "table store " + dir);
+  std::string text;
+  char buf[4096];
+  for (size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0 && text.size() < (1u << 26);) text.append(buf, got);
+  std::fclose(f);
+  return parse(text, path);
 }
 
-int32_t store_manifest::table_id(const std::string& file, const std::string& dir) const {
+int32_t store_manifest::table_id(const std::string& name, const std::string& dir) const {
   for (size_t i = 0; i < tables.size(); ++i) {
-    if (tables[i] == file) return static_cast<int32_t>(i);
+    if (tables[i] == name) return static_cast<int32_t>(i);
   }
-  throw error(detail::concat("table store ", dir, " has no table '", file, "'"));
+  throw error(detail::concat("table store ", dir, " has no table '", name, "'"));
 }
 
 std::string store_key(const std::string& dir) {
@@ -163,17 +238,31 @@ std::string store_key(const std::string& dir) {
   return ::realpath(dir.c_str(), resolved) != nullptr ? std::string(resolved) : dir;
 }
 
+namespace {
+
+// A table file's header against the store's description of it.
+void check_table_header(const store_manifest& m, size_t i, const std::string& path, const table_file_header& h) {
+  TIEMB_EXPECT(kTableFileHeaderBytes + h.data_bytes() == m.file_bytes[i] && h.checksum == m.checksums[i] &&
+                   h.rows == m.rows[i] && h.dim == m.dims[i] && h.type == m.dtypes[i],
+               "table file ", path, ": does not match the store's ", kStoreDescription, " (", h.rows, " x ", h.dim,
+               " ", to_string(h.type), ", ", kTableFileHeaderBytes + h.data_bytes(), " bytes, checksum ",
+               hex32(h.checksum), "; ", kStoreDescription, " says ", m.rows[i], " x ", m.dims[i], " ",
+               to_string(m.dtypes[i]), ", ", m.file_bytes[i], " bytes, ", hex32(m.checksums[i]),
+               "): the file is damaged or from another store");
+}
+
+}  // namespace
+
+std::string store_manifest::table_path(const std::string& dir, size_t i) const { return dir + "/" + files.at(i); }
+
 void for_each_store_table(const std::string& dir, const store_manifest& manifest,
                           const std::function<void(const table_file_header&, const void*)>& add) {
   std::vector<char> rows;
   for (size_t i = 0; i < manifest.tables.size(); ++i) {
-    const std::string path = dir + "/" + manifest.tables[i];
+    const std::string path = manifest.table_path(dir, i);
     table_file_reader r(path);
     const auto& h = r.header();
-    TIEMB_EXPECT(kTableFileHeaderBytes + h.data_bytes() == manifest.file_bytes[i] && h.checksum == manifest.checksums[i],
-                 "table file ", path, ": does not match the store's manifest (", kTableFileHeaderBytes + h.data_bytes(),
-                 " bytes, checksum ", hex32(h.checksum), "; the manifest says ", manifest.file_bytes[i], " bytes, ",
-                 hex32(manifest.checksums[i]), "): the file is damaged or from another store");
+    check_table_header(manifest, i, path, h);
     rows.resize(static_cast<size_t>(h.data_bytes()));
     r.read_all(rows.data());
     r.verify(rows.data());
@@ -191,20 +280,82 @@ std::vector<std::string> check_store(const std::string& dir) {
     return problems;
   }
   for (size_t i = 0; i < m.tables.size(); ++i) {
-    const std::string path = dir + "/" + m.tables[i];
+    const std::string path = m.table_path(dir, i);
     try {
       table_file_reader r(path);
-      const auto& h = r.header();
-      TIEMB_EXPECT(kTableFileHeaderBytes + h.data_bytes() == m.file_bytes[i] && h.checksum == m.checksums[i],
-                   "table file ", path, ": does not match the store's manifest (", kTableFileHeaderBytes + h.data_bytes(),
-                   " bytes, checksum ", hex32(h.checksum), "; the manifest says ", m.file_bytes[i], " bytes, ",
-                   hex32(m.checksums[i]), "): the file is damaged or from another store");
+      check_table_header(m, i, path, r.header());
       r.verify_file();
     } catch (const error& e) {
       problems.push_back(e.what());
     }
   }
   return problems;
+}
+
+namespace {
+
+struct registry_entry {
+  std::weak_ptr<void> engine;
+  std::shared_ptr<store_manifest> manifest;
+  const void* address = nullptr;
+};
+using registry_key = std::tuple<std::string, int, std::string>;  // store, device, content id
+
+// Function-local statics in one translation unit of the shared core: one
+// registry per process, whichever module (tiemb._C, the op library) asks.
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<registry_key, registry_entry>& registry() {
+  static std::map<registry_key, registry_entry> r;
+  return r;
+}
+
+}  // namespace
+
+namespace detail {
+
+std::shared_ptr<void> shared_store_engine(const std::string& store, int device, const std::string& dir,
+                                          const store_manifest** manifest,
+                                          const std::function<std::shared_ptr<void>(store_manifest&)>& build) {
+  auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
+  std::lock_guard<std::mutex> lk(registry_mutex());
+  auto& engines = registry();
+  for (auto it = engines.begin(); it != engines.end();) {  // forget released engines
+    it = it->second.engine.expired() ? engines.erase(it) : std::next(it);
+  }
+  const registry_key key{store, device, m->content_id};
+  registry_entry& e = engines[key];
+  if (auto live = e.engine.lock()) {
+    *manifest = e.manifest.get();
+    return live;
+  }
+  std::shared_ptr<void> engine;
+  try {
+    engine = build(*m);
+  } catch (...) {
+    engines.erase(key);
+    throw;
+  }
+  e.engine = engine;
+  e.manifest = m;
+  e.address = engine.get();
+  *manifest = m.get();
+  return engine;
+}
+
+}  // namespace detail
+
+std::vector<store_engine_entry> live_store_engines() {
+  std::lock_guard<std::mutex> lk(registry_mutex());
+  std::vector<store_engine_entry> out;
+  for (const auto& [key, e] : registry()) {
+    const long users = e.engine.use_count();
+    if (users == 0) continue;
+    out.push_back(store_engine_entry{std::get<0>(key), std::get<1>(key), std::get<2>(key), e.address, users});
+  }
+  return out;
 }
 
 }  // namespace tiemb

@@ -2,19 +2,27 @@
 // in one directory, outside the graph (no 2 GB GraphDef limit; the model
 // directory can be moved or copied).
 //
-// <store>/manifest.txt:
-//   tiemb-store 2
-//   content_id <32 hex digits>  (random, new for every store written: the store's identity)
-//   max_batch_size <int>
-//   slot_num <int>
-//   max_nnz <int>
-//   table <file name> <crc32c, 8 hex digits> <file bytes>
-//                            (one line per table, files in the same directory;
-//                             the table file's block CRC32C, see checksum.h)
-//   checksum <crc32c, 8 hex digits>  (of every byte before this line; last line)
+// <store>/store.json, the store's one description (format 3; written by
+// tiemb/store.py, read here):
+//   {
+//     "format": "tiemb-store",
+//     "version": 3,
+//     "content_id": "<32 hex digits>",   random, new for every store written: its identity
+//     "sizes": {"max_batch_size": <int>, "slot_num": <int>, "max_nnz": <int>},
+//     "tables": [{"name": "<name>", "file": "<file name in the store>", "rows": <int>,
+//                 "dim": <int>, "dtype": "float32"|"float16",
+//                 "checksum": "<the table file's block CRC32C, 8 hex digits>",
+//                 "bytes": <the table file's size>}, ...],      in table-id order
+//     "tiers": {"cache_percentage": <x>, "cpu_cache_percentage": <x>,
+//               "hit_rate_threshold": <x>},     optional; absent keys: the defaults
+//     "checksum": "<8 hex digits>"
+//   }
+// The last checksum is the CRC32C of the file's bytes with its own 8 digits
+// read as "00000000": a damaged description is refused, not half-believed.
+// Unknown keys are errors (a newer writer's settings are never ignored).
 //
-// Version 1 manifests (no content id, no checksums) are refused with a message
-// saying to re-optimize.
+// Stores of formats 1 and 2 (manifest.txt, tiers in tiemb_config.json) are
+// refused with a message saying to re-optimize the model.
 #pragma once
 
 #include <cstdint>
@@ -27,23 +35,39 @@
 
 #include "config.h"
 #include "table_file.h"
+#include "tier_config.h"
 
 namespace tiemb {
 
+/// The description file's name and format version.
+constexpr const char* kStoreDescription = "store.json";
+constexpr int kStoreFormatVersion = 3;
+
+/// A store's description (store.json), checked: every field present, of its
+/// type and in range.
 struct store_manifest {
   engine_config config;
-  std::vector<std::string> tables;  ///< file names, in table-id order
-  // Appended for store identity and integrity (format 2):
+  std::vector<std::string> tables;  ///< table names (= file names), in table-id order
   std::string content_id;              ///< 32 hex digits, unique per written store
   std::vector<uint32_t> checksums;     ///< per table: the file's data block CRC32C
   std::vector<int64_t> file_bytes;     ///< per table: the file's size
+  // Format 3:
+  std::vector<std::string> files;      ///< per table: its file in the store directory
+  std::vector<int64_t> rows;           ///< per table
+  std::vector<int64_t> dims;           ///< per table
+  std::vector<dtype> dtypes;           ///< per table: float32 or float16
+  tier_config tiers;                   ///< the store's tiers (defaults where absent); no backing_file
 
-  /// Reads <dir>/manifest.txt; throws tiemb::error naming the file, line and problem.
+  /// Reads and checks <dir>/store.json; throws tiemb::error naming the file
+  /// and the field. A store of an older format (manifest.txt) is refused
+  /// with the fix (re-optimize).
   static store_manifest read(const std::string& dir);
-  /// Writes <dir>/manifest.txt (the table files are written separately).
-  void write(const std::string& dir) const;
-  /// Table id of a file name; throws naming the store when absent.
-  int32_t table_id(const std::string& file, const std::string& dir) const;
+  /// Checks the text of a description; `where` names it in errors.
+  static store_manifest parse(const std::string& text, const std::string& where);
+  /// Table id of a table name; throws naming the store when absent.
+  int32_t table_id(const std::string& name, const std::string& dir) const;
+  /// The file of table `i` in the store at `dir`.
+  std::string table_path(const std::string& dir, size_t i) const;
 };
 
 /// The real path of a store directory (the directory itself where it has none):
@@ -63,42 +87,40 @@ void for_each_store_table(const std::string& dir, const store_manifest& manifest
 /// byte (in chunks; no buffer of a table's size).
 std::vector<std::string> check_store(const std::string& dir);
 
-/// One engine per `key` (a store, or a store and a device) and store content
-/// id per process, shared by all its users: built by `build(manifest)` on
-/// first use, released with its last user. `manifest` receives the store's
-/// manifest. The manifest is read on every call (only when an op first opens
-/// a store), so a directory replaced by another store (a new content id) gets
-/// a new engine, never the cached one of the store it replaced.
-template <class Engine, class Key, class Build>
-std::shared_ptr<Engine> shared_store_engine(const Key& key, const std::string& dir, const store_manifest** manifest,
-                                            Build&& build) {
-  struct entry {
-    std::weak_ptr<Engine> engine;
-    std::shared_ptr<store_manifest> manifest;
-  };
-  static std::mutex mutex;
-  static std::map<std::pair<Key, std::string>, entry> engines;
-  auto m = std::make_shared<store_manifest>(store_manifest::read(dir));
-  std::lock_guard<std::mutex> lk(mutex);
-  for (auto it = engines.begin(); it != engines.end();) {  // forget released engines
-    it = it->second.engine.expired() ? engines.erase(it) : std::next(it);
-  }
-  entry& e = engines[std::make_pair(key, m->content_id)];
-  if (auto live = e.engine.lock()) {
-    *manifest = e.manifest.get();
-    return live;
-  }
-  std::shared_ptr<Engine> engine;
-  try {
-    engine = build(*m);
-  } catch (...) {
-    engines.erase(std::make_pair(key, m->content_id));
-    throw;
-  }
-  e.engine = engine;
-  e.manifest = m;
-  *manifest = m.get();
-  return engine;
+/// An engine in the process-wide registry of store engines (see
+/// shared_store_engine): what tests and tools compare to prove that the
+/// Python API and the TensorFlow op share one engine.
+struct store_engine_entry {
+  std::string store;       ///< store_key() of the directory
+  int device = -1;         ///< CUDA device, -1 for a CPU engine
+  std::string content_id;  ///< the store's content id when the engine was built
+  const void* engine = nullptr;  ///< the engine's address: its identity in this process
+  long users = 0;          ///< shared_ptr owners right now (groups, Python objects)
+};
+
+/// The live engines of the registry. The registry lives in the core shared
+/// library (libtiemb_core.so), so every module of the process sees one list.
+std::vector<store_engine_entry> live_store_engines();
+
+namespace detail {
+/// The registry behind shared_store_engine, with the engine type erased.
+std::shared_ptr<void> shared_store_engine(const std::string& store, int device, const std::string& dir,
+                                          const store_manifest** manifest,
+                                          const std::function<std::shared_ptr<void>(store_manifest&)>& build);
+}  // namespace detail
+
+/// One engine per (store, device) and store content id per process, shared
+/// by all its users: built by `build(manifest)` on first use, released with
+/// its last user. `store` is store_key(dir); `device` is -1 for CPU engines.
+/// `manifest` receives the store's manifest. The manifest is read on every
+/// call (only when an op first opens a store), so a directory replaced by
+/// another store (a new content id) gets a new engine, never the cached one
+/// of the store it replaced.
+template <class Engine, class Build>
+std::shared_ptr<Engine> shared_store_engine(const std::string& store, int device, const std::string& dir,
+                                            const store_manifest** manifest, Build&& build) {
+  return std::static_pointer_cast<Engine>(detail::shared_store_engine(
+      store, device, dir, manifest, [&](store_manifest& m) -> std::shared_ptr<void> { return build(m); }));
 }
 
 }  // namespace tiemb

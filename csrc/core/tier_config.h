@@ -23,6 +23,11 @@ struct tier_config {
   std::string backing_file;           ///< rows beyond the host tier are read from here
   bool host_zero_copy = true;         ///< read host-tier misses in place (else batched copy)
   bool admission_filter = false;      ///< LRU, but a miss replaces its victim only if seen in more batches
+  // Appended (issue 12): a store's table file is its own backing file.
+  /// backing_file already holds this table (a table store's file, checked by
+  /// the store's reader): rows are read from it in place and nothing is
+  /// written. false: the table is written to backing_file when added.
+  bool backing_file_holds_table = false;
 
   /// Throws tiemb::error naming the field ("cache_percentage must be in (0, 1], got 2").
   void validate(int64_t rows) const;

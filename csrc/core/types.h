@@ -51,6 +51,30 @@ inline const char* to_string(dtype t) {
   return "?";
 }
 
+/// Parses "sum" | "mean" | "sqrtn" (the names to_string gives); false for
+/// anything else. Called once per slot where settings arrive as text (the
+/// op's attributes), never per call.
+inline bool parse_combiner(const std::string& name, combiner* out) {
+  for (combiner c : {combiner::sum, combiner::mean, combiner::sqrtn}) {
+    if (name == to_string(c)) {
+      *out = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Parses "plain" | "safe" | "gather"; false for anything else.
+inline bool parse_row_mode(const std::string& name, row_mode* out) {
+  for (row_mode m : {row_mode::plain, row_mode::safe, row_mode::gather}) {
+    if (name == to_string(m)) {
+      *out = m;
+      return true;
+    }
+  }
+  return false;
+}
+
 inline int64_t size_of(dtype t) {
   return (t == dtype::float16) ? 2 : (t == dtype::int64 ? 8 : 4);
 }

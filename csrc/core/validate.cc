@@ -3,6 +3,34 @@
 #include "error.h"
 
 namespace tiemb {
+
+void check_slot_configs(const engine_config& cfg, const std::vector<slot_config>& slots, int64_t num_tables,
+                        const std::function<int64_t(int32_t)>& table_rows) {
+  const auto n = static_cast<int64_t>(slots.size());
+  TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
+  const int64_t features = count_features(slots);
+  TIEMB_EXPECT(features <= cfg.slot_num, "a lookup group reads ", features,
+               " features (distinct id inputs), more than slot_num = ", cfg.slot_num);
+  for (int64_t s = 0; s < n; ++s) {
+    const slot_config& sc = slots[static_cast<size_t>(s)];
+    TIEMB_EXPECT(sc.table >= 0 && sc.table < num_tables, "slot ", s, ": table id ", sc.table,
+                 " does not exist (engine has ", num_tables, " tables)");
+    TIEMB_EXPECT(sc.comb == combiner::sum || sc.comb == combiner::mean || sc.comb == combiner::sqrtn, "slot ", s,
+                 ": unknown combiner ", static_cast<int>(sc.comb));
+    TIEMB_EXPECT(sc.mode == row_mode::plain || sc.mode == row_mode::safe || sc.mode == row_mode::gather, "slot ", s,
+                 ": unknown row mode ", static_cast<int>(sc.mode));
+    TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
+                 ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
+    if (sc.mode != row_mode::safe) {
+      TIEMB_EXPECT(sc.default_id == -1, "slot ", s, ": default_id is only meaningful in safe mode, got ",
+                   sc.default_id);
+    } else {
+      const int64_t rows = table_rows(sc.table);
+      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < rows, "slot ", s, ": default_id ", sc.default_id,
+                   " is out of range [0, ", rows, ") of table ", sc.table);
+    }
+  }
+}
 namespace {
 
 int64_t index_at(const void* p, dtype type, int64_t i) {

@@ -2,11 +2,22 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 #include "config.h"
 #include "request.h"
 
 namespace tiemb {
+
+/// Checks a lookup group's slot settings once, when the group is built: the
+/// one copy the CPU and GPU engines share. At least one slot, no more
+/// features than slot_num, existing tables, known enums, float32/float16
+/// outputs, default_id only in safe mode and within the table
+/// (`table_rows(t)`: rows of table t of `num_tables`). Throws tiemb::error
+/// naming the slot.
+void check_slot_configs(const engine_config& cfg, const std::vector<slot_config>& slots, int64_t num_tables,
+                        const std::function<int64_t(int32_t)>& table_rows);
 
 /// The checks that need no element of the arrays: dtypes, lengths, limits
 /// from the config, num_rows. For inputs in device memory; throws like

@@ -59,28 +59,10 @@ cpu_lookup_group::cpu_lookup_group(cpu_engine& engine, std::vector<slot_config> 
       slots_(std::move(slots)) {
   const engine_config& cfg = engine_.config();
   const int64_t n = num_slots();
-  TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
-  const int64_t features = count_features(slots_);
-  TIEMB_EXPECT(features <= cfg.slot_num, "a lookup group reads ", features,
-               " features (distinct id inputs), more than slot_num = ", cfg.slot_num);
+  check_slot_configs(cfg, slots_, static_cast<int64_t>(engine_.tables().size()),
+                     [&](int32_t t) { return engine_.table_rows(t); });
   for (int64_t s = 0; s < n; ++s) {
-    const slot_config& sc = slots_[static_cast<size_t>(s)];
-    TIEMB_EXPECT(sc.table >= 0 && sc.table < engine_.tables().size(), "slot ", s, ": table id ",
-                 sc.table, " does not exist (engine has ", engine_.tables().size(), " tables)");
-    const table& t = engine_.tables().at(sc.table);
-    TIEMB_EXPECT(sc.comb == combiner::sum || sc.comb == combiner::mean || sc.comb == combiner::sqrtn,
-                 "slot ", s, ": unknown combiner ", static_cast<int>(sc.comb));
-    TIEMB_EXPECT(sc.mode == row_mode::plain || sc.mode == row_mode::safe || sc.mode == row_mode::gather, "slot ",
-                 s, ": unknown row mode ", static_cast<int>(sc.mode));
-    TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
-                 ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
-    if (sc.mode != row_mode::safe) {
-      TIEMB_EXPECT(sc.default_id == -1, "slot ", s,
-                   ": default_id is only meaningful in safe mode, got ", sc.default_id);
-    } else {
-      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < engine_.table_rows(sc.table), "slot ", s, ": default_id ",
-                   sc.default_id, " is out of range [0, ", engine_.table_rows(sc.table), ") of table ", sc.table);
-    }
+    const table& t = engine_.tables().at(slots_[static_cast<size_t>(s)].table);
     tables_.push_back(&t);
     max_dim_ = std::max(max_dim_, t.dim());
   }

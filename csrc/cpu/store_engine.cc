@@ -8,7 +8,7 @@
 namespace tiemb {
 
 std::shared_ptr<cpu_engine> shared_cpu_engine(const std::string& dir, const store_manifest** manifest) {
-  return shared_store_engine<cpu_engine>(store_key(dir), dir, manifest, [&](store_manifest& m) {
+  return shared_store_engine<cpu_engine>(store_key(dir), -1, dir, manifest, [&](store_manifest& m) {
     // Serving processes size the lookup threads next to TensorFlow's own pools.
     if (const char* env = std::getenv("TIEMB_CPU_THREADS")) {
       char* end = nullptr;

@@ -22,4 +22,9 @@ int cuda_runtime_version();
 /// The architectures the CUDA part was compiled for, e.g. "75;80;86;90".
 std::string cuda_architectures();
 
+/// The calling thread's current CUDA device, -1 when there is none. The
+/// modules above the core call the CUDA runtime only through it: the runtime
+/// is linked into the core alone.
+int cuda_current_device();
+
 }  // namespace tiemb

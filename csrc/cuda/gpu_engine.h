@@ -94,6 +94,13 @@ class gpu_lookup_group {
 
  private:
   struct impl;
+  // The steps of launch(), in order (streams as void*: no CUDA types here).
+  void check_launch(const slot_request* reqs, int64_t n, const int64_t* rows) const;
+  void launch_offsets_pass(const slot_request* reqs, int64_t n, const int64_t* rows, void* stream);
+  void gather_tiered_rows(const slot_request* reqs, int64_t n, void* stream);
+  void launch_fused_lookups(const slot_request* reqs, int64_t n, const int64_t* rows, void* const* outputs,
+                            void* stream);
+
   gpu_engine& engine_;
   std::vector<slot_config> slots_;
   std::unique_ptr<impl> impl_;

@@ -11,15 +11,10 @@
 
 namespace tiemb {
 
-/// The tiers of a store's tables: tiemb/cache_percentage,
-/// tiemb/cpu_cache_percentage and tiemb/hit_rate_threshold of
-/// <dir>/tiemb_config.json (written by tiemb.optimize()) where present,
-/// else the parameters' defaults (kDefaultCachePercentage, ...). Throws naming the file on a malformed value.
-tier_config store_tiers(const std::string& dir);
-
 /// One GPU engine per (store directory, device) per process, created with
-/// all tables loaded on first use (tiers from store_tiers; tiered tables keep
-/// their backing file under $TMPDIR), released with its last user.
+/// all tables loaded on first use (tiers from the store's store.json; a
+/// tiered table's cold rows are read from its own table file in the store,
+/// nothing is written), released with its last user.
 std::shared_ptr<gpu_engine> shared_gpu_engine(const std::string& dir, int device, const store_manifest** manifest);
 
 }  // namespace tiemb

@@ -26,11 +26,21 @@ def test_cuda_sources_compiled_where_nvcc_exists():
 
 
 def test_cuda_queries_are_safe_without_a_gpu():
+    """The device count agrees with what the driver reports (nvidia-smi where
+    it exists, none without the CUDA part), and the queries answer, never
+    raise, for devices that do not exist."""
     n = _C.cuda_device_count()
-    assert n >= 0
+    if not _C.cuda_compiled():
+        assert n == 0, "a build without its CUDA part reported CUDA devices"
+    elif shutil.which("nvidia-smi") is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        want = sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
+        assert n == want, f"cuda_device_count() = {n}, nvidia-smi -L lists {want}"
     assert tiemb.cuda_available() == (n > 0 and _C.cuda_compiled())
-    if n == 0:
-        assert _C.cuda_device_name(0) == ""
+    assert _C.cuda_device_name(n) == "" and _C.cuda_device_name(-1) == ""
+    for d in range(n):
+        assert _C.cuda_device_name(d), f"device {d} has no name"
+    assert _C.cuda_current_device() == (0 if n > 0 else -1)
 
 
 def test_import_does_not_need_tensorflow():

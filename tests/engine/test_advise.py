@@ -50,7 +50,7 @@ def test_curve_and_recommendation(tmp_path, seed):
     assert b["cache"] == sets * 32 * (64 + 12) + sets * 4 + 64
     assert b["staging"] == 512 * 8 + 512 * 64 + 256 * 24 + 2 * (256 * 8 + 256 * 64 + 8)
     assert advise.gpu_bytes(t, 1.0)["total"] == 20_000 * 64
-    # The configured point: the default cache_percentage (the store has no tiemb_config.json).
+    # The configured point: the default cache_percentage (the store's description has no tiers).
     assert by["users.tbl"]["configured"]["cache_percentage"] == 0.2
     assert by["users.tbl"]["configured"]["hit_rate"] == next(p["hit_rate"] for p in by["users.tbl"]["curve"]
                                                             if p["cache_percentage"] == 0.2)
@@ -63,8 +63,9 @@ def test_cli_writes_json_and_table(tmp_path, capsys, seed):
     rng = np.random.default_rng(seed)
     store = make_store(tmp_path, {"t": (3000, 4)})
     np.savez(tmp_path / "t.npz", t=np.concatenate(zipf_batches(rng, 3000, 10, 256)))  # 1-D: split by 64*4
-    with open(f"{store}/tiemb_config.json", "w") as f:
-        json.dump({"tiemb/cache_percentage": 0.1}, f)
+    from tiemb import store as table_store
+
+    table_store.write_tiers(store, {"tiemb/cache_percentage": 0.1})
     out = tmp_path / "advice.json"
     assert cli.main(["advise", store, "--traffic", str(tmp_path / "t.npz"), "--json", str(out), "--policies"]) == 0
     rep = json.loads(out.read_text())

@@ -388,10 +388,8 @@ def test_dlpack_and_torch_inputs(seed):
                                            "tiemb/hit_rate_threshold": 0.9}], ids=["resident", "tiered"])
 def test_engine_from_a_table_store(config, tmp_path, seed):
     """The engine the TensorFlow op's GPU kernel builds from a table store
-    (shared per store and device; tiers from tiemb_config.json) gives the CPU
+    (shared per store and device; tiers from its store.json) gives the CPU
     engine's results."""
-    import json
-
     from tiemb import tf_ops
 
     rng = np.random.default_rng(seed)
@@ -402,10 +400,13 @@ def test_engine_from_a_table_store(config, tmp_path, seed):
     tf_ops.write_store(store, {f"t{k}.tiemb": c.table for k, c in enumerate(cases)}, max_batch_size=MAX_BATCH,
                        slot_num=len(cases), max_nnz=MAX_NNZ)
     if config:
-        (tmp_path / "store" / "tiemb_config.json").write_text(json.dumps(config))
+        from tiemb import store as table_store
+
+        table_store.write_tiers(store, config)
     e = tiemb.GpuEmbeddingEngine.from_store(store)
     assert e.store_tables == [f"t{k}.tiemb" for k in range(len(cases))]
-    assert tiemb.GpuEmbeddingEngine.from_store(store)._engine.num_tables == len(cases)
+    again = tiemb.GpuEmbeddingEngine.from_store(store)
+    assert again._engine.address == e._engine.address, "a second opening of the store built a second engine"
     group = e.group([tiemb.Slot(k, c.combiner, c.mode, c.default_id) for k, c in enumerate(cases)])
     for _ in range(3):     # tiered: misses, then hits
         check_against_references(gpu_lookup(group, cases, device=True), cases, seed, f"store ({config})")

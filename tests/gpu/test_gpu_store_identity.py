@@ -31,6 +31,7 @@ def test_replaced_store_is_a_new_gpu_engine(tmp_path):
     shutil.rmtree(p)
     os.rename(str(tmp_path / "q"), p)
     engine_b = tiemb.GpuEmbeddingEngine.from_store(p)
+    assert engine_b._engine.address != engine_a._engine.address, "the replaced store's engine served the new store"
     np.testing.assert_allclose(_sum_rows(engine_b, [3]), b[[3]], rtol=1e-6)
     np.testing.assert_allclose(_sum_rows(engine_a, [3]), a[[3]], rtol=1e-6)
 

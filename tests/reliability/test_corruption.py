@@ -43,7 +43,7 @@ def _corrupt(path, rng):
             data[at] ^= 0xFF
         else:
             data[at:at + n] = bytes(len(data[at:at + n]))
-    elif how == "garbage":   # random bytes, not valid UTF-8 in a manifest
+    elif how == "garbage":   # random bytes, not valid UTF-8 in a description
         data = bytearray(b"\xff\xfe" + bytes(rng.integers(0, 256, len(data), dtype=np.uint8)))
     if how == "delete":
         os.remove(path)
@@ -77,8 +77,8 @@ def test_random_corruption_is_an_error_naming_the_file(tmp_path, seed):
             pytest.fail(f"{case}: served {'the right' if all(np.array_equal(a, b) for a, b in zip(got, want)) else 'WRONG'} "
                         "numbers from a damaged store")
         assert victim in str(e.value), (case, str(e.value))
-        if victim == "manifest.txt":   # the Python reader: ValueError, never UnicodeDecodeError
-            with pytest.raises(ValueError, match="manifest.txt"):
+        if victim == "store.json":   # the Python reader: ValueError, never UnicodeDecodeError
+            with pytest.raises(ValueError, match="store.json"):
                 _C.read_store_manifest(d)
 
 
@@ -105,6 +105,7 @@ def test_format_1_files_are_refused_with_a_clear_message(tmp_path):
     open(path, "wb").write(bytes(data))
     with pytest.raises(ValueError, match=r"a.tiemb: format version 1 has no checksums .* re-optimize"):
         _C.read_table_rows(path, [0])
+    os.remove(os.path.join(d, "store.json"))
     with open(os.path.join(d, "manifest.txt"), "w") as f:
         f.write("tiemb-store 1\nmax_batch_size 8\nslot_num 1\nmax_nnz 3\ntable a.tiemb\n")
     with pytest.raises(ValueError, match=r"manifest.txt: store format 1 has no checksums .* re-optimize"):

@@ -80,8 +80,9 @@ def test_level1_reports_difference(tmp_path, seed):
     diff = meta["verified"]["max_rel_diff"]
     assert 0 < diff <= 3e-2, meta["verified"]
     assert "bf16" in open(os.path.join(bundle, "dense_4.mlir")).read()
-    manifest = open(os.path.join(bundle, "store", "manifest.txt")).read()
-    assert manifest
+    from tiemb import store as table_store
+
+    assert table_store.read_store(os.path.join(bundle, "store"))["tables"]
 
 
 def test_already_optimized_model(tmp_path, seed):

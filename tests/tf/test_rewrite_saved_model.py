@@ -53,7 +53,7 @@ def test_saved_model_round_trip_moved_and_reloaded(tmp_path, seed):
     tf.saved_model.save(m, src, signatures={"serving_default": m.serve})
     report = rewrite_saved_model(src, dst, max_batch_size=64, max_nnz=8)
     assert report.replaced == 3, report.as_dict()
-    assert os.path.exists(os.path.join(dst, "assets", "manifest.txt"))
+    assert os.path.exists(os.path.join(dst, "assets", "store.json"))
     from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()

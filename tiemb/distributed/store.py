@@ -57,7 +57,7 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
         model: key part naming the model; default :func:`default_model_name`.
         block_rows: rows per cluster value.
         cpu_cache_percentage: share of each table's rows in the serving host
-            tier; default the store's tiemb_config.json value, else 1.0.
+            tier; default the store's own tier setting (store.json), else 1.0.
         profile: per table name, ids seen in the test data (the host tier
             takes the most frequent first); None keeps a previous publish's
             host tier, else the lowest ids.
@@ -71,7 +71,7 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
     cfg_path = os.path.join(store, "tiemb_config.json")
     cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
     if cpu_cache_percentage is None:
-        cpu_cache_percentage = float(cfg.get("tiemb/cpu_cache_percentage") or 1.0)
+        cpu_cache_percentage = float(manifest.get("tiers", {}).get("cpu_cache_percentage") or 1.0)
     model = model or default_model_name(store)
     recorded = {k: v for k, v in (params or cfg).items() if k.startswith("tiemb/distributed_") or
                 k == "tiemb/refresh_seconds"}

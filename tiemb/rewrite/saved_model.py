@@ -279,11 +279,11 @@ def _module(tf, graph_def, arg_names, arg_specs, input_tensors, outputs, store):
     module.graph = wrapped
     if store is not None:
         # Assets are files: every store file is one, copied into the model's
-        # assets/; the store is the manifest's directory, wherever the model
-        # is loaded from.
+        # assets/; the store is the directory of its description (store.json),
+        # wherever the model is loaded from.
         module.store_files = [tf.saved_model.Asset(os.path.join(store, f)) for f in sorted(os.listdir(store))
-                              if f != "manifest.txt"]
-        module.manifest = tf.saved_model.Asset(os.path.join(store, "manifest.txt"))
+                              if f != "store.json"]
+        module.manifest = tf.saved_model.Asset(os.path.join(store, "store.json"))
 
     @tf.function(input_signature=arg_specs)
     def serve(*args):
@@ -296,9 +296,18 @@ def _module(tf, graph_def, arg_names, arg_specs, input_tensors, outputs, store):
 
 
 def write_store_files(store: str, files) -> None:
+    """Writes {name: text} into the store. The resolved tiemb/* parameters
+    (tiemb_config.json, kept as the record of the run) also set the store's
+    tiers in store.json, where the engines read them."""
+    import json
+
+    from .. import store as table_store
+
     for name, text in (files or {}).items():
         with open(os.path.join(store, name), "w") as f:
             f.write(text)
+        if name == "tiemb_config.json":
+            table_store.write_tiers(store, table_store.tiers_from_parameters(json.loads(text)))
 
 
 def _replace_dir(src: str, dst: str):

@@ -162,9 +162,10 @@ def _rewrite(src, b) -> None:
                                                      resources=src.resources)
         b.ops, b.optimized_input = report.ops, False
     config_json = json.dumps({k: v for k, v in b.params.items() if v is not None}, indent=1, sort_keys=True)
-    if b.ops:
-        with open(os.path.join(store, "tiemb_config.json"), "w") as f:
-            f.write(config_json)
+    if b.ops:   # the store's tiers, where the engines read them
+        from .. import store as table_store
+
+        table_store.write_tiers(store, table_store.tiers_from_parameters(b.params))
     with open(os.path.join(b.work, fmt.CONFIG), "w") as f:
         f.write(config_json)
     wiring = discover(b.graph_def, b.ops, src.input_tensors, src.batches)
@@ -177,12 +178,12 @@ def _rewrite(src, b) -> None:
 def _resize_store(b) -> None:
     """The store's engine sizes: the largest bucket's rows (twice that where
     outputs take padded SparseTensor pieces: their spill rows)."""
-    from .. import tf_ops
+    from .. import store as table_store
 
     spill = any(o.get("spill") for op in b.op_meta for o in op["outputs"])
     b.max_batch = b.buckets[-1] * (2 if spill else 1)
     if b.ops:
-        tf_ops.resize_store(os.path.join(b.work, fmt.STORE), max_batch_size=b.max_batch, slot_num=b.slot_num,
+        table_store.resize_store(os.path.join(b.work, fmt.STORE), max_batch_size=b.max_batch, slot_num=b.slot_num,
                             max_nnz=b.max_nnz)
 
 

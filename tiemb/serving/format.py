@@ -5,7 +5,7 @@
     DIR/bundle.json        format version, level, buckets, inputs, outputs,
                            lookup ops and their slots' wiring, dense arguments,
                            what was measured at export
-    DIR/store/             the table store (one file per table + manifest.txt)
+    DIR/store/             the table store (one file per table + store.json)
     DIR/dense_<B>.mlir     the dense part for batch bucket B (StableHLO text)
     DIR/weights.npz        the dense part's weights, passed as arguments
     DIR/baseline_<B>.mlir  with --baseline: the original whole graph, where XLA compiles it
@@ -87,7 +87,7 @@ def read_meta(bundle_dir: str) -> dict:
         raise BundleError(f"{path} is corrupt: missing {', '.join(missing)}")
     files = [dense_module(b) for b in meta["buckets"]] + [WEIGHTS]
     if meta["ops"]:
-        files.append(os.path.join(STORE, "manifest.txt"))
+        files.append(os.path.join(STORE, "store.json"))
     absent = [f for f in files if not os.path.isfile(os.path.join(bundle_dir, f))]
     if absent:
         raise BundleError(f"{bundle_dir} is incomplete: missing {', '.join(absent)}")

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "../../core/types.h"
+
 namespace tiemb {
 namespace gpu {
 
@@ -61,7 +63,7 @@ struct slot_desc {
   int32_t dim;
   int32_t group;             // lanes per bag
   int32_t layout;
-  int32_t combiner;          // 0 sum, 1 mean, 2 sqrtn
+  combiner comb;
   bool safe;
   bool id_is_64;
   bool seg_is_64;

@@ -110,15 +110,12 @@ __device__ inline const char* row_address(const slot_desc& d, int64_t j, int64_t
   return static_cast<const char*>(d.table) + id * d.row_bytes;
 }
 
-// Reduces one bag with lanes [0, G) of a group; `lane` is the lane's index
-// in the group. Template on the element layout of table and output.
-template <int Vec, bool TabHalf, bool OutHalf>
-__device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane, int group,
-                           lookup_error* err) {
-  const bool is64 = d.id_is_64;
-  const bool weighted = d.weights != nullptr;
-  const bool safe = d.safe;
-  const bool prune_weights = safe && weighted && d.combiner != 0;
+// Step 1 of a bag: the ids [*begin_out, *end_out) of output row r, from
+// whichever form the slot's rows take (gather, dense matrix, offsets, segment
+// ids); reports bad row structure, and clamps so no id outside the slot's
+// is ever read.
+__device__ __forceinline__ void bag_range(const slot_desc& d, int32_t slot, int64_t r, int lane, int group,
+                                          lookup_error* err, int64_t* begin_out, int64_t* end_out) {
   int64_t begin, end;
   if (d.gather) {  // one id, one output row
     begin = r;
@@ -160,6 +157,41 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
   begin = min(max(begin, int64_t{0}), d.num_ids);
   end = min(max(end, begin), d.num_ids);
   if (lane == 0 && end - begin > d.max_nnz) report_error(err, kErrNnz, slot, r, end - begin);
+  *begin_out = begin;
+  *end_out = end;
+}
+
+// Step 3 of a bag: the combiner over the accumulated sum (mean, sqrtn), or
+// the default row (safe mode) when no id survived.
+template <int Vec, bool TabHalf>
+__device__ __forceinline__ void finish_bag(const slot_desc& d, bool weighted, int32_t count, float wsum, float w2sum,
+                                           int32_t k0, float (&acc)[Vec]) {
+  if (count == 0) {
+    if (d.safe && d.default_id >= 0) {
+      load_vec<Vec, TabHalf>(static_cast<const char*>(d.default_row), k0, acc);
+    }
+  } else if (d.comb != combiner::sum) {
+    // As TensorFlow: weighted paths use div_no_nan, unweighted divide by the count.
+    const float denom = d.comb == combiner::mean ? (weighted ? wsum : static_cast<float>(count))
+                                                 : (weighted ? sqrtf(w2sum) : sqrtf(static_cast<float>(count)));
+#pragma unroll
+    for (int i = 0; i < Vec; ++i) acc[i] = denom == 0.f ? 0.f : acc[i] / denom;
+  }
+}
+
+// Reduces one bag with lanes [0, G) of a group; `lane` is the lane's index
+// in the group. Template on the element layout of table and output. Steps:
+// the bag's ids (bag_range), their rows accumulated (below), the combiner
+// (finish_bag).
+template <int Vec, bool TabHalf, bool OutHalf>
+__device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane, int group,
+                           lookup_error* err) {
+  const bool is64 = d.id_is_64;
+  const bool weighted = d.weights != nullptr;
+  const bool safe = d.safe;
+  const bool prune_weights = safe && weighted && d.comb != combiner::sum;
+  int64_t begin, end;
+  bag_range(d, slot, r, lane, group, err, &begin, &end);
 
   const int32_t dim = d.dim;
   const int32_t step = group * Vec;
@@ -217,17 +249,7 @@ __device__ void reduce_bag(const slot_desc& d, int32_t slot, int64_t r, int lane
       for (int i = 0; i < Vec; ++i) acc[i] += w * v[i];
       wsum += w; w2sum += w * w; ++count;
     }
-    if (count == 0) {
-      if (safe && d.default_id >= 0) {
-        load_vec<Vec, TabHalf>(static_cast<const char*>(d.default_row), k0, acc);
-      }
-    } else if (d.combiner != 0) {
-      // As TensorFlow: weighted paths use div_no_nan, unweighted divide by the count.
-      const float denom = d.combiner == 1 ? (weighted ? wsum : static_cast<float>(count))
-                                          : (weighted ? sqrtf(w2sum) : sqrtf(static_cast<float>(count)));
-#pragma unroll
-      for (int i = 0; i < Vec; ++i) acc[i] = denom == 0.f ? 0.f : acc[i] / denom;
-    }
+    finish_bag<Vec, TabHalf>(d, weighted, count, wsum, w2sum, k0, acc);
     store_vec<Vec, OutHalf>(d.out, r * d.out_stride + k0, acc);
   }
 }

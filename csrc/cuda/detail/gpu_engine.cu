@@ -1,10 +1,10 @@
-#include "gpu_engine.h"
+#include "../gpu_engine.h"
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 
-#include "../core/validate.h"
+#include "../../core/validate.h"
 #include "cuda_check.h"
 #include "device_buffer.h"
 #include "gpu_table.h"
@@ -148,25 +148,10 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   device_guard g(engine_.device());
   const engine_config& cfg = engine_.config();
   const int64_t n = num_slots();
-  TIEMB_EXPECT(n > 0, "a lookup group needs at least one slot");
-  const int64_t features = count_features(slots_);
-  TIEMB_EXPECT(features <= cfg.slot_num, "a lookup group reads ", features,
-               " features (distinct id inputs), more than slot_num = ", cfg.slot_num);
+  check_slot_configs(cfg, slots_, engine_.num_tables(), [&](int32_t t) { return engine_.table(t).rows(); });
   int64_t max_row_bytes = 0;
   for (int64_t s = 0; s < n; ++s) {
-    const slot_config& sc = slots_[static_cast<size_t>(s)];
-    TIEMB_EXPECT(sc.table >= 0 && sc.table < engine_.num_tables(), "slot ", s, ": table id ", sc.table,
-                 " does not exist (engine has ", engine_.num_tables(), " tables)");
-    gpu_table& t = engine_.table(sc.table);
-    TIEMB_EXPECT(sc.output_dtype == dtype::float32 || sc.output_dtype == dtype::float16, "slot ", s,
-                 ": output dtype must be float32 or float16, got ", to_string(sc.output_dtype));
-    if (sc.mode == row_mode::plain) {
-      TIEMB_EXPECT(sc.default_id == -1, "slot ", s, ": default_id is only meaningful in safe mode, got ",
-                   sc.default_id);
-    } else {
-      TIEMB_EXPECT(sc.default_id >= -1 && sc.default_id < t.rows(), "slot ", s, ": default_id ", sc.default_id,
-                   " is out of range [0, ", t.rows(), ") of table ", sc.table);
-    }
+    gpu_table& t = engine_.table(slots_[static_cast<size_t>(s)].table);
     int32_t layout, lanes;
     choose_layout(t.type(), t.dim(), &layout, &lanes);
     impl_->tables.push_back(&t);
@@ -286,7 +271,7 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
   }
   d.layout = layout;
   d.group = lanes;
-  d.combiner = static_cast<int32_t>(sc.comb);
+  d.comb = sc.comb;
   d.safe = sc.mode == row_mode::safe;
   d.id_is_64 = r.id_type == dtype::int64;
   d.seg_is_64 = r.segment_type == dtype::int64;
@@ -325,6 +310,29 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
                               void* stream_ptr) {
   device_guard g(engine_.device());
   auto& m = *impl_;
+  check_launch(reqs, n, rows);
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TIEMB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  TIEMB_EXPECT(!capturing || !m.tiered,
+               "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
+               "and its inserts run on another stream); capture groups of GPU-resident tables only");
+  launch_offsets_pass(reqs, n, rows, stream_ptr);
+  gather_tiered_rows(reqs, n, stream_ptr);
+  launch_fused_lookups(reqs, n, rows, outputs, stream_ptr);
+  if (m.tiered) m.tiered->insert(stream);
+
+  // Errors reach the host mirror from the kernels themselves (a replayed
+  // graph too); the event that says when it is current stays out of captures.
+  if (!capturing) {
+    TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
+    m.launched = true;
+  }
+}
+
+// The checks of a device launch that need no data: shapes, limits, row counts.
+void gpu_lookup_group::check_launch(const slot_request* reqs, int64_t n, const int64_t* rows) const {
   const engine_config& cfg = engine_.config();
   TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
   for (int64_t s = 0; s < n; ++s) {
@@ -336,16 +344,14 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
     TIEMB_EXPECT(sc.mode != row_mode::gather || rows[s] == reqs[s].num_ids, "slot ", s, ": a gather slot has one "
                  "output row per id (", reqs[s].num_ids, "), got ", rows[s]);
   }
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  TIEMB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
-  TIEMB_EXPECT(!capturing || !m.tiered,
-               "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
-               "and its inserts run on another stream); capture groups of GPU-resident tables only");
+}
 
-  // Segment ids become row offsets first: one pass over the ids that also
-  // checks their order, instead of a search per output row.
+// Segment ids become row offsets first: one pass over the ids that also
+// checks their order, instead of a search per output row (large slots only).
+void gpu_lookup_group::launch_offsets_pass(const slot_request* reqs, int64_t n, const int64_t* rows,
+                                           void* stream_ptr) {
+  auto& m = *impl_;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
   for (int64_t base = 0; base < n; base += gpu::kMaxSlotsPerLaunch) {
     gpu::launch_params p{};
     p.slot_base = static_cast<int32_t>(base);
@@ -372,28 +378,37 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
     gpu::segments_to_offsets_kernel<<<static_cast<unsigned>(blocks), gpu::kThreadsPerBlock, 0, stream>>>(p);
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
+}
 
-  // Tiered tables: gather this call's rows into staging first.
-  if (m.tiered) {
-    m.views.clear();
-    for (int64_t s = 0; s < n; ++s) {
-      const int32_t ti = m.tiered_index[static_cast<size_t>(s)];
-      if (ti < 0) continue;
-      gpu::dedup_view v{};
-      v.ids = reqs[s].ids;
-      v.unique_index = m.unique_index[static_cast<size_t>(s)].get<int32_t>();
-      v.n = reqs[s].num_ids;
-      v.call = ti;
-      v.is64 = reqs[s].id_type == dtype::int64;
-      v.id_stride = reqs[s].id_stride;
-      v.ids_per_row = reqs[s].ids_per_row;
-      v.row_stride = reqs[s].row_stride > 0 ? reqs[s].row_stride : reqs[s].ids_per_row * reqs[s].id_stride;
-      v.wrap_negative = slots_[static_cast<size_t>(s)].wrap_negative;
-      m.views.push_back(v);
-    }
-    m.tiered->gather(m.views.data(), static_cast<int>(m.views.size()), stream);
+// Tiered tables: this call's rows gathered into staging before the lookup.
+void gpu_lookup_group::gather_tiered_rows(const slot_request* reqs, int64_t n, void* stream_ptr) {
+  auto& m = *impl_;
+  if (!m.tiered) return;
+  m.views.clear();
+  for (int64_t s = 0; s < n; ++s) {
+    const int32_t ti = m.tiered_index[static_cast<size_t>(s)];
+    if (ti < 0) continue;
+    gpu::dedup_view v{};
+    v.ids = reqs[s].ids;
+    v.unique_index = m.unique_index[static_cast<size_t>(s)].get<int32_t>();
+    v.n = reqs[s].num_ids;
+    v.call = ti;
+    v.is64 = reqs[s].id_type == dtype::int64;
+    v.id_stride = reqs[s].id_stride;
+    v.ids_per_row = reqs[s].ids_per_row;
+    v.row_stride = reqs[s].row_stride > 0 ? reqs[s].row_stride : reqs[s].ids_per_row * reqs[s].id_stride;
+    v.wrap_negative = slots_[static_cast<size_t>(s)].wrap_negative;
+    m.views.push_back(v);
   }
+  m.tiered->gather(m.views.data(), static_cast<int>(m.views.size()), static_cast<cudaStream_t>(stream_ptr));
+}
 
+// The fused lookup: every slot's bags in one launch (per kMaxSlotsPerLaunch).
+void gpu_lookup_group::launch_fused_lookups(const slot_request* reqs, int64_t n, const int64_t* rows,
+                                            void* const* outputs, void* stream_ptr) {
+  auto& m = *impl_;
+  const engine_config& cfg = engine_.config();
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
   for (int64_t base = 0; base < n; base += gpu::kMaxSlotsPerLaunch) {
     gpu::launch_params p{};
     p.num_slots = static_cast<int32_t>(std::min<int64_t>(gpu::kMaxSlotsPerLaunch, n - base));
@@ -432,15 +447,6 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
     const int64_t blocks = (warps * 32 + gpu::kThreadsPerBlock - 1) / gpu::kThreadsPerBlock;
     gpu::fused_lookup_kernel<<<static_cast<unsigned>(blocks), gpu::kThreadsPerBlock, 0, stream>>>(p);
     TIEMB_CUDA_CHECK(cudaGetLastError());
-  }
-
-  if (m.tiered) m.tiered->insert(stream);
-
-  // Errors reach the host mirror from the kernels themselves (a replayed
-  // graph too); the event that says when it is current stays out of captures.
-  if (!capturing) {
-    TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
-    m.launched = true;
   }
 }
 
@@ -609,7 +615,8 @@ void gpu_lookup_group::check(bool wait) {
       throw error(detail::concat("slot ", e.slot, ": row_offsets ends at ", e.value,
                                  " but ids has a different number of entries"));
     default:
-      throw error(detail::concat("slot ", e.slot, ": lookup failed on the GPU (error code ", e.code, ")"));
+      throw device_error(detail::concat("slot ", e.slot, ": lookup failed on the GPU (error code ", e.code, ")"),
+                         false);
   }
 }
 

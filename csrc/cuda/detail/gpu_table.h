@@ -24,10 +24,10 @@
 #include <utility>
 #include <vector>
 
-#include "../core/table_file.h"
-#include "../core/tier_config.h"
-#include "../core/types.h"
-#include "../cpu/thread_pool.h"
+#include "../../core/table_file.h"
+#include "../../core/tier_config.h"
+#include "../../core/types.h"
+#include "../../cpu/thread_pool.h"
 #include "device_buffer.h"
 
 namespace tiemb {

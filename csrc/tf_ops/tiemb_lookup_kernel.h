@@ -1,14 +1,11 @@
-// The TiembLookup TensorFlow op: many slots' sparse embedding lookups in one
-// op, served by the engine of a table store (tables outside the graph).
-//
-// Inputs: the store directory (a string scalar; in a SavedModel an asset, so
-// the model can be moved), then per slot ids, segment ids (sp_ids.indices[:,0],
-// or sp_ids.indices itself, read in place), weights (an empty tensor for
-// unweighted slots) and num_rows (dense_shape[0], or dense_shape itself; used
-// by safe slots). Attributes fix everything else per slot. Errors in the
-// inputs become InvalidArgument naming the slot; nothing throws out of Compute.
+// What the TiembLookup kernels share (tensorflow/custom-op's "functor"
+// part): the attributes decoded once, inputs turned into the core's slot
+// requests, outputs allocated, and one group per store built from the
+// store's engine. The CPU kernel (tiemb_lookup_cpu.cc) and the GPU kernel
+// (tiemb_lookup_gpu.cc) add only how they run the group.
+#pragma once
+
 #include <algorithm>
-#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,162 +15,24 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/platform/threadpool.h"
 
+#include "../core/config.h"
 #include "../core/error.h"
-#include "../cpu/store_engine.h"
-
-#if TIEMB_TF_GPU
-#include <cuda_runtime_api.h>
-
-#include "../cuda/gpu_engine.h"
-#include "../cuda/store_gpu_engine.h"
-#include "xla/stream_executor/stream.h"
-#endif
+#include "../core/request.h"
+#include "../core/table_store.h"
+#include "../core/types.h"
+#include "status.h"
 
 namespace tiemb {
-namespace {
+namespace tf_kernel {
 
-using ::tensorflow::DEVICE_CPU;
 using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::OpInputList;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
-namespace shape_inference = ::tensorflow::shape_inference;
-
-// Rows of a dense id matrix slot: the product of all but the last dimension.
-shape_inference::DimensionHandle dense_matrix_rows(shape_inference::InferenceContext* c,
-                                                   shape_inference::ShapeHandle ids) {
-  if (!c->RankKnown(ids) || c->Rank(ids) < 2) return c->UnknownDim();
-  shape_inference::DimensionHandle rows = c->Dim(ids, 0);
-  for (int d = 1; d + 1 < c->Rank(ids); ++d) {
-    if (!c->Multiply(rows, c->Dim(ids, d), &rows).ok()) return c->UnknownDim();
-  }
-  return rows;
-}
-
-REGISTER_OP("TiembLookup")
-    .Input("store: string")
-    .Input("ids: Tids")
-    .Input("segment_ids: Tsegs")
-    .Input("weights: N * float")
-    .Input("num_rows: N * int64")
-    .Output("embeddings: out_types")
-    .Attr("N: int >= 1")
-    .Attr("Tids: list({int32, int64})")
-    .Attr("Tsegs: list({int32, int64})")
-    .Attr("tables: list(string)")
-    .Attr("dims: list(int)")
-    .Attr("combiners: list(string)")
-    .Attr("modes: list(string)")
-    .Attr("default_ids: list(int)")
-    .Attr("weighted: list(bool)")
-    .Attr("out_types: list({float, half})")
-    // Per slot (empty = none): read column c of a 2-D ids matrix in place
-    // (-1: ids as given), and Keras-style negative ids (gather mode).
-    .Attr("id_columns: list(int) = []")
-    .Attr("wrap_negative: list(bool) = []")
-    // Per slot (empty = every slot its own feature): the feature (distinct id
-    // input) it reads; slots sharing ids share a feature and count once
-    // against the store's slot_num.
-    .Attr("features: list(int) = []")
-    // Per slot (empty = none; -1 = not used): a safe slot whose ids are a
-    // padded dense id matrix, one output row per matrix row pooling its ids
-    // >= 0. 0: the whole last dimension of ids (leading dimensions flattened
-    // into rows), or with id_columns[s] = c >= 0 the columns from c on of a
-    // [rows, k] matrix; w > 0: the w columns of a [rows, k] matrix from
-    // column max(id_columns[s], 0), read in place.
-    .Attr("id_widths: list(int) = []")
-    // Fused outputs (empty = output s is slot s, as in models saved before
-    // these attributes): per slot, the output it writes and its first column
-    // there. An output several slots write is [rows, width], the slots'
-    // columns side by side (the model's concatenation, done by the op).
-    .Attr("slot_outputs: list(int) = []")
-    .Attr("slot_offsets: list(int) = []")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      int n = 0;
-      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
-      std::vector<int64_t> dims, columns, slot_outputs, slot_offsets;
-      std::vector<std::string> modes;
-      std::vector<::tensorflow::DataType> out_types;
-      TF_RETURN_IF_ERROR(c->GetAttr("dims", &dims));
-      TF_RETURN_IF_ERROR(c->GetAttr("modes", &modes));
-      TF_RETURN_IF_ERROR(c->GetAttr("id_columns", &columns));
-      TF_RETURN_IF_ERROR(c->GetAttr("out_types", &out_types));
-      TF_RETURN_IF_ERROR(c->GetAttr("slot_outputs", &slot_outputs));
-      TF_RETURN_IF_ERROR(c->GetAttr("slot_offsets", &slot_offsets));
-      if (static_cast<int>(dims.size()) != n || static_cast<int>(modes.size()) != n) {
-        return absl::InvalidArgumentError(absl::StrCat("TiembLookup: dims and modes need N = ", n, " entries"));
-      }
-      std::vector<int64_t> widths;
-      TF_RETURN_IF_ERROR(c->GetAttr("id_widths", &widths));
-      const int outputs = static_cast<int>(out_types.size());
-      if (slot_outputs.empty()) {
-        for (int s = 0; s < n; ++s) slot_outputs.push_back(s);
-        slot_offsets.assign(static_cast<size_t>(n), 0);
-      }
-      if (static_cast<int>(slot_outputs.size()) != n || static_cast<int>(slot_offsets.size()) != n) {
-        return absl::InvalidArgumentError(absl::StrCat("TiembLookup: slot_outputs and slot_offsets need N = ", n,
-                                                       " entries"));
-      }
-      std::vector<int> slots_in(static_cast<size_t>(outputs), 0);
-      std::vector<int64_t> width(static_cast<size_t>(outputs), 0);
-      std::vector<shape_inference::DimensionHandle> rows_of(static_cast<size_t>(outputs), c->UnknownDim());
-      for (int s = 0; s < n; ++s) {
-        const int64_t o = slot_outputs[static_cast<size_t>(s)];
-        if (o < 0 || o >= outputs) {
-          return absl::InvalidArgumentError(absl::StrCat("TiembLookup: slot ", s, " writes output ", o,
-                                                         " but there are ", outputs));
-        }
-        ++slots_in[static_cast<size_t>(o)];
-        width[static_cast<size_t>(o)] = std::max(width[static_cast<size_t>(o)], slot_offsets[static_cast<size_t>(s)] + dims[s]);
-      }
-      for (int s = 0; s < n; ++s) {
-        const auto o = static_cast<size_t>(slot_outputs[static_cast<size_t>(s)]);
-        const bool alone = slots_in[o] == 1;
-        // Safe slots have num_rows rows (known when it is a constant); plain
-        // slots max(segment id) + 1, known only at run time.
-        const bool column = static_cast<int>(columns.size()) > s && columns[s] >= 0;
-        shape_inference::DimensionHandle rows = c->UnknownDim();
-        if (static_cast<int>(widths.size()) > s && widths[s] >= 0) {  // one row per row of a dense id matrix
-          rows = dense_matrix_rows(c, c->input(1 + s));
-        } else if (modes[s] == "gather" && column) {  // one row per row of the id matrix
-          rows = c->Dim(c->input(1 + s), 0);
-        } else if (modes[s] == "gather" && alone) {  // the ids' shape + [dim]
-          shape_inference::ShapeHandle out;
-          TF_RETURN_IF_ERROR(c->Concatenate(c->input(1 + s), c->Vector(dims[s]), &out));
-          c->set_output(static_cast<int>(o), out);
-          continue;
-        } else if (modes[s] == "gather") {  // one row per id
-          rows = c->NumElements(c->input(1 + s));
-        } else {
-          const shape_inference::ShapeHandle rows_in = c->input(1 + 3 * n + s);
-          if (modes[s] == "safe" && c->RankKnown(rows_in) && c->Rank(rows_in) == 0) {
-            TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(1 + 3 * n + s, &rows));
-          }
-        }
-        if (!c->ValueKnown(rows_of[o])) rows_of[o] = rows;
-      }
-      for (int s = 0; s < n; ++s) {
-        const auto o = static_cast<size_t>(slot_outputs[static_cast<size_t>(s)]);
-        const bool column = static_cast<int>(columns.size()) > s && columns[s] >= 0;
-        if (slots_in[o] == 1 && modes[s] == "gather" && !column) continue;  // set above
-        c->set_output(static_cast<int>(o), c->Matrix(rows_of[o], width[o]));
-      }
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Sparse embedding lookups of many slots at once, with the semantics of
-tf.nn.embedding_lookup_sparse (mode "plain") and
-tf.nn.safe_embedding_lookup_sparse (mode "safe"), served from a tiemb table store.
-)doc");
-
-int combiner_code(const std::string& c) { return c == "sum" ? 0 : c == "mean" ? 1 : c == "sqrtn" ? 2 : -1; }
 
 // What both kernels share: the attributes, and turning inputs into requests
 // and attributes into slot configs. Errors become InvalidArgument naming the
@@ -202,12 +61,6 @@ class TiembLookupBase : public OpKernel {
     OP_REQUIRES(ctx, id_widths_.size() == n,
                 absl::InvalidArgumentError(absl::StrCat("TiembLookup: id_widths needs N = ", n_, " entries, got ",
                                                         id_widths_.size())));
-    for (size_t s = 0; s < n; ++s) {
-      OP_REQUIRES(ctx, id_widths_[s] < 0 || modes_[s] == "safe",
-                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": id_widths[", s, "] = ", id_widths_[s],
-                                                          " (a dense id matrix) needs mode safe, got '", modes_[s],
-                                                          "'")));
-    }
     if (id_columns_.empty()) id_columns_.assign(n, -1);
     if (wrap_negative_.empty()) wrap_negative_.assign(n, false);
     if (features_.empty()) features_.assign(n, -1);
@@ -224,12 +77,19 @@ class TiembLookupBase : public OpKernel {
                     wrap_negative_.size() == n && features_.size() == n && slot_outputs_.size() == n &&
                     slot_offsets_.size() == n,
                 absl::InvalidArgumentError(absl::StrCat("TiembLookup: every per-slot attribute needs N = ", n_, " entries")));
+    // The attributes' strings become the core's enums here, once: a call
+    // compares no strings.
+    comb_codes_.resize(n);
+    mode_codes_.resize(n);
     for (size_t s = 0; s < n; ++s) {
-      OP_REQUIRES(ctx, combiner_code(combiners_[s]) >= 0,
+      OP_REQUIRES(ctx, parse_combiner(combiners_[s], &comb_codes_[s]),
                   absl::InvalidArgumentError(absl::StrCat("slot ", s, ": combiner must be sum, mean or sqrtn, got '", combiners_[s], "'")));
-      OP_REQUIRES(ctx, modes_[s] == "plain" || modes_[s] == "safe" || modes_[s] == "gather",
+      OP_REQUIRES(ctx, parse_row_mode(modes_[s], &mode_codes_[s]),
                   absl::InvalidArgumentError(absl::StrCat("slot ", s, ": mode must be plain, safe or gather, got '", modes_[s], "'")));
-      mode_codes_.push_back(modes_[s] == "safe" ? row_mode::safe : modes_[s] == "gather" ? row_mode::gather : row_mode::plain);
+      OP_REQUIRES(ctx, id_widths_[s] < 0 || mode_codes_[s] == row_mode::safe,
+                  absl::InvalidArgumentError(absl::StrCat("slot ", s, ": id_widths[", s, "] = ", id_widths_[s],
+                                                          " (a dense id matrix) needs mode safe, got '", modes_[s],
+                                                          "'")));
     }
     OP_REQUIRES_OK(ctx, decode_outputs());
   }
@@ -424,7 +284,9 @@ class TiembLookupBase : public OpKernel {
       }
       Tensor* t = nullptr;
       const absl::Status st = ctx->allocate_output(static_cast<int>(o), output_shape(ids, o, r), &t);
-      TIEMB_EXPECT(st.ok(), "allocating outputs failed: ", std::string(st.message()));
+      // Not the input's fault: the allocator under the op is out of memory (or failed).
+      if (!st.ok()) throw device_error("allocating outputs failed: " + std::string(st.message()),
+                                       absl::IsResourceExhausted(st));
       char* base = const_cast<char*>(t->tensor_data().data());
       const int64_t elem = out_types_[o] == ::tensorflow::DT_HALF ? 2 : 4;
       for (int s : out.slots) slot_out[static_cast<size_t>(s)] = base + slot_offsets_[static_cast<size_t>(s)] * elem;
@@ -470,7 +332,7 @@ class TiembLookupBase : public OpKernel {
       const int64_t dim = table_dim(sc.table);
       TIEMB_EXPECT(dim == dims_[s], "slot ", s, ": table ", tables_[s], " has dimension ", dim,
                    " but the op expects ", dims_[s]);
-      sc.comb = static_cast<combiner>(combiner_code(combiners_[s]));
+      sc.comb = comb_codes_[s];
       sc.mode = mode_codes_[s];
       sc.default_id = default_ids_[s];
       sc.output_dtype =
@@ -486,177 +348,11 @@ class TiembLookupBase : public OpKernel {
   std::vector<int64_t> dims_, default_ids_, id_columns_, features_, id_widths_, slot_outputs_, slot_offsets_;
   std::vector<bool> weighted_, wrap_negative_;
   std::vector<::tensorflow::DataType> out_types_;  // per output
+  std::vector<combiner> comb_codes_;
   std::vector<row_mode> mode_codes_;
   std::vector<output_layout> outputs_;
   std::mutex mutex_;
 };
 
-// TensorFlow's CPU worker threads (the intra-op pool) as the engine's
-// parallel loop: the op's work runs where TensorFlow's own kernels run, with
-// no handoff to a second pool competing for the same cores.
-class tf_worker_runner final : public parallel_runner {
- public:
-  explicit tf_worker_runner(::tsl::thread::ThreadPool* pool) : pool_(pool) {}
-
-  int num_threads() const override { return pool_->NumThreads() + 1; }  // + the calling thread
-
-  void run(int64_t num_tasks, task_fn fn, void* ctx) override {
-    // One block per thread, each taking tasks from a shared counter: the
-    // caller starts at once and a worker that wakes late (the 2 cores are
-    // shared with other ops and processes) finds the work done rather than
-    // holding a fixed share of it.
-    struct job {
-      task_fn fn;
-      void* ctx;
-      int64_t num_tasks;
-      std::atomic<int64_t> next{0};
-    } j;
-    j.fn = fn;
-    j.ctx = ctx;
-    j.num_tasks = num_tasks;
-    job* jp = &j;  // one pointer: the std::function keeps it inline
-    const int64_t blocks = std::min<int64_t>(num_tasks, num_threads());
-    pool_->ParallelForWithWorkerId(blocks, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(1),
-                                   [jp](int64_t, int64_t, int thread) {
-                                     for (int64_t t; (t = jp->next.fetch_add(1, std::memory_order_relaxed)) <
-                                                     jp->num_tasks;) {
-                                       jp->fn(jp->ctx, t, thread);
-                                     }
-                                   });
-  }
-
- private:
-  ::tsl::thread::ThreadPool* pool_;
-};
-
-// The CPU kernel's groups of one store: a group holds one call's scratch, so
-// concurrent calls (eager ops and sessions share kernels) each take their own
-// from a free list. No call waits for another while holding a lock, so a
-// ParallelFor on the shared pool can never wait on a blocked caller.
-class cpu_group_pool {
- public:
-  struct workspace {
-    workspace(cpu_engine& engine, const std::vector<slot_config>& slots, int max_threads)
-        : group(engine, slots, max_threads) {}
-    cpu_lookup_group group;
-    std::vector<slot_request> req;
-    std::vector<void*> slot_out;
-  };
-
-  cpu_group_pool(cpu_engine& engine, std::vector<slot_config> slots) : engine_(engine), slots_(std::move(slots)) {}
-
-  /// A free workspace, or a new one the first time calls overlap.
-  std::unique_ptr<workspace> acquire(int max_threads) {
-    {
-      std::lock_guard<std::mutex> lk(mutex_);
-      if (!free_.empty()) {
-        std::unique_ptr<workspace> w = std::move(free_.back());
-        free_.pop_back();
-        return w;
-      }
-    }
-    return std::make_unique<workspace>(engine_, slots_, max_threads);
-  }
-
-  void release(std::unique_ptr<workspace> w) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    free_.push_back(std::move(w));
-  }
-
- private:
-  cpu_engine& engine_;
-  std::vector<slot_config> slots_;
-  std::mutex mutex_;
-  std::vector<std::unique_ptr<workspace>> free_;
-};
-
-// CPU kernel: the CPU engine of the store, shared process-wide; the work on
-// TensorFlow's CPU worker threads.
-class TiembLookupOp : public TiembLookupBase {
- public:
-  using TiembLookupBase::TiembLookupBase;
-
-  void Compute(OpKernelContext* ctx) override {
-    try {
-      const std::string_view store = store_path(ctx);
-      cpu_group_pool* groups = nullptr;
-      {
-        std::lock_guard<std::mutex> lk(mutex_);
-        auto it = groups_.find(store);
-        groups = it != groups_.end() ? it->second.group.get()
-                                     : &group_for(groups_, std::string(store), std::string(store),
-                                                  [&](const store_manifest** m) { return shared_cpu_engine(std::string(store), m); },
-                                                  [](cpu_engine& e, int32_t t) { return e.tables().at(t).dim(); });
-      }
-      ::tsl::thread::ThreadPool* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-      tf_worker_runner runner(workers);
-      struct give_back {  // the workspace returns to the free list, also on error
-        cpu_group_pool* pool;
-        std::unique_ptr<cpu_group_pool::workspace> w;
-        ~give_back() { pool->release(std::move(w)); }
-      } held{groups, groups->acquire(runner.num_threads())};
-      cpu_group_pool::workspace& w = *held.w;
-      OpInputList ids;
-      read_inputs(ctx, w.req, ids);
-      w.group.lookup(w.req.data(), n_, [&](const int64_t* rows) {
-        allocate_outputs(ctx, ids, rows, w.slot_out);
-        return static_cast<void* const*>(w.slot_out.data());
-      }, runner);
-    } catch (const std::exception& e) {
-      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
-    }
-  }
-
- private:
-  std::map<std::string, store_group<cpu_engine, cpu_group_pool>, std::less<>> groups_;
-};
-
-REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(DEVICE_CPU), TiembLookupOp);
-
-#if TIEMB_TF_GPU
-// GPU kernel: a thin call into the GPU engine (the code tests/gpu exercises),
-// on TensorFlow's stream. Inputs and outputs stay in device memory; plain
-// slots read their row count back (as TensorFlow's own GPU kernel does).
-// Data errors found on the device surface at the next call of the same op.
-// The GPU engine's limits apply and are reported by name (no gather mode,
-// no in-place column / sparse-index reads yet).
-class TiembLookupGpuOp : public TiembLookupBase {
- public:
-  using TiembLookupBase::TiembLookupBase;
-
-  void Compute(OpKernelContext* ctx) override {
-    try {
-      std::vector<slot_request> req;
-      OpInputList ids;
-      const std::string store(read_inputs(ctx, req, ids));
-      int device = 0;
-      TIEMB_EXPECT(cudaGetDevice(&device) == cudaSuccess, "TiembLookup: no current CUDA device");
-      auto* stream = ctx->op_device_context()->stream();
-      TIEMB_EXPECT(stream != nullptr, "TiembLookup: no GPU stream");
-      void* cuda_stream = stream->platform_specific_handle().stream;
-      std::lock_guard<std::mutex> lk(mutex_);  // calls on one group must not overlap
-      gpu_lookup_group& group =
-          group_for(groups_, std::make_pair(store, device), store,
-                    [&](const store_manifest** m) { return shared_gpu_engine(store, device, m); },
-                    [](gpu_engine& e, int32_t t) { return e.shape(t).dim; });
-      group.check(false);
-      std::vector<int64_t> rows(static_cast<size_t>(n_));
-      group.device_rows(req.data(), n_, rows.data(), cuda_stream);
-      std::vector<void*> outputs;
-      allocate_outputs(ctx, ids, rows.data(), outputs);
-      group.launch(req.data(), n_, rows.data(), outputs.data(), cuda_stream);
-    } catch (const std::exception& e) {
-      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(e.what())));
-    }
-  }
-
- private:
-  std::map<std::pair<std::string, int>, store_group<gpu_engine, gpu_lookup_group>, std::less<>> groups_;
-};
-
-REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_GPU).HostMemory("store").HostMemory("num_rows"),
-                        TiembLookupGpuOp);
-#endif  // TIEMB_TF_GPU
-
-}  // namespace
+}  // namespace tf_kernel
 }  // namespace tiemb

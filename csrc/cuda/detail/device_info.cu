@@ -1,6 +1,6 @@
 #include <cuda_runtime_api.h>
 
-#include "device_info.h"
+#include "../device_info.h"
 
 #ifndef TIEMB_CUDA_ARCHITECTURES
 #define TIEMB_CUDA_ARCHITECTURES "unknown"
@@ -33,5 +33,14 @@ std::string cuda_device_name(int ordinal) {
 int cuda_runtime_version() { return CUDART_VERSION; }
 
 std::string cuda_architectures() { return TIEMB_CUDA_ARCHITECTURES; }
+
+int cuda_current_device() {
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  return device;
+}
 
 }  // namespace tiemb
