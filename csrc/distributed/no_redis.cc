@@ -23,6 +23,7 @@ cluster_client::cluster_client(const std::string& address, int timeout_ms, int r
 cluster_client::~cluster_client() = default;
 void cluster_client::run(const std::vector<std::vector<std::string>>&, std::vector<cluster_reply>*) { no_redis(); }
 void cluster_client::get_many(const std::vector<std::string>&, std::vector<cluster_reply>*) { no_redis(); }
+void cluster_client::get_many(const std::string*, size_t, std::vector<cluster_reply>*) { no_redis(); }
 std::vector<std::string> cluster_client::masters() const { no_redis(); }
 cluster_stats cluster_client::stats() const { return cluster_stats{}; }
 
