@@ -181,10 +181,6 @@ class OptimizeConfig:
 
             from . import _C
 
-            if not _C.redis_compiled():
-                raise ConfigError("tiemb/enable_distributed: this tiemb was built without hiredis; install it "
-                                  "(apt-get install libhiredis-dev) and rebuild (TIEMB_REDIS=ON)")
-
             if out["tiemb/distributed_address"] is None:
                 out["tiemb/distributed_address"] = os.environ.get("TIEMB_REDIS_ADDRESS") or None
             if out["tiemb/distributed_address"] is None:
@@ -193,6 +189,10 @@ class OptimizeConfig:
             if not _address_ok(out["tiemb/distributed_address"]):
                 raise ConfigError(f"TIEMB_REDIS_ADDRESS: must be host:port[,host:port...], got "
                                   f"{out['tiemb/distributed_address']!r}")
+            # After the address checks: a config is judged the same on every build.
+            if not _C.redis_compiled():
+                raise ConfigError("tiemb/enable_distributed: this tiemb was built without hiredis; install it "
+                                  "(apt-get install libhiredis-dev) and rebuild (TIEMB_REDIS=ON)")
         return out
 
     def __repr__(self):

@@ -9,6 +9,7 @@ from taskhelp import Tasks
 @pytest.fixture(scope="session")
 def serving_model(tmp_path_factory):
     """models/wd/1 and models/wd/2: two versions of a tiny Keras Wide&Deep."""
+    pytest.importorskip("tensorflow", reason="the task tests optimize Keras models (the GPU machine has no TensorFlow)")
     from tiemb.bench import models
 
     root = tmp_path_factory.mktemp("models") / "wd"

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from taskhelp import LONG_RUNS, TENSOR_INFO, alive
 
@@ -242,7 +243,7 @@ def test_worker_stopped_with_sigterm_fails_its_tasks(tasks, serving_model):
 def test_frozen_graph_task(tasks, tmp_path):
     """A frozen graph .pb is version 1 of a model named after the file; its
     optimized .pb, table store and report are saved together."""
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow", reason="a frozen graph is written with TensorFlow (absent on the GPU machine)")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     table = tf.Variable(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
