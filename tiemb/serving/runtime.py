@@ -227,6 +227,19 @@ class BundleModel:
         return bucket, [xla.put(padded[n], self._dev) for n in self.meta["dense"]["inputs"]] + \
             [looked[i] for i in self.meta["dense"]["lookups"]]
 
+    def program_args(self, feeds):
+        """(bucket, the compiled program's arguments for ``feeds``: padded
+        inputs as device arrays, then the weights). With :meth:`run_program`,
+        times the program alone, without the per-call checks and array
+        handovers of ``model(feeds)`` (benchmarks)."""
+        _, bucket, _, padded = self._prepare(feeds)
+        return bucket, xla.put_all([padded[n] for n in self._program_inputs], self._dev) + self._weights
+
+    def run_program(self, bucket: int, args: list):
+        """The bucket's program (the lookups' custom call, then the dense
+        module) on :meth:`program_args`: its results, not waited for."""
+        return self._programs[bucket].run(args)
+
     def dense_only(self, feeds_and_lookups: list, bucket: int):
         """The dense module of ``bucket`` alone on device arrays (the floor
         in benchmarks; arguments from :meth:`floor_args`): its results, not waited for."""
@@ -330,7 +343,15 @@ class Baseline:
                          for b, m in base["modules"].items()}
 
     def __call__(self, feeds) -> list:
+        return self.run(*self.args(feeds))
+
+    def args(self, feeds):
+        """(batch, the compiled module's arguments for ``feeds`` as device arrays)."""
         batch = int(feeds[self.inputs[0]].shape[0])
         if batch not in self._modules:
             raise ValueError(f"the baseline is compiled for batches {sorted(self._modules)}, got {batch}")
-        return self._modules[batch].run([xla.put(feeds[n], self._dev) for n in self.inputs] + self._weights)
+        return batch, [xla.put(feeds[n], self._dev) for n in self.inputs] + self._weights
+
+    def run(self, batch: int, args: list) -> list:
+        """The module of ``batch`` on :meth:`args`: its results, not waited for."""
+        return self._modules[batch].run(args)
