@@ -4,7 +4,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../csrc/core/config.h"
@@ -17,6 +19,13 @@ namespace tiemb {
 namespace bind {
 
 namespace py = pybind11;
+
+/// {"name": count, ...}: the stats dicts of engines, tables and clients.
+inline py::dict counters(std::initializer_list<std::pair<const char*, int64_t>> items) {
+  py::dict d;
+  for (const auto& [name, value] : items) d[name] = value;
+  return d;
+}
 
 inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 

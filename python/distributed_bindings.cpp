@@ -10,6 +10,7 @@
 #include "../csrc/core/error.h"
 #include "../csrc/distributed/cluster_client.h"
 #include "../csrc/distributed/remote_table.h"
+#include "common.h"
 
 namespace py = pybind11;
 using namespace tiemb;
@@ -82,15 +83,9 @@ void bind_distributed(py::module_& m) {
       .def("masters", &cluster_client::masters)
       .def("stats", [](const cluster_client& c) {
         const cluster_stats s = c.stats();
-        py::dict d;
-        d["round_trips"] = s.round_trips;
-        d["commands"] = s.commands;
-        d["bytes_in"] = s.bytes_in;
-        d["bytes_out"] = s.bytes_out;
-        d["redirects"] = s.redirects;
-        d["reconnects"] = s.reconnects;
-        d["slot_refreshes"] = s.slot_refreshes;
-        return d;
+        return bind::counters({{"round_trips", s.round_trips}, {"commands", s.commands}, {"bytes_in", s.bytes_in},
+                               {"bytes_out", s.bytes_out}, {"redirects", s.redirects}, {"reconnects", s.reconnects},
+                               {"slot_refreshes", s.slot_refreshes}});
       })
       .def_property_readonly("address", &cluster_client::address);
 
@@ -112,13 +107,9 @@ void bind_distributed(py::module_& m) {
       }, py::arg("layers"), py::arg("block_layer"), py::arg("changed_ids"))
       .def("stats", [](const remote_table& t) {
         const remote_stats s = t.stats();
-        py::dict d;
-        d["host_hits"] = s.host_hits;
-        d["cluster_rows"] = s.cluster_rows;
-        d["cluster_values"] = s.cluster_values;
-        d["host_rows"] = s.host_rows;
-        d["refreshes"] = s.refreshes;
-        return d;
+        return bind::counters({{"host_hits", s.host_hits}, {"cluster_rows", s.cluster_rows},
+                               {"cluster_values", s.cluster_values}, {"host_rows", s.host_rows},
+                               {"refreshes", s.refreshes}});
       })
       .def_property_readonly("rows", &remote_table::rows)
       .def_property_readonly("dim", &remote_table::dim)

@@ -3,6 +3,7 @@ store records namespace and versions; `tiemb publish` / `tiemb update` on it."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,32 +15,21 @@ from tiemb import distributed as dist
 pytestmark = pytest.mark.skipif(not C.redis_compiled(), reason="this build has no hiredis (TIEMB_REDIS)")
 
 
-def lookup_model(path, seed, vocab=50, dim=8):
-    """A tf.Module as outside code writes one: ids [batch, 4] -> embedding_lookup_sparse -> a dense layer."""
-    import tensorflow as tf
+def lookup_model(path, seed):
+    """A tf.Module as outside code writes one (the reliability tests' model):
+    ids [batch, 4] -> embedding_lookup_sparse -> a dense layer."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
+    from rel_models import lookup_model as write
 
-    rng = np.random.default_rng(seed)
-    module = tf.Module()
-    module.table = tf.Variable(rng.standard_normal((vocab, dim)).astype(np.float32))
-    module.kernel = tf.Variable(rng.standard_normal((dim, 3)).astype(np.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.int64, name="ids")])
-    def serve(ids):
-        sp = tf.sparse.from_dense(ids + 1)
-        sp = tf.SparseTensor(sp.indices, sp.values - 1, sp.dense_shape)
-        return {"out": tf.matmul(tf.nn.embedding_lookup_sparse(module.table, sp, None, combiner="sum"), module.kernel)}
-
-    tf.saved_model.save(module, path, signatures={"serving_default": serve})
-    return path
+    return write(path, seed)
 
 
 def _optimize(src, out, address, namespace):
     cfg = tiemb.OptimizeConfig()
-    cfg.parameter_map["tiemb/enable_distributed"].b = True
-    cfg.parameter_map["tiemb/distributed_address"].s = address
-    cfg.parameter_map["tiemb/distributed_namespace"].s = namespace
-    cfg.parameter_map["tiemb/cpu_cache_percentage"].f = 0.3
-    cfg.parameter_map["tiemb/cache_percentage"].f = 0.2
+    for key, field, value in [("tiemb/enable_distributed", "b", True), ("tiemb/distributed_address", "s", address),
+                              ("tiemb/distributed_namespace", "s", namespace),
+                              ("tiemb/cpu_cache_percentage", "f", 0.3), ("tiemb/cache_percentage", "f", 0.2)]:
+        setattr(cfg.parameter_map[key], field, value)
     feed = {"ids": np.random.default_rng(1).integers(0, 50, (16, 4)).astype(np.int64)}
     return tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=out,
                           optimization_config=cfg, runs=2, overwrite=True)

@@ -17,7 +17,7 @@ from serving import assert_same_outputs, serve_fresh, serve_here  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 from tiemb.bench import models  # noqa: E402
 from tiemb.rewrite import rewrite_saved_model  # noqa: E402
-from tiemb.rewrite.saved_model import _freeze  # noqa: E402
+from tiemb.rewrite.saved_model import freeze_function  # noqa: E402
 from tiemb.rewrite.sparse_lookup import rewrite_sparse_lookups  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
@@ -32,7 +32,7 @@ class Frozen:
     def __init__(self, src, tmp_path):
         self.loaded = tf.saved_model.load(src)
         fn = self.loaded.signatures["serving_default"]
-        frozen, resources = _freeze(fn, 64 << 20)
+        frozen, resources = freeze_function(fn, 64 << 20)
         self.graph_def = frozen.graph.as_graph_def()
         names = sorted(fn.structured_input_signature[1])
         self.inputs = dict(zip(names, [t.name for t in frozen.inputs[:len(names)]]))

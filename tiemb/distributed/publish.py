@@ -122,24 +122,25 @@ def _parse_meta(raw: bytes, key: str) -> dict:
         raise DistributedError(f"key {key!r}: damaged version metadata ({e})") from None
 
 
-def read_meta(client, namespace: str, model: str, name: str, version: str) -> dict:
-    key = f"{table_key(namespace, model, name)}:{version}:meta"
+def _get(client, key: str, missing: str) -> bytes:
+    """The value of ``key``; DistributedError "<missing> (key ... missing): ..." where it is absent."""
     raw = client.run([["GET", key]])[0]
     if raw is None:
-        raise DistributedError(f"distributed table {name!r}: version {version} is not in the cluster (key {key!r} "
-                               f"missing; namespace {namespace!r}, model {model!r}): publish it "
-                               "(tiemb publish STORE --address ...) or check the namespace")
+        raise DistributedError(f"{missing} (key {key!r} missing): publish the store (tiemb publish STORE --address "
+                               "...) or check tiemb/distributed_namespace")
+    return raw
+
+
+def read_meta(client, namespace: str, model: str, name: str, version: str) -> dict:
+    key = f"{table_key(namespace, model, name)}:{version}:meta"
+    raw = _get(client, key, f"distributed table {name!r}: version {version} is not in the cluster (namespace "
+                            f"{namespace!r}, model {model!r})")
     return _parse_meta(raw, key)
 
 
 def current_version(client, namespace: str, model: str, name: str) -> str:
-    key = f"{table_key(namespace, model, name)}:current"
-    raw = client.run([["GET", key]])[0]
-    if raw is None:
-        raise DistributedError(f"distributed table {name!r}: not published in namespace {namespace!r} for model "
-                               f"{model!r} (key {key!r} missing): publish the store (tiemb publish STORE --address "
-                               "...) or check tiemb/distributed_namespace")
-    return raw.decode()
+    return _get(client, f"{table_key(namespace, model, name)}:current",
+                f"distributed table {name!r}: not published in namespace {namespace!r} for model {model!r}").decode()
 
 
 def resolve_layout(client, namespace: str, model: str, name: str, version: str) -> dict:

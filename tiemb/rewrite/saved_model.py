@@ -214,7 +214,6 @@ def freeze_function(fn, limit_bytes: int):
     return frozen, {name: v.numpy() for name, v in keep.items()}
 
 
-_freeze = freeze_function     # the name tiemb.serving.export and older callers import
 
 
 def _read_otherwise(graph_def, resources):

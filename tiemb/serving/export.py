@@ -121,24 +121,14 @@ def _load(model: str, signature: str) -> SimpleNamespace:
     import tensorflow as tf
 
     from .. import tf_ops
-    from ..rewrite.saved_model import _freeze
+    from ..rewrite.saved_model import freeze_signature
 
     tf_ops.load()
-    try:
-        loaded = tf.saved_model.load(model)
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f"cannot load a SavedModel from {model}: {e}") from None
-    if signature not in loaded.signatures:
-        raise ValueError(f"{model} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
-    fn = loaded.signatures[signature]
-    frozen, resources = _freeze(fn, 64 << 20)
-    specs = fn.structured_input_signature[1]
-    arg_names = sorted(specs)
-    out_keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
-    outputs = {k: t.name for k, t in zip(out_keys, frozen.outputs)}
-    return SimpleNamespace(tf=tf, loaded=loaded, fn=fn, graph_def=frozen.graph.as_graph_def(), resources=resources,
-                           specs=specs, arg_names=arg_names, out_names=sorted(outputs),
-                           input_tensors={name: t.name for name, t in zip(arg_names, frozen.inputs)},
+    sig = freeze_signature(model, signature)
+    outputs = sig.outputs
+    return SimpleNamespace(tf=tf, loaded=sig.loaded, fn=sig.fn, graph_def=sig.graph_def, resources=sig.resources,
+                           specs=sig.fn.structured_input_signature[1], arg_names=sig.arg_names,
+                           out_names=sorted(outputs), input_tensors=sig.input_tensors,
                            fetches=[outputs[k] for k in sorted(outputs)])
 
 
