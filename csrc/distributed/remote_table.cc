@@ -72,7 +72,7 @@ void remote_table::read_rows(const remote_layout& layout, const std::vector<int6
 }
 
 remote_table::remote_table(std::shared_ptr<cluster_client> client, remote_layout layout,
-                           const std::vector<int64_t>& host_ids)
+                           const std::vector<int64_t>& host_ids, const char* host_rows)
     : client_(std::move(client)), layout_(std::move(layout)) {
   layout_.validate();
   TIEMB_EXPECT(static_cast<int64_t>(host_ids.size()) <= layout_.rows, "remote table '", layout_.name, "': ",
@@ -87,6 +87,10 @@ remote_table::remote_table(std::shared_ptr<cluster_client> client, remote_layout
     host_slot_[static_cast<size_t>(id)] = static_cast<int32_t>(i);
   }
   host_data_.resize(host_ids.size() * static_cast<size_t>(row_bytes()));
+  if (host_rows != nullptr) {
+    std::memcpy(host_data_.data(), host_rows, host_data_.size());
+    return;
+  }
   // In chunks: one huge pipeline would hold every block value at once.
   constexpr size_t kChunk = 4096;
   for (size_t i = 0; i < host_ids.size(); i += kChunk) {

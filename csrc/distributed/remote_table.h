@@ -58,7 +58,11 @@ class remote_table {
   /// rows), read from the cluster in pipelined batches. Throws tiemb::error
   /// naming the table when a block is missing (a wrong namespace or version,
   /// or keys evicted by the cluster's maxmemory policy).
-  remote_table(std::shared_ptr<cluster_client> client, remote_layout layout, const std::vector<int64_t>& host_ids);
+  /// With `host_rows` (host_ids.size() rows, in the order of host_ids: the
+  /// store's copy of this version) the host tier is copied from there
+  /// instead, and nothing is read from the cluster.
+  remote_table(std::shared_ptr<cluster_client> client, remote_layout layout, const std::vector<int64_t>& host_ids,
+               const char* host_rows = nullptr);
 
   dtype type() const { return layout_.type; }
   int64_t rows() const { return layout_.rows; }
