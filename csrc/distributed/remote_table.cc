@@ -124,6 +124,26 @@ void remote_table::update(remote_layout layout, const std::vector<int64_t>& chan
   ++refreshes_;
 }
 
+void remote_table::read_current(const std::vector<int64_t>& ids, char* dst) {
+  const auto rb = static_cast<size_t>(row_bytes());
+  std::shared_lock<std::shared_mutex> lk(mutex_);
+  std::vector<int64_t> remote;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    TIEMB_EXPECT(ids[i] >= 0 && ids[i] < layout_.rows, "remote table '", layout_.name, "': row ", ids[i],
+                 " out of range [0, ", layout_.rows, ")");
+    if (const char* row = host_row(ids[i])) {
+      std::memcpy(dst + i * rb, row, rb);
+    } else {
+      remote.push_back(ids[i]);
+      where.push_back(i);
+    }
+  }
+  std::vector<char> rows(remote.size() * rb);
+  if (!remote.empty()) read_rows(layout_, remote, rows.data());
+  for (size_t k = 0; k < remote.size(); ++k) std::memcpy(dst + where[k] * rb, rows.data() + k * rb, rb);
+}
+
 remote_stats remote_table::stats() const {
   remote_stats s;
   s.host_hits = host_hits_;

@@ -96,6 +96,11 @@ class remote_table {
   }
   remote_stats stats() const;
 
+  /// Reads rows `ids` of the version served now (host copies where
+  /// resident, the rest from the cluster) into dst (ids.size() * row_bytes).
+  /// For loading other tiers (the GPU cache's warm rows), not a lookup path.
+  void read_current(const std::vector<int64_t>& ids, char* dst);
+
   /// Reads rows `ids` of `layout` from the cluster into dst (ids.size() *
   /// row_bytes), one pipelined round trip per node. Throws naming the table
   /// and key when a block is missing or has the wrong size.
