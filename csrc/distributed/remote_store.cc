@@ -213,6 +213,15 @@ std::string remote_refresher::last_error() const {
 
 std::shared_ptr<remote_refresher> load_remote_store(const std::string& dir, const store_manifest& manifest,
                                                     cpu_engine& engine) {
+  return load_remote_store(
+      dir, manifest, [&](const table_file_header& h, const void* rows) { engine.add_table(h.type, h.rows, h.dim, rows); },
+      [&](std::shared_ptr<remote_table> t) { engine.add_remote_table(std::move(t)); }, true);
+}
+
+std::shared_ptr<remote_refresher> load_remote_store(
+    const std::string& dir, const store_manifest& manifest,
+    const std::function<void(const table_file_header&, const void*)>& add_file,
+    const std::function<void(std::shared_ptr<remote_table>)>& add_remote, bool follow_updates) {
   const store_distributed& spec = manifest.distributed;
   std::string address = spec.address;
   if (const char* env = std::getenv("TIEMB_REDIS_ADDRESS")) {
@@ -235,7 +244,7 @@ std::shared_ptr<remote_refresher> load_remote_store(const std::string& dir, cons
     r.read_all(rows.data());
     r.verify(rows.data());
     if (remote == nullptr) {  // not published: served from its file
-      engine.add_table(h.type, h.rows, h.dim, rows.data());
+      add_file(h, rows.data());
       continue;
     }
     const std::string version = remote_current_version(*client, spec.ns, spec.model, name);
@@ -249,10 +258,10 @@ std::shared_ptr<remote_refresher> load_remote_store(const std::string& dir, cons
     // cluster's are the ones to serve.
     const char* host_rows = version == remote->version ? rows.data() : nullptr;
     auto table = std::make_shared<remote_table>(client, layout, ids, host_rows);
-    engine.add_remote_table(table);
+    add_remote(table);
     entries.push_back({table, name, version, std::move(layout)});
   }
-  if (spec.refresh_seconds <= 0) return nullptr;
+  if (spec.refresh_seconds <= 0 || !follow_updates) return nullptr;
   return std::make_shared<remote_refresher>(client, spec.ns, spec.model, std::move(entries), spec.refresh_seconds);
 }
 

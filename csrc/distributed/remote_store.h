@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +20,7 @@ namespace tiemb {
 
 class cpu_engine;
 struct store_manifest;
+struct table_file_header;
 
 /// True when the store's tables live in a Redis Cluster (store.json has a
 /// "distributed" object). Throws naming the store when it has the layout
@@ -75,5 +77,14 @@ class remote_refresher {
 /// to keep alive with the engine (null when refresh_seconds is 0).
 std::shared_ptr<remote_refresher> load_remote_store(const std::string& dir, const store_manifest& manifest,
                                                     cpu_engine& engine);
+
+/// The same for any engine, in table-id order: `add_file(header, rows)` for
+/// a table served from its file, `add_remote(table)` for one in the cluster.
+/// follow_updates = false never starts the refresher (an engine whose
+/// caches cannot follow a version switch serves the version current at load).
+std::shared_ptr<remote_refresher> load_remote_store(
+    const std::string& dir, const store_manifest& manifest,
+    const std::function<void(const table_file_header&, const void*)>& add_file,
+    const std::function<void(std::shared_ptr<remote_table>)>& add_remote, bool follow_updates);
 
 }  // namespace tiemb

@@ -90,3 +90,29 @@ def test_missing_block_fails_the_gpu_call_naming_the_table(redis_cluster, seed):
         g.lookup([np.array([1, 361], np.int64)])
     np.testing.assert_array_equal(g.lookup([np.array([1, 2], np.int64)])[0], table[[1, 2]])
     d.close()
+
+
+def test_gpu_store_engine_serves_a_published_store(redis_cluster, tmp_path, seed):
+    """GpuEmbeddingEngine.from_store (the TF op's GPU engine) on a store that
+    keeps only the host tier: the GPU cache over the cluster, exact."""
+    from tiemb import store as table_store
+
+    rng = np.random.default_rng(seed)
+    tables = {"a.tiemb": rng.standard_normal((2000, 8)).astype(np.float32),
+              "b.tiemb": rng.standard_normal((300, 4)).astype(np.float16)}
+    store = str(tmp_path / "s")
+    table_store.write_store(store, tables, max_batch_size=MAX_BATCH * MAX_NNZ, slot_num=2, max_nnz=MAX_NNZ,
+                            tiers={"cache_percentage": 0.1})
+    s = dist.DistributedSettings(redis_cluster.address, namespace=f"gpustore{seed}", refresh_seconds=0.0)
+    dist.publish_store(store, s, model="m", cpu_cache_percentage=0.3)
+    gpu = tiemb.GpuEmbeddingEngine.from_store(store)
+    g = gpu.group([tiemb.Slot(0, mode="gather"), tiemb.Slot(1, "sum", "plain")])
+    for _ in range(3):
+        ids = [rng.integers(0, 2000, 200).astype(np.int64), rng.integers(0, 300, 120).astype(np.int64)]
+        seg = np.sort(rng.integers(0, 30, 120)).astype(np.int64)
+        got = g.lookup(ids, segment_ids=[None, seg])
+        np.testing.assert_array_equal(got[0], tables["a.tiemb"][ids[0]])
+        want = np.zeros((seg.max() + 1, 4), np.float32)
+        np.add.at(want, seg, tables["b.tiemb"][ids[1]].astype(np.float32))
+        np.testing.assert_allclose(got[1].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+    assert gpu.stats(0)["backing_reads"] > 0  # rows came from the cluster
