@@ -105,6 +105,11 @@ def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, ca
         engine.group([tiemb.Slot(tables.table_ids[name], "sum", "gather")]).lookup([np.array([0, 49, 1])])[0],
         np.vstack([new, table[1:2]]))
     tables.close()
+    # A bundle carries whole tables: a published model's store has only the host tier.
+    from tiemb.serving import export_bundle
+
+    with pytest.raises(ValueError, match="tables live in a Redis Cluster"):
+        export_bundle(str(tmp_path / "model"), str(tmp_path / "bundle"))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
