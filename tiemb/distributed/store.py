@@ -64,8 +64,9 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
 
     Args:
         store: a table store directory (as optimize() wrote it, or already
-            published: its tables are then read back from the cluster, at the
-            recorded versions, under ``settings``' namespace).
+            published: its tables are then read back from the cluster
+            ``settings`` reaches, at the recorded namespace, model and
+            versions).
         settings: the cluster (:class:`DistributedSettings`).
         model: key part naming the model; default: the recorded one, else
             :func:`default_model_name`.
@@ -94,7 +95,7 @@ def publish_store(store: str, settings: DistributedSettings, *, model: Optional[
     where, tiers = {}, {}
     for name in manifest["tables"]:
         if name in by_name:  # its rows live only in the cluster now
-            table = published_table(client, settings.namespace, recorded["model"], name, by_name[name]["version"])
+            table = published_table(client, recorded["namespace"], recorded["model"], name, by_name[name]["version"])
         else:
             table = read_store_table(store, name)
         result = publish_table(client, settings.namespace, model, name, table, block_rows)
