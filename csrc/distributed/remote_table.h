@@ -95,6 +95,9 @@ class remote_table {
     cluster_values_ += values;
   }
   remote_stats stats() const;
+  /// Versions switched to since load (cheap: caches above this table that
+  /// cannot follow a switch compare it per call).
+  int64_t refreshes() const { return refreshes_.load(std::memory_order_acquire); }
 
   /// Reads rows `ids` of the version served now (host copies where
   /// resident, the rest from the cluster) into dst (ids.size() * row_bytes).

@@ -352,6 +352,7 @@ void gpu_lookup_group::check_launch(const slot_request* reqs, int64_t n, const i
                  rows[s], " output rows exceed max_batch_size = ", cfg.max_batch_size);
     TIEMB_EXPECT(sc.mode != row_mode::gather || rows[s] == reqs[s].num_ids, "slot ", s, ": a gather slot has one "
                  "output row per id (", reqs[s].num_ids, "), got ", rows[s]);
+    impl_->tables[static_cast<size_t>(s)]->check_remote_version();  // resident remote tables too
   }
 }
 

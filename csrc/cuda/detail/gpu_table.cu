@@ -29,6 +29,7 @@ gpu_table::gpu_table(int device, std::shared_ptr<remote_table> remote, const tie
                      const int64_t* profile_ids, int64_t num_profile)
     : device_(device), tiers_(tiers), remote_(std::move(remote)) {
   TIEMB_EXPECT(remote_ != nullptr, "a remote GPU table needs its remote table");
+  remote_refreshes_ = remote_->refreshes();
   type_ = remote_->type();
   rows_ = remote_->rows();
   dim_ = remote_->dim();
@@ -40,6 +41,12 @@ gpu_table::gpu_table(int device, std::shared_ptr<remote_table> remote, const tie
   tiers_.validate(rows_);
   sizes_ = compute_tier_sizes(rows_, tiers_);
   build(nullptr, profile_ids, num_profile);
+}
+
+void gpu_table::check_remote_version() const {
+  TIEMB_EXPECT(remote_ == nullptr || remote_->refreshes() == remote_refreshes_, "distributed table '",
+               remote_->name(), "': switched to a new version after the GPU engine was built; the GPU cache cannot "
+               "follow a version switch: build the GPU engine again (or serve updates from the CPU engine)");
 }
 
 void gpu_table::copy_rows(const void* host_data, const std::vector<int64_t>& ids, char* dst) const {

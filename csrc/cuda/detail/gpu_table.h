@@ -96,6 +96,10 @@ class gpu_table {
   bool host_fetch() const { return sizes_.file_rows > 0 || !tiers_.host_zero_copy; }
   /// The remote table below the GPU cache, or null.
   const std::shared_ptr<remote_table>& remote() const { return remote_; }
+  /// Throws naming the table when its remote table switched version since
+  /// this GPU table was built: the GPU cache holds the old rows and cannot
+  /// follow, so serving on would mix versions.
+  void check_remote_version() const;
   /// Next LRU stamp (one per lookup that touches the table).
   uint32_t next_batch() { return batch_no_++; }
   void count_lookups(int64_t n) { lookups_ += n; }
@@ -119,6 +123,7 @@ class gpu_table {
   std::vector<int32_t> host_index_;     // empty = identity
   std::unique_ptr<table_file_reader> file_;
   std::shared_ptr<remote_table> remote_;
+  int64_t remote_refreshes_ = 0;  // remote_->refreshes() when built
 
   void build(const void* host_data, const int64_t* profile_ids, int64_t num_profile);
   /// Rows `ids` of the table into dst: from host_data, or from the remote table.

@@ -140,7 +140,10 @@ tiered_params tiered_batch::params(int parity) {
 void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t stream) {
   TIEMB_EXPECT(num_views <= kMaxTieredViews, "a lookup group may have at most ", kMaxTieredViews,
                " slots over tiered tables, got ", num_views);
-  for (size_t i = 0; i < tables_.size(); ++i) batch_no_[i] = tables_[i]->next_batch();
+  for (size_t i = 0; i < tables_.size(); ++i) {
+    if (any_remote_) tables_[i]->check_remote_version();
+    batch_no_[i] = tables_[i]->next_batch();
+  }
   staged_ = params(parity_);
   staged_.num_views = num_views;
   int64_t total = 0;
