@@ -142,3 +142,20 @@ def test_old_layout_is_refused_with_the_fix(tmp_path, seed):
         tiemb._C.CpuEngine.from_store(store)
     with pytest.raises(dist.DistributedError, match="has distributed.json but its store.json records no cluster"):
         dist.open_store(store)
+
+
+def test_republish_to_another_namespace_reads_the_recorded_one(redis_cluster, tmp_path, seed):
+    store = str(tmp_path / "s")
+    tables = _store(store, seed)
+    first = dist.DistributedSettings(redis_cluster.address, namespace=f"from{seed}", refresh_seconds=0.0)
+    dist.publish_store(store, first, model="m", cpu_cache_percentage=0.2)
+    second = dist.DistributedSettings(redis_cluster.address, namespace=f"to{seed}", refresh_seconds=0.0)
+    out = dist.publish_store(store, second, cpu_cache_percentage=0.5)  # re-tiered too: more host rows
+    assert out["tables"]["a.tiemb"]["written_values"] == -(-ROWS // dist.DEFAULT_BLOCK_ROWS)
+    assert table_store.read_store(store)["distributed"]["namespace"] == f"to{seed}"
+    assert out["tables"]["a.tiemb"]["host_rows"] == 500 and table_store.check_store(store) == []
+    engine, remote = dist.open_store(store, refresh_seconds=0)
+    ids = np.random.default_rng(seed).integers(0, ROWS, 100).astype(np.int64)
+    got = engine.group([tiemb.Slot(0, "sum", "gather")]).lookup([ids])[0]
+    np.testing.assert_array_equal(got, _gather_oracle(tables["a.tiemb"], ids))
+    remote.close()
