@@ -159,3 +159,28 @@ def test_republish_to_another_namespace_reads_the_recorded_one(redis_cluster, tm
     got = engine.group([tiemb.Slot(0, "sum", "gather")]).lookup([ids])[0]
     np.testing.assert_array_equal(got, _gather_oracle(tables["a.tiemb"], ids))
     remote.close()
+
+
+def test_old_layout_is_republished_into_store_json(redis_cluster, tmp_path, seed):
+    """The fix the refusal names: tiemb publish rewrites an old-layout store
+    (full table files, distributed.json) into the new one, keeping its host order."""
+    from tiemb.cli import main
+
+    store = str(tmp_path / "s")
+    tables = _store(store, seed)
+    os.makedirs(os.path.join(store, "distributed"))
+    order = np.random.default_rng(seed).permutation(ROWS)[:300].astype("<i8")
+    order.tofile(os.path.join(store, "distributed", "a.tiemb.host.i64"))
+    with open(os.path.join(store, "distributed", "remote.txt"), "w") as f:
+        f.write("tiemb-remote 1\n")
+    with open(os.path.join(store, "distributed.json"), "w") as f:
+        json.dump({"format": 1}, f)
+    assert main(["publish", store, "--address", redis_cluster.address, "--namespace", f"old{seed}",
+                 "--cpu-cache-percentage", "0.3"]) == 0
+    assert not os.path.exists(os.path.join(store, "distributed.json"))
+    assert not os.path.exists(os.path.join(store, "distributed"))
+    d = table_store.read_store(store)["distributed"]
+    assert np.array_equal(np.fromfile(os.path.join(store, d["tables"][0]["host_ids"]), "<i8"), order)
+    ids = np.random.default_rng(seed).integers(0, ROWS, 64).astype(np.int64)
+    got = _op_engine(store).group([tiemb.Slot(0, "sum", "gather")]).lookup([ids])[0]
+    np.testing.assert_array_equal(got, _gather_oracle(tables["a.tiemb"], ids))
