@@ -13,6 +13,10 @@ the rows live and is left out. The host tier holds the most frequent ids of
 
     python benchmarks/distributed_bench.py                 # starts a local 3+3 cluster in a temp dir
     python benchmarks/distributed_bench.py --address h:p   # an existing cluster
+
+With ``LD_PRELOAD`` of benchmarks/tools/malloc_count.c's library and
+``--mallocs``, a last column counts the process's malloc/calloc/realloc calls
+per lookup call (the Python wrapper's own are in the all-resident row too).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def main() -> None:
     ap.add_argument("--host-shares", default="0.3,0.1", help="host tier shares to measure (1 - share: cluster only)")
     ap.add_argument("--block-rows", type=int, default=dist.DEFAULT_BLOCK_ROWS)
     ap.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
+    ap.add_argument("--mallocs", action="store_true",
+                    help="count allocations per call (needs LD_PRELOAD of benchmarks/tools/malloc_count.c)")
     args = ap.parse_args()
 
     cluster = None
@@ -124,27 +130,34 @@ def run(args, address: str) -> None:
 
     labels = list(groups)
     times = {label: [] for label in labels}
+    mallocs = {label: 0 for label in labels}
+    count = _malloc_counter() if args.mallocs else None
     before = {label: (engines[label][2].client.stats(), engines[label][2].stats()["tables"]) for label in labels
               if engines[label][2] is not None}
     for k in range(args.calls):
         order = labels[k % len(labels):] + labels[:k % len(labels)]  # rotate who goes first
         for label in order:
+            m = count() if count else 0
             t = time.perf_counter()
             call(label, k)
             times[label].append(time.perf_counter() - t)
+            mallocs[label] += (count() - m) if count else 0
 
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.node()}: {cpu_name()} ({os.cpu_count()} cores), "
           f"Python {platform.python_version()}, cluster: {'local 3 masters + 3 replicas on loopback, same machine' if not args.address else args.address}")
     print(f"# W&D embedding stage, scale {args.scale}: {len(tables)} tables, {sum(t.shape[0] for t in tables.values())} "
           f"rows; batch {args.batch}; {args.calls} calls per row, alternated; block_rows {args.block_rows}; "
           f"publish {written} values in {publish_s:.1f} s")
-    print("| configuration | p50 ms | p99 ms | samples/s | round trips/call | bytes in/call | values/call | host hit rate | cluster hit rate |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    extra = " mallocs/call |" if count else ""
+    print("| configuration | p50 ms | p99 ms | samples/s | round trips/call | bytes in/call | values/call | host hit rate | "
+          "cluster hit rate |" + extra)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if count else ""))
     for label in labels:
         ts = np.array(times[label]) * 1e3
         thr = args.batch / (ts.mean() / 1e3)
         if engines[label][2] is None:
-            print(f"| {label} | {np.percentile(ts, 50):.2f} | {np.percentile(ts, 99):.2f} | {thr:,.0f} | 0 | 0 | 0 | 1.00 | 0.00 |")
+            print(f"| {label} | {np.percentile(ts, 50):.2f} | {np.percentile(ts, 99):.2f} | {thr:,.0f} | 0 | 0 | 0 | 1.00 | "
+                  "0.00 |" + (f" {mallocs[label] / args.calls:,.0f} |" if count else ""))
             continue
         d = engines[label][2]
         c0, t0s = before[label]
@@ -155,10 +168,24 @@ def run(args, address: str) -> None:
         vals = sum(t1s[x]["cluster_values"] - t0s[x]["cluster_values"] for x in t1s)
         print(f"| {label} | {np.percentile(ts, 50):.2f} | {np.percentile(ts, 99):.2f} | {thr:,.0f} | "
               f"{(c1['round_trips'] - c0['round_trips']) / n:.2f} | {(c1['bytes_in'] - c0['bytes_in']) / n:,.0f} | "
-              f"{vals / n:.0f} | {hits / (hits + rows):.3f} | {rows / (hits + rows):.3f} |")
+              f"{vals / n:.0f} | {hits / (hits + rows):.3f} | {rows / (hits + rows):.3f} |" +
+              (f" {mallocs[label] / n:,.0f} |" if count else ""))
     for _, (_, _, d) in engines.items():
         if d is not None:
             d.close()
+
+
+def _malloc_counter():
+    """tiemb_malloc_count of the preloaded counter library; SystemExit when absent."""
+    import ctypes
+
+    try:
+        f = ctypes.CDLL(None).tiemb_malloc_count
+    except AttributeError:
+        raise SystemExit("--mallocs needs LD_PRELOAD of the counter: cc -O2 -shared -fPIC -o /tmp/malloc_count.so "
+                         "benchmarks/tools/malloc_count.c -ldl")
+    f.restype = ctypes.c_ulonglong
+    return f
 
 
 if __name__ == "__main__":

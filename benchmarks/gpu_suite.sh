@@ -18,10 +18,43 @@ if ls .whl/pybind11-*.whl >/dev/null 2>&1 && ! python3 -c "import pybind11, sys;
   python3 -c "import pybind11; print('using carried pybind11', pybind11.__version__)"
 fi
 
+# Debian packages carried in .debs/ (redis-server, redis-tools, libhiredis0.14,
+# libhiredis-dev, libjemalloc2, liblzf1, nlohmann-json3-dev: Debian 12 builds)
+# are unpacked with dpkg -x into /tmp/debroot, never into /, before the build:
+# CMake then finds hiredis (pkg-config under a sysroot) and nlohmann/json, and
+# the distributed tests find redis-server. Where the unpacked redis-server
+# cannot run (another OS's libc), say so: the distributed tests skip with that reason.
+if ls .debs/*.deb >/dev/null 2>&1; then
+  echo "== .debs: unpacking $(ls .debs/*.deb | wc -l) packages into /tmp/debroot"
+  DEBROOT=/tmp/debroot
+  mkdir -p "$DEBROOT"
+  for deb in .debs/*.deb; do dpkg -x "$deb" "$DEBROOT" || echo "dpkg -x $deb failed"; done
+  multiarch=$(ls -d "$DEBROOT"/usr/lib/*-linux-gnu 2>/dev/null | head -1)
+  export PATH="$DEBROOT/usr/bin:$DEBROOT/usr/sbin:$PATH"
+  export LD_LIBRARY_PATH="${multiarch:+$multiarch:}$DEBROOT/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LIBRARY_PATH="${multiarch:+$multiarch:}$DEBROOT/usr/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export CPATH="$DEBROOT/usr/include${CPATH:+:$CPATH}"
+  export CMAKE_PREFIX_PATH="$DEBROOT/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  # hiredis.pc says prefix=/usr: the sysroot maps its -I/-L flags into $DEBROOT.
+  export PKG_CONFIG_SYSROOT_DIR="$DEBROOT"
+  export PKG_CONFIG_PATH="${multiarch:+$multiarch/pkgconfig:}$DEBROOT/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  pkg-config --modversion hiredis 2>&1 | sed 's/^/hiredis (pkg-config): /'
+  if redis_version=$(redis-server --version 2>&1); then
+    echo "redis-server: $redis_version"
+  else
+    echo "redis-server CANNOT RUN here (unpacked from .debs): $redis_version"
+    echo "  -> the distributed tests (tests/distributed, GPU tier included) skip with this reason"
+  fi
+  { echo "debs: $(ls .debs/*.deb | xargs -n1 basename | tr '\n' ' ')"; echo "redis-server --version: $redis_version"; } >> "$OUT/toolchain.txt"
+else
+  echo "== .debs: none carried (redis-server from the system, if any: $(command -v redis-server || echo absent))"
+fi
+
 # The store.json parser (nlohmann/json, header-only) comes from the system
 # (nlohmann-json3-dev) or, on a machine without it and without network, from a
 # carried copy at .deps/include/nlohmann (cp -r /usr/include/nlohmann .deps/include/).
 if [ -f /usr/include/nlohmann/json.hpp ]; then echo "nlohmann/json: system"
+elif [ -f /tmp/debroot/usr/include/nlohmann/json.hpp ] && [ -n "${CMAKE_PREFIX_PATH:-}" ]; then echo "nlohmann/json: unpacked from .debs"
 elif [ -f .deps/include/nlohmann/json.hpp ]; then echo "nlohmann/json: carried .deps/include"
 else echo "nlohmann/json: MISSING (carry .deps/include/nlohmann; the build will stop and say so)"; fi | tee -a "$OUT/toolchain.txt"
 
@@ -67,4 +100,10 @@ echo "== benchmarks"
 (cd /tmp && timeout "${BENCH_TIMEOUT:-360}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --json "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40)
 echo "== NVE-shaped case (issue 15): 16 GB table in pinned host memory, GPU cache 10%"
 (cd /tmp && timeout "${NVE_TIMEOUT:-120}" python3 "$OLDPWD/benchmarks/nve_case.py" --json "$OUT/nve_case.json" 2>&1 | tee "$OUT/nve.log" | tail -12)
+echo "== distributed GPU tier (issue 16): GPU cache over a local Redis Cluster"
+if (cd /tmp && python3 -c "import sys; from tiemb.distributed.local_cluster import redis_missing_reason as r; w = r(); print(w or ''); sys.exit(1 if w else 0)"); then
+  (cd /tmp && timeout "${DIST_TIMEOUT:-240}" python3 "$OLDPWD/benchmarks/distributed_gpu_bench.py" 2>&1 | tee "$OUT/distributed_gpu.log" | tail -12)
+else
+  echo "skipped: no runnable redis-server (carry the Debian packages in .debs/)"
+fi
 exit $test_rc

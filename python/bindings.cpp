@@ -132,6 +132,33 @@ py::dict store_dict(const store_manifest& mf) {
   tiers["cpu_cache_percentage"] = mf.tiers.cpu_cache_percentage;
   tiers["hit_rate_threshold"] = mf.tiers.hit_rate_threshold;
   d["tiers"] = tiers;
+  if (mf.has_distributed) {  // store.json's "distributed" object, as written (tiemb/distributed/store.py)
+    const store_distributed& s = mf.distributed;
+    py::dict dist, settings;
+    dist["namespace"] = s.ns;
+    dist["model"] = s.model;
+    dist["cpu_cache_percentage"] = s.cpu_cache_percentage;
+    settings["address"] = s.address;
+    settings["timeout_ms"] = s.timeout_ms;
+    settings["retries"] = s.retries;
+    settings["refresh_seconds"] = s.refresh_seconds;
+    dist["settings"] = settings;
+    py::list tables;
+    for (const auto& t : s.tables) {
+      py::dict e;
+      e["name"] = t.name;
+      e["version"] = t.version;
+      e["block_rows"] = t.block_rows;
+      e["host_rows"] = t.host_rows;
+      e["host_ids"] = t.host_ids;
+      char crc[16];
+      std::snprintf(crc, sizeof crc, "%08x", t.host_ids_checksum);
+      e["host_ids_checksum"] = std::string(crc);
+      tables.append(e);
+    }
+    dist["tables"] = tables;
+    d["distributed"] = dist;
+  }
   return d;
 }
 

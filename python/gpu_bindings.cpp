@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "../csrc/cuda/gpu_engine.h"
+#include "../csrc/distributed/remote_table.h"
 #include "../csrc/cuda/store_gpu_engine.h"
 #include "common.h"
 
@@ -90,6 +91,17 @@ class py_gpu_engine {
     }
     return engine_->add_table(static_cast<dtype>(t), weights.shape(0), weights.shape(1), weights.data(), tiers,
                              prof, nprof);
+  }
+
+  int32_t add_remote_table(std::shared_ptr<remote_table> remote, double cache_percentage, double hit_rate_threshold,
+                           const py::object& profile_ids, bool admission_filter) {
+    tier_config tiers{cache_percentage, 0.0, hit_rate_threshold, "", true};
+    tiers.admission_filter = admission_filter;
+    py::array_t<int64_t, py::array::c_style | py::array::forcecast> p;
+    if (!profile_ids.is_none()) p = py::array_t<int64_t, py::array::c_style | py::array::forcecast>(profile_ids);
+    py::gil_scoped_release release;  // reads the warm rows from the cluster
+    return engine_->add_remote_table(std::move(remote), tiers, profile_ids.is_none() ? nullptr : p.data(),
+                                     profile_ids.is_none() ? 0 : p.size());
   }
 
   py::dict stats(int32_t id) {
@@ -233,6 +245,10 @@ void bind_gpu(py::module_& m) {
       .def("add_table", &py_gpu_engine::add_table, py::arg("weights"), py::arg("cache_percentage"),
            py::arg("cpu_cache_percentage"), py::arg("hit_rate_threshold"), py::arg("backing_file"),
            py::arg("host_zero_copy"), py::arg("profile_ids"), py::arg("admission_filter") = false)
+      .def("add_remote_table", &py_gpu_engine::add_remote_table, py::arg("remote"), py::arg("cache_percentage"),
+           py::arg("hit_rate_threshold"), py::arg("profile_ids") = py::none(), py::arg("admission_filter") = false,
+           "A table in a Redis Cluster (a RemoteTable) under a GPU cache of cache_percentage of its rows; "
+           "returns its id.")
       .def("stats", &py_gpu_engine::stats, py::arg("table"))
       .def("table_info", &py_gpu_engine::table_info, py::arg("table"))
       .def_property_readonly("num_tables", &py_gpu_engine::num_tables)

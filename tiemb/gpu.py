@@ -250,6 +250,31 @@ class GpuEmbeddingEngine:
                                       float(tiers.hit_rate_threshold), tiers.backing_file or "",
                                       tiers.host_read == "zero_copy", profile_ids, tiers.policy == "lru_admit")
 
+    def add_remote_table(self, remote, tiers: Optional[TierConfig] = None, profile_ids=None) -> int:
+        """Adds a table whose rows live in a Redis Cluster; returns its id.
+
+        Args:
+            remote: a ``tiemb._C.RemoteTable`` (see :mod:`tiemb.distributed`):
+                its host tier and the cluster are the tiers below the GPU cache.
+            tiers: ``cache_percentage``, ``hit_rate_threshold`` and
+                ``policy`` are used (``cpu_cache_percentage``,
+                ``backing_file`` and ``host_read`` are not: the host tier is
+                the remote table's); None keeps the whole table on the GPU,
+                read from the cluster once here.
+            profile_ids: sample ids whose frequencies pick the rows that start
+                in the GPU cache.
+
+        Each call's GPU-cache misses of every remote table are read by the
+        host in one pipelined batch (at most one round trip per cluster
+        node), exactly; the GPU cache does not follow ``refresh()``.
+        """
+        tiers = tiers or RESIDENT
+        tiers.validate(remote.rows)
+        if profile_ids is not None:
+            profile_ids = np.ascontiguousarray(profile_ids, dtype=np.int64).ravel()
+        return self._engine.add_remote_table(remote, float(tiers.cache_percentage), float(tiers.hit_rate_threshold),
+                                             profile_ids, tiers.policy == "lru_admit")
+
     def table_shape(self, table: int) -> tuple:
         return self._engine.table_info(table)
 

@@ -5,7 +5,10 @@ The description carries everything the engines need: the tables (name, file,
 rows, dim, dtype, size and CRC32C of each file), the engine sizes
 (``max_batch_size``, ``slot_num``, ``max_nnz``), the tiers
 (``cache_percentage``, ``cpu_cache_percentage``, ``hit_rate_threshold``), a
-random content id (the store's identity) and its own CRC32C. This module
+random content id (the store's identity), for a store published to a Redis
+Cluster the ``distributed`` object (namespace, model, settings, per table its
+content version and host tier: see :func:`write_distributed`), and its own
+CRC32C. This module
 writes it; the C++ core (``csrc/core/table_store.cc``) is its one reader, and
 every description is checked by that reader before it replaces the old one.
 Stores of older formats (``manifest.txt``) are refused at load with a message
@@ -65,6 +68,92 @@ def write_store(directory: str, tables: Mapping[str, np.ndarray], *, max_batch_s
     _write_description(directory, sizes, entries, _tier_values(tiers) if tiers is not None else None)
 
 
+def write_distributed(directory: str, distributed: Mapping[str, object],
+                      host_tiers: Mapping[str, tuple]) -> None:
+    """Records that the store's tables live in a Redis Cluster, and keeps only
+    their host tier on disk.
+
+    Args:
+        directory: an existing store.
+        distributed: ``namespace``, ``model``, ``cpu_cache_percentage``,
+            ``settings`` (``address``, ``timeout_ms``, ``retries``,
+            ``refresh_seconds``) and ``tables``: per table name its
+            ``version`` and ``block_rows`` in the cluster.
+        host_tiers: per table of ``distributed["tables"]``, ``(ids, rows)``:
+            the host tier's row ids (int64, hottest first, at least one, a
+            table file holds at least one row) and those rows.
+
+    Each such table's file is replaced by ``<name>.host`` (the host rows, a
+    table file) and ``<name>.host.i64`` (the ids, raw little-endian int64);
+    its entry keeps the table's full row count. The description is replaced
+    atomically with a new content id, then the files it no longer names (the
+    full table files, the layout before store.json recorded the cluster:
+    ``distributed.json`` and ``distributed/``) are removed.
+    """
+    d = read_store(directory)
+    entries = _entries(d)
+    by_name = {e["name"]: e for e in entries}
+    tables = []
+    for name, where in distributed["tables"].items():
+        if name not in by_name:
+            raise ValueError(f"distributed table {name!r} is not a table of the store {directory}")
+        ids, rows = host_tiers[name]
+        ids = np.ascontiguousarray(ids, dtype="<i8")
+        rows = np.ascontiguousarray(rows)
+        e = by_name[name]
+        if ids.ndim != 1 or not 1 <= ids.size <= e["rows"] or rows.shape != (ids.size, e["dim"]) \
+                or rows.dtype.name != e["dtype"]:
+            raise ValueError(f"distributed table {name!r}: host tier must be 1 to {e['rows']} ids and their "
+                             f"{e['dim']}-wide {e['dtype']} rows, got ids {ids.shape}, rows {rows.shape} {rows.dtype}")
+        file = f"{name}.host"
+        checksum = _C.write_table_file(os.path.join(directory, file), rows)
+        ids_file = file + ".i64"
+        _write_atomic(os.path.join(directory, ids_file), ids.tobytes())
+        e.update(file=file, checksum=f"{checksum:08x}", bytes=os.path.getsize(os.path.join(directory, file)))
+        tables.append({"name": name, "version": where["version"], "block_rows": int(where["block_rows"]),
+                       "host_rows": int(ids.size), "host_ids": ids_file,
+                       "host_ids_checksum": f"{_C.crc32c(ids.tobytes()):08x}"})
+    s = distributed["settings"]
+    doc = {"namespace": distributed["namespace"], "model": distributed["model"],
+           "cpu_cache_percentage": float(distributed["cpu_cache_percentage"]),
+           "settings": {"address": s["address"], "timeout_ms": int(s["timeout_ms"]), "retries": int(s["retries"]),
+                        "refresh_seconds": float(s["refresh_seconds"])},
+           "tables": tables}
+    sizes = {k: d[k] for k in ("max_batch_size", "slot_num", "max_nnz")}
+    _write_description(directory, sizes, entries, _stored_tiers(directory), doc)
+    named = {e["file"] for e in entries} | {t["host_ids"] for t in tables}
+    for old in set(d["files"]) - named:
+        if os.path.isfile(os.path.join(directory, old)):
+            os.remove(os.path.join(directory, old))
+    _remove_old_distributed_layout(directory)
+
+
+def _remove_old_distributed_layout(directory: str) -> None:
+    legacy = os.path.join(directory, "distributed")
+    if os.path.isfile(os.path.join(directory, "distributed.json")):
+        os.remove(os.path.join(directory, "distributed.json"))
+    if os.path.isdir(legacy):
+        for f in os.listdir(legacy):
+            if f == "remote.txt" or f.endswith(".host.i64"):
+                os.remove(os.path.join(legacy, f))
+        if not os.listdir(legacy):
+            os.rmdir(legacy)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def read_store(directory: str) -> dict:
     """The checked description of the store at ``directory``: a dict with
     ``max_batch_size``, ``slot_num``, ``max_nnz``, ``tables`` (names in
@@ -81,7 +170,7 @@ def resize_store(directory: str, *, max_batch_size: int, slot_num: int, max_nnz:
     with the old sizes must not serve it."""
     d = read_store(directory)
     sizes = {"max_batch_size": max_batch_size, "slot_num": slot_num, "max_nnz": max_nnz}
-    _write_description(directory, sizes, _entries(d), _stored_tiers(directory))
+    _write_description(directory, sizes, _entries(d), _stored_tiers(directory), d.get("distributed"))
 
 
 def write_tiers(directory: str, tiers: Mapping[str, float]) -> None:
@@ -104,7 +193,7 @@ def write_tiers(directory: str, tiers: Mapping[str, float]) -> None:
     merged = dict(_stored_tiers(directory) or {})
     merged.update(_tier_values(tiers))
     sizes = {k: d[k] for k in ("max_batch_size", "slot_num", "max_nnz")}
-    _write_description(directory, sizes, _entries(d), merged)
+    _write_description(directory, sizes, _entries(d), merged, d.get("distributed"))
 
 
 def tiers_from_parameters(params: Mapping[str, object]) -> dict:
@@ -153,13 +242,16 @@ def _entries(d: dict) -> list:
                                            d["checksums"], d["file_bytes"])]
 
 
-def _write_description(directory: str, sizes: dict, tables: list, tiers: Optional[dict]) -> None:
+def _write_description(directory: str, sizes: dict, tables: list, tiers: Optional[dict],
+                       distributed: Optional[dict] = None) -> None:
     """Checks the description with the engines' own reader, then replaces
     store.json atomically (written beside it, flushed, renamed)."""
     doc = {"format": "tiemb-store", "version": FORMAT_VERSION, "content_id": uuid.uuid4().hex, "sizes": sizes,
            "tables": tables}
     if tiers is not None:
         doc["tiers"] = tiers
+    if distributed is not None:
+        doc["distributed"] = distributed
     doc["checksum"] = "00000000"
     text = json.dumps(doc, indent=2) + "\n"
     crc = _C.crc32c(text.encode("utf-8"))

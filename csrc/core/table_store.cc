@@ -160,6 +160,66 @@ void read_tiers(const fields& top, const std::string& where, store_manifest& m) 
   }
 }
 
+void read_distributed_tables(const fields& d, const std::string& where, store_manifest& m) {
+  const json& tables = d.at("tables");
+  TIEMB_EXPECT(tables.is_array(), where, ": distributed.tables must be a list, got ", printable(tables.dump()));
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const fields t(tables[i], where, detail::concat("distributed.tables[", i, "]"));
+    t.only({"name", "version", "block_rows", "host_rows", "host_ids", "host_ids_checksum"});
+    store_distributed::table e;
+    e.name = t.text("name");
+    TIEMB_EXPECT(m.distributed.find(e.name) == nullptr, where, ": ", t.name("name"), " '", printable(e.name),
+                 "' is listed twice");
+    size_t id = m.tables.size();
+    for (size_t k = 0; k < m.tables.size(); ++k) id = m.tables[k] == e.name ? k : id;
+    TIEMB_EXPECT(id < m.tables.size(), where, ": ", t.name("name"), " '", printable(e.name),
+                 "' is not a table of the store");
+    e.version = t.text("version");
+    TIEMB_EXPECT(!e.version.empty() && e.version.find_first_of(" :\n") == std::string::npos, where, ": ",
+                 t.name("version"), " must be a content version (no spaces or ':'), got '", printable(e.version), "'");
+    e.block_rows = t.integer("block_rows", 1);
+    // A table file holds at least one row, so the host tier keeps at least one.
+    e.host_rows = t.integer("host_rows", 1);
+    TIEMB_EXPECT(e.host_rows <= m.rows[id], where, ": ", t.name("host_rows"), " must be <= the table's rows (",
+                 m.rows[id], "), got ", e.host_rows);
+    e.host_ids = t.text("host_ids");
+    TIEMB_EXPECT(!e.host_ids.empty() && e.host_ids.find('/') == std::string::npos && e.host_ids != kStoreDescription,
+                 where, ": ", t.name("host_ids"), " must be a file name in the store directory, got '",
+                 printable(e.host_ids), "'");
+    e.host_ids_checksum = static_cast<uint32_t>(std::stoul(t.hex("host_ids_checksum", 8), nullptr, 16));
+    m.distributed.tables.push_back(std::move(e));
+  }
+}
+
+// store.json's "distributed" object (see store_distributed).
+void read_distributed(const fields& top, const std::string& where, store_manifest& m) {
+  if (!top.has("distributed")) return;
+  const fields d(top.at("distributed"), where, "distributed");
+  d.only({"namespace", "model", "cpu_cache_percentage", "settings", "tables"});
+  m.has_distributed = true;
+  store_distributed& out = m.distributed;
+  out.ns = d.text("namespace");
+  out.model = d.text("model");
+  for (const auto& [key, value] : {std::pair{"namespace", &out.ns}, std::pair{"model", &out.model}}) {
+    TIEMB_EXPECT(!value->empty() && value->find_first_of(" :\n") == std::string::npos, where, ": ", d.name(key),
+                 " must be a non-empty key part without spaces or ':', got '", printable(*value), "'");
+  }
+  out.cpu_cache_percentage = d.number("cpu_cache_percentage");
+  TIEMB_EXPECT(out.cpu_cache_percentage >= 0 && out.cpu_cache_percentage <= 1, where, ": ",
+               d.name("cpu_cache_percentage"), " must be in [0, 1], got ", out.cpu_cache_percentage);
+  const fields s(d.at("settings"), where, "distributed.settings");
+  s.only({"address", "timeout_ms", "retries", "refresh_seconds"});
+  out.address = s.text("address");
+  out.timeout_ms = s.integer("timeout_ms", 1);
+  out.retries = s.integer("retries", 0);
+  TIEMB_EXPECT(out.timeout_ms <= 3600000 && out.retries <= 1000, where, ": ", s.name("timeout_ms"), " (",
+               out.timeout_ms, ") must be <= 3600000 and ", s.name("retries"), " (", out.retries, ") <= 1000");
+  out.refresh_seconds = s.number("refresh_seconds");
+  TIEMB_EXPECT(out.refresh_seconds >= 0, where, ": ", s.name("refresh_seconds"), " must be >= 0, got ",
+               out.refresh_seconds);
+  read_distributed_tables(d, where, m);
+}
+
 // A store of an older format: the description it has, and the fix.
 void refuse_old_format(const std::string& dir) {
   const std::string old = dir + "/manifest.txt";
@@ -187,7 +247,7 @@ store_manifest store_manifest::parse(const std::string& text, const std::string&
     throw error(detail::concat(where, ": not valid JSON (", printable(e.what()), "): the description is damaged"));
   }
   const fields top(doc, where, "");
-  top.only({"format", "version", "content_id", "sizes", "tables", "tiers", "checksum"});
+  top.only({"format", "version", "content_id", "sizes", "tables", "tiers", "distributed", "checksum"});
   TIEMB_EXPECT(top.has("format") && top.at("format") == "tiemb-store", where,
                ": not a tiemb store description (format must be \"tiemb-store\")");
   const int64_t version = top.integer("version", 1);
@@ -208,6 +268,7 @@ store_manifest store_manifest::parse(const std::string& text, const std::string&
   }
   read_tables(top, where, m);
   read_tiers(top, where, m);
+  read_distributed(top, where, m);
   return m;
 }
 
@@ -233,6 +294,18 @@ int32_t store_manifest::table_id(const std::string& name, const std::string& dir
   throw error(detail::concat("table store ", dir, " has no table '", name, "'"));
 }
 
+const store_distributed::table* store_distributed::find(const std::string& name) const {
+  for (const table& t : tables) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+int64_t store_manifest::stored_rows(size_t i) const {
+  const store_distributed::table* t = distributed.find(tables.at(i));
+  return t != nullptr ? t->host_rows : rows.at(i);
+}
+
 std::string store_key(const std::string& dir) {
   char resolved[PATH_MAX];
   return ::realpath(dir.c_str(), resolved) != nullptr ? std::string(resolved) : dir;
@@ -243,10 +316,10 @@ namespace {
 // A table file's header against the store's description of it.
 void check_table_header(const store_manifest& m, size_t i, const std::string& path, const table_file_header& h) {
   TIEMB_EXPECT(kTableFileHeaderBytes + h.data_bytes() == m.file_bytes[i] && h.checksum == m.checksums[i] &&
-                   h.rows == m.rows[i] && h.dim == m.dims[i] && h.type == m.dtypes[i],
+                   h.rows == m.stored_rows(i) && h.dim == m.dims[i] && h.type == m.dtypes[i],
                "table file ", path, ": does not match the store's ", kStoreDescription, " (", h.rows, " x ", h.dim,
                " ", to_string(h.type), ", ", kTableFileHeaderBytes + h.data_bytes(), " bytes, checksum ",
-               hex32(h.checksum), "; ", kStoreDescription, " says ", m.rows[i], " x ", m.dims[i], " ",
+               hex32(h.checksum), "; ", kStoreDescription, " says ", m.stored_rows(i), " x ", m.dims[i], " ",
                to_string(m.dtypes[i]), ", ", m.file_bytes[i], " bytes, ", hex32(m.checksums[i]),
                "): the file is damaged or from another store");
 }
@@ -259,6 +332,10 @@ void for_each_store_table(const std::string& dir, const store_manifest& manifest
                           const std::function<void(const table_file_header&, const void*)>& add) {
   std::vector<char> rows;
   for (size_t i = 0; i < manifest.tables.size(); ++i) {
+    TIEMB_EXPECT(manifest.distributed.find(manifest.tables[i]) == nullptr, "table store ", dir, ": table '",
+                 manifest.tables[i], "' lives in a Redis Cluster (", kStoreDescription,
+                 " distributed.tables; its file holds only the host tier): it is served by the CPU engine over the "
+                 "cluster (the TiembLookup op's CPU kernel, tiemb.distributed.open_store), not from its file");
     const std::string path = manifest.table_path(dir, i);
     table_file_reader r(path);
     const auto& h = r.header();
@@ -268,6 +345,25 @@ void for_each_store_table(const std::string& dir, const store_manifest& manifest
     r.verify(rows.data());
     add(h, rows.data());
   }
+}
+
+std::vector<int64_t> read_host_ids(const std::string& dir, const store_distributed::table& t) {
+  const std::string path = dir + "/" + t.host_ids;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  TIEMB_EXPECT(f != nullptr, "host ids file ", path, " of distributed table '", t.name, "': cannot open: ",
+               std::strerror(errno));
+  std::vector<int64_t> ids(static_cast<size_t>(t.host_rows) + 1);  // one more: a longer file is caught
+  const size_t got = std::fread(ids.data(), 8, ids.size(), f);
+  std::fclose(f);
+  TIEMB_EXPECT(got == static_cast<size_t>(t.host_rows), "host ids file ", path, " of distributed table '", t.name,
+               "': ", got == ids.size() ? "more" : detail::concat(got), " ids, ", kStoreDescription, " says ",
+               t.host_rows, ": the file is damaged or from another store");
+  ids.pop_back();
+  const uint32_t crc = crc32c(ids.data(), ids.size() * 8);
+  TIEMB_EXPECT(crc == t.host_ids_checksum, "host ids file ", path, " of distributed table '", t.name,
+               "': checksum mismatch (CRC32C ", hex32(crc), ", ", kStoreDescription, " says ",
+               hex32(t.host_ids_checksum), "): the file is damaged");
+  return ids;
 }
 
 std::vector<std::string> check_store(const std::string& dir) {
@@ -285,6 +381,13 @@ std::vector<std::string> check_store(const std::string& dir) {
       table_file_reader r(path);
       check_table_header(m, i, path, r.header());
       r.verify_file();
+    } catch (const error& e) {
+      problems.push_back(e.what());
+    }
+  }
+  for (const store_distributed::table& t : m.distributed.tables) {
+    try {
+      read_host_ids(dir, t);
     } catch (const error& e) {
       problems.push_back(e.what());
     }

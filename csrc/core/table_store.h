@@ -15,6 +15,7 @@
 //                 "bytes": <the table file's size>}, ...],      in table-id order
 //     "tiers": {"cache_percentage": <x>, "cpu_cache_percentage": <x>,
 //               "hit_rate_threshold": <x>},     optional; absent keys: the defaults
+//     "distributed": {...},                 optional: see store_distributed
 //     "checksum": "<8 hex digits>"
 //   }
 // The last checksum is the CRC32C of the file's bytes with its own 8 digits
@@ -43,6 +44,33 @@ namespace tiemb {
 constexpr const char* kStoreDescription = "store.json";
 constexpr int kStoreFormatVersion = 3;
 
+/// What a store published to a Redis Cluster records (tiemb/enable_distributed;
+/// written by tiemb/distributed/store.py), store.json's optional object
+///   "distributed": {"namespace": "<ns>", "model": "<model>", "cpu_cache_percentage": <x>,
+///                   "settings": {"address": "<host:port[,...]>", "timeout_ms": <int>,
+///                                "retries": <int>, "refresh_seconds": <x>},
+///                   "tables": [{"name": "<table>", "version": "<content version>",
+///                               "block_rows": <int>, "host_rows": <int>,
+///                               "host_ids": "<file>", "host_ids_checksum": "<8 hex>"}, ...]}
+/// A table listed there lives in the cluster: its store file holds only the
+/// host tier (host_rows rows, in the order of the ids file: raw little-endian
+/// int64, hottest first, CRC32C host_ids_checksum), so the store's table entry
+/// describes that file while "rows" stays the table's full row count.
+struct store_distributed {
+  struct table {
+    std::string name, version;
+    int64_t block_rows = 0, host_rows = 0;
+    std::string host_ids;  ///< file name in the store directory
+    uint32_t host_ids_checksum = 0;
+  };
+  std::string ns, model, address;  ///< TIEMB_REDIS_ADDRESS overrides address at load
+  int64_t timeout_ms = 1000, retries = 5;
+  double refresh_seconds = 5.0, cpu_cache_percentage = 1.0;
+  std::vector<table> tables;
+  /// The entry of table `name`, or nullptr when it is served from its file.
+  const table* find(const std::string& name) const;
+};
+
 /// A store's description (store.json), checked: every field present, of its
 /// type and in range.
 struct store_manifest {
@@ -57,6 +85,11 @@ struct store_manifest {
   std::vector<int64_t> dims;           ///< per table
   std::vector<dtype> dtypes;           ///< per table: float32 or float16
   tier_config tiers;                   ///< the store's tiers (defaults where absent); no backing_file
+  bool has_distributed = false;        ///< store.json has a "distributed" object
+  store_distributed distributed;
+
+  /// Rows in table `i`'s file: its host tier's for a table in the cluster.
+  int64_t stored_rows(size_t i) const;
 
   /// Reads and checks <dir>/store.json; throws tiemb::error naming the file
   /// and the field. A store of an older format (manifest.txt) is refused
@@ -77,9 +110,15 @@ std::string store_key(const std::string& dir);
 /// Reads every table file of the store in table-id order, checks its size and
 /// checksum against the manifest (in parallel) and hands each to
 /// `add(header, rows)`; the rows buffer is reused between tables. Throws
-/// tiemb::error naming the file when one is missing, truncated or damaged.
+/// tiemb::error naming the file when one is missing, truncated or damaged,
+/// and naming the table when it lives in a Redis Cluster (its file holds only
+/// the host tier: the caller must serve it through csrc/distributed).
 void for_each_store_table(const std::string& dir, const store_manifest& manifest,
                           const std::function<void(const table_file_header&, const void*)>& add);
+
+/// Reads the host tier row ids of a table in the cluster (the store's ids
+/// file), checked against its size and checksum; throws naming the file.
+std::vector<int64_t> read_host_ids(const std::string& dir, const store_distributed::table& t);
 
 /// Every problem of the store at `dir`, one line each naming the file:
 /// manifest unreadable or damaged, table files missing, of the wrong size, or

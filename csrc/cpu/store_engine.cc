@@ -18,9 +18,8 @@ std::shared_ptr<cpu_engine> shared_cpu_engine(const std::string& dir, const stor
       m.config.num_threads = static_cast<int32_t>(n);
     }
     auto engine = std::make_shared<cpu_engine>(m.config);
-    remote_store_spec remote;
-    if (read_remote_store_spec(dir, &remote)) {  // tables in a Redis Cluster (tiemb/enable_distributed)
-      engine->attach(load_remote_store(dir, m, remote, *engine));
+    if (store_is_distributed(dir, m)) {  // tables in a Redis Cluster (tiemb/enable_distributed)
+      engine->attach(load_remote_store(dir, m, *engine));
       return engine;
     }
     for_each_store_table(dir, m, [&](const table_file_header& h, const void* rows) {

@@ -16,6 +16,8 @@
 
 namespace tiemb {
 
+class remote_table;
+
 namespace gpu {
 class gpu_table;
 }  // namespace gpu
@@ -37,6 +39,18 @@ class gpu_engine {
   /// that start in the GPU cache; without them the first rows do.
   int32_t add_table(dtype type, int64_t rows, int64_t dim, const void* host_data,
                     const tier_config& tiers, const int64_t* profile_ids, int64_t num_profile);
+
+  /// A table whose rows live in a Redis Cluster (tiemb/enable_distributed):
+  /// a GPU cache of tiers.cache_percentage of its rows over `remote`'s host
+  /// tier and the cluster (cache_percentage 1: read whole at load, then
+  /// resident). Each call's GPU-cache misses of all remote tables are read
+  /// by the host in one pipelined batch (at most one round trip per cluster
+  /// node), staged in pinned memory and moved up in one transfer per table.
+  /// tiers.cpu_cache_percentage and backing_file are not used. The GPU
+  /// cache does not follow refresh(): serve updated tables from the CPU
+  /// engine (README "Distributed tables").
+  int32_t add_remote_table(std::shared_ptr<remote_table> remote, const tier_config& tiers,
+                           const int64_t* profile_ids, int64_t num_profile);
 
   const engine_config& config() const { return config_; }
   int device() const { return device_; }

@@ -3,6 +3,7 @@
 #include <hiredis.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -39,6 +40,95 @@ bool starts_with(const char* s, size_t len, const char* prefix) {
   const size_t n = std::strlen(prefix);
   return len >= n && std::strncmp(s, prefix, n) == 0;
 }
+
+// Replies of pooled connections are parsed straight into the caller's
+// cluster_reply (hiredis's reader with our object functions): no reply
+// object and no string copy is allocated per value, and a value's bytes land
+// in a string whose capacity is reused from call to call. The sink is the
+// reader's privdata while run_commands reads; CLUSTER SLOTS (nested arrays)
+// uses connections of its own with hiredis's default objects.
+struct reply_sink {
+  cluster_reply* out = nullptr;  // the command being read
+  int type = 0;                  // REDIS_REPLY_* of its top-level reply
+  std::string error;             // an error reply's text (redirects, CLUSTERDOWN, ...)
+  int64_t bytes = 0;             // string payload bytes read
+};
+
+void* sink_string(const redisReadTask* task, char* str, size_t len) {
+  auto* sink = static_cast<reply_sink*>(task->privdata);
+  if (task->parent != nullptr) return sink;  // inside an array: not a reply run_commands asks for
+  sink->type = task->type;
+  if (task->type == REDIS_REPLY_ERROR) {
+    sink->error.assign(str, len);
+  } else {
+    sink->out->value.assign(str, len);
+    sink->bytes += static_cast<int64_t>(len);
+  }
+  return sink;
+}
+void* sink_array(const redisReadTask* task) {
+  auto* sink = static_cast<reply_sink*>(task->privdata);
+  if (task->parent == nullptr) sink->type = REDIS_REPLY_ARRAY;
+  return sink;
+}
+void* sink_integer(const redisReadTask* task, long long value) {
+  auto* sink = static_cast<reply_sink*>(task->privdata);
+  if (task->parent != nullptr) return sink;
+  sink->type = REDIS_REPLY_INTEGER;
+  sink->out->integer = value;
+  return sink;
+}
+void* sink_nil(const redisReadTask* task) {
+  auto* sink = static_cast<reply_sink*>(task->privdata);
+  if (task->parent == nullptr) sink->type = REDIS_REPLY_NIL;
+  return sink;
+}
+void sink_free(void*) {}  // the sink belongs to run_commands
+
+redisReplyObjectFunctions* sink_functions() {
+  static redisReplyObjectFunctions fns = [] {
+    redisReplyObjectFunctions f{};  // members of newer hiredis (RESP3 types) stay null
+    f.createString = sink_string;
+    // The element count is an int in hiredis 0.14 and a size_t in 1.x.
+    f.createArray = [](const redisReadTask* task, auto) -> void* { return sink_array(task); };
+    f.createInteger = sink_integer;
+    f.createNil = sink_nil;
+    f.freeObject = sink_free;
+    return f;
+  }();
+  return &fns;
+}
+
+// A command in the protocol's own form (RESP), appended to `out`: one
+// reused buffer per node per call instead of hiredis formatting (and
+// allocating) each command.
+void append_resp(std::string& out, int argc, const char* const* argv, const size_t* argl) {
+  char num[32];
+  out += '*';
+  out.append(num, static_cast<size_t>(std::snprintf(num, sizeof num, "%d", argc)));
+  out += "\r\n";
+  for (int k = 0; k < argc; ++k) {
+    out += '$';
+    out.append(num, static_cast<size_t>(std::snprintf(num, sizeof num, "%zu", argl[k])));
+    out += "\r\n";
+    out.append(argv[k], argl[k]);
+    out += "\r\n";
+  }
+}
+
+// run_commands' scratch, per calling thread: reused across calls, so a call
+// allocates nothing once the buffers have grown to its size.
+struct run_scratch {
+  std::vector<size_t> todo, retry;
+  std::vector<char> asking;
+  std::vector<std::pair<size_t, cluster_endpoint>> ask_target;
+  std::vector<std::pair<void*, std::vector<size_t>>> batches;  // (node, its commands); inner vectors kept
+  size_t num_batches = 0;
+  std::vector<redisContext*> conns;
+  std::string resp;
+  reply_sink sink;
+  cluster_reply asking_reply;
+};
 
 }  // namespace
 
@@ -155,7 +245,12 @@ redisContext* cluster_client::borrow(node& n) {
       return c;
     }
   }
-  return connect(n.ep);
+  redisContext* c = connect(n.ep);
+  if (c != nullptr) {
+    c->reader->fn = sink_functions();  // pooled connections only serve run_commands
+    c->reader->maxbuf = 0;             // keep the read buffer: no free and malloc per call
+  }
+  return c;
 }
 
 void cluster_client::give_back(node& n, redisContext* c, bool broken) {
@@ -227,23 +322,31 @@ void cluster_client::run_commands(size_t count, command_fn fn, const void* ctx, 
     const args a = command(i);
     return std::string(a.argv[0], a.argl[0]);
   };
-  std::vector<size_t> todo(count);
+  thread_local run_scratch scratch;
+  run_scratch& sc = scratch;
+  std::vector<size_t>& todo = sc.todo;
+  todo.resize(count);
   for (size_t i = 0; i < count; ++i) todo[i] = i;
   // Only commands that meet an ASK redirect get an entry.
-  std::vector<std::pair<size_t, cluster_endpoint>> ask_target;
-  std::vector<char> asking(count, 0);
+  auto& ask_target = sc.ask_target;
+  ask_target.clear();
+  std::vector<char>& asking = sc.asking;
+  asking.assign(count, 0);
   auto ask_of = [&](size_t i) -> const cluster_endpoint& {
     for (auto& e : ask_target) {
       if (e.first == i) return e.second;
     }
     throw error("internal: ASK target lost");
   };
+  reply_sink& sink = sc.sink;
   std::string last_problem;
   int failures = 0;  // rounds that met a lost connection or a cluster not ready
   int redirect_rounds = 0;
   while (!todo.empty()) {
-    // Group the pending commands by node.
-    std::vector<std::pair<node*, std::vector<size_t>>> batches;
+    // Group the pending commands by node (the inner vectors keep their capacity).
+    auto& batches = sc.batches;
+    size_t& num_batches = sc.num_batches;
+    num_batches = 0;
     {
       std::unique_lock<std::shared_mutex> lk(map_mutex_);
       for (size_t i : todo) {
@@ -257,77 +360,91 @@ void cluster_client::run_commands(size_t count, command_fn fn, const void* ctx, 
         }
         TIEMB_EXPECT(n != nullptr, "Redis Cluster '", address_, "': no node serves the hash slot of key '", key_of(i),
                      "' (the cluster is missing slots)");
-        auto it = batches.begin();
-        for (; it != batches.end() && it->first != n; ++it) {
+        size_t b = 0;
+        for (; b < num_batches && batches[b].first != n; ++b) {
         }
-        if (it == batches.end()) {
-          batches.push_back({n, {}});
-          it = batches.end() - 1;
+        if (b == num_batches) {
+          if (batches.size() == num_batches) batches.emplace_back();
+          batches[b].first = n;
+          batches[b].second.clear();
+          ++num_batches;
         }
-        it->second.push_back(i);
+        batches[b].second.push_back(i);
       }
     }
-    std::vector<size_t> retry;
+    auto node_of = [&](size_t b) -> node& { return *static_cast<node*>(batches[b].first); };
+    std::vector<size_t>& retry = sc.retry;
+    retry.clear();
     bool need_refresh = false;
     bool round_failed = false;
     // Send to every node first, then read: the round trips overlap.
-    std::vector<redisContext*> conns(batches.size(), nullptr);
-    for (size_t b = 0; b < batches.size(); ++b) {
-      node& n = *batches[b].first;
-      redisContext* c = borrow(n);
+    std::vector<redisContext*>& conns = sc.conns;
+    conns.assign(num_batches, nullptr);
+    for (size_t b = 0; b < num_batches; ++b) {
+      redisContext* c = borrow(node_of(b));
       conns[b] = c;
       if (c == nullptr) continue;
+      std::string& resp = sc.resp;
+      resp.clear();
+      static const char* const kAsking[] = {"ASKING"};
+      static const size_t kAskingLen[] = {6};
       for (size_t i : batches[b].second) {
-        if (asking[i]) redisAppendCommand(c, "ASKING");
+        if (asking[i]) append_resp(resp, 1, kAsking, kAskingLen);
         args a = command(i);
         for (int k = 0; k < a.argc; ++k) bytes_out_ += static_cast<int64_t>(a.argl[k]);
-        redisAppendCommandArgv(c, a.argc, a.argv, a.argl);
+        append_resp(resp, a.argc, a.argv, a.argl);
         ++commands_;
       }
+      redisAppendFormattedCommand(c, resp.data(), resp.size());
       // Flush the whole pipeline now so the nodes work in parallel.
       int done = 0;
       while (!done) {
         if (redisBufferWrite(c, &done) != REDIS_OK) break;
       }
     }
-    for (size_t b = 0; b < batches.size(); ++b) {
-      node& n = *batches[b].first;
+    for (size_t b = 0; b < num_batches; ++b) {
+      node& n = node_of(b);
       redisContext* c = conns[b];
       ++round_trips_;
       bool broken = c == nullptr;
       std::string node_problem = c == nullptr ? "cannot connect" : "";
+      if (c != nullptr) c->reader->privdata = &sink;
       for (size_t i : batches[b].second) {
         if (broken) {
           retry.push_back(i);
           continue;
         }
+        void* raw = nullptr;
         if (asking[i]) {
-          void* ok = nullptr;
-          if (redisGetReply(c, &ok) != REDIS_OK) {
+          sink.out = &sc.asking_reply;
+          if (redisGetReply(c, &raw) != REDIS_OK) {
             broken = true;
             node_problem = c->errstr;
             retry.push_back(i);
             continue;
           }
-          freeReplyObject(ok);
           asking[i] = 0;
         }
-        void* raw = nullptr;
+        cluster_reply& out = (*replies)[i];
+        sink.out = &out;
+        sink.type = 0;
+        sink.bytes = 0;
+        raw = nullptr;
         if (redisGetReply(c, &raw) != REDIS_OK || raw == nullptr) {
           broken = true;
           node_problem = c->err ? c->errstr : "no reply";
           retry.push_back(i);
           continue;
         }
-        auto* r = static_cast<redisReply*>(raw);
-        cluster_reply& out = (*replies)[i];
         cluster_endpoint ep;
-        if (r->type == REDIS_REPLY_ERROR) {
-          if (parse_redirect(r->str, r->len, "MOVED", &ep)) {
+        const char* err = sink.error.data();
+        const size_t err_len = sink.error.size();
+        if (sink.type == REDIS_REPLY_ERROR) {
+          if (parse_redirect(err, err_len, "MOVED", &ep)) {
             ++redirects_;
             need_refresh = true;
             retry.push_back(i);
-          } else if (parse_redirect(r->str, r->len, "ASK", &ep)) {
+          } else if (parse_redirect(err, err_len, "ASK", &ep)) {
             ++redirects_;
             bool known = false;
             for (auto& e : ask_target) {
@@ -339,32 +456,29 @@ void cluster_client::run_commands(size_t count, command_fn fn, const void* ctx, 
             if (!known) ask_target.emplace_back(i, ep);
             asking[i] = 1;
             retry.push_back(i);
-          } else if (starts_with(r->str, r->len, "TRYAGAIN") || starts_with(r->str, r->len, "CLUSTERDOWN") ||
-                     starts_with(r->str, r->len, "LOADING") || starts_with(r->str, r->len, "MASTERDOWN")) {
-            node_problem = std::string(r->str, r->len);
+          } else if (starts_with(err, err_len, "TRYAGAIN") || starts_with(err, err_len, "CLUSTERDOWN") ||
+                     starts_with(err, err_len, "LOADING") || starts_with(err, err_len, "MASTERDOWN")) {
+            node_problem = sink.error;
             need_refresh = true;
             retry.push_back(i);
             round_failed = true;  // counts against the retries, like a lost connection
           } else {
-            const std::string msg(r->str, r->len);
-            freeReplyObject(r);
+            const std::string msg = sink.error;
             give_back(n, c, true);  // unread replies remain in its pipeline
-            for (size_t rest = b + 1; rest < batches.size(); ++rest) give_back(*batches[rest].first, conns[rest], true);
+            for (size_t rest = b + 1; rest < num_batches; ++rest) give_back(node_of(rest), conns[rest], true);
             throw error(detail::concat("Redis Cluster node ", n.ep.str(), ": ", name_of(i), " '", key_of(i),
                                        "' failed: ", msg));
           }
-        } else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
+        } else if (sink.type == REDIS_REPLY_STRING || sink.type == REDIS_REPLY_STATUS) {
           out.nil = false;
-          out.value.assign(r->str, r->len);
-          bytes_in_ += static_cast<int64_t>(r->len);
-        } else if (r->type == REDIS_REPLY_INTEGER) {
+          bytes_in_ += sink.bytes;
+        } else if (sink.type == REDIS_REPLY_INTEGER) {
           out.nil = false;
-          out.integer = r->integer;
           out.is_integer = true;
         } else {
           out.nil = true;
+          out.value.clear();  // an array's elements are not a reply run_commands asks for
         }
-        freeReplyObject(r);
       }
       give_back(n, c, broken);
       if (broken) {

@@ -62,42 +62,16 @@ std::string get_one(cluster_client& client, const std::string& key, bool* found)
 
 }  // namespace
 
-bool read_remote_store_spec(const std::string& dir, remote_store_spec* spec) {
-  const std::string path = dir + "/distributed/remote.txt";
-  bool exists = false;
-  const std::string text = read_text(path, &exists);
-  if (!exists) return false;
-  auto kv = key_values(text);
-  TIEMB_EXPECT(!kv.empty() && kv[0].first == "tiemb-remote" && kv[0].second == "1", path,
-               ": expected 'tiemb-remote 1' on the first line");
-  for (size_t i = 1; i < kv.size(); ++i) {
-    const auto& [k, v] = kv[i];
-    const std::string where = path + ":" + std::to_string(i + 1);
-    if (k == "address") {
-      spec->address = v;
-    } else if (k == "namespace") {
-      spec->ns = v;
-    } else if (k == "model") {
-      spec->model = v;
-    } else if (k == "timeout_ms") {
-      spec->timeout_ms = static_cast<int>(to_int(v, where));
-    } else if (k == "retries") {
-      spec->retries = static_cast<int>(to_int(v, where));
-    } else if (k == "refresh_seconds") {
-      spec->refresh_seconds = std::atof(v.c_str());
-    } else if (k == "table") {
-      const size_t sp = v.find(' ');
-      TIEMB_EXPECT(sp != std::string::npos, where, ": expected 'table <file> <host ids file>'");
-      spec->tables.push_back({v.substr(0, sp), v.substr(sp + 1)});
-    } else {
-      TIEMB_EXPECT(false, where, ": unknown key '", k, "'");
-    }
+bool store_is_distributed(const std::string& dir, const store_manifest& manifest) {
+  if (manifest.has_distributed) return true;
+  for (const char* old : {"distributed.json", "distributed/remote.txt"}) {
+    bool exists = false;
+    read_text(dir + "/" + old, &exists);
+    TIEMB_EXPECT(!exists, "table store ", dir, ": has ", old, " but its ", kStoreDescription,
+                 " records no cluster: this is the distributed layout before store.json recorded it, no longer "
+                 "served; re-publish it with this tiemb (tiemb publish ", dir, " --address ...) or re-optimize");
   }
-  if (const char* env = std::getenv("TIEMB_REDIS_ADDRESS")) {
-    if (*env) spec->address = env;  // the same model served against another cluster
-  }
-  TIEMB_EXPECT(!spec->ns.empty() && !spec->model.empty(), path, ": needs namespace and model");
-  return true;
+  return false;
 }
 
 std::string remote_current_version(cluster_client& client, const std::string& ns, const std::string& model,
@@ -238,45 +212,56 @@ std::string remote_refresher::last_error() const {
 }
 
 std::shared_ptr<remote_refresher> load_remote_store(const std::string& dir, const store_manifest& manifest,
-                                                    const remote_store_spec& spec, cpu_engine& engine) {
-  auto client = std::make_shared<cluster_client>(spec.address, spec.timeout_ms, spec.retries);
-  std::map<std::string, std::string> host_files;
-  for (const auto& t : spec.tables) host_files[t.file] = t.host_ids;
+                                                    cpu_engine& engine) {
+  return load_remote_store(
+      dir, manifest, [&](const table_file_header& h, const void* rows) { engine.add_table(h.type, h.rows, h.dim, rows); },
+      [&](std::shared_ptr<remote_table> t) { engine.add_remote_table(std::move(t)); }, true);
+}
+
+std::shared_ptr<remote_refresher> load_remote_store(
+    const std::string& dir, const store_manifest& manifest,
+    const std::function<void(const table_file_header&, const void*)>& add_file,
+    const std::function<void(std::shared_ptr<remote_table>)>& add_remote, bool follow_updates) {
+  const store_distributed& spec = manifest.distributed;
+  std::string address = spec.address;
+  if (const char* env = std::getenv("TIEMB_REDIS_ADDRESS")) {
+    if (*env) address = env;  // the same model served against another cluster
+  }
+  auto client = std::make_shared<cluster_client>(address, static_cast<int>(spec.timeout_ms),
+                                                 static_cast<int>(spec.retries));
   std::vector<remote_refresher::entry> entries;
   std::vector<char> rows;
   for (size_t i = 0; i < manifest.tables.size(); ++i) {
-    const std::string& file = manifest.tables[i];
-    const std::string path = dir + "/" + file;
-    auto it = host_files.find(file);
-    if (it == host_files.end()) {  // not published: served from its file
-      table_file_reader r(path);
-      rows.resize(static_cast<size_t>(r.header().data_bytes()));
-      r.read_all(rows.data());
-      r.verify(rows.data());
-      engine.add_table(r.header().type, r.header().rows, r.header().dim, rows.data());
+    const std::string& name = manifest.tables[i];
+    const std::string path = manifest.table_path(dir, i);
+    const store_distributed::table* remote = spec.find(name);
+    table_file_reader r(path);
+    const table_file_header& h = r.header();
+    TIEMB_EXPECT(h.rows == manifest.stored_rows(i) && h.checksum == manifest.checksums[i], "table file ", path,
+                 ": does not match the store's ", kStoreDescription, " (", h.rows, " rows, checksum ", h.checksum,
+                 "; expected ", manifest.stored_rows(i), ", ", manifest.checksums[i], ")");
+    rows.resize(static_cast<size_t>(h.data_bytes()));
+    r.read_all(rows.data());
+    r.verify(rows.data());
+    if (remote == nullptr) {  // not published: served from its file
+      add_file(h, rows.data());
       continue;
     }
-    const std::string version = remote_current_version(*client, spec.ns, spec.model, file);
-    remote_layout layout = resolve_remote_layout(*client, spec.ns, spec.model, file, version);
-    {
-      table_file_reader r(path);  // the header only: the graph was built for this shape
-      TIEMB_EXPECT(r.header().rows == layout.rows && r.header().dim == layout.dim && r.header().type == layout.type,
-                   "distributed table '", file, "': the cluster holds a ", layout.rows, " x ", layout.dim, " ",
-                   to_string(layout.type), " table, the store a ", r.header().rows, " x ", r.header().dim, " ",
-                   to_string(r.header().type), " one (namespace '", spec.ns, "', model '", spec.model, "')");
-    }
-    const std::string ids_path = dir + "/" + it->second;
-    bool exists = false;
-    const std::string raw = read_text(ids_path, &exists);
-    TIEMB_EXPECT(exists && raw.size() % 8 == 0, "distributed table '", file, "': host ids file ", ids_path,
-                 exists ? " is not a whole number of int64" : " is missing");
-    std::vector<int64_t> ids(raw.size() / 8);
-    std::memcpy(ids.data(), raw.data(), raw.size());
-    auto table = std::make_shared<remote_table>(client, layout, ids);
-    engine.add_remote_table(table);
-    entries.push_back({table, file, version, std::move(layout)});
+    const std::string version = remote_current_version(*client, spec.ns, spec.model, name);
+    remote_layout layout = resolve_remote_layout(*client, spec.ns, spec.model, name, version);
+    TIEMB_EXPECT(manifest.rows[i] == layout.rows && h.dim == layout.dim && h.type == layout.type,
+                 "distributed table '", name, "': the cluster holds a ", layout.rows, " x ", layout.dim, " ",
+                 to_string(layout.type), " table, the store a ", manifest.rows[i], " x ", h.dim, " ",
+                 to_string(h.type), " one (namespace '", spec.ns, "', model '", spec.model, "')");
+    const std::vector<int64_t> ids = read_host_ids(dir, *remote);
+    // The stored host rows are the recorded version's; after an update the
+    // cluster's are the ones to serve.
+    const char* host_rows = version == remote->version ? rows.data() : nullptr;
+    auto table = std::make_shared<remote_table>(client, layout, ids, host_rows);
+    add_remote(table);
+    entries.push_back({table, name, version, std::move(layout)});
   }
-  if (spec.refresh_seconds <= 0) return nullptr;
+  if (spec.refresh_seconds <= 0 || !follow_updates) return nullptr;
   return std::make_shared<remote_refresher>(client, spec.ns, spec.model, std::move(entries), spec.refresh_seconds);
 }
 

@@ -1,21 +1,12 @@
 // A table store whose tables were published to a Redis Cluster: what the
-// store records (<store>/distributed/remote.txt, written by
-// tiemb/distributed/store.py), the versions resolved from the cluster, and
-// the background refresh that follows `tiemb update`.
-//
-// remote.txt:
-//   tiemb-remote 1
-//   address <host:port[,...]>      (TIEMB_REDIS_ADDRESS overrides it)
-//   namespace <ns>
-//   model <model>
-//   timeout_ms <int>
-//   retries <int>
-//   refresh_seconds <float>        (0: no background refresh)
-//   table <file> <host ids file>   (one per table; ids: raw little-endian int64, hottest first)
+// store records (store.json's "distributed" object, store_distributed in
+// csrc/core/table_store.h), the versions resolved from the cluster, and the
+// background refresh that follows `tiemb update`.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,22 +20,13 @@ namespace tiemb {
 
 class cpu_engine;
 struct store_manifest;
+struct table_file_header;
 
-struct remote_store_spec {
-  std::string address, ns, model;
-  int timeout_ms = 1000;
-  int retries = 5;
-  double refresh_seconds = 5.0;
-  struct table_entry {
-    std::string file;
-    std::string host_ids;
-  };
-  std::vector<table_entry> tables;
-};
-
-/// Reads <dir>/distributed/remote.txt; false when the store has none.
-/// Throws tiemb::error naming the file and line when it is malformed.
-bool read_remote_store_spec(const std::string& dir, remote_store_spec* spec);
+/// True when the store's tables live in a Redis Cluster (store.json has a
+/// "distributed" object). Throws naming the store when it has the layout
+/// before store.json recorded the cluster (distributed.json,
+/// distributed/remote.txt): that layout is no longer served.
+bool store_is_distributed(const std::string& dir, const store_manifest& manifest);
 
 /// The `current` version of a table; throws naming table, namespace and
 /// model when nothing is published there.
@@ -87,12 +69,22 @@ class remote_refresher {
   std::thread thread_;
 };
 
-/// Adds the store's tables to `engine`: those in `spec` as remote tables
-/// (their host tier read from the cluster; the local file's rows are not
-/// loaded, only its header checked against the cluster's shape), the rest
-/// from their files. Returns the refresher to keep alive with the engine
-/// (null when refresh_seconds is 0).
+/// Adds the store's tables to `engine`: those in the manifest's
+/// `distributed` as remote tables, the rest from their files. A remote
+/// table's host tier comes from its store file when the cluster still serves
+/// the recorded version, else (after `tiemb update`) from the cluster.
+/// TIEMB_REDIS_ADDRESS overrides the recorded address. Returns the refresher
+/// to keep alive with the engine (null when refresh_seconds is 0).
 std::shared_ptr<remote_refresher> load_remote_store(const std::string& dir, const store_manifest& manifest,
-                                                    const remote_store_spec& spec, cpu_engine& engine);
+                                                    cpu_engine& engine);
+
+/// The same for any engine, in table-id order: `add_file(header, rows)` for
+/// a table served from its file, `add_remote(table)` for one in the cluster.
+/// follow_updates = false never starts the refresher (an engine whose
+/// caches cannot follow a version switch serves the version current at load).
+std::shared_ptr<remote_refresher> load_remote_store(
+    const std::string& dir, const store_manifest& manifest,
+    const std::function<void(const table_file_header&, const void*)>& add_file,
+    const std::function<void(std::shared_ptr<remote_table>)>& add_remote, bool follow_updates);
 
 }  // namespace tiemb

@@ -72,7 +72,7 @@ void remote_table::read_rows(const remote_layout& layout, const std::vector<int6
 }
 
 remote_table::remote_table(std::shared_ptr<cluster_client> client, remote_layout layout,
-                           const std::vector<int64_t>& host_ids)
+                           const std::vector<int64_t>& host_ids, const char* host_rows)
     : client_(std::move(client)), layout_(std::move(layout)) {
   layout_.validate();
   TIEMB_EXPECT(static_cast<int64_t>(host_ids.size()) <= layout_.rows, "remote table '", layout_.name, "': ",
@@ -87,6 +87,10 @@ remote_table::remote_table(std::shared_ptr<cluster_client> client, remote_layout
     host_slot_[static_cast<size_t>(id)] = static_cast<int32_t>(i);
   }
   host_data_.resize(host_ids.size() * static_cast<size_t>(row_bytes()));
+  if (host_rows != nullptr) {
+    std::memcpy(host_data_.data(), host_rows, host_data_.size());
+    return;
+  }
   // In chunks: one huge pipeline would hold every block value at once.
   constexpr size_t kChunk = 4096;
   for (size_t i = 0; i < host_ids.size(); i += kChunk) {
@@ -118,6 +122,26 @@ void remote_table::update(remote_layout layout, const std::vector<int64_t>& chan
   }
   layout_ = std::move(layout);
   ++refreshes_;
+}
+
+void remote_table::read_current(const std::vector<int64_t>& ids, char* dst) {
+  const auto rb = static_cast<size_t>(row_bytes());
+  std::shared_lock<std::shared_mutex> lk(mutex_);
+  std::vector<int64_t> remote;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    TIEMB_EXPECT(ids[i] >= 0 && ids[i] < layout_.rows, "remote table '", layout_.name, "': row ", ids[i],
+                 " out of range [0, ", layout_.rows, ")");
+    if (const char* row = host_row(ids[i])) {
+      std::memcpy(dst + i * rb, row, rb);
+    } else {
+      remote.push_back(ids[i]);
+      where.push_back(i);
+    }
+  }
+  std::vector<char> rows(remote.size() * rb);
+  if (!remote.empty()) read_rows(layout_, remote, rows.data());
+  for (size_t k = 0; k < remote.size(); ++k) std::memcpy(dst + where[k] * rb, rows.data() + k * rb, rb);
 }
 
 remote_stats remote_table::stats() const {

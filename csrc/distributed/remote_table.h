@@ -58,7 +58,11 @@ class remote_table {
   /// rows), read from the cluster in pipelined batches. Throws tiemb::error
   /// naming the table when a block is missing (a wrong namespace or version,
   /// or keys evicted by the cluster's maxmemory policy).
-  remote_table(std::shared_ptr<cluster_client> client, remote_layout layout, const std::vector<int64_t>& host_ids);
+  /// With `host_rows` (host_ids.size() rows, in the order of host_ids: the
+  /// store's copy of this version) the host tier is copied from there
+  /// instead, and nothing is read from the cluster.
+  remote_table(std::shared_ptr<cluster_client> client, remote_layout layout, const std::vector<int64_t>& host_ids,
+               const char* host_rows = nullptr);
 
   dtype type() const { return layout_.type; }
   int64_t rows() const { return layout_.rows; }
@@ -91,6 +95,14 @@ class remote_table {
     cluster_values_ += values;
   }
   remote_stats stats() const;
+  /// Versions switched to since load (cheap: caches above this table that
+  /// cannot follow a switch compare it per call).
+  int64_t refreshes() const { return refreshes_.load(std::memory_order_acquire); }
+
+  /// Reads rows `ids` of the version served now (host copies where
+  /// resident, the rest from the cluster) into dst (ids.size() * row_bytes).
+  /// For loading other tiers (the GPU cache's warm rows), not a lookup path.
+  void read_current(const std::vector<int64_t>& ids, char* dst);
 
   /// Reads rows `ids` of `layout` from the cluster into dst (ids.size() *
   /// row_bytes), one pipelined round trip per node. Throws naming the table

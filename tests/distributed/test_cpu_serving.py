@@ -10,6 +10,8 @@ import tiemb._C as C
 from tiemb import distributed as dist
 from oracle import assert_matches_tf, random_slot
 
+# TensorFlow is the oracle (absent on the GPU machine: skipped there).
+pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(not C.redis_compiled(), reason="this build has no hiredis (TIEMB_REDIS)")
 
 

@@ -11,7 +11,10 @@ import pytest
 import tiemb
 import tiemb._C as C
 from tiemb import distributed as dist
+from tiemb import store as table_store
 
+# TensorFlow is the oracle (absent on the GPU machine: skipped there).
+pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(not C.redis_compiled(), reason="this build has no hiredis (TIEMB_REDIS)")
 
 
@@ -48,16 +51,23 @@ def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, ca
     assert t["written_values"] == 4  # 50 rows in blocks of 16
     seen = np.random.default_rng(1).integers(0, 50, (16, 4)).ravel()  # the test data's ids
     hot15 = np.unique(seen, return_counts=True)
-    assert t["test_data_host_hit_rate"] == pytest.approx(
-        np.isin(seen, np.fromfile(os.path.join(tmp_path, "model", "assets", "distributed", name + ".host.i64"),
-                                  dtype="<i8")).mean())
+    store = os.path.join(tmp_path, "model", "assets")
+    doc = dist.read_distributed(store)
+    (entry,) = doc["tables"]
+    assert entry["name"] == name and doc["namespace"] == ns and doc["model"] == "model"
+    assert entry["version"] == t["version"] == dist.content_version(table)
+    hot = np.fromfile(os.path.join(store, entry["host_ids"]), dtype="<i8")
+    assert len(hot) == entry["host_rows"] == 15  # ceil(0.3 * 50), the test data's most frequent ids first
+    assert t["test_data_host_hit_rate"] == pytest.approx(np.isin(seen, hot).mean())
     # The 15 most frequent ids are the host tier: it serves exactly their share.
     assert t["test_data_host_hit_rate"] == pytest.approx(np.sort(hot15[1])[::-1][:15].sum() / seen.size)
-    store = os.path.join(tmp_path, "model", "assets")
-    doc = json.load(open(os.path.join(store, "distributed.json")))
-    assert doc["tables"][name]["version"] == t["version"] == dist.content_version(table)
-    hot = np.fromfile(os.path.join(store, doc["tables"][name]["host_ids"]), dtype="<i8")
-    assert len(hot) == 15  # ceil(0.3 * 50), the test data's most frequent ids first
+    # On disk only the host tier's rows (in the ids' order), checked by the store's own reader.
+    m = C.read_store_manifest(store)
+    i = m["tables"].index(name)
+    assert m["rows"][i] == 50 and table_store.check_store(store) == []
+    kept, dim, _, _ = C.read_table_rows(os.path.join(store, m["files"][i]), [])
+    assert kept == 15 and np.array_equal(dist.read_store_table(store, m["files"][i]), table[hot])
+    assert not os.path.exists(os.path.join(store, name)) and not os.path.exists(os.path.join(store, "distributed"))
 
     # Served from the cluster: TensorFlow's lookup on the original table is the oracle.
     engine, tables = dist.open_store(store, refresh_seconds=0)
@@ -87,6 +97,11 @@ def test_optimize_publishes_and_serves_exactly(redis_cluster, tmp_path, seed, ca
         engine.group([tiemb.Slot(tables.table_ids[name], "sum", "gather")]).lookup([np.array([0, 49, 1])])[0],
         np.vstack([new, table[1:2]]))
     tables.close()
+    # A bundle carries whole tables: a published model's store has only the host tier.
+    from tiemb.serving import export_bundle
+
+    with pytest.raises(ValueError, match="tables live in a Redis Cluster"):
+        export_bundle(str(tmp_path / "model"), str(tmp_path / "bundle"))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -104,7 +119,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["publish", str(tmp_path / "s"), "--address", "nohost"]) == 1
     assert "malformed entry 'nohost'" in capsys.readouterr().err
     assert main(["update", str(tmp_path / "s"), "--table", "t", "--rows", "x.npz"]) == 1
-    assert "not published (no distributed.json)" in capsys.readouterr().err
+    assert "not published (its store.json records no cluster)" in capsys.readouterr().err
 
 
 _SERVE_SCRIPT = r'''
@@ -127,10 +142,13 @@ def expected(t):
     return (tf.nn.embedding_lookup_sparse(tf.constant(t), sp, None, combiner="sum").numpy() @ kernel)
 
 got = fn(ids=tf.constant(ids))["out"].numpy()
+# TensorFlow on the original model is the oracle; the store has only the host tier's rows.
+np.testing.assert_allclose(got, orig.signatures["serving_default"](ids=tf.constant(ids))["out"].numpy(),
+                           rtol=1e-5, atol=1e-5)
 np.testing.assert_allclose(got, expected(table), rtol=1e-5, atol=1e-5)
 # Every row changes; the op's engine must read the cluster to see it.
-doc = dist.read_distributed_json(opt + "/assets")
-name = next(iter(doc["tables"]))
+doc = dist.read_distributed(opt + "/assets")
+name = doc["tables"][0]["name"]
 client = dist.connect(dist.DistributedSettings(address, namespace=ns))
 new = (table * -2.0 + 1.0).astype(np.float32)
 dist.update_table(client, ns, doc["model"], name, np.arange(50), new)

@@ -8,11 +8,11 @@ from the cluster with a host tier of the hottest rows (:func:`open_store`,
 
 from .publish import (DistributedError, content_version, current_version, publish_table, resolve_layout,
                       update_table)
-from .serving import DistributedTables, host_ids, open_store, read_distributed_json
+from .serving import DistributedTables, host_ids, open_store, read_distributed
 from .settings import DEFAULT_BLOCK_ROWS, DistributedSettings, connect
 from .store import default_model_name, publish_for_optimize, publish_store, read_store_table
 
 __all__ = ["DistributedError", "DistributedSettings", "DistributedTables", "DEFAULT_BLOCK_ROWS", "connect",
            "content_version", "current_version", "default_model_name", "host_ids", "open_store",
-           "publish_for_optimize", "publish_store", "publish_table", "read_distributed_json", "read_store_table",
+           "publish_for_optimize", "publish_store", "publish_table", "read_distributed", "read_store_table",
            "resolve_layout", "update_table"]

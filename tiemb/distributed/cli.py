@@ -32,6 +32,16 @@ def _cluster_args(p) -> None:
     p.add_argument("--retries", type=int, help="retries per batch (default 5)")
 
 
+def _recorded_params(doc: dict) -> dict:
+    """The tiemb/* values a published store records (store.json's distributed)."""
+    if not doc:
+        return {}
+    s = doc["settings"]
+    return {"tiemb/distributed_address": s["address"], "tiemb/distributed_namespace": doc["namespace"],
+            "tiemb/distributed_timeout_ms": s["timeout_ms"], "tiemb/distributed_retries": s["retries"],
+            "tiemb/refresh_seconds": s["refresh_seconds"]}
+
+
 def _settings(args, recorded: dict):
     from .settings import DistributedSettings
 
@@ -44,17 +54,17 @@ def _settings(args, recorded: dict):
 
 
 def _publish(args) -> int:
+    from .. import _C
     from ..check import store_of
-    from .serving import read_distributed_json
     from .settings import DEFAULT_BLOCK_ROWS
     from .store import publish_store
 
     store = store_of(args.store)
-    doc = read_distributed_json(store) or {}
-    settings, params = _settings(args, doc.get("params", {}))
-    out = publish_store(store, settings, model=args.model or doc.get("model"),
+    doc = _C.read_store_manifest(store).get("distributed") or {}  # the old layout is re-published from its files
+    settings, _ = _settings(args, _recorded_params(doc))
+    out = publish_store(store, settings, model=args.model,
                         block_rows=args.block_rows or DEFAULT_BLOCK_ROWS,
-                        cpu_cache_percentage=args.cpu_cache_percentage, params=params,
+                        cpu_cache_percentage=args.cpu_cache_percentage,
                         progress=lambda name, r: print(f"{name}: version {r['version']}, {r['written_values']} values "
                                                        f"written, {r['skipped_values']} already there"))
     print(json.dumps({"namespace": out["namespace"], "model": out["model"],
@@ -67,16 +77,18 @@ def _update(args) -> int:
 
     from ..check import store_of
     from .publish import DistributedError, update_table
-    from .serving import read_distributed_json
+    from .serving import read_distributed
     from .settings import connect
 
     store = store_of(args.store)
-    doc = read_distributed_json(store)
+    doc = read_distributed(store)
     if doc is None:
-        raise DistributedError(f"{store}: not published (no distributed.json); run tiemb publish first")
-    if args.table not in doc["tables"]:
-        raise DistributedError(f"--table {args.table!r}: not a table of {store} (tables: {sorted(doc['tables'])})")
-    settings, _ = _settings(args, doc["params"])
+        raise DistributedError(f"{store}: not published (its store.json records no cluster); run tiemb publish "
+                               "first")
+    names = [t["name"] for t in doc["tables"]]
+    if args.table not in names:
+        raise DistributedError(f"--table {args.table!r}: not a table of {store} (tables: {sorted(names)})")
+    settings, _ = _settings(args, _recorded_params(doc))
     with np.load(args.rows, allow_pickle=False) as f:
         if "ids" not in f.files or "rows" not in f.files:
             raise DistributedError(f"--rows {args.rows}: needs arrays 'ids' and 'rows', has {f.files}")

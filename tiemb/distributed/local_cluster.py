@@ -24,6 +24,15 @@ def redis_missing_reason() -> Optional[str]:
     for tool in ("redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install redis-server)"
+    # Installed is not enough: a copy unpacked from another OS's packages
+    # (benchmarks/gpu_suite.sh, .debs/) may not run against this libc.
+    try:
+        r = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"redis-server ({shutil.which('redis-server')}) cannot run: {e}"
+    if r.returncode != 0:
+        last = (r.stderr or r.stdout).strip().splitlines()
+        return f"redis-server ({shutil.which('redis-server')}) cannot run: {last[-1] if last else f'exit {r.returncode}'}"
     return None
 
 

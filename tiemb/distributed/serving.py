@@ -11,7 +11,6 @@ resident copies of the changed rows) after the update returned.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -23,7 +22,8 @@ from .. import _C
 from .publish import _DTYPE_CODES, DistributedError, current_version, resolve_layout
 from .settings import DistributedSettings, connect
 
-DISTRIBUTED_JSON = "distributed.json"
+# The layout before store.json recorded the cluster; refused at load.
+_OLD_LAYOUT = ("distributed.json", os.path.join("distributed", "remote.txt"))
 
 
 def host_ids(rows: int, cpu_cache_percentage: float, profile_ids: Optional[np.ndarray]) -> np.ndarray:
@@ -147,12 +147,33 @@ class DistributedTables:
             stop.set()
 
 
-def read_distributed_json(store: str) -> Optional[dict]:
-    path = os.path.join(store, DISTRIBUTED_JSON)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def read_distributed(store: str) -> Optional[dict]:
+    """store.json's ``distributed`` object of a published store (namespace,
+    model, cpu_cache_percentage, settings, tables: a list of name, version,
+    block_rows, host_rows, host_ids, host_ids_checksum), or None when the
+    store was not published. DistributedError for a store of the layout
+    before store.json recorded the cluster (re-publish it)."""
+    doc = _C.read_store_manifest(store).get("distributed")
+    if doc is None:
+        for old in _OLD_LAYOUT:
+            if os.path.exists(os.path.join(store, old)):
+                raise DistributedError(
+                    f"table store {store}: has {old} but its store.json records no cluster: this is the "
+                    f"distributed layout before store.json recorded it, no longer served; re-publish it with this "
+                    f"tiemb (tiemb publish {store} --address ...) or re-optimize")
+    return doc
+
+
+def stored_host_ids(store: str, name: str, recorded: Optional[dict]) -> Optional[np.ndarray]:
+    """The host tier order a store records for table ``name`` (hottest
+    first), or None: from store.json's ``distributed``, else from the layout
+    before it (``distributed/<name>.host.i64``) so that re-publishing such a
+    store keeps its order."""
+    for t in (recorded or {}).get("tables", []):
+        if t["name"] == name:
+            return np.fromfile(os.path.join(store, t["host_ids"]), dtype="<i8")
+    old = os.path.join(store, "distributed", name + ".host.i64")
+    return np.fromfile(old, dtype="<i8") if os.path.isfile(old) else None
 
 
 def open_store(store: str, *, address: Optional[str] = None, num_threads: int = 0,
@@ -162,35 +183,45 @@ def open_store(store: str, *, address: Optional[str] = None, num_threads: int = 
     Args:
         store: a table store written by ``optimize()`` with
             ``tiemb/enable_distributed`` (or ``tiemb publish``): its
-            ``distributed.json`` names the namespace, model and versions, and
-            its ``distributed/*.host.i64`` the host tier of each table.
+            store.json's ``distributed`` names the namespace, model, settings
+            and versions, and each table's host tier ids (hottest first).
         address: the cluster; default: the one recorded, else TIEMB_REDIS_ADDRESS.
         num_threads: the engine's lookup threads (0 = all cores).
         refresh_seconds: overrides the recorded tiemb/refresh_seconds.
-        cpu_cache_percentage: re-size the host tier (the hottest rows of the
-            recorded order first); default: as recorded.
+        cpu_cache_percentage: shrink the host tier (the hottest rows of the
+            recorded order first; at most the recorded share: the store's
+            ids); default: as recorded.
+
+    The host tier is read from the cluster's current version (which an
+    update may have moved past the rows the store carries).
     """
     from ..engine import EmbeddingEngine
 
-    doc = read_distributed_json(store)
+    doc = read_distributed(store)
     if doc is None:
-        raise DistributedError(f"table store {store}: no {DISTRIBUTED_JSON}; it was not published to a cluster "
+        raise DistributedError(f"table store {store}: its store.json records no cluster; it was not published "
                                "(optimize with tiemb/enable_distributed, or tiemb publish STORE --address ...)")
     manifest = _C.read_store_manifest(store)
-    settings = DistributedSettings.from_params(doc["params"], address=address)
+    s = doc["settings"]
+    params = {"tiemb/distributed_address": s["address"], "tiemb/distributed_namespace": doc["namespace"],
+              "tiemb/distributed_timeout_ms": s["timeout_ms"], "tiemb/distributed_retries": s["retries"],
+              "tiemb/refresh_seconds": s["refresh_seconds"]}
+    settings = DistributedSettings.from_params(params, address=address)
     engine = EmbeddingEngine(manifest["max_batch_size"], manifest["slot_num"], manifest["max_nnz"], num_threads)
-    hosts = {}
-    for name, t in doc["tables"].items():
-        ids = np.fromfile(os.path.join(store, t["host_ids"]), dtype="<i8") if t.get("host_ids") \
-            else np.zeros(0, np.int64)
+    hosts, shapes = {}, {}
+    for t in doc["tables"]:
+        i = manifest["tables"].index(t["name"])
+        shapes[t["name"]] = (manifest["rows"][i], manifest["dims"][i], manifest["dtypes"][i])
+        ids = stored_host_ids(store, t["name"], doc)
         if cpu_cache_percentage is not None:
-            ids = ids[:min(len(ids), math.ceil(cpu_cache_percentage * t["rows"]))]
-        hosts[name] = ids
-    dist = DistributedTables(engine, settings, doc["model"], list(doc["tables"]), hosts, refresh_seconds)
-    for name, t in doc["tables"].items():
+            ids = ids[:min(len(ids), math.ceil(cpu_cache_percentage * shapes[t["name"]][0]))]
+        hosts[t["name"]] = ids
+    dist = DistributedTables(engine, settings, doc["model"], [t["name"] for t in doc["tables"]], hosts,
+                             refresh_seconds)
+    for name, want in shapes.items():
         layout = dist._layouts[name]
-        if (layout["rows"], layout["dim"], layout["dtype"]) != (t["rows"], t["dim"], t["dtype"]):
+        if (layout["rows"], layout["dim"], layout["dtype"]) != want:
             raise DistributedError(f"distributed table {name!r}: the cluster holds a {layout['rows']} x "
-                                   f"{layout['dim']} {layout['dtype']} table, the store expects {t['rows']} x "
-                                   f"{t['dim']} {t['dtype']} (namespace {settings.namespace!r}, model {doc['model']!r})")
+                                   f"{layout['dim']} {layout['dtype']} table, the store expects {want[0]} x "
+                                   f"{want[1]} {want[2]} (namespace {settings.namespace!r}, model {doc['model']!r})")
     return engine, dist

@@ -1,27 +1,24 @@
 """A table store's tables into the cluster, and what the store records
-about them (``distributed.json`` and the host tier's row ids).
-
-``distributed.json`` (until the store format absorbs it)::
-
-    {"format": 1, "namespace": ..., "model": ..., "params": {tiemb/distributed_* values},
-     "tables": {"<file>": {"version", "rows", "dim", "dtype", "block_rows", "host_ids": "distributed/<file>.host.i64"}}}
-
-``distributed/remote.txt``: the same for the C++ store loader (the
-TensorFlow op's engine), see csrc/distributed/remote_store.h. Host ids are
-raw little-endian int64, hottest first.
+about them: store.json's ``distributed`` object (namespace, model, settings,
+per table its content version and host tier), written by
+:func:`tiemb.store.write_distributed` and read by the C++ store reader
+(csrc/core/table_store.h, ``store_distributed``). A published store keeps
+only each table's host tier on disk (``<table>.host`` rows and
+``<table>.host.i64`` ids, hottest first); the other rows live only in the
+cluster.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Optional
 
 import numpy as np
 
 from .. import _C
-from .publish import publish_table
-from .serving import DISTRIBUTED_JSON, host_ids
+from .. import store as table_store
+from .publish import DistributedError, publish_table, read_blocks, resolve_layout
+from .serving import host_ids, stored_host_ids
 from .settings import DEFAULT_BLOCK_ROWS, DistributedSettings, connect
 
 
@@ -45,75 +42,95 @@ def default_model_name(store: str) -> str:
     return "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "model"
 
 
+def published_table(client, namespace: str, model: str, name: str, version: str) -> np.ndarray:
+    """A whole table as the cluster holds ``version`` of it (what a published
+    store no longer carries on disk); DistributedError naming the table and
+    version when it is not there."""
+    try:
+        layout = resolve_layout(client, namespace, model, name, version)
+    except DistributedError as e:
+        raise DistributedError(f"distributed table {name!r}: the store's rows live only in the cluster, and "
+                               f"version {version} is not there (namespace {namespace!r}, model {model!r}): {e}")
+    blocks = read_blocks(client, layout, range(-(-layout["rows"] // layout["block_rows"])))
+    return np.concatenate([blocks[k] for k in sorted(blocks)])
+
+
 def publish_store(store: str, settings: DistributedSettings, *, model: Optional[str] = None,
                   block_rows: int = DEFAULT_BLOCK_ROWS, cpu_cache_percentage: Optional[float] = None,
-                  profile: Optional[Dict[str, np.ndarray]] = None, params: Optional[dict] = None,
-                  progress=None) -> dict:
-    """Publishes every table of ``store`` and records it in the store.
+                  profile: Optional[Dict[str, np.ndarray]] = None, progress=None) -> dict:
+    """Publishes every table of ``store`` and records it in the store
+    (store.json's ``distributed``); the store then keeps only each table's
+    host tier on disk.
 
     Args:
-        store: a table store directory.
+        store: a table store directory (as optimize() wrote it, or already
+            published: its tables are then read back from the cluster
+            ``settings`` reaches, at the recorded namespace, model and
+            versions).
         settings: the cluster (:class:`DistributedSettings`).
-        model: key part naming the model; default :func:`default_model_name`.
+        model: key part naming the model; default: the recorded one, else
+            :func:`default_model_name`.
         block_rows: rows per cluster value.
         cpu_cache_percentage: share of each table's rows in the serving host
-            tier; default the store's own tier setting (store.json), else 1.0.
+            tier (at least one row); default: the recorded one, else the
+            store's tier setting.
         profile: per table name, ids seen in the test data (the host tier
             takes the most frequent first); None keeps a previous publish's
-            host tier, else the lowest ids.
-        params: the resolved tiemb/* values to record (namespace, timeouts, ...).
+            host tier order, else the lowest ids.
         progress: called with (table, result) after each table.
 
-    Returns the distributed.json document written.
+    Returns ``{"namespace", "model", "cpu_cache_percentage", "tables": {name:
+    {"version", "rows", "dim", "dtype", "block_rows", "host_rows",
+    "written_values", "test_data_host_hit_rate" (with a profile)}}}``.
     """
     client = connect(settings)
     manifest = _C.read_store_manifest(store)
-    cfg_path = os.path.join(store, "tiemb_config.json")
-    cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
+    recorded = manifest.get("distributed") or {}
+    by_name = {t["name"]: t for t in recorded.get("tables", [])}
     if cpu_cache_percentage is None:
-        cpu_cache_percentage = float(manifest.get("tiers", {}).get("cpu_cache_percentage") or 1.0)
-    model = model or default_model_name(store)
-    recorded = {k: v for k, v in (params or cfg).items() if k.startswith("tiemb/distributed_") or
-                k == "tiemb/refresh_seconds"}
-    recorded["tiemb/distributed_namespace"] = settings.namespace
-    recorded["tiemb/distributed_address"] = settings.address
-    recorded["tiemb/distributed_timeout_ms"] = settings.timeout_ms
-    recorded["tiemb/distributed_retries"] = settings.retries
-    recorded["tiemb/refresh_seconds"] = settings.refresh_seconds
-    os.makedirs(os.path.join(store, "distributed"), exist_ok=True)
-    doc = {"format": 1, "namespace": settings.namespace, "model": model, "params": recorded, "tables": {},
-           "cpu_cache_percentage": cpu_cache_percentage}
+        cpu_cache_percentage = float(recorded.get("cpu_cache_percentage", manifest["tiers"]["cpu_cache_percentage"]))
+    model = model or recorded.get("model") or default_model_name(store)
+    out = {"namespace": settings.namespace, "model": model, "cpu_cache_percentage": cpu_cache_percentage,
+           "tables": {}}
+    where, tiers = {}, {}
     for name in manifest["tables"]:
-        table = read_store_table(store, name)
+        if name in by_name:  # its rows live only in the cluster now
+            table = published_table(client, recorded["namespace"], recorded["model"], name, by_name[name]["version"])
+        else:
+            table = read_store_table(store, name)
         result = publish_table(client, settings.namespace, model, name, table, block_rows)
-        rel = f"distributed/{name}.host.i64"
-        path = os.path.join(store, rel)
-        if profile is not None or not os.path.isfile(path):
-            ids = host_ids(table.shape[0], cpu_cache_percentage, None if profile is None else profile.get(name))
-            ids.astype("<i8").tofile(path)
-        doc["tables"][name] = {"version": result["version"], "rows": result["rows"], "dim": result["dim"],
-                               "dtype": result["dtype"], "block_rows": block_rows, "host_ids": rel,
-                               "written_values": result["written_values"]}
         seen = None if profile is None else profile.get(name)
+        ids = host_ids(table.shape[0], cpu_cache_percentage, seen) if profile is not None else \
+            _resized(stored_host_ids(store, name, recorded), table.shape[0], cpu_cache_percentage)
+        if ids.size == 0:  # a table file holds at least one row
+            ids = np.asarray(_C.hot_rows(table.shape[0], np.zeros(0, np.int64) if seen is None else seen, 1))
+        tiers[name] = (ids, np.asarray(table[ids]))
+        where[name] = {"version": result["version"], "block_rows": block_rows}
+        t = {k: result[k] for k in ("version", "rows", "dim", "dtype", "written_values")}
+        t.update(block_rows=block_rows, host_rows=int(ids.size))
         if seen is not None and len(seen):
             # Share of the test data's lookups (duplicates included) the host tier serves.
-            host = np.fromfile(path, dtype="<i8")
-            doc["tables"][name]["test_data_host_hit_rate"] = float(np.isin(seen, host).mean())
+            t["test_data_host_hit_rate"] = float(np.isin(seen, ids).mean())
+        out["tables"][name] = t
         if progress:
             progress(name, result)
-    lines = ["tiemb-remote 1", f"address {settings.address}", f"namespace {settings.namespace}", f"model {model}",
-             f"timeout_ms {settings.timeout_ms}", f"retries {settings.retries}",
-             f"refresh_seconds {settings.refresh_seconds!r}"]
-    lines += [f"table {n} {t['host_ids']}" for n, t in doc["tables"].items()]
-    tmp = os.path.join(store, "distributed", "remote.txt.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(store, "distributed", "remote.txt"))
-    tmp = os.path.join(store, DISTRIBUTED_JSON + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(store, DISTRIBUTED_JSON))
-    return doc
+    settings_doc = {"address": settings.address, "timeout_ms": settings.timeout_ms, "retries": settings.retries,
+                    "refresh_seconds": settings.refresh_seconds}
+    table_store.write_distributed(store, {"namespace": settings.namespace, "model": model,
+                                          "cpu_cache_percentage": cpu_cache_percentage, "settings": settings_doc,
+                                          "tables": where}, tiers)
+    return out
+
+
+def _resized(order: Optional[np.ndarray], rows: int, cpu_cache_percentage: float) -> np.ndarray:
+    """A previous host tier's order cut or extended to the new share."""
+    want = host_ids(rows, cpu_cache_percentage, None)
+    if order is None:
+        return want
+    if order.size >= want.size:
+        return order[:want.size]
+    rest = np.setdiff1d(np.arange(rows, dtype=np.int64), order, assume_unique=False)
+    return np.concatenate([order, rest[:want.size - order.size]])
 
 
 def publish_for_optimize(save_path: str, params: dict, traffic=None) -> dict:
@@ -146,12 +163,12 @@ def publish_for_optimize(save_path: str, params: dict, traffic=None) -> dict:
                 raise ValueError(f"tiemb/enable_distributed: the test data's table {name!r} is not in the store "
                                  f"{store} (tables: {sorted(files)})")
             profile[file] = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
-    doc = publish_store(store, settings, model=default_model_name(save_path), params=params,
+    doc = publish_store(store, settings, model=default_model_name(save_path),
                         cpu_cache_percentage=params.get("tiemb/cpu_cache_percentage"), profile=profile)
     return {"address": settings.address, "namespace": doc["namespace"], "model": doc["model"],
-            "tables": {n: {k: t[k] for k in ("version", "written_values", "test_data_host_hit_rate") if k in t}
-                       for n, t in doc["tables"].items()},
+            "tables": {n: {k: t[k] for k in ("version", "written_values", "host_rows", "test_data_host_hit_rate")
+                           if k in t} for n, t in doc["tables"].items()},
             "cpu_cache_percentage": doc["cpu_cache_percentage"],
             "policy": "static host tier: the hottest rows of the test data (cpu_cache_percentage of each table), "
                       "chosen at load; every other row read from the cluster on each call that needs it",
-            "recorded_in": "distributed.json in the table store"}
+            "recorded_in": "store.json's distributed object in the table store (only the host tier's rows on disk)"}

@@ -135,7 +135,7 @@ def _load(model: str, signature: str) -> SimpleNamespace:
 def _rewrite(src, b) -> None:
     """The lookups fused (or the given model's ops taken as they are), the
     store written, the ops' slots wired to the model's inputs."""
-    from .. import tf_ops
+    from .. import _C, tf_ops
     from ..rewrite.sparse_lookup import rewrite_sparse_lookups
 
     store = os.path.join(b.work, fmt.STORE)
@@ -144,6 +144,11 @@ def _rewrite(src, b) -> None:
     max_nnz = b.params.get("tiemb/max_nnz") or 1
     b.lookups = None
     if already:
+        published = _C.read_store_manifest(os.path.join(b.model, "assets")).get("distributed")
+        if published:  # its files hold only the host tiers
+            raise ValueError(f"{b.model}: its tables live in a Redis Cluster (tiemb/enable_distributed, namespace "
+                             f"{published['namespace']!r}); a bundle carries whole tables: export the model from "
+                             "before it was published, or optimize it again without tiemb/enable_distributed")
         shutil.copytree(os.path.join(b.model, "assets"), store)
         b.graph_def, b.ops, b.optimized_input = src.graph_def, [{"name": n.name} for n in already], True
     else:

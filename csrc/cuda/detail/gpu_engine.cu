@@ -42,6 +42,15 @@ int32_t gpu_engine::add_table(dtype type, int64_t rows, int64_t dim, const void*
   return static_cast<int32_t>(tables_.size() - 1);
 }
 
+int32_t gpu_engine::add_remote_table(std::shared_ptr<remote_table> remote, const tier_config& tiers,
+                                     const int64_t* profile_ids, int64_t num_profile) {
+  TIEMB_EXPECT(!frozen_, "tables must be added before the first lookup group is created");
+  TIEMB_EXPECT(remote != nullptr, "add_remote_table: remote must be a RemoteTable, got None");
+  device_guard g(device_);
+  tables_.push_back(std::make_unique<gpu_table>(device_, std::move(remote), tiers, profile_ids, num_profile));
+  return static_cast<int32_t>(tables_.size() - 1);
+}
+
 gpu_table& gpu_engine::table(int32_t id) {
   TIEMB_EXPECT(id >= 0 && id < num_tables(), "table id ", id, " does not exist (engine has ",
                num_tables(), " tables)");
@@ -343,6 +352,7 @@ void gpu_lookup_group::check_launch(const slot_request* reqs, int64_t n, const i
                  rows[s], " output rows exceed max_batch_size = ", cfg.max_batch_size);
     TIEMB_EXPECT(sc.mode != row_mode::gather || rows[s] == reqs[s].num_ids, "slot ", s, ": a gather slot has one "
                  "output row per id (", reqs[s].num_ids, "), got ", rows[s]);
+    impl_->tables[static_cast<size_t>(s)]->check_remote_version();  // resident remote tables too
   }
 }
 

@@ -22,11 +22,60 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
   TIEMB_EXPECT(dim > 0, "table dimension must be > 0, got ", dim);
   tiers.validate(rows);
   sizes_ = compute_tier_sizes(rows, tiers);
-  TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
+  build(host_data, profile_ids, num_profile);
+}
+
+gpu_table::gpu_table(int device, std::shared_ptr<remote_table> remote, const tier_config& tiers,
+                     const int64_t* profile_ids, int64_t num_profile)
+    : device_(device), tiers_(tiers), remote_(std::move(remote)) {
+  TIEMB_EXPECT(remote_ != nullptr, "a remote GPU table needs its remote table");
+  remote_refreshes_ = remote_->refreshes();
+  type_ = remote_->type();
+  rows_ = remote_->rows();
+  dim_ = remote_->dim();
+  // The host tier is the remote table's; every GPU-cache miss is fetched by
+  // the host (remote_resolver), so no pinned tier and no backing file here.
+  tiers_.cpu_cache_percentage = 0.0;
+  tiers_.backing_file = "(the Redis Cluster)";
+  tiers_.backing_file_holds_table = true;
+  tiers_.validate(rows_);
+  sizes_ = compute_tier_sizes(rows_, tiers_);
+  build(nullptr, profile_ids, num_profile);
+}
+
+void gpu_table::check_remote_version() const {
+  TIEMB_EXPECT(remote_ == nullptr || remote_->refreshes() == remote_refreshes_, "distributed table '",
+               remote_->name(), "': switched to a new version after the GPU engine was built; the GPU cache cannot "
+               "follow a version switch: build the GPU engine again (or serve updates from the CPU engine)");
+}
+
+void gpu_table::copy_rows(const void* host_data, const std::vector<int64_t>& ids, char* dst) const {
+  const auto rb = static_cast<size_t>(row_bytes());
+  if (remote_) {
+    remote_->read_current(ids, dst);
+    return;
+  }
+  const char* src = static_cast<const char*>(host_data);
+  for (size_t k = 0; k < ids.size(); ++k) std::memcpy(dst + k * rb, src + static_cast<size_t>(ids[k]) * rb, rb);
+}
+
+void gpu_table::build(const void* host_data, const int64_t* profile_ids, int64_t num_profile) {
+  const int64_t rows = rows_, dim = dim_;
+  const dtype type = type_;
+  const tier_config& tiers = tiers_;
+  TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   const int64_t rb = row_bytes();
   const char* src = static_cast<const char*>(host_data);
   if (sizes_.resident) {
     resident_ = device_buffer(static_cast<size_t>(rows * rb));
+    std::vector<char> all;
+    if (remote_) {  // read once at load; lookups then never reach the cluster
+      std::vector<int64_t> ids(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < rows; ++i) ids[static_cast<size_t>(i)] = i;
+      all.resize(static_cast<size_t>(rows * rb));
+      copy_rows(nullptr, ids, all.data());
+      host_data = all.data();
+    }
     TIEMB_CUDA_CHECK(cudaMemcpy(resident_.get(), host_data, static_cast<size_t>(rows * rb),
                                 cudaMemcpyHostToDevice));
     return;
@@ -49,7 +98,7 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
     TIEMB_CUDA_CHECK(cudaMemcpy(host_index_dev_.get(), host_index_.data(), host_index_dev_.bytes(),
                                 cudaMemcpyHostToDevice));
   }
-  if (sizes_.file_rows > 0) {
+  if (sizes_.file_rows > 0 && !remote_) {
     // A store's own table file serves its cold rows (reads honour its
     // header); only a table given as an array is written out first.
     if (!tiers.backing_file_holds_table) write_table_file(tiers.backing_file, type, rows, dim, host_data);
@@ -66,9 +115,17 @@ gpu_table::gpu_table(int device, dtype type, int64_t rows, int64_t dim, const vo
   const std::vector<int64_t> keys = warm_cache_keys(sizes_.cache_sets, order);
   std::vector<uint32_t> stamps(static_cast<size_t>(slots), 0);
   std::vector<char> data(static_cast<size_t>(slots * rb), 0);
+  std::vector<int64_t> warm, warm_slots;
   for (int64_t slot = 0; slot < slots; ++slot) {
-    const int64_t id = keys[static_cast<size_t>(slot)];
-    if (id >= 0) std::memcpy(data.data() + slot * rb, src + id * rb, static_cast<size_t>(rb));
+    if (keys[static_cast<size_t>(slot)] < 0) continue;
+    warm.push_back(keys[static_cast<size_t>(slot)]);
+    warm_slots.push_back(slot);
+  }
+  std::vector<char> warm_rows(warm.size() * static_cast<size_t>(rb));
+  copy_rows(host_data, warm, warm_rows.data());
+  for (size_t k = 0; k < warm.size(); ++k) {
+    std::memcpy(data.data() + warm_slots[k] * rb, warm_rows.data() + k * static_cast<size_t>(rb),
+                static_cast<size_t>(rb));
   }
   keys_ = device_buffer(keys.size() * sizeof(int64_t));
   stamps_ = device_buffer(stamps.size() * sizeof(uint32_t));
@@ -100,6 +157,10 @@ void gpu_table::read_row_host(int64_t id, void* dst) const {
   if (sizes_.resident) {
     TIEMB_CUDA_CHECK(cudaMemcpy(dst, resident_.get<char>() + id * rb, static_cast<size_t>(rb),
                                 cudaMemcpyDeviceToHost));
+    return;
+  }
+  if (remote_) {
+    copy_rows(nullptr, {id}, static_cast<char*>(dst));
     return;
   }
   const int64_t slot = host_index_.empty() ? id : host_index_[static_cast<size_t>(id)];

@@ -1,5 +1,7 @@
 // One embedding table on the GPU: resident, or tiered over a GPU cache,
-// pinned host memory and a backing file. CUDA-side header.
+// pinned host memory and a backing file, or over a Redis Cluster (a
+// remote_table: its host tier and the cluster are the lower tiers, read by
+// the host for each call's misses). CUDA-side header.
 //
 // The GPU cache is set-associative: kCacheWays (32) ways per set so one warp
 // probes a set with one load per lane and a ballot. Eviction is LRU with
@@ -28,6 +30,8 @@
 #include "../../core/tier_config.h"
 #include "../../core/types.h"
 #include "../../cpu/thread_pool.h"
+#include "../../distributed/remote_lookup.h"
+#include "../../distributed/remote_table.h"
 #include "device_buffer.h"
 
 namespace tiemb {
@@ -66,6 +70,12 @@ class gpu_table {
  public:
   gpu_table(int device, dtype type, int64_t rows, int64_t dim, const void* host_data,
             const tier_config& tiers, const int64_t* profile_ids, int64_t num_profile);
+  /// A table whose rows live in a Redis Cluster: the GPU cache (or, with
+  /// cache_percentage 1, the whole table, read once here) over `remote`'s
+  /// host tier and the cluster. tiers.cpu_cache_percentage and backing_file
+  /// are not used (the host tier is the remote table's).
+  gpu_table(int device, std::shared_ptr<remote_table> remote, const tier_config& tiers,
+            const int64_t* profile_ids, int64_t num_profile);
   ~gpu_table();
 
   dtype type() const { return type_; }
@@ -84,6 +94,12 @@ class gpu_table {
   /// Whether misses may need the host (rows in the backing file, or the
   /// host tier read by batched copy).
   bool host_fetch() const { return sizes_.file_rows > 0 || !tiers_.host_zero_copy; }
+  /// The remote table below the GPU cache, or null.
+  const std::shared_ptr<remote_table>& remote() const { return remote_; }
+  /// Throws naming the table when its remote table switched version since
+  /// this GPU table was built: the GPU cache holds the old rows and cannot
+  /// follow, so serving on would mix versions.
+  void check_remote_version() const;
   /// Next LRU stamp (one per lookup that touches the table).
   uint32_t next_batch() { return batch_no_++; }
   void count_lookups(int64_t n) { lookups_ += n; }
@@ -106,6 +122,12 @@ class gpu_table {
   pinned_buffer host_rows_;             // mapped
   std::vector<int32_t> host_index_;     // empty = identity
   std::unique_ptr<table_file_reader> file_;
+  std::shared_ptr<remote_table> remote_;
+  int64_t remote_refreshes_ = 0;  // remote_->refreshes() when built
+
+  void build(const void* host_data, const int64_t* profile_ids, int64_t num_profile);
+  /// Rows `ids` of the table into dst: from host_data, or from the remote table.
+  void copy_rows(const void* host_data, const std::vector<int64_t>& ids, char* dst) const;
 };
 
 /// Most tiered tables, and slots over them, one group serves (their state
@@ -181,6 +203,7 @@ class tiered_batch {
  private:
   tiered_params params(int parity);
   void fetch_on_host(cudaStream_t stream);
+  void fetch_remote();
 
   std::vector<gpu_table*> tables_;
   int num_sms_;
@@ -197,6 +220,11 @@ class tiered_batch {
   std::vector<device_buffer> fetched_dev_;
   std::vector<pinned_buffer> list_host_, fetched_host_;
   std::vector<uint32_t> batch_no_;
+  // Remote tables' misses: one remote_resolver "slot" per table of this
+  // batch, so all of a call's cluster reads go out in one pipelined batch.
+  std::unique_ptr<remote_resolver> remote_;
+  std::vector<slot_request> remote_requests_;
+  bool any_remote_ = false;
   // Host fetches: rows gathered on all host threads; their pinned buffers are
   // reused once fetch_done_ (the last transfer up) has passed.
   thread_pool pool_;

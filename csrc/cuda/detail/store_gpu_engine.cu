@@ -1,6 +1,7 @@
 #include "../store_gpu_engine.h"
 
 #include "../../core/error.h"
+#include "../../distributed/remote_store.h"
 
 namespace tiemb {
 
@@ -8,6 +9,27 @@ std::shared_ptr<gpu_engine> shared_gpu_engine(const std::string& dir, int device
   return shared_store_engine<gpu_engine>(store_key(dir), device, dir, manifest,
                                          [&](store_manifest& m) {
     auto engine = std::make_shared<gpu_engine>(m.config, device);
+    if (store_is_distributed(dir, m)) {
+      // Tables in a Redis Cluster: the GPU cache over each one's host tier
+      // and the cluster. The GPU caches cannot follow a version switch, so
+      // this engine serves the versions current at load (no refresher).
+      size_t i = 0;
+      load_remote_store(
+          dir, m,
+          [&](const table_file_header& h, const void* rows) {
+            tier_config tiers = m.tiers;
+            tiers.backing_file = m.table_path(dir, i++);
+            tiers.backing_file_holds_table = true;
+            engine->add_table(h.type, h.rows, h.dim, rows, tiers, nullptr, 0);
+          },
+          [&](std::shared_ptr<remote_table> t) {
+            ++i;
+            engine->add_remote_table(std::move(t), m.tiers, nullptr, 0);
+          },
+          false);
+      engine->freeze();
+      return engine;
+    }
     size_t i = 0;
     for_each_store_table(dir, m, [&](const table_file_header& h, const void* rows) {
       // The store's table file is the backing tier: nothing is written

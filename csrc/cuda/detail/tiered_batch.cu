@@ -56,6 +56,24 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     batch_no_.push_back(0);
   }
   fetch_counts_.assign(n, 0);
+  // Remote tables: one resolver "slot" per table (null for the others),
+  // scratch sized from the largest remote table's ids per call, once.
+  std::vector<std::shared_ptr<remote_table>> remotes;
+  std::vector<slot_config> remote_slots(n);
+  int64_t most_ids = 1;
+  for (size_t i = 0; i < n; ++i) {
+    remotes.push_back(tables_[i]->remote());
+    remote_slots[i].table = static_cast<int32_t>(i);
+    if (remotes.back()) {
+      any_remote_ = true;
+      most_ids = std::max(most_ids, max_ids[i]);
+    }
+  }
+  if (any_remote_) {
+    remote_ = std::make_unique<remote_resolver>(engine_config{most_ids, static_cast<int64_t>(n), 1, 0}, remote_slots,
+                                                std::move(remotes));
+    remote_requests_.resize(n);
+  }
   // Zero-copy reads inside the probe stay the default: on the H200 the
   // separate host-read kernel was slower (974 vs 671 us, 561 vs 471 us per
   // call in benchmarks/RESULTS.md). TIEMB_TIERED_INLINE_HOST_READS=0 selects
@@ -122,7 +140,10 @@ tiered_params tiered_batch::params(int parity) {
 void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t stream) {
   TIEMB_EXPECT(num_views <= kMaxTieredViews, "a lookup group may have at most ", kMaxTieredViews,
                " slots over tiered tables, got ", num_views);
-  for (size_t i = 0; i < tables_.size(); ++i) batch_no_[i] = tables_[i]->next_batch();
+  for (size_t i = 0; i < tables_.size(); ++i) {
+    if (any_remote_) tables_[i]->check_remote_version();
+    batch_no_[i] = tables_[i]->next_batch();
+  }
   staged_ = params(parity_);
   staged_.num_views = num_views;
   int64_t total = 0;
@@ -182,6 +203,7 @@ void tiered_batch::fetch_on_host(cudaStream_t stream) {
   std::vector<std::pair<int, int64_t>>& tasks = fetch_tasks_;
   tasks.clear();
   for (int i = 0; i < num_tables(); ++i) {
+    if (tables_[static_cast<size_t>(i)]->remote()) continue;  // fetch_remote reads these
     for (int64_t b = 0; b < counts[static_cast<size_t>(i)]; b += kChunk) tasks.emplace_back(i, b);
   }
   std::vector<std::string>& errors = fetch_errors_;
@@ -204,6 +226,7 @@ void tiered_batch::fetch_on_host(cudaStream_t stream) {
   for (const auto& e : errors) {
     if (!e.empty()) throw error(e);
   }
+  if (any_remote_) fetch_remote();
   for (int i = 0; i < num_tables(); ++i) {
     const auto u = static_cast<size_t>(i);
     if (counts[u] == 0) continue;
@@ -218,6 +241,31 @@ void tiered_batch::fetch_on_host(cudaStream_t stream) {
   // Waited for at the next call, before the pinned buffers are written again.
   TIEMB_CUDA_CHECK(cudaEventRecord(fetch_done_, stream));
   fetch_pending_ = true;
+}
+
+void tiered_batch::fetch_remote() {
+  // The misses' ids are list_host_[u][2k] (unique per table): one slot
+  // request per remote table, every table's cluster reads in one pipelined
+  // batch (at most one round trip per node), host-tier rows copied.
+  for (size_t u = 0; u < tables_.size(); ++u) {
+    slot_request& r = remote_requests_[u];
+    r = slot_request{};
+    if (!tables_[u]->remote() || fetch_counts_[u] == 0) continue;
+    r.ids = list_host_[u].get<int64_t>();
+    r.id_type = dtype::int64;
+    r.num_ids = fetch_counts_[u];
+    r.id_stride = 2;
+  }
+  remote_->resolve(remote_requests_.data(), static_cast<int64_t>(tables_.size()));
+  for (size_t u = 0; u < tables_.size(); ++u) {
+    if (!tables_[u]->remote() || fetch_counts_[u] == 0) continue;
+    // Staged rows follow the ids' first appearance, and these ids are unique.
+    TIEMB_EXPECT(remote_->rows(static_cast<int64_t>(u)) == fetch_counts_[u], "distributed table '",
+                 tables_[u]->remote()->name(), "': ", remote_->rows(static_cast<int64_t>(u)), " rows staged for ",
+                 fetch_counts_[u], " misses");
+    std::memcpy(fetched_host_[u].get(), remote_->data(static_cast<int64_t>(u)),
+                static_cast<size_t>(fetch_counts_[u] * tables_[u]->row_bytes()));
+  }
 }
 
 void tiered_batch::insert(cudaStream_t stream) {
