@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tensorflow/core/framework/node_def_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/threadpool.h"
 
@@ -102,9 +103,65 @@ class cpu_group_pool {
 // TensorFlow's CPU worker threads.
 class TiembLookupOp : public TiembLookupBase {
  public:
-  using TiembLookupBase::TiembLookupBase;
+  explicit TiembLookupOp(OpKernelConstruction* ctx) : TiembLookupBase(ctx) {
+    std::string label;
+    if (::tensorflow::GetNodeAttr(ctx->def(), "_kernel", &label).ok()) {
+      if (label == kFloorEmpty) floor_ = floor_stage::empty;
+      if (label == kFloorAlloc) floor_ = floor_stage::alloc;
+    }
+  }
 
   void Compute(OpKernelContext* ctx) override {
+    if (floor_ == floor_stage::none) {
+      compute(ctx);
+      return;
+    }
+    bool ready;
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      ready = !floor_shapes_.empty();  // set once, never changed after
+    }
+    if (ready) {
+      compute_floor(ctx);
+      return;
+    }
+    compute(ctx);
+    std::lock_guard<std::mutex> lk(mutex_);
+    if (ctx->status().ok() && floor_shapes_.empty()) remember_outputs(ctx);
+  }
+
+  /// Labels of the benchmark-only kernels (benchmarks/op_overhead.py): a
+  /// node with attribute `_kernel` set to one of them runs the real op once,
+  /// then only TensorFlow's part of the op: `kFloorEmpty` hands back the
+  /// first call's outputs (the cost of any op of this signature in a
+  /// session), `kFloorAlloc` allocates outputs of the first call's shapes and
+  /// writes nothing (that cost plus the output allocation). They bound from
+  /// below what the real op can take; no model uses them.
+  static constexpr const char* kFloorEmpty = "tiemb_floor_empty";
+  static constexpr const char* kFloorAlloc = "tiemb_floor_alloc";
+
+ private:
+  enum class floor_stage { none, empty, alloc };
+
+  void compute_floor(OpKernelContext* ctx) {
+    for (size_t o = 0; o < floor_shapes_.size(); ++o) {
+      if (floor_ == floor_stage::empty) {
+        ctx->set_output(static_cast<int>(o), floor_outputs_[o]);
+      } else {
+        Tensor* t = nullptr;
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(static_cast<int>(o), floor_shapes_[o], &t));
+      }
+    }
+  }
+
+  void remember_outputs(OpKernelContext* ctx) {
+    for (int o = 0; o < ctx->num_outputs(); ++o) {
+      floor_outputs_.push_back(*ctx->mutable_output(o));
+      floor_shapes_.push_back(floor_outputs_.back().shape());
+    }
+  }
+
+  void compute(OpKernelContext* ctx) {
     try {
       const std::string_view store = store_path(ctx);
       cpu_group_pool* groups = nullptr;
@@ -135,11 +192,17 @@ class TiembLookupOp : public TiembLookupBase {
     }
   }
 
- private:
   std::map<std::string, store_group<cpu_engine, cpu_group_pool>, std::less<>> groups_;
+  floor_stage floor_ = floor_stage::none;
+  std::vector<Tensor> floor_outputs_;  // benchmark floors only, set by the first call
+  std::vector<TensorShape> floor_shapes_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_CPU), TiembLookupOp);
+REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_CPU).Label(TiembLookupOp::kFloorEmpty),
+                        TiembLookupOp);
+REGISTER_KERNEL_BUILDER(Name("TiembLookup").Device(::tensorflow::DEVICE_CPU).Label(TiembLookupOp::kFloorAlloc),
+                        TiembLookupOp);
 
 }  // namespace
 }  // namespace tf_kernel
