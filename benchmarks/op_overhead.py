@@ -56,19 +56,22 @@ def isolated_graph(op_values, store: str, label: str = None):
     store_node = gd.node.add(name="tiemb_store", op="Const")
     store_node.attr["dtype"].type = tf.string.as_datatype_enum
     store_node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(store))
-    fetches = []
+    fetches, consts = [], {}
     for op, values in op_values:
         node = gd.node.add()
         node.CopyFrom(op)
         node.ClearField("input")
         node.ClearField("device")
         node.input.append("tiemb_store")
-        for i, v in enumerate(values):
-            name = f"{op.name}/in_{i}"
-            c = gd.node.add(name=name, op="Const")
-            c.attr["dtype"].type = tf.as_dtype(v.dtype).as_datatype_enum
-            c.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(v))
-            node.input.append(name)
+        # One Const per distinct input tensor: slots that read the same id
+        # matrix in the model read one buffer here too.
+        for i, (src, v) in enumerate(zip([x for x in op.input[1:] if not x.startswith("^")], values)):
+            if src not in consts:
+                consts[src] = f"{op.name}/in_{i}"
+                c = gd.node.add(name=consts[src], op="Const")
+                c.attr["dtype"].type = tf.as_dtype(v.dtype).as_datatype_enum
+                c.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(v))
+            node.input.append(consts[src])
         if label:
             node.attr["_kernel"].s = label.encode()
         fetches += [f"{op.name}:{k}" for k in range(len(op.attr["out_types"].list.type))]
