@@ -15,8 +15,10 @@ evaluated once (batch 512); then, taking turns round by round:
   physical floor the op's time sits on;
 * ``engine 1/round``: the engine alone on the same inputs
   (``LookupGroup.time_lookup``, one call per round: the op's situation,
-  caches and threads as the session runs leave them) and ``engine b2b``: 200
-  back-to-back calls (what ``tiemb bench`` reports as "engine ms");
+  caches and threads as the session runs leave them), ``engine b2b``: 200
+  back-to-back calls (what ``tiemb bench`` reports as "engine ms") and
+  ``engine 1 thread``: the same on an engine of one thread (the work
+  itself, no parallel loop);
 
 and each graph's TiembLookup time from TensorFlow's full trace (median per
 run). The embedding part of the whole model (inputs fed, as ``tiemb bench``
@@ -164,6 +166,9 @@ def measure(p, level: int, work: str, rounds: int) -> dict:
     row["engine 1/round"] = statistics.median(engine_one[-rounds * 5:]) * 1e3
     row["engine b2b"] = statistics.median(
         sum(np.array(g.time_lookup(*a, repeats=200)) for g, a in groups)) * 1e3
+    inline = mb.engine_groups(tf, new_gd, feeds, store, view, table_of, level >= 1, num_threads=1)
+    row["engine 1 thread"] = statistics.median(
+        sum(np.array(g.time_lookup(*a, repeats=200)) for g, a in inline)) * 1e3
     for k, (gd, fetches) in graphs.items():
         row[f"{k} traced"] = traced_op_ms(gd, fetches)
     row.update(model=p.name, level=level, slots=sum(op.attr["N"].i for op, _ in op_values),
@@ -172,7 +177,7 @@ def measure(p, level: int, work: str, rounds: int) -> dict:
 
 
 COLUMNS = ["op", "op traced", "tiemb_floor_alloc", "tiemb_floor_alloc traced", "tiemb_floor_empty",
-           "tiemb_floor_empty traced", "engine 1/round", "engine b2b", "emb TF", "emb fused", "feed floor"]
+           "tiemb_floor_empty traced", "engine 1/round", "engine b2b", "engine 1 thread", "emb TF", "emb fused", "feed floor"]
 
 
 def main():

@@ -213,11 +213,12 @@ def op_input_values(tf, graph_def, feeds: Dict[str, np.ndarray], store: str) -> 
 
 
 def engine_groups(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, table_of: Dict[str, str],
-                  half_tables: bool) -> list:
+                  half_tables: bool, num_threads: int = 0) -> list:
     """Per TiembLookup node: (LookupGroup over the same tables, the
     positional arguments of its ``lookup``/``time_lookup`` for the node's
-    inputs on ``feeds``); arguments as ``engine_time``. Ids read in place by
-    the op (columns of an id matrix) are copied contiguous here."""
+    inputs on ``feeds``); arguments as ``engine_time``, ``num_threads`` the
+    engine's (0: one per core). Ids read in place by the op (columns of an
+    id matrix) are copied contiguous here."""
     import tiemb
 
     out = []
@@ -242,7 +243,8 @@ def engine_groups(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view,
         weights = [w if op.attr["weighted"].list.b[s] else None for s, w in enumerate(weights)]
         rows = [(ids[s].shape[0] if w >= 0 else int(np.reshape(r, -1)[0])) if m == "safe" else None
                 for s, (r, m, w) in enumerate(zip(rows, modes, widths))]
-        engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64)
+        engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64,
+                                       num_threads)
         slots = []
         for s in range(n):
             t = tables[s].astype(np.float16) if half_tables else tables[s]
