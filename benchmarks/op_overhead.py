@@ -26,7 +26,11 @@ times it) is measured too, TensorFlow's ops against the fused graph, beside
 ``feed floor``: a session that is fed the same inputs and sums one element of
 each, the part of the embedding measure no lookup can remove.
 
-    python benchmarks/op_overhead.py [--models wd,deepfm,dlrm] [--levels 0,1] [--rounds 30] [--json F]
+    python benchmarks/op_overhead.py [--models wd,deepfm,dlrm] [--levels 0,1] [--rounds 30] [--intra N] [--json F]
+
+``--intra 1`` gives the isolated op sessions one intra-op thread: the op then
+runs inline on the calling thread (the columns "op" and "op traced" change;
+the model sessions keep TensorFlow's default).
 """
 
 import argparse
@@ -49,6 +53,7 @@ from tiemb.timing import alternate, machine_name
 
 BATCH = 512
 FLOORS = ("tiemb_floor_alloc", "tiemb_floor_empty")
+INTRA = [0]  # the isolated sessions' intra_op_parallelism_threads (0: TensorFlow's default, one per core)
 
 
 def isolated_graph(op_values, store: str, label: str = None):
@@ -85,7 +90,7 @@ def _session(gd, fetches):
     graph optimizer off: their constant folding would evaluate the op over Const inputs once, at
     session creation, and time nothing."""
     graph, tensors = mb._import(tf, gd, fetches)
-    config = tf.compat.v1.ConfigProto()
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=INTRA[0])
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     config.graph_options.optimizer_options.opt_level = tf.compat.v1.OptimizerOptions.L0  # the session's own folding
     config.graph_options.optimizer_options.do_constant_folding = False
@@ -185,8 +190,11 @@ def main():
     ap.add_argument("--models", default="wd,deepfm,dlrm")
     ap.add_argument("--levels", default="0,1")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--intra", type=int, default=0,
+                    help="intra_op_parallelism_threads of the isolated op sessions (1: the op runs inline)")
     ap.add_argument("--json")
     a = ap.parse_args()
+    INTRA[0] = a.intra
     tf_ops.load()
     work = tempfile.mkdtemp(prefix="tiemb-opoverhead-")
     load = os.getloadavg()
@@ -198,7 +206,7 @@ def main():
             print(json.dumps(rows[-1]), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {machine_name()}; load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}; "
-          f"commit {commit}; batch {BATCH}; {a.rounds} rounds x 5 calls, medians, ms")
+          f"commit {commit}; intra-op threads {a.intra or 'default'}; batch {BATCH}; {a.rounds} rounds x 5 calls, medians, ms")
     print("| model | level | slots | outputs | " + " | ".join(COLUMNS) + " |")
     print("| --- " * (4 + len(COLUMNS)) + "|")
     for r in rows:
