@@ -1,5 +1,7 @@
 #include "validate.h"
 
+#include <cstdint>
+
 #include "error.h"
 
 namespace tiemb {
@@ -43,6 +45,22 @@ int64_t index_at(const void* p, dtype type, int64_t i) {
 template <class IdT>
 void check_ids(const IdT* ids, int64_t n, int64_t stride, int64_t table_rows, bool allow_negative, bool wrap,
                int64_t slot, int32_t table_id) {
+  // The common case first: the smallest and largest id, a loop without
+  // branches the compiler vectorises, in range. Only a batch that fails it
+  // is scanned again, for the first bad id and its index (the message).
+  int64_t lo = 0;
+  int64_t hi = -1;
+  if (n > 0) {
+    lo = hi = static_cast<int64_t>(ids[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      const int64_t id = static_cast<int64_t>(ids[i * stride]);
+      lo = id < lo ? id : lo;
+      hi = id > hi ? id : hi;
+    }
+  }
+  // Safe mode prunes every negative id; wrapping gathers accept down to -rows.
+  const int64_t lowest = allow_negative ? INT64_MIN : (wrap ? -table_rows : 0);
+  if (lo >= lowest && hi < table_rows) return;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t id = static_cast<int64_t>(ids[i * stride]);
     if (wrap && id < 0 && id >= -table_rows) continue;

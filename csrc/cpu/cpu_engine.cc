@@ -142,8 +142,18 @@ void cpu_lookup_group::plan(const slot_request* requests, int64_t num_requests, 
     const int64_t rows = rows_[static_cast<size_t>(s)];
     if (rows == 0) continue;
     const int64_t work = (requests[s].num_ids + rows) * dim(s);
-    const int64_t chunks = std::clamp<int64_t>((work + kTaskGrain - 1) / kTaskGrain, 1,
-                                               std::min(rows, kMaxTasksPerSlot));
+    int64_t chunks = std::clamp<int64_t>((work + kTaskGrain - 1) / kTaskGrain, 1,
+                                         std::min(rows, kMaxTasksPerSlot));
+    // A slot narrower than a cache line that writes its columns of a shared
+    // (fused) output shares every output line with its neighbours: two
+    // threads on neighbouring slots over the same rows would trade those
+    // lines on every row (W&D's 26 wide slots of one float). Split it into
+    // one row range per thread instead, taken in order, so that threads
+    // working at once work on different rows.
+    const int64_t out_bytes = dim(s) * (slots_[static_cast<size_t>(s)].output_dtype == dtype::float16 ? 2 : 4);
+    if (requests[s].out_row_stride > dim(s) && out_bytes < 64) {
+      chunks = std::max<int64_t>(chunks, std::min<int64_t>(rows, runner.num_threads()));
+    }
     for (int64_t c = 0; c < chunks; ++c) {
       tasks_.push_back(task{static_cast<int32_t>(s), rows * c / chunks, rows * (c + 1) / chunks});
     }

@@ -71,6 +71,23 @@ inline void half_row_to_float(const half_t* src, float* dst, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] = half_to_float(src[k].bits);
 }
 
+/// out[0, dim) = row[0, dim). The common embedding widths as copies of a
+/// size known at compile time (a few vector moves inline): a memcpy of a
+/// run-time size is a library call per row, which W&D's 26 x 512 rows of
+/// one float (its wide part) and of 16 floats paid on every lookup.
+template <class T>
+inline void copy_row(T* out, const T* row, int64_t dim) {
+  switch (dim) {
+    case 1: out[0] = row[0]; return;
+    case 4: std::memcpy(out, row, 4 * sizeof(T)); return;
+    case 8: std::memcpy(out, row, 8 * sizeof(T)); return;
+    case 16: std::memcpy(out, row, 16 * sizeof(T)); return;
+    case 32: std::memcpy(out, row, 32 * sizeof(T)); return;
+    case 64: std::memcpy(out, row, 64 * sizeof(T)); return;
+    default: std::memcpy(out, row, static_cast<size_t>(dim) * sizeof(T));
+  }
+}
+
 // Rows further ahead than this are fetched while the current one is summed:
 // random rows of a large table miss every cache level.
 constexpr int64_t kPrefetchDistance = 8;
@@ -114,7 +131,7 @@ void gather_rows(const pooling_args<IdT, TabT, OutT>& a, int64_t row_begin, int6
     const TabT* row = a.table + id * dim;
     OutT* out = a.out + r * a.out_stride;
     if constexpr (std::is_same_v<TabT, OutT>) {
-      std::memcpy(out, row, static_cast<size_t>(dim) * sizeof(OutT));
+      detail::copy_row(out, row, dim);
     } else if constexpr (std::is_same_v<TabT, half_t> && std::is_same_v<OutT, float>) {
       detail::half_row_to_float(row, out, dim);
     } else {

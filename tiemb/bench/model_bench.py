@@ -194,16 +194,36 @@ def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, t
     LookupGroup per op over the same tables (``view``: the frozen original's
     GraphView; ``table_of``: store file -> table node) timed around the engine
     call (``LookupGroup.time_lookup``), the ops one after another."""
-    import tiemb
+    total = None
+    for group, args in engine_groups(tf, graph_def, feeds, store, view, table_of, half_tables):
+        seconds = np.array(group.time_lookup(*args, repeats=runs))
+        total = seconds if total is None else total + seconds
+    return float(np.median(total)) * 1e3 if total is not None else 0.0
 
+
+def op_input_values(tf, graph_def, feeds: Dict[str, np.ndarray], store: str) -> list:
+    """Per TiembLookup node of ``graph_def``: (node, the values of its inputs
+    after the store) on ``feeds``, evaluated once."""
     ops = [n for n in graph_def.node if n.op == "TiembLookup"]
     graph, _ = _import(tf, graph_def, [], store, probe=False)
     session = tf.compat.v1.Session(graph=graph)
     feed = {graph.get_tensor_by_name(k): v for k, v in feeds.items()}
-    total = None
-    for op in ops:
+    return [(op, session.run([graph.get_tensor_by_name(i if ":" in i else i + ":0")
+                              for i in op.input[1:] if not i.startswith("^")], feed)) for op in ops]
+
+
+def engine_groups(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, table_of: Dict[str, str],
+                  half_tables: bool, num_threads: int = 0) -> list:
+    """Per TiembLookup node: (LookupGroup over the same tables, the
+    positional arguments of its ``lookup``/``time_lookup`` for the node's
+    inputs on ``feeds``); arguments as ``engine_time``, ``num_threads`` the
+    engine's (0: one per core). Ids read in place by the op (columns of an
+    id matrix) are copied contiguous here."""
+    import tiemb
+
+    out = []
+    for op, values in op_input_values(tf, graph_def, feeds, store):
         n = op.attr["N"].i
-        values = session.run([graph.get_tensor_by_name(i if ":" in i else i + ":0") for i in op.input[1:]], feed)
         ids, segs, weights, rows = (values[k * n:(k + 1) * n] for k in range(4))
         files = [t.decode() for t in op.attr["tables"].list.s]
         tables = [view.table_value(view.nodes[table_of[f]]) for f in files]
@@ -223,7 +243,8 @@ def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, t
         weights = [w if op.attr["weighted"].list.b[s] else None for s, w in enumerate(weights)]
         rows = [(ids[s].shape[0] if w >= 0 else int(np.reshape(r, -1)[0])) if m == "safe" else None
                 for s, (r, m, w) in enumerate(zip(rows, modes, widths))]
-        engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64)
+        engine = tiemb.EmbeddingEngine(max([512] + [i.size for i in ids] + [r or 0 for r in rows]), n, 64,
+                                       num_threads)
         slots = []
         for s in range(n):
             t = tables[s].astype(np.float16) if half_tables else tables[s]
@@ -232,10 +253,8 @@ def engine_time(tf, graph_def, feeds: Dict[str, np.ndarray], store: str, view, t
                                     default if default >= 0 else None,
                                     "float16" if types[outs[s]] == 19 else "float32"))
         group = engine.group(slots)
-        seconds = np.array(group.time_lookup(ids, segment_ids=segs if any(m != "gather" for m in modes) else None,
-                                             weights=weights, num_rows=rows, repeats=runs))
-        total = seconds if total is None else total + seconds
-    return float(np.median(total)) * 1e3 if total is not None else 0.0
+        out.append((group, (ids, segs if any(m != "gather" for m in modes) else None, None, weights, rows)))
+    return out
 
 
 @dataclass
