@@ -96,10 +96,13 @@ else
   echo "no bundles under benchmarks/bundles/: run python benchmarks/export_bundles.py where TensorFlow is, and carry them"
 fi
 [ -n "${SKIP_BENCH:-}" ] && exit $test_rc
+# SKIP_GPU_BENCH=1: leave out the engine benchmarks and the NVE case (the longest steps).
+if [ -z "${SKIP_GPU_BENCH:-}" ]; then
 echo "== benchmarks"
 (cd /tmp && timeout "${BENCH_TIMEOUT:-360}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --json "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40)
 echo "== NVE-shaped case (issue 15): 16 GB table in pinned host memory, GPU cache 10%"
 (cd /tmp && timeout "${NVE_TIMEOUT:-120}" python3 "$OLDPWD/benchmarks/nve_case.py" --json "$OUT/nve_case.json" 2>&1 | tee "$OUT/nve.log" | tail -12)
+fi
 echo "== distributed GPU tier (issue 16): GPU cache over a local Redis Cluster"
 if (cd /tmp && python3 -c "import sys; from tiemb.distributed.local_cluster import redis_missing_reason as r; w = r(); print(w or ''); sys.exit(1 if w else 0)"); then
   (cd /tmp && timeout "${DIST_TIMEOUT:-240}" python3 "$OLDPWD/benchmarks/distributed_gpu_bench.py" 2>&1 | tee "$OUT/distributed_gpu.log" | tail -12)
