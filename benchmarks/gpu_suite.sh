@@ -77,11 +77,12 @@ if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v cuda-gdb >/dev/null; then
 fi
 
 # One device call holds at most 10 minutes: SKIP_TESTS=1 (benchmarks only) and
-# SKIP_BENCH=1 (tests, the tiered profile and the bundles only) split the suite in two calls.
+# SKIP_BENCH=1 (tests, the tiered profile and the bundles only) split the suite in two calls;
+# TEST_PATH=tests/some_file.py runs one part of the tests.
 test_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
-(cd /tmp && python3 -m pytest "$OLDPWD/tests" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
+(cd /tmp && python3 -m pytest "$OLDPWD/${TEST_PATH:-tests}" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
 test_rc=${PIPESTATUS[0]}
 
 echo "== profile of a tiered call (kernels, via torch.profiler/CUPTI)"

@@ -14,7 +14,7 @@ from tiemb import distributed as dist
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not C.redis_compiled(), reason="this build has no hiredis (TIEMB_REDIS)")]
 
-MAX_BATCH, MAX_NNZ = 64, 6
+MAX_BATCH, MAX_NNZ, SLOT_NUM = 64, 6, 3
 TIERS = {"async": tiemb.TierConfig(cache_percentage=0.1),
          "sync": tiemb.TierConfig(cache_percentage=0.1, hit_rate_threshold=1.0),
          "resident": None}
@@ -26,7 +26,7 @@ def _remote_tables(cluster, tables, model, host_share):
     client = dist.connect(s)
     for name, t in tables.items():
         dist.publish_table(client, s.namespace, model, name, t, block_rows=8)
-    engine = tiemb.EmbeddingEngine(MAX_BATCH, len(tables), MAX_NNZ)
+    engine = tiemb.EmbeddingEngine(MAX_BATCH, SLOT_NUM, MAX_NNZ)
     hosts = {n: dist.host_ids(t.shape[0], host_share, None) for n, t in tables.items()}
     d = dist.DistributedTables(engine, s, model, list(tables), hosts, refresh_seconds=0)
     return engine, d
@@ -40,10 +40,10 @@ def test_gpu_over_the_cluster_equals_cpu_and_resident(redis_cluster, seed, tiers
               "narrow": rng.standard_normal((700, 3)).astype(table_dtype)}
     model = f"gpu{seed}{tiers}{np.dtype(table_dtype).name}"
     cpu, d = _remote_tables(redis_cluster, tables, model, host_share=0.3)
-    gpu = tiemb.GpuEmbeddingEngine(MAX_BATCH, len(tables), MAX_NNZ)
+    gpu = tiemb.GpuEmbeddingEngine(MAX_BATCH, SLOT_NUM, MAX_NNZ)
     # The GPU engine reads through the same RemoteTable objects as the CPU engine.
     tg = {n: gpu.add_remote_table(d._remote[n], TIERS[tiers]) for n in tables}
-    res = tiemb.GpuEmbeddingEngine(MAX_BATCH, len(tables), MAX_NNZ)
+    res = tiemb.GpuEmbeddingEngine(MAX_BATCH, SLOT_NUM, MAX_NNZ)
     tr = {n: res.add_table(t) for n, t in tables.items()}
 
     def slots(ids):
@@ -55,8 +55,8 @@ def test_gpu_over_the_cluster_equals_cpu_and_resident(redis_cluster, seed, tiers
     for _ in range(4):  # misses first, then cache hits and inserts
         ids = [rng.integers(0, 3000, MAX_BATCH * 4).astype(np.int64), rng.integers(0, 700, 50).astype(np.int64),
                rng.integers(0, 3000, (MAX_BATCH, 1)).astype(np.int64)]
-        seg = [np.sort(rng.integers(0, MAX_BATCH, ids[0].size)).astype(np.int64),
-               np.sort(rng.integers(0, 20, 50)).astype(np.int64), None]
+        # 4 ids in every sample of the first slot, 2 or 3 in the second's 20: within MAX_NNZ.
+        seg = [np.repeat(np.arange(MAX_BATCH, dtype=np.int64), 4), np.sort(np.arange(50, dtype=np.int64) % 20), None]
         kw = dict(segment_ids=seg, num_rows=[None, 20, None])
         before = d.client.stats()["round_trips"]
         got = gg.lookup(ids, **kw)
@@ -109,7 +109,7 @@ def test_gpu_store_engine_serves_a_published_store(redis_cluster, tmp_path, seed
     g = gpu.group([tiemb.Slot(0, mode="gather"), tiemb.Slot(1, "sum", "plain")])
     for _ in range(3):
         ids = [rng.integers(0, 2000, 200).astype(np.int64), rng.integers(0, 300, 120).astype(np.int64)]
-        seg = np.sort(rng.integers(0, 30, 120)).astype(np.int64)
+        seg = np.sort(np.arange(120, dtype=np.int64) % 30)   # 4 ids per sample, within MAX_NNZ
         got = g.lookup(ids, segment_ids=[None, seg])
         np.testing.assert_array_equal(got[0], tables["a.tiemb"][ids[0]])
         want = np.zeros((seg.max() + 1, 4), np.float32)
