@@ -183,6 +183,7 @@ def test_tf_op_serves_from_the_cluster_and_refreshes(redis_cluster, tmp_path, se
     tiemb.optimize(src, 0, 1, ["16*4"], test_data=[feed], save_path=str(tmp_path / "opt"), optimization_config=cfg,
                    runs=2)
     r = subprocess.run([sys.executable, "-c", _SERVE_SCRIPT, src, str(tmp_path / "opt"), redis_cluster.address, ns,
-                        "0.5"], capture_output=True, text=True, timeout=120)
+                        "0.5"], capture_output=True, text=True, timeout=120,
+                       cwd=str(tmp_path))   # not the checkout: its uncompiled tiemb/ would shadow the installed one
     assert r.returncode == 0, r.stderr[-3000:]
     assert "served_after_s" in r.stdout
