@@ -72,6 +72,20 @@ def xla_ffi_include():
     return proc.stdout.strip().splitlines()[-1]
 
 
+def nlohmann_json_include():
+    """The nlohmann/json headers of the ``nlohmann-json`` wheel (a build
+    requirement in pyproject.toml, so `pip install .` builds on a machine
+    without the system package), or "" where it is not installed (the
+    offline GPU machine builds without isolation: the system's copy or
+    ``.deps/include``). CMake prefers a system copy found by find_package."""
+    try:
+        import nlohmann_json
+    except ImportError:
+        return ""
+    d = os.path.join(os.path.dirname(nlohmann_json.__file__), "include")
+    return d if os.path.isfile(os.path.join(d, "nlohmann", "json.hpp")) else ""
+
+
 # Built by CMake beside tiemb._C: the one core both modules load, and the
 # TensorFlow op library (only where TensorFlow is importable).
 COMPANION_LIBRARIES = ["libtiemb_core.so", "_tiemb_tf_ops.so"]
@@ -110,6 +124,8 @@ class CMakeBuild(build_ext):
         # Always passed (empty without jaxlib), for the same reason as TensorFlow's flags.
         cmake_args += [f"-DTIEMB_XLA_FFI={os.environ.get('TIEMB_XLA_FFI', 'AUTO').upper()}",
                        f"-DTIEMB_XLA_FFI_INCLUDE={xla_ffi_include()}"]
+        if not os.environ.get("TIEMB_NLOHMANN_JSON_INCLUDE") and nlohmann_json_include():
+            cmake_args.append(f"-DTIEMB_NLOHMANN_JSON_INCLUDE={nlohmann_json_include()}")
         if shutil.which("ninja"):
             cmake_args += ["-G", "Ninja"]
         cmake_args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
