@@ -260,14 +260,4 @@ def _write_description(directory: str, sizes: dict, tables: list, tiers: Optiona
     text = f'{head}"checksum": "{crc:08x}"{tail}'
     path = os.path.join(directory, DESCRIPTION)
     _C.parse_store_description(text, path)   # raises ValueError naming the field
-    fd, tmp = tempfile.mkstemp(prefix=".store.json.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _write_atomic(path, text.encode("utf-8"))
