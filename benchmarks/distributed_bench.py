@@ -72,14 +72,35 @@ def main() -> None:
             cluster.stop()
 
 
-def run(args, address: str) -> None:
-    vocab = vocab_for(args.scale)
-    spec = ModelSpec("wd", vocab, 16)
+def wd_tables(vocab) -> dict:
+    """The W&D embedding stage's tables, seeded: emb_i (dim 16) and wide_i (dim 1) per feature."""
     rng = np.random.default_rng(0)
     tables = {}
     for i, v in enumerate(vocab):
         tables[f"emb_{i}"] = rng.standard_normal((v, 16)).astype(np.float32)
         tables[f"wide_{i}"] = rng.standard_normal((v, 1)).astype(np.float32)
+    return tables
+
+
+def wd_slots(ids, nfeat: int) -> list:
+    """One gather slot per table; a feature's deep and wide tables read the same ids."""
+    return [tiemb.Slot(ids[f"{kind}_{i}"], "sum", "gather", feature=i) for kind in ("emb", "wide")
+            for i in range(nfeat)]
+
+
+def wd_caller(groups, batches, nfeat: int):
+    """call(label, b): group `label` on batch b (modulo), the feature columns fed to both its deep and wide slots."""
+    def call(label, b):
+        cat = batches[b % len(batches)]
+        cols = [np.ascontiguousarray(cat[:, i]) for i in range(nfeat)]
+        return groups[label].lookup(cols + cols)
+    return call
+
+
+def run(args, address: str) -> None:
+    vocab = vocab_for(args.scale)
+    spec = ModelSpec("wd", vocab, 16)
+    tables = wd_tables(vocab)
     settings = dist.DistributedSettings(address, namespace="bench", refresh_seconds=0).validate()
     client = dist.connect(settings)
     t0 = time.monotonic()
@@ -108,16 +129,8 @@ def run(args, address: str) -> None:
         d = dist.DistributedTables(eng, settings, "wd", list(tables), hosts, refresh_seconds=0)
         engines[f"{1 - share:.0%} rows cluster-only"] = (eng, d.table_ids, d)
 
-    groups = {}
-    for label, (eng, ids, _) in engines.items():
-        slots = [tiemb.Slot(ids[f"emb_{i}"], "sum", "gather", feature=i) for i in range(nfeat)] + \
-                [tiemb.Slot(ids[f"wide_{i}"], "sum", "gather", feature=i) for i in range(nfeat)]
-        groups[label] = eng.group(slots)
-
-    def call(label, b):
-        cat = batches[b % len(batches)]
-        cols = [np.ascontiguousarray(cat[:, i]) for i in range(nfeat)]
-        return groups[label].lookup(cols + cols)
+    groups = {label: eng.group(wd_slots(ids, nfeat)) for label, (eng, ids, _) in engines.items()}
+    call = wd_caller(groups, batches, nfeat)
 
     # Same outputs before timing.
     ref = call("all resident", 0)

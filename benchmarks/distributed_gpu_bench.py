@@ -22,6 +22,8 @@ import tiemb
 from tiemb import distributed as dist
 from tiemb.bench.models import ModelSpec, random_batch, vocab_for
 
+from distributed_bench import wd_caller, wd_slots, wd_tables   # this script's folder is on sys.path
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,11 +76,7 @@ def engines(args, address, tables, profile):
 def run(args, address: str) -> None:
     vocab = vocab_for(args.scale)
     spec = ModelSpec("wd", vocab, 16)
-    rng = np.random.default_rng(0)
-    tables = {}
-    for i, v in enumerate(vocab):
-        tables[f"emb_{i}"] = rng.standard_normal((v, 16)).astype(np.float32)
-        tables[f"wide_{i}"] = rng.standard_normal((v, 1)).astype(np.float32)
+    tables = wd_tables(vocab)
     prof_rng = np.random.default_rng(1)
     prof = [random_batch(spec, args.batch, prof_rng)["cat"] for _ in range(20)]
     profile = {f"{k}_{i}": np.concatenate([p[:, i] for p in prof]) for i in range(len(vocab)) for k in ("emb", "wide")}
@@ -86,15 +84,8 @@ def run(args, address: str) -> None:
     batches = [random_batch(spec, args.batch, meas_rng)["cat"] for _ in range(50)]
     configs = engines(args, address, tables, profile)
     nfeat = len(vocab)
-    groups = {}
-    for label, (eng, ids, _) in configs.items():
-        groups[label] = eng.group([tiemb.Slot(ids[f"emb_{i}"], "sum", "gather", feature=i) for i in range(nfeat)] +
-                                  [tiemb.Slot(ids[f"wide_{i}"], "sum", "gather", feature=i) for i in range(nfeat)])
-
-    def call(label, b):
-        cat = batches[b % len(batches)]
-        cols = [np.ascontiguousarray(cat[:, i]) for i in range(nfeat)]
-        return groups[label].lookup(cols + cols)
+    groups = {label: eng.group(wd_slots(ids, nfeat)) for label, (eng, ids, _) in configs.items()}
+    call = wd_caller(groups, batches, nfeat)
 
     labels = list(groups)
     ref = call(labels[0], 0)
