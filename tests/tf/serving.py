@@ -63,3 +63,26 @@ def assert_same_outputs(want, got, rtol=1e-6, atol=1e-7, what=""):
             scale = float(np.max(np.abs(w[k]))) if w[k].size else 0.0
             np.testing.assert_allclose(g[k], w[k], rtol=rtol, atol=max(atol, rtol * scale),
                                        err_msg=f"{what} batch {b} output {k}")
+
+
+def run_in_threads(body, count: int, timeout: float = 300.0) -> None:
+    """body(k) for k in range(count), all at once on their own threads.
+    Fails when a thread does not finish within ``timeout`` (a deadlock) or
+    when any raised, listing (k, error) for each."""
+    import threading
+
+    errors = []
+
+    def worker(k):
+        try:
+            body(k)
+        except Exception as e:  # noqa: BLE001  (reported below, with the thread)
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "calls did not finish: deadlock"
+    assert not errors, errors

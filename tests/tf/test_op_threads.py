@@ -2,13 +2,12 @@
 that wake late must never run a task of a later call, and calls that overlap
 must each get TensorFlow's result."""
 
-import threading
-
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from serving import run_in_threads  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not tf_ops.available(), reason="this build has no TensorFlow op library")
@@ -54,25 +53,14 @@ def test_overlapping_calls_on_the_worker_pool_match_tf(intra, tmp_path, seed):
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=4)
     session = tf.compat.v1.Session(graph=graph, config=config)
     batches = [rng.integers(0, 5000, (n, 12)) for n in (2048, 1, 700, 2048)]
-    errors = []
 
-    def worker(k):
-        try:
-            for r in range(12):
-                x = batches[(k + r) % len(batches)]
-                got, want = session.run([ours, theirs], {ids: x})
-                for g, w in zip(got, want):
-                    np.testing.assert_array_equal(g, w)
-        except Exception as e:  # noqa: BLE001  (reported below, with the thread)
-            errors.append((k, repr(e)))
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "calls did not finish: deadlock"
-    assert not errors, errors
+    def body(k):
+        for r in range(12):
+            x = batches[(k + r) % len(batches)]
+            got, want = session.run([ours, theirs], {ids: x})
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+    run_in_threads(body, 6)
 
 
 def test_bad_ids_after_parallel_calls_name_the_slot(tmp_path, seed):

@@ -6,14 +6,13 @@ inputs and readers: node counts, what the report lists, and outputs equal to
 TensorFlow's (bit for bit where the arithmetic is the same)."""
 
 import os
-import threading
 
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from serving import assert_same_outputs, serve_fresh, serve_here  # noqa: E402
+from serving import assert_same_outputs, run_in_threads, serve_fresh, serve_here  # noqa: E402
 from tiemb import tf_ops  # noqa: E402
 from tiemb.bench import models  # noqa: E402
 from tiemb.rewrite import rewrite_saved_model  # noqa: E402
@@ -246,22 +245,10 @@ def test_two_fused_ops_many_threads_no_deadlock(tmp_path, seed):
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
     session = tf.compat.v1.Session(graph=graph, config=config)
 
-    errors = []
-
-    def worker(k):
-        try:
-            for r in range(15):
-                i = (k + r) % len(inputs)
-                a, b = inputs[i]
-                got = fn(a, b).numpy() if k % 2 else session.run(out, {pa: a, pb: b})
-                np.testing.assert_array_equal(got, want[i])
-        except Exception as e:  # noqa: BLE001  (reported below, with the thread)
-            errors.append((k, repr(e)))
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "calls did not finish: deadlock"
-    assert not errors, errors
+    def body(k):
+        for r in range(15):
+            i = (k + r) % len(inputs)
+            a, b = inputs[i]
+            got = fn(a, b).numpy() if k % 2 else session.run(out, {pa: a, pb: b})
+            np.testing.assert_array_equal(got, want[i])
+    run_in_threads(body, 8)
