@@ -57,16 +57,23 @@ def main() -> None:
     ap.add_argument("--mallocs", action="store_true",
                     help="count allocations per call (needs LD_PRELOAD of benchmarks/tools/malloc_count.c)")
     args = ap.parse_args()
+    with_cluster(args.address, lambda address: run(args, address), "distributed_bench")
 
+
+def with_cluster(address, body, who: str) -> None:
+    """body(address): on the given cluster, or on a local 3-master 3-replica
+    one started for it (in a temporary directory) and stopped afterwards."""
     cluster = None
-    address = args.address
     if address is None:
-        from tiemb.distributed.local_cluster import RedisCluster
+        from tiemb.distributed.local_cluster import RedisCluster, redis_missing_reason
 
-        cluster = RedisCluster(tempfile.mkdtemp(prefix="tiemb-bench-redis-")).start()
+        why = redis_missing_reason()
+        if why:
+            raise SystemExit(f"{who}: cannot start a local cluster: {why}")
+        cluster = RedisCluster(tempfile.mkdtemp(prefix=f"tiemb-{who}-redis-")).start()
         address = cluster.address
     try:
-        run(args, address)
+        body(address)
     finally:
         if cluster is not None:
             cluster.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import tempfile
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ import tiemb
 from tiemb import distributed as dist
 from tiemb.bench.models import ModelSpec, random_batch, vocab_for
 
-from distributed_bench import wd_caller, wd_slots, wd_tables   # this script's folder is on sys.path
+from distributed_bench import wd_caller, wd_slots, wd_tables, with_cluster   # this script's folder is on sys.path
 
 
 def main() -> None:
@@ -36,21 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     if not tiemb.cuda_available():
         raise SystemExit("distributed_gpu_bench: no CUDA GPU visible (or this build has no CUDA part)")
-    cluster = None
-    address = args.address
-    if address is None:
-        from tiemb.distributed.local_cluster import RedisCluster, redis_missing_reason
-
-        why = redis_missing_reason()
-        if why:
-            raise SystemExit(f"distributed_gpu_bench: cannot start a local cluster: {why}")
-        cluster = RedisCluster(tempfile.mkdtemp(prefix="tiemb-gpu-bench-redis-")).start()
-        address = cluster.address
-    try:
-        run(args, address)
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    with_cluster(args.address, lambda address: run(args, address), "distributed_gpu_bench")
 
 
 def engines(args, address, tables, profile):
