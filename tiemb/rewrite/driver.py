@@ -39,7 +39,7 @@ PASSES = (SparseLookupFusion, WeightedSparseLookupFusion, SafeLookupFusion, Dens
 @dataclass
 class StoreContents:
     """What the table store of a rewritten graph must hold: the arguments of
-    ``tiemb.tf_ops.write_store`` (tables: file name -> [rows, dim] array)."""
+    ``tiemb.store.write_store`` (tables: file name -> [rows, dim] array)."""
 
     tables: Dict[str, np.ndarray]
     max_batch_size: int

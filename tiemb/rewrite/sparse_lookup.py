@@ -66,9 +66,9 @@ def rewrite_sparse_lookups(graph_def, store_dir: Optional[str], *, max_batch_siz
                      half_tables=half_tables, resources=resources, device=device, slot_num=slot_num,
                      fuse_outputs=fuse_outputs, pooled=pooled)
     if store_dir is not None and result.store is not None:
-        from .. import tf_ops
+        from .. import store as table_store
 
         store = result.store
-        tf_ops.write_store(store_dir, store.tables, max_batch_size=store.max_batch_size,
-                           slot_num=store.slot_num, max_nnz=store.max_nnz)
+        table_store.write_store(store_dir, store.tables, max_batch_size=store.max_batch_size,
+                                slot_num=store.slot_num, max_nnz=store.max_nnz)
     return result.graph_def, result.report
