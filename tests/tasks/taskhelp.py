@@ -65,16 +65,18 @@ class Tasks:
         self.workers.append(p)
         return p
 
-    def wait(self, task_id, states, timeout=120, seen=None):
-        """Polls until the task is in one of ``states``; records every state
-        seen in ``seen``; fails with the task's log after ``timeout`` s."""
+    def wait(self, task_id, states, timeout=120, seen=None, with_pid=False):
+        """Polls until the task is in one of ``states`` (and, with
+        ``with_pid``, its process id is recorded: a claimed task is "starting"
+        before the worker has started its process); records every state seen
+        in ``seen``; fails with the task's log after ``timeout`` s."""
         states = (states,) if isinstance(states, str) else tuple(states)
         end = time.monotonic() + timeout
         while True:
             t = self.get(task_id)
             if seen is not None and (not seen or seen[-1] != t["state"]):
                 seen.append(t["state"])
-            if t["state"] in states:
+            if t["state"] in states and (not with_pid or t["pid"] is not None):
                 return t
             if time.monotonic() > end:
                 raise AssertionError(f"task {task_id} still {t['state']} after {timeout} s, waiting for {states}; "

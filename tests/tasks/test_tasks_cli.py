@@ -75,7 +75,7 @@ def test_two_versions_stop_retry_tag_save_delete(tasks, serving_model, tmp_path)
     worker = tasks.start_worker(jobs=2)
 
     # Two long tasks run side by side; stopping one kills its process alone.
-    pid, other_pid = (tasks.wait(i, "accelerating")["pid"] for i in (long_id, other_id))
+    pid, other_pid = (tasks.wait(i, "accelerating", with_pid=True)["pid"] for i in (long_id, other_id))
     assert [tasks.get(i)["state"] for i in ids] == ["queued", "queued"]   # both jobs are busy
     assert tasks("stop", str(long_id)).stdout.split() == [str(long_id), "stopped"]
     end = time.monotonic() + 15
@@ -161,7 +161,7 @@ def test_ui_without_flask_says_how_to_install(tasks):
 def test_delete_refused_while_running_and_retry_right_after_stop(tasks, serving_model):
     tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
     tasks.start_worker()
-    pid = tasks.wait(tid, "accelerating")["pid"]
+    pid = tasks.wait(tid, "accelerating", with_pid=True)["pid"]
     p = tasks("delete", str(tid), check=False)
     assert p.returncode == 1 and "stop it before deleting it" in p.stderr
     # Stopped and retried at once, before the worker has reaped the old
@@ -171,7 +171,7 @@ def test_delete_refused_while_running_and_retry_right_after_stop(tasks, serving_
     end = time.monotonic() + 60
     while (tasks.get(tid)["attempts"] < 2 or alive(pid)) and time.monotonic() < end:
         time.sleep(0.1)
-    t = tasks.wait(tid, "accelerating")
+    t = tasks.wait(tid, "accelerating", with_pid=True)
     assert t["attempts"] == 2 and t["pid"] != pid and not alive(pid)
     tasks("stop", str(tid))
     tasks.wait(tid, "stopped")
@@ -205,7 +205,7 @@ def test_killed_worker_leaves_nothing_stuck(tasks, serving_model):
     tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
     queued, = tasks.submit("next", serving_model + "@2")
     worker = tasks.start_worker()
-    t = tasks.wait(tid, "accelerating")
+    t = tasks.wait(tid, "accelerating", with_pid=True)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     # The task's process notices its worker is gone and ends by itself.
@@ -232,7 +232,7 @@ def test_killed_worker_leaves_nothing_stuck(tasks, serving_model):
 def test_worker_stopped_with_sigterm_fails_its_tasks(tasks, serving_model):
     tid, = tasks.submit("long", serving_model + "@1", runs=LONG_RUNS)
     worker = tasks.start_worker()
-    pid = tasks.wait(tid, ("starting", "accelerating"))["pid"]
+    pid = tasks.wait(tid, ("starting", "accelerating"), with_pid=True)["pid"]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0
     assert not alive(pid)

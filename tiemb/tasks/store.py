@@ -204,7 +204,7 @@ class Store:
             row = db.execute("SELECT id FROM tasks WHERE state = ? ORDER BY id LIMIT 1", (QUEUED,)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE tasks SET state = ?, stage = 'starting', progress = 0, worker = ?, started = ?, "
+            db.execute("UPDATE tasks SET state = ?, stage = 'starting', progress = 0, pid = NULL, worker = ?, started = ?, "
                        "ended = NULL, reason = NULL, attempts = attempts + 1 WHERE id = ?",
                        (STARTING, worker, time.time(), row["id"]))
         return self.get(row["id"])
