@@ -229,6 +229,30 @@ class py_gpu_group {
     group_.check(wait);
   }
 
+  // Issue 15: ids only, as device views (the ids tuples of device_requests).
+  void prefetch(const py::list& ids, uintptr_t stream) {
+    std::vector<slot_request> req(ids.size());
+    for (size_t s = 0; s < ids.size(); ++s) {
+      auto i = ids[s].cast<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, int64_t>>();
+      slot_request& r = req[s];
+      r.ids = reinterpret_cast<const void*>(std::get<0>(i));
+      r.id_type = static_cast<dtype>(std::get<1>(i));
+      r.num_ids = std::get<2>(i);
+      r.id_stride = std::get<3>(i);
+      r.ids_per_row = std::get<4>(i);
+      r.row_stride = std::get<5>(i);
+    }
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lk(mutex_);
+    group_.prefetch(req.data(), static_cast<int64_t>(req.size()), reinterpret_cast<void*>(stream));
+  }
+
+  void wait_prefetch() {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lk(mutex_);
+    group_.wait_prefetch();
+  }
+
  private:
   gpu_lookup_group group_;
   std::mutex mutex_;
@@ -269,5 +293,7 @@ void bind_gpu(py::module_& m) {
       .def("lookup_host", &py_gpu_group::lookup_host)
       .def("device_rows", &py_gpu_group::device_rows)
       .def("prepare", &py_gpu_group::prepare, py::keep_alive<0, 1>())
-      .def("check", &py_gpu_group::check, py::arg("wait"));
+      .def("check", &py_gpu_group::check, py::arg("wait"))
+      .def("prefetch", &py_gpu_group::prefetch, py::arg("ids"), py::arg("stream"))
+      .def("wait_prefetch", &py_gpu_group::wait_prefetch);
 }

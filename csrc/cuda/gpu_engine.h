@@ -106,6 +106,19 @@ class gpu_lookup_group {
   /// otherwise only a finished launch is looked at.
   void check(bool wait);
 
+  /// Brings the rows of `reqs`' ids (ids only: segments, weights and row
+  /// counts are not read) that are not in the GPU caches of this group's
+  /// tiered tables into them, on a background stream, after `stream`'s work
+  /// so far; returns without waiting where every table reads its misses in
+  /// place (zero-copy host tier), else after the host has read them. Exact:
+  /// a later lookup finds the rows in the cache or reads the lower tier as
+  /// always. Ids outside a table are skipped (the lookup that uses them
+  /// reports them); slots over resident tables are ignored. The first call
+  /// allocates the prefetch scratch (as large as a lookup's), once.
+  void prefetch(const slot_request* reqs, int64_t n, void* stream);
+  /// Waits for every prefetch issued so far.
+  void wait_prefetch();
+
  private:
   struct impl;
   // The steps of launch(), in order (streams as void*: no CUDA types here).

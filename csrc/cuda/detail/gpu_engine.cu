@@ -128,6 +128,12 @@ struct gpu_lookup_group::impl {
   std::vector<int32_t> tiered_index;  // per slot: index in `tiered`, -1 when resident
   std::vector<device_buffer> unique_index;
   std::vector<gpu::dedup_view> views;
+  // prefetch(): a tiered_batch of its own over the same tables (made at the
+  // first prefetch), and the sizes to make it with.
+  std::vector<gpu_table*> tiered_tables;
+  std::vector<int64_t> tiered_ids;
+  std::unique_ptr<gpu::tiered_batch> prefetcher;
+  std::vector<gpu::dedup_view> prefetch_views;
   // Segment ids -> offsets, per slot (max_batch_size + 1 entries).
   device_buffer offsets;
   int64_t offsets_stride = 0;
@@ -235,6 +241,8 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
     m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms);
   }
+  m.tiered_tables = tiered_tables;
+  m.tiered_ids = tiered_ids;
   m.views.reserve(static_cast<size_t>(n));
   m.offsets_stride = cfg.max_batch_size + 1;
   m.offsets = device_buffer(static_cast<size_t>(n * m.offsets_stride) * 8);
@@ -628,6 +636,49 @@ void gpu_lookup_group::check(bool wait) {
       throw device_error(detail::concat("slot ", e.slot, ": lookup failed on the GPU (error code ", e.code, ")"),
                          false);
   }
+}
+
+void gpu_lookup_group::prefetch(const slot_request* reqs, int64_t n, void* stream) {
+  device_guard g(engine_.device());
+  auto& m = *impl_;
+  const int64_t max_ids = engine_.config().max_ids_per_slot();
+  TIEMB_EXPECT(n == num_slots(), "prefetch got ids for ", n, " slots but the group has ", num_slots());
+  for (int64_t s = 0; s < n; ++s) {
+    TIEMB_EXPECT(reqs[s].id_type == dtype::int32 || reqs[s].id_type == dtype::int64, "prefetch: slot ", s,
+                 ": ids must be int32 or int64, got ", to_string(reqs[s].id_type));
+    TIEMB_EXPECT(reqs[s].num_ids >= 0 && reqs[s].num_ids <= max_ids, "prefetch: slot ", s, ": ", reqs[s].num_ids,
+                 " ids exceed max_batch_size * max_nnz = ", max_ids);
+    TIEMB_EXPECT(reqs[s].num_ids == 0 || reqs[s].ids != nullptr, "prefetch: slot ", s, ": ids have no address");
+  }
+  if (m.tiered_tables.empty()) return;
+  if (!m.prefetcher) {
+    int sms = 1;
+    TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
+    m.prefetcher = std::make_unique<gpu::tiered_batch>(m.tiered_tables, m.tiered_ids, sms);
+  }
+  m.prefetch_views.clear();
+  for (int64_t s = 0; s < n; ++s) {
+    const int32_t ti = m.tiered_index[static_cast<size_t>(s)];
+    if (ti < 0 || reqs[s].num_ids == 0) continue;
+    gpu::dedup_view v{};
+    v.ids = reqs[s].ids;
+    v.unique_index = nullptr;  // the lookup's index buffers may be in use
+    v.n = reqs[s].num_ids;
+    v.call = ti;
+    v.is64 = reqs[s].id_type == dtype::int64;
+    v.id_stride = reqs[s].id_stride > 0 ? reqs[s].id_stride : 1;
+    v.ids_per_row = reqs[s].ids_per_row;
+    v.row_stride = reqs[s].row_stride > 0 ? reqs[s].row_stride : reqs[s].ids_per_row * v.id_stride;
+    v.wrap_negative = slots_[static_cast<size_t>(s)].wrap_negative;
+    m.prefetch_views.push_back(v);
+  }
+  m.prefetcher->prefetch(m.prefetch_views.data(), static_cast<int>(m.prefetch_views.size()),
+                         static_cast<cudaStream_t>(stream));
+}
+
+void gpu_lookup_group::wait_prefetch() {
+  device_guard g(engine_.device());
+  if (impl_->prefetcher) impl_->prefetcher->wait_prefetch();
 }
 
 }  // namespace tiemb

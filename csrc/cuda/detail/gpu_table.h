@@ -151,6 +151,12 @@ struct tiered_call {
   uint32_t batch_no;
   bool zero_copy;
   bool defer_host_reads;  // zero-copy rows read by host_read_kernel after the probe, not inside it
+  // Issue 15 (tiered variants, appended):
+  int64_t* unique_list;  // TIEMB_TIERED_PROBE=list: (id, hash slot) of each unique id, dedup's append order;
+                         // null = the probe walks every hash slot
+  int64_t* read_list;    // TIEMB_TIERED_HOST_READS=list: (host address, staging address) of each zero-copy miss
+  int32_t read_unit;     // bytes per load of host_read_list_kernel (16, 8, 4 or 2: divides row_bytes)
+  bool prefetch;         // tiered_batch::prefetch: insert every miss now, count nothing as a lookup
 };
 
 /// The ids of one slot over a tiered table.
@@ -199,6 +205,14 @@ class tiered_batch {
   /// stream order for tables below their hit-rate threshold, else on the
   /// background stream.
   void insert(cudaStream_t stream);
+  /// Issue 15: brings the rows of `views`' ids that are not in the GPU caches
+  /// into them, on this batch's background stream after `stream`'s work so
+  /// far (views' unique_index may be null). Use a tiered_batch of its own for
+  /// prefetches (its scratch is not the lookups'). Waits on the host only
+  /// where a table's misses need the host (file rows, batched copy).
+  void prefetch(const dedup_view* views, int num_views, cudaStream_t stream);
+  /// Waits for every prefetch issued so far.
+  void wait_prefetch();
 
  private:
   tiered_params params(int parity);
@@ -240,6 +254,18 @@ class tiered_batch {
   int parity_ = 0;
   tiered_params staged_{};
   bool defer_host_reads_ = false;  // see host_read_kernel; TIEMB_TIERED_INLINE_HOST_READS=0 turns it on
+  // Issue 15 (variants chosen once, at construction, from the environment;
+  // README "Tiered tables"): TIEMB_TIERED_PROBE=list makes dedup list the
+  // unique ids and the probe walk that list (clear_listed_kernel then clears
+  // only the used hash slots); TIEMB_TIERED_HOST_READS=list reads zero-copy
+  // misses in host_read_list_kernel, one load per thread.
+  bool list_probe_ = false;
+  bool list_reads_ = false;
+  bool prefetching_ = false;  // set by the first prefetch(): this batch serves prefetches only
+  int64_t max_read_units_ = 1;  // most host_read_list_kernel threads one table may need per call
+  std::vector<device_buffer> unique_list_, read_list_;
+  cudaEvent_t prefetch_ready_ = nullptr;
+  void launch_probe(cudaStream_t stream);
 };
 
 }  // namespace gpu

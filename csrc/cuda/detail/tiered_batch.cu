@@ -4,12 +4,40 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 
 #include "gpu_table.h"
 #include "tiered_kernels.cuh"
 
 namespace tiemb {
 namespace gpu {
+
+namespace {
+
+// The widest load (16, 8, 4 or 2 bytes) that divides a row, for
+// host_read_list_kernel: rows and staging slots are aligned to it.
+int32_t read_unit(int64_t row_bytes) {
+  for (int32_t u = 16; u > 2; u /= 2) {
+    if (row_bytes % u == 0) return u;
+  }
+  return 2;
+}
+
+// An environment variable's value among `allowed`, or "" when unset or empty;
+// anything else is an error naming the variable and the value.
+std::string env_choice(const char* name, std::initializer_list<const char*> allowed) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return "";
+  std::string names;
+  for (const char* a : allowed) {
+    if (std::string(v) == a) return v;
+    names += names.empty() ? std::string("'") + a + "'" : std::string(", '") + a + "'";
+  }
+  throw error(std::string(name) + " must be one of " + names + " (or unset), got '" + v + "'");
+}
+
+}  // namespace
 
 // ---- tiered_batch ----------------------------------------------------------------
 
@@ -28,8 +56,23 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     keys_off_.push_back(keys_bytes);
     keys_bytes += static_cast<size_t>(cap) * 8;
   }
+  // Variants (issue 15; README "Tiered tables"), read once here.
+  // TIEMB_TIERED_INLINE_HOST_READS=0 is the older name of HOST_READS=kernel.
+  const std::string probe = env_choice("TIEMB_TIERED_PROBE", {"slots", "list"});
+  const std::string reads = env_choice("TIEMB_TIERED_HOST_READS", {"inline", "kernel", "list"});
+  const std::string old_reads = env_choice("TIEMB_TIERED_INLINE_HOST_READS", {"0", "1"});
+  TIEMB_EXPECT(reads.empty() || old_reads.empty() || (old_reads == "0") == (reads == "kernel"),
+               "TIEMB_TIERED_INLINE_HOST_READS=", old_reads, " contradicts TIEMB_TIERED_HOST_READS=", reads,
+               ": set only TIEMB_TIERED_HOST_READS");
+  list_probe_ = probe == "list";
+  list_reads_ = reads == "list";
   hash_ = device_buffer(keys_bytes);
   batch_ = device_buffer(std::max<size_t>(n, 1) * sizeof(counters));
+  // The unique counts are the previous call's list lengths for
+  // clear_listed_kernel; the set starts empty once, then each call empties
+  // the slots it used.
+  TIEMB_CUDA_CHECK(cudaMemset(batch_.get(), 0, batch_.bytes()));
+  if (list_probe_) TIEMB_CUDA_CHECK(cudaMemset(hash_.get(), 0xff, hash_.bytes()));
   batch_host_ = pinned_buffer(std::max<size_t>(n, 1) * sizeof(counters));
   for (size_t i = 0; i < n; ++i) {
     const auto m = static_cast<size_t>(std::max<int64_t>(max_ids[i], 1));
@@ -38,6 +81,13 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     miss_list_.emplace_back(m * 4);
     host_list_.emplace_back(m * 16);
     staging_.emplace_back(static_cast<size_t>(hash_capacity_[i]) * rb);  // indexed by hash slot
+    unique_list_.emplace_back(list_probe_ ? m * 16 : 0);
+    const bool listed_reads = list_reads_ && tables_[i]->tiers().host_zero_copy;
+    read_list_.emplace_back(listed_reads ? m * 16 : 0);
+    if (listed_reads) {
+      max_read_units_ = std::max(max_read_units_, static_cast<int64_t>(m) * tables_[i]->row_bytes() /
+                                                      read_unit(tables_[i]->row_bytes()));
+    }
     for (int p = 0; p < 2; ++p) {
       pending_ids_[p].emplace_back(m * 8);
       pending_rows_[p].emplace_back(m * rb);
@@ -78,9 +128,9 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
   // separate host-read kernel was slower (974 vs 671 us, 561 vs 471 us per
   // call in benchmarks/RESULTS.md). TIEMB_TIERED_INLINE_HOST_READS=0 selects
   // that kernel, so benchmarks can compare both in one run.
-  const char* inline_reads = std::getenv("TIEMB_TIERED_INLINE_HOST_READS");
-  defer_host_reads_ = inline_reads != nullptr && std::string(inline_reads) == "0";
+  defer_host_reads_ = reads == "kernel" || old_reads == "0";
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&fetch_done_, cudaEventDisableTiming));
+  TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&prefetch_ready_, cudaEventDisableTiming));
   for (int p = 0; p < 2; ++p) {
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&main_done_[p], cudaEventDisableTiming));
     TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&side_done_[p], cudaEventDisableTiming));
@@ -100,6 +150,7 @@ tiered_batch::~tiered_batch() {
     cudaStreamSynchronize(side_);
     cudaStreamDestroy(side_);
   }
+  if (prefetch_ready_) cudaEventDestroy(prefetch_ready_);
   for (int p = 0; p < 2; ++p) {
     if (main_done_[p]) cudaEventDestroy(main_done_[p]);
     if (side_done_[p]) cudaEventDestroy(side_done_[p]);
@@ -133,6 +184,10 @@ tiered_params tiered_batch::params(int parity) {
     c.batch_no = batch_no_[u];
     c.zero_copy = tables_[u]->tiers().host_zero_copy;
     c.defer_host_reads = defer_host_reads_;
+    c.unique_list = unique_list_[u].get<int64_t>();  // null unless TIEMB_TIERED_PROBE=list
+    c.read_list = read_list_[u].get<int64_t>();      // null unless TIEMB_TIERED_HOST_READS=list (zero-copy)
+    c.read_unit = read_unit(tables_[u]->row_bytes());
+    c.prefetch = prefetching_;
   }
   return p;
 }
@@ -151,20 +206,40 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
     staged_.views[v] = views[v];
     staged_.views[v].begin = total;
     total += views[v].n;
-    tables_[static_cast<size_t>(views[v].call)]->count_lookups(views[v].n);
+    if (!prefetching_) tables_[static_cast<size_t>(views[v].call)]->count_lookups(views[v].n);
   }
   staged_.total_ids = total;
-  TIEMB_CUDA_CHECK(cudaMemsetAsync(hash_.get(), 0xff, hash_.bytes(), stream));
+  if (list_probe_) {
+    // One thread per slot the previous call used, at most max_misses_ of them.
+    const dim3 clear(static_cast<unsigned>(table_grid((max_misses_ + 31) / 32, num_sms_, num_tables(), 8)),
+                     static_cast<unsigned>(num_tables()));
+    clear_listed_kernel<<<clear, kBlock, 0, stream>>>(staged_);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  } else {
+    TIEMB_CUDA_CHECK(cudaMemsetAsync(hash_.get(), 0xff, hash_.bytes(), stream));
+  }
   TIEMB_CUDA_CHECK(cudaMemsetAsync(batch_.get(), 0, batch_.bytes(), stream));
   if (total > 0) {
     const int blocks = static_cast<int>(std::min<int64_t>((total + kBlock - 1) / kBlock, num_sms_ * 8LL));
     dedup_kernel<<<blocks, kBlock, 0, stream>>>(staged_);
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
-  const dim3 grid(static_cast<unsigned>(table_grid(max_capacity_ / 32, num_sms_, num_tables(), 16)),
+  // A warp takes 32 hash slots, or 32 entries of the unique list (at most
+  // max_misses_, the most ids of a table per call), at a time.
+  const int64_t probe_warps = list_probe_ ? (max_misses_ + 31) / 32 : max_capacity_ / 32;
+  const dim3 grid(static_cast<unsigned>(table_grid(probe_warps, num_sms_, num_tables(), 16)),
                   static_cast<unsigned>(num_tables()));
   probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
   TIEMB_CUDA_CHECK(cudaGetLastError());
+  if (list_reads_) {
+    // One thread per load of a call's most misses, up to 32 blocks of 256
+    // per SM over all tables (four times what the SMs hold at once; the
+    // kernel loops beyond that).
+    const dim3 reads(static_cast<unsigned>(table_grid((max_read_units_ + 31) / 32, num_sms_, num_tables(), 32)),
+                     static_cast<unsigned>(num_tables()));
+    host_read_list_kernel<<<reads, kBlock, 0, stream>>>(staged_);
+    TIEMB_CUDA_CHECK(cudaGetLastError());
+  }
   if (defer_host_reads_) {
     // kProbeLanes lanes per row: 32 / kProbeLanes rows per warp.
     const int64_t warps = (max_misses_ * kProbeLanes + 31) / 32;
@@ -284,6 +359,21 @@ void tiered_batch::insert(cudaStream_t stream) {
   side_used_[p] = true;
   parity_ ^= 1;
 }
+
+void tiered_batch::prefetch(const dedup_view* views, int num_views, cudaStream_t stream) {
+  // From now on this batch's calls are prefetches (params() marks them).
+  prefetching_ = true;
+  // The ids are the caller's: read them after its stream's work so far.
+  TIEMB_CUDA_CHECK(cudaEventRecord(prefetch_ready_, stream));
+  TIEMB_CUDA_CHECK(cudaStreamWaitEvent(side_, prefetch_ready_, 0));
+  gather(views, num_views, side_);
+  const dim3 grid(static_cast<unsigned>(table_grid(max_misses_, num_sms_, num_tables(), 4)),
+                  static_cast<unsigned>(num_tables()));
+  insert_or_defer_kernel<<<grid, kBlock, 0, side_>>>(staged_);
+  TIEMB_CUDA_CHECK(cudaGetLastError());
+}
+
+void tiered_batch::wait_prefetch() { TIEMB_CUDA_CHECK(cudaStreamSynchronize(side_)); }
 
 }  // namespace gpu
 }  // namespace tiemb

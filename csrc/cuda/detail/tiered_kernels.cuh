@@ -22,32 +22,76 @@ constexpr int kWarpsPerBlock = kBlock / 32;
 // Ids of every view into its table's hash set; an id's unique index is its
 // hash slot, so there is no counter to share and nothing to wait for.
 // unique_index[i] = slot of ids[i], -1 for ids outside the table (the
-// lookup kernel reports those).
+// lookup kernel reports those; a view without unique_index, a prefetch,
+// skips them). With a unique list (TIEMB_TIERED_PROBE=list) the thread that
+// puts an id into the set appends (id, slot) to its table's list, one atomic
+// per table and warp; the warp walks the ids in step (base + lane) so that
+// append is a full-warp collective.
 __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
+  const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t total = p.total_ids;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
-    int v = 0;
-    while (v + 1 < p.num_views && p.views[v + 1].begin <= g) ++v;
-    const dedup_view& view = p.views[v];
-    const tiered_call& c = p.calls[view.call];
-    const int64_t i = g - view.begin;
-    const int64_t raw = load_index(view.ids, view.is64, id_offset(i, view.id_stride, view.ids_per_row, view.row_stride));
-    const int64_t id = (view.wrap_negative && raw < 0) ? raw + c.t.rows : raw;
-    if (id < 0 || id >= c.t.rows) {
-      view.unique_index[i] = -1;
-      continue;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31); base < total;
+       base += stride) {
+    const int64_t g = base + lane;
+    int call = 0;
+    int64_t h = 0;
+    bool won = false;  // this lane put its id into the set
+    int64_t id = 0;
+    if (g < total) {
+      int v = 0;
+      while (v + 1 < p.num_views && p.views[v + 1].begin <= g) ++v;
+      const dedup_view& view = p.views[v];
+      const tiered_call& c = p.calls[view.call];
+      const int64_t i = g - view.begin;
+      const int64_t raw =
+          load_index(view.ids, view.is64, id_offset(i, view.id_stride, view.ids_per_row, view.row_stride));
+      id = (view.wrap_negative && raw < 0) ? raw + c.t.rows : raw;
+      call = view.call;
+      if (id < 0 || id >= c.t.rows) {
+        if (view.unique_index != nullptr) view.unique_index[i] = -1;
+      } else {
+        h = static_cast<int64_t>(mix64(static_cast<uint64_t>(id)) & c.hash_mask);
+        for (;;) {
+          // Hot ids repeat thousands of times per batch: read first and keep
+          // atomics for empty slots.
+          unsigned long long key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[h]);
+          if (key == ~0ULL) {
+            key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
+            won = key == ~0ULL;
+          }
+          if (key == ~0ULL || key == static_cast<unsigned long long>(id)) break;
+          h = static_cast<int64_t>((static_cast<uint64_t>(h) + 1) & c.hash_mask);
+        }
+        if (view.unique_index != nullptr) view.unique_index[i] = static_cast<int32_t>(h);
+      }
     }
-    uint64_t h = mix64(static_cast<uint64_t>(id)) & c.hash_mask;
-    for (;;) {
-      // Hot ids repeat thousands of times per batch: read first and keep
-      // atomics for empty slots.
-      unsigned long long key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[h]);
-      if (key == ~0ULL) key = atomicCAS(&c.hash_keys[h], ~0ULL, static_cast<unsigned long long>(id));
-      if (key == ~0ULL || key == static_cast<unsigned long long>(id)) break;
-      h = (h + 1) & c.hash_mask;
+    // Every table of a batch has a list, or none does: uniform per warp.
+    if (p.calls[0].unique_list == nullptr) continue;
+    const unsigned winners = __ballot_sync(0xffffffffu, won);
+    if (won) {
+      // Lanes of the same table share one atomic on its unique counter.
+      const unsigned peers = __match_any_sync(winners, call);
+      const int leader = __ffs(peers) - 1;
+      const tiered_call& c = p.calls[call];
+      unsigned long long first = 0;
+      if (lane == leader) first = atomicAdd(&c.batch->unique_ids, static_cast<unsigned long long>(__popc(peers)));
+      first = __shfl_sync(peers, first, leader);
+      const auto k = static_cast<int64_t>(first + __popc(peers & ((1u << lane) - 1u)));
+      reinterpret_cast<longlong2*>(c.unique_list)[k] = make_longlong2(id, h);
     }
-    view.unique_index[i] = static_cast<int32_t>(h);
+  }
+}
+
+// TIEMB_TIERED_PROBE=list, before dedup: empties the hash slots the previous
+// call used (its unique list, its count still in batch->unique_ids), instead
+// of a memset of the whole capacity (2x-4x the most ids a call may have).
+__global__ void clear_listed_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
+  const auto n = static_cast<int64_t>(c.batch->unique_ids);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
+    c.hash_keys[c.unique_list[2 * k + 1]] = ~0ULL;
   }
 }
 
@@ -99,6 +143,11 @@ __device__ inline void warp_append(bool flag, unsigned long long* count, int64_t
 // the GPU cache, else from the host tier in place, else ask the host for it.
 // Misses are listed for insertion. Control flow stays warp-uniform around the
 // ballots and shuffles; inactive groups carry `active = false`.
+// The unique ids come from the hash slots (every slot read, 2x-4x the most
+// ids a call may have) or, with a unique list, from that list (only the ids
+// present; its length is dedup's count, read here on the device).
+// Zero-copy misses are read here (default), by host_read_kernel, or listed
+// as (host, staging) address pairs for host_read_list_kernel.
 constexpr int kProbeLanes = 8;
 constexpr int kWaysPerLane = 32 / kProbeLanes;
 
@@ -118,23 +167,35 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
     block_backing = 0;
   }
   __syncthreads();
-  const int64_t capacity = static_cast<int64_t>(c.hash_mask) + 1;
+  const bool listed = c.unique_list != nullptr;
+  const int64_t limit = listed ? static_cast<int64_t>(c.batch->unique_ids) : static_cast<int64_t>(c.hash_mask) + 1;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t base = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * 32; base < capacity;
+  for (int64_t base = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * 32; base < limit;
        base += warps * 32) {
-    // 32 slots per coalesced read; the occupied ones are this batch's ids.
-    const unsigned long long my_key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[base + lane]);
+    // 32 slots (or list entries) per coalesced read; the occupied slots are
+    // this batch's ids.
+    int64_t my_u = base + lane;
+    unsigned long long my_key = ~0ULL;
+    if (!listed) {
+      my_key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[my_u]);
+    } else if (my_u < limit) {
+      const longlong2 e = reinterpret_cast<const longlong2*>(c.unique_list)[my_u];
+      my_key = static_cast<unsigned long long>(e.x);
+      my_u = e.y;
+    }
     unsigned pending = __ballot_sync(0xffffffffu, my_key != ~0ULL);
-    if (lane == 0) atomicAdd(&block_unique, static_cast<unsigned long long>(__popc(pending)));
+    // With a list, dedup counted the unique ids.
+    if (!listed && lane == 0) atomicAdd(&block_unique, static_cast<unsigned long long>(__popc(pending)));
     while (pending != 0) {
       // Each group of kProbeLanes lanes takes one of the next occupied slots.
       const int nth = __popc(pending) > sub ? static_cast<int>(__fns(pending, 0, sub + 1)) : -1;
       for (int g = 0; g < 32 / kProbeLanes && pending != 0; ++g) pending &= pending - 1u;  // drop the taken bits
       const bool active = nth >= 0;
-      const int64_t u = base + (active ? nth : 0);
+      const int64_t u = __shfl_sync(0xffffffffu, my_u, active ? nth : 0);  // the id's hash slot
       const unsigned long long key = __shfl_sync(0xffffffffu, my_key, active ? nth : 0);  // every lane shuffles
       const int64_t id = active ? static_cast<int64_t>(key) : 0;
-      if (active && gl == 0 && t.freq != nullptr) atomicAdd(&t.freq[id], 1u);  // admission filter's counts
+      // Admission filter's counts (a prefetch is no sighting: its lookup counts).
+      if (active && gl == 0 && t.freq != nullptr && !c.prefetch) atomicAdd(&t.freq[id], 1u);
       const int64_t set = cache_set(id, t.sets);
       char* dst = c.staging + u * t.row_bytes;
       uint32_t v1 = 1;
@@ -151,9 +212,12 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       const int way = __shfl_sync(0xffffffffu, my_way, found ? __ffs(found) - 1 : leader);
       bool hit = false;
       if (found) {
-        group_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, gl, kProbeLanes);
-        // The row's loads must complete before the version is read again.
-        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        // A prefetch needs no copy of a cached row, only to know it is there.
+        if (!c.prefetch) {
+          group_copy_row_volatile(dst, t.cache_rows + (set * 32 + way) * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+          // The row's loads must complete before the version is read again.
+          asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        }
         hit = *reinterpret_cast<volatile uint32_t*>(&t.versions[set]) == v1;
       }
       // The group leader's view decides for the whole group.
@@ -167,10 +231,18 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       const int64_t slot = (miss && t.host_index != nullptr) ? t.host_index[id] : id;
       const bool in_place = miss && c.zero_copy && slot >= 0;
       if (miss && slot < 0 && gl == 0) atomicAdd(&block_backing, 1ULL);  // per-tier stats: only in the file
-      if (in_place) {
+      if (in_place && c.read_list == nullptr) {
         // Deferred: host_read_kernel reads these rows after the probe.
         if (!c.defer_host_reads) group_copy_row(dst, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
         if (gl == 0) atomicAdd(&block_host_hits, 1ULL);
+      }
+      // Listed for host_read_list_kernel; the list's counter is host_hits.
+      // (c.read_list is the same for the whole block: every lane appends.)
+      if (c.read_list != nullptr) {
+        warp_append(in_place && gl == 0, &c.batch->host_hits, c.read_list,
+                    in_place ? reinterpret_cast<int64_t>(t.host_rows + slot * t.row_bytes) : 0,
+                    reinterpret_cast<int64_t>(dst),
+                    nullptr);
       }
       warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
     }
@@ -204,6 +276,34 @@ __global__ void host_read_kernel(const __grid_constant__ tiered_params p) {
     const int64_t slot = t.host_index != nullptr ? t.host_index[id] : id;
     if (slot >= 0) {
       group_copy_row(c.staging + u * t.row_bytes, t.host_rows + slot * t.row_bytes, t.row_bytes, gl, kProbeLanes);
+    }
+  }
+}
+
+// TIEMB_TIERED_HOST_READS=list, blockIdx.y = table: the zero-copy misses the
+// probe listed as (host address, staging address), one read_unit-byte load
+// per thread (a 64-byte row is 4 threads), the grid sized once from the
+// config to cover a call's most misses. Unlike host_read_kernel (8 lanes per
+// row, each row behind the dependent loads miss_list -> hash key ->
+// host_index before its host read), a thread's only load before the host
+// read is its list entry, and every host load is independent: as many in
+// flight as the SMs hold, so the link's read queue stays full.
+__global__ void host_read_list_kernel(const __grid_constant__ tiered_params p) {
+  const tiered_call& c = p.calls[blockIdx.y];
+  if (c.read_list == nullptr) return;
+  const int64_t units = c.t.row_bytes / c.read_unit;
+  const auto n = static_cast<int64_t>(c.batch->host_hits) * units;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
+    const int64_t m = e / units, k = e - m * units;
+    const longlong2 a = reinterpret_cast<const longlong2*>(c.read_list)[m];
+    const char* src = reinterpret_cast<const char*>(a.x);
+    char* dst = reinterpret_cast<char*>(a.y);
+    switch (c.read_unit) {
+      case 16: reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(src)[k]; break;
+      case 8: reinterpret_cast<uint2*>(dst)[k] = reinterpret_cast<const uint2*>(src)[k]; break;
+      case 4: reinterpret_cast<uint32_t*>(dst)[k] = reinterpret_cast<const uint32_t*>(src)[k]; break;
+      default: reinterpret_cast<uint16_t*>(dst)[k] = reinterpret_cast<const uint16_t*>(src)[k]; break;
     }
   }
 }
@@ -289,8 +389,12 @@ __global__ void insert_or_defer_kernel(const __grid_constant__ tiered_params p) 
   const auto unique = static_cast<double>(c.batch->unique_ids);
   const auto misses = static_cast<int64_t>(c.batch->misses);
   const double hit_rate = unique == 0 ? 1.0 : static_cast<double>(c.batch->hits) / unique;
-  const bool now = hit_rate < c.threshold;
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
+  // A prefetch inserts now (it runs on the background stream already) and
+  // is no lookup: the table's counters leave it out (insert_row counts what
+  // it inserts).
+  const bool now = hit_rate < c.threshold || c.prefetch;
+  if (blockIdx.x == 0 && threadIdx.x == 0 && c.prefetch) *c.pending_count = 0;
+  if (blockIdx.x == 0 && threadIdx.x == 0 && !c.prefetch) {
     *c.pending_count = now ? 0 : static_cast<unsigned long long>(misses);
     counters* tot = c.t.totals;
     if (now && misses > 0) atomicAdd(&tot->sync_inserts, 1ULL);
