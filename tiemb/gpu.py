@@ -430,4 +430,70 @@ class GpuLookupGroup:
         """Waits for this group's last lookup and raises the first data error it found."""
         self._group.check(True)
 
+    def prefetch(self, ids, stream=None):
+        """Brings the rows of ``ids`` that are not in the GPU cache into it, on
+        the group's background stream, so a server can fetch the next batch's
+        misses while the current batch runs (issue 15). Results stay exact: a
+        later lookup finds a row in the cache or reads the lower tier as
+        always; concurrent lookups and inserts are safe (sequence locks).
+
+        Args:
+            ids: one id array per slot, as for :meth:`lookup` (segment ids,
+                weights and row counts are not needed). Device arrays (cupy,
+                ``__cuda_array_interface__``, DLPack) are read asynchronously
+                after ``stream``'s work so far: keep them unchanged until
+                :meth:`wait_prefetch` or the lookup that uses them (changed
+                ids bring other rows; results stay exact). numpy arrays are
+                checked here (an id outside its table is an error naming the
+                slot, position and value) and copied to the device. Device
+                ids outside their table are skipped (the lookup that uses them
+                reports them). Slots over GPU-resident tables are ignored.
+            stream: the stream the ids are ready on (int cudaStream_t, cupy or
+                torch stream; default cupy's current stream).
+
+        Returns without waiting where every tiered table reads its misses in
+        place (``host_read="zero_copy"`` and all rows in host memory);
+        otherwise after the host has read this prefetch's misses. The first
+        call allocates the prefetch scratch (as large as a lookup's), once.
+        With ``policy="lru_admit"`` a prefetched row enters the cache only if
+        the admission filter admits it. Rows a prefetch inserts count in
+        :meth:`GpuEmbeddingEngine.stats`' ``inserted``; nothing else counts.
+        """
+        ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+        if len(ids) != len(self.slots):
+            raise ValueError(f"prefetch got ids for {len(ids)} slots but the group has {len(self.slots)}")
+        keep, views = [], []
+        for s, a in enumerate(ids):
+            if isinstance(a, np.ndarray):
+                a = self._checked_host_ids(a, s)
+                import cupy
+
+                a = cupy.asarray(a)
+            dev = _as_device_array(a)
+            if dev is None:
+                raise ValueError(f"slot {s}: prefetch ids must be numpy, __cuda_array_interface__ or DLPack "
+                                 f"arrays, got {type(a).__name__}")
+            views.append(_ids_view(dev, s, self.slots[s].mode, False)[0])
+            keep.append(dev)
+        self._prefetch_ids = keep  # alive until the next prefetch
+        self._group.prefetch(views, _stream_ptr(stream))
+
+    def _checked_host_ids(self, a: np.ndarray, slot: int) -> np.ndarray:
+        if a.dtype not in (np.int32, np.int64):
+            raise ValueError(f"slot {slot}: ids must be int32 or int64, got {a.dtype}")
+        rows = self.engine.table_shape(self.slots[slot].table)[0]
+        flat = a.reshape(-1)
+        low = -rows if self.slots[slot].wrap_negative else (None if a.ndim == 2 else 0)  # safe matrices pad with < 0
+        bad = flat >= rows if low is None else (flat >= rows) | (flat < low)
+        if bad.any():
+            k = int(np.argmax(bad))
+            lo = -rows if self.slots[slot].wrap_negative else 0
+            raise ValueError(f"slot {slot}: ids[{k}] = {int(flat[k])} is out of range [{lo}, {rows}) of table "
+                             f"{self.slots[slot].table}")
+        return np.ascontiguousarray(a)
+
+    def wait_prefetch(self):
+        """Waits for every :meth:`prefetch` issued on this group so far."""
+        self._group.wait_prefetch()
+
     __call__ = lookup

@@ -6,6 +6,7 @@ import pytest
 
 import tiemb
 from oracle import assert_within_bound, foundation_grid, numpy_lookup, random_slot
+from tiered_variants import TIERED_ENV
 
 pytestmark = pytest.mark.gpu
 
@@ -137,7 +138,8 @@ def run_batches(tiers, tables, batches, combiners, profile=None, device=True):
     (0.6, 0.3, 0.0, "copy"),
 ])
 @pytest.mark.parametrize("dtype,dim", [(np.float32, 16), (np.float16, 8), (np.float32, 3)])
-def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype, dim, tmp_path, seed):
+def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype, dim, tmp_path, seed,
+                                        tiered_variant):
     rng = np.random.default_rng(seed)
     vocab = 3000
     tables = [rng.standard_normal((vocab, dim)).astype(dtype) for _ in range(2)]
@@ -149,7 +151,8 @@ def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype,
         got, e = run_batches(tiers, tables, batches, combiners, device=device)
         for b, (r, g) in enumerate(zip(ref, got)):
             for s in range(3):
-                np.testing.assert_array_equal(g[s], r[s], err_msg=f"batch {b}, slot {s}, seed {seed}")
+                np.testing.assert_array_equal(g[s], r[s], err_msg=f"batch {b}, slot {s}, seed {seed}, "
+                                                                  f"{tiered_variant}")
         # Statistics add up.
         for t, ids_of_batch in ((0, lambda ids: ids), (1, lambda ids: ids)):
             st = e.stats(t)
@@ -180,16 +183,25 @@ def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype,
                     assert st["backing_reads"] == st["host_fetches"]
 
 
-@pytest.mark.parametrize("inline,policy", [("0", "lru"), ("1", "lru"), ("0", "lru_admit")])
+@pytest.mark.parametrize("inline,policy", [("0", "lru"), ("1", "lru"), ("0", "lru_admit"),
+                                           ("list", "lru"), ("list", "lru_admit")])
 def test_zero_copy_reads_in_or_after_the_probe_are_exact(inline, policy, monkeypatch, tmp_path, seed):
-    """Zero-copy misses are read by host_read_kernel after the probe (default) or,
-    with TIEMB_TIERED_INLINE_HOST_READS=1, inside the probe: both equal resident,
-    with rows in the GPU cache, in host memory and in the backing file."""
+    """Zero-copy misses are read inside the probe (TIEMB_TIERED_INLINE_HOST_READS=1,
+    the default), by host_read_kernel after it (=0), or from the probe's address
+    list by host_read_list_kernel (TIEMB_TIERED_HOST_READS=list, with the listed
+    probe too): all equal resident, with rows in the GPU cache, in host memory
+    and in the backing file."""
     rng = np.random.default_rng(seed)
     tables = [rng.standard_normal((4000, 16)).astype(np.float32) for _ in range(2)]
     batches = zipf_batches(rng, 4000, 10, 64, 8)
     ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, batches, ["sum", "mean", "sum"])
-    monkeypatch.setenv("TIEMB_TIERED_INLINE_HOST_READS", inline)
+    for k in TIERED_ENV:
+        monkeypatch.delenv(k, raising=False)
+    if inline == "list":
+        monkeypatch.setenv("TIEMB_TIERED_HOST_READS", "list")
+        monkeypatch.setenv("TIEMB_TIERED_PROBE", "list")
+    else:
+        monkeypatch.setenv("TIEMB_TIERED_INLINE_HOST_READS", inline)
     tiers = tiemb.TierConfig(0.1, 0.6, 0.95, str(tmp_path / "backing.tiemb"), "zero_copy", policy)
     got, e = run_batches(tiers, tables, batches, ["sum", "mean", "sum"])
     for b, (r, g) in enumerate(zip(ref, got)):
@@ -201,7 +213,7 @@ def test_zero_copy_reads_in_or_after_the_probe_are_exact(inline, policy, monkeyp
         assert st["inserted"] < st["unique_ids"] - st["hits"]
 
 
-def test_hit_rate_extremes(seed):
+def test_hit_rate_extremes(seed, tiered_variant):
     """0 % hits (every batch new ids, cold cache) and 100 % (cache warm from the profile)."""
     rng = np.random.default_rng(seed)
     vocab, dim = 20000, 16
@@ -228,7 +240,7 @@ def test_hit_rate_extremes(seed):
             np.testing.assert_array_equal(g[s], r[s])
 
 
-def test_background_insertion_under_load(seed):
+def test_background_insertion_under_load(seed, tiered_variant):
     """Many back-to-back lookups while the background stream inserts: still exact."""
     cp = cupy()
     rng = np.random.default_rng(seed)
@@ -325,7 +337,7 @@ def test_device_shape_errors(small_group):
                            segment_ids=[cp.zeros(9, cp.int64), segs[1]], num_rows=[None, 3])
 
 
-def test_tiered_counts_and_results_at_scale(seed):
+def test_tiered_counts_and_results_at_scale(seed, tiered_variant):
     """Large Zipf batches (thousands of repeats of hot ids racing in dedup):
     exact unique counts per batch and results equal to resident tables."""
     cp = cupy()

@@ -241,8 +241,7 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
       if (c.read_list != nullptr) {
         warp_append(in_place && gl == 0, &c.batch->host_hits, c.read_list,
                     in_place ? reinterpret_cast<int64_t>(t.host_rows + slot * t.row_bytes) : 0,
-                    reinterpret_cast<int64_t>(dst),
-                    nullptr);
+                    reinterpret_cast<int64_t>(dst), nullptr);
       }
       warp_append(miss && !in_place && gl == 0, &c.batch->host_reads, c.host_list, id, u, nullptr);
     }
