@@ -1,10 +1,12 @@
 """GPU engine benchmarks, side by side in one run (needs cupy; torch for the peers).
 
-    python benchmarks/gpu_bench.py [--json OUT] [--quick]
+    python benchmarks/gpu_bench.py [--json OUT] [--quick] [--tiered-only] [--no-sim]
 
 Cases (issue 3): W&D-like batch 512 x 26 slots, dim 16, nnz 1 and 10, 1M-row
 tables, GPU-resident; large batch 65536 x 26 slots, dim 64, nnz 4; tiered
-tables 5x larger than the GPU cache, Zipf(1.1) ids, zero-copy vs batched copy.
+tables 5x larger than the GPU cache, Zipf(1.1) ids, zero-copy vs batched copy,
+and every tiered variant of issue 15 (TIERED_CONFIGS: listed probe, listed
+host reads, prefetch of the next batch; TIEMB_BENCH_TIERED=key,... picks some).
 Peers: torch.nn.functional.embedding_bag per slot (eager and in a CUDA graph),
 and TensorFlow's op sequence (unique + gather + segment mean) written in torch.
 Times are CUDA-event medians over rounds of back-to-back calls; effective
@@ -203,37 +205,79 @@ def resident_case(name, layer, copy_bw, have_torch):
     return row
 
 
-INLINE = "tiered 0.2, zero-copy read inside the probe (the default)"
+# The tiered configurations timed side by side (issue 15): key -> (label,
+# TierConfig arguments, variant environment read when a group is built,
+# prefetch the next batch). Variants that differ only in environment share
+# one engine (tables and cache), each with a group of its own.
+# TIEMB_BENCH_TIERED=key,key,... picks some (default: all).
+ZC = dict(cache_percentage=0.2, host_read="zero_copy")
+LISTS = {"TIEMB_TIERED_PROBE": "list", "TIEMB_TIERED_HOST_READS": "list"}
+TIERED_CONFIGS = {
+    "default": ("tiered 0.2, zero-copy read inside the probe (the default)", ZC, {}, False),
+    "kernel": ("tiered 0.2, zero-copy, separate host-read kernel", ZC, {"TIEMB_TIERED_HOST_READS": "kernel"}, False),
+    "list_probe": ("tiered 0.2, zero-copy, listed probe", ZC, {"TIEMB_TIERED_PROBE": "list"}, False),
+    "list_reads": ("tiered 0.2, zero-copy, listed host reads", ZC, {"TIEMB_TIERED_HOST_READS": "list"}, False),
+    "list_both": ("tiered 0.2, zero-copy, listed probe + listed host reads", ZC, LISTS, False),
+    "list_both_prefetch": ("tiered 0.2, zero-copy, listed probe + reads, prefetch of the next batch", ZC, LISTS,
+                           True),
+    "prefetch": ("tiered 0.2, zero-copy (default path), prefetch of the next batch", ZC, {}, True),
+    "admit": ("tiered 0.2, zero-copy, admission filter", dict(ZC, policy="lru_admit"), {}, False),
+    "copy": ("tiered 0.2, batched copy", dict(cache_percentage=0.2, host_read="copy"), {}, False),
+}
+VARIANT_ENV = ("TIEMB_TIERED_PROBE", "TIEMB_TIERED_HOST_READS", "TIEMB_TIERED_INLINE_HOST_READS")
 
 
-def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
+def tiered_group(engine, slots, env):
+    """A group built under `env` (the variant variables are read when it is built)."""
+    saved = {k: os.environ.pop(k, None) for k in VARIANT_ENV}
+    os.environ.update(env)
+    try:
+        return engine.group(slots)
+    finally:
+        for k in VARIANT_ENV:
+            os.environ.pop(k, None)
+            if saved[k] is not None:
+                os.environ[k] = saved[k]
+
+
+def chosen_tiered_configs():
+    keys = [k for k in os.environ.get("TIEMB_BENCH_TIERED", "").split(",") if k] or list(TIERED_CONFIGS)
+    unknown = [k for k in keys if k not in TIERED_CONFIGS]
+    if unknown:
+        raise SystemExit(f"TIEMB_BENCH_TIERED: unknown {unknown}; choose from {list(TIERED_CONFIGS)}")
+    return {k: TIERED_CONFIGS[k] for k in keys}
+
+
+def tiered_case(layer, copy_bw, batches=40, h2d_bw=None, simulate_hits=True):
     rng = np.random.default_rng(7)
     pool = [[cp.asarray(zipf_ids(rng, layer.vocab, layer.batch * layer.nnz, 1.1)) for _ in range(layer.slots)]
             for _ in range(batches)]
     rows = {}
     sim_rates = {}
-    for label, tiers in [("resident", None),
-                         ("tiered 0.2, zero-copy, separate host-read kernel",
-                          tiemb.TierConfig(0.2, host_read="zero_copy")),
-                         (INLINE, tiemb.TierConfig(0.2, host_read="zero_copy")),
-                         ("tiered 0.2, zero-copy, admission filter", tiemb.TierConfig(0.2, policy="lru_admit")),
-                         ("tiered 0.2, batched copy", tiemb.TierConfig(0.2, host_read="copy"))]:
-        e = tiemb.GpuEmbeddingEngine(layer.batch, layer.slots, layer.nnz)
-        # The earlier path (zero-copy reads inside the probe) is picked when the group is built.
-        os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if label == INLINE else "0"
-        g = e.group([tiemb.Slot(e.add_table(t, tiers), layer.combiner) for t in layer.tables])
-        os.environ.pop("TIEMB_TIERED_INLINE_HOST_READS")
+    engines = {}  # TierConfig arguments -> (engine, slots): shared by the variants of one config
+    configs = [("resident", None, {}, False)] + list(chosen_tiered_configs().values())
+    for label, tier_args, env, prefetch in configs:
+        tiers = None if tier_args is None else tiemb.TierConfig(**tier_args)
+        key = repr(sorted(tier_args.items())) if tier_args else "resident"
+        fresh = key not in engines  # a cold engine: its hit rates compare with the simulator's
+        if fresh:
+            e = tiemb.GpuEmbeddingEngine(layer.batch, layer.slots, layer.nnz)
+            engines[key] = (e, [tiemb.Slot(e.add_table(t, tiers), layer.combiner) for t in layer.tables])
+        e, slots = engines[key]
+        g = tiered_group(e, slots, env)
         preps = [g.prepare(ids, segment_ids=layer.segs) for ids in pool]
-        for p in preps[:batches // 2]:  # reach the steady state
-            p.run()
-        g.synchronize()
-        before = [e.stats(t) for t in range(layer.slots)]
         k = [0]
 
         def step():
+            if prefetch:  # the next batch's misses, on the background stream, while this one runs
+                g.prefetch(pool[(k[0] + 1) % batches])
             preps[k[0] % batches].run()
             k[0] += 1
 
+        for _ in range(batches // 2):  # reach the steady state
+            step()
+        g.synchronize()
+        before = [e.stats(t) for t in range(layer.slots)]
         t = event_time_us(step, iters=batches, rounds=5, warmup=0)
         g.synchronize()
         after = [e.stats(t) for t in range(layer.slots)]
@@ -244,14 +288,18 @@ def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
                        "gbs": layer.bytes_moved() / (t * 1e-6) / 1e9,
                        # rows that crossed the host link per call (misses, after dedup)
                        "missed_bytes": (uniq - hits) * layer.dim * 4 / calls}
-        if tiers is not None:
+        if prefetch:  # prefetched rows crossed the link too, on the background stream
+            rows[label]["note"] = "missed_bytes counts the lookups' misses only; prefetches moved rows too"
+        if tiers is not None and simulate_hits and fresh and not prefetch:
             # What the advisor's CPU simulator expects on the same sequence of
             # batches (the warm-up, then the timed calls cycling the pool), all
             # tables together; once per policy: host reads do not change it.
+            # (Variants sharing an engine find its cache warm: only its first
+            # variant started cold as the simulator does.)
             if tiers.policy not in sim_rates:
                 from tiemb.advise import TableInfo, simulate
 
-                seq = list(range(batches // 2)) + [j % batches for j in range(k[0])]
+                seq = [j % batches for j in range(k[0])]
                 host_pool = [[cp.asnumpy(ids) for ids in b] for b in pool]
                 sim_hits = sim_uniq = 0
                 for s in range(layer.slots):
@@ -262,6 +310,7 @@ def tiered_case(layer, copy_bw, batches=40, h2d_bw=None):
             rows[label]["simulated_hit_rate_all_batches"] = sim_rates[tiers.policy]
             rows[label]["measured_hit_rate_all_batches"] = \
                 sum(a["hits"] for a in after) / sum(a["unique_ids"] for a in after)
+        del preps, g
     res = rows["resident"]["us"]
     for r in rows.values():
         r["throughput_vs_resident"] = res / r["us"]
@@ -275,6 +324,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="smaller tables (a smoke run)")
+    ap.add_argument("--tiered-only", action="store_true",
+                    help="only the tiered cases (TIEMB_BENCH_TIERED picks their variants)")
+    ap.add_argument("--no-sim", action="store_true", help="skip the advisor's CPU simulation of the hit rates")
     args = ap.parse_args()
     try:
         import torch  # noqa: F401
@@ -290,22 +342,24 @@ def main():
     rng = np.random.default_rng(0)
     vocab = 100_000 if args.quick else 1_000_000
     results = {"gpu": gpu, "copy_gbs": copy_bw, "h2d_gbs": h2d_bw, "resident": [], "tiered": None}
-    for nnz in (1, 10):
+    for nnz in (() if args.tiered_only else (1, 10)):
         layer = Layer(rng, slots=26, vocab=vocab, dim=16, batch=512, nnz=nnz, alpha=1.1)
         results["resident"].append(resident_case(f"W&D batch 512, 26 slots, dim 16, nnz {nnz}, Zipf(1.1)",
                                                  layer, copy_bw, have_torch))
         print(json.dumps(results["resident"][-1]), flush=True)
     big_batch = 8192 if args.quick else 65536
-    layer = Layer(rng, slots=26, vocab=vocab, dim=64, batch=big_batch, nnz=4)
-    results["resident"].append(resident_case(f"large batch {big_batch} x 26 slots, dim 64, nnz 4, uniform",
-                                             layer, copy_bw, have_torch))
-    print(json.dumps(results["resident"][-1]), flush=True)
-    del layer
+    if not args.tiered_only:
+        layer = Layer(rng, slots=26, vocab=vocab, dim=64, batch=big_batch, nnz=4)
+        results["resident"].append(resident_case(f"large batch {big_batch} x 26 slots, dim 64, nnz 4, uniform",
+                                                 layer, copy_bw, have_torch))
+        print(json.dumps(results["resident"][-1]), flush=True)
+        del layer
     results["tiered"] = []
     for dim, nnz, v in ((16, 10, vocab), (64, 4, vocab // 2)):
         layer = Layer(rng, slots=26, vocab=v, dim=dim, batch=4096, nnz=nnz, alpha=1.1)
         results["tiered"].append({"case": f"batch 4096, 26 slots, dim {dim}, nnz {nnz}, {v}-row tables, "
-                                          f"cache 0.2, Zipf(1.1)", **tiered_case(layer, copy_bw, h2d_bw=h2d_bw)})
+                                          f"cache 0.2, Zipf(1.1)",
+                                   **tiered_case(layer, copy_bw, h2d_bw=h2d_bw, simulate_hits=not args.no_sim)})
         print(json.dumps(results["tiered"][-1]), flush=True)
         del layer
 

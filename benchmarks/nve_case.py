@@ -1,16 +1,26 @@
 """NV Embedding Cache's published workload scaled to this machine (issue 15).
 
-    python benchmarks/nve_case.py [--gb 16] [--json OUT]
+    python benchmarks/nve_case.py [--gb 16] [--warmup 100] [--calls 100] [--json OUT]
 
 One table of dim 128 (float32, 512 B rows) in pinned host memory, at least
 16 GB, behind a GPU cache of 10% of its rows; batch 256 samples x 1024 ids
 (hotness), ids drawn from a power law of exponent 1.05 over the rows (hot
-rows spread by a fixed permutation). Reports M keys/s and GB/s counted as
-NVE counts them (keys x row bytes), beside NVE's published 432 M keys/s /
-206 GB/s, which were measured on other hardware (GB200). Also: the
-host-to-device bandwidth of this run, the resident time of the same calls
-(the table fits an H200 whole) and the tiered floor
+rows spread by a fixed permutation). Every call gets a fresh batch: all of
+them are drawn on the GPU before timing (none is repeated, so the misses are
+the traffic's own, not a cycled pool's), after a warm-up of fresh batches
+long enough to bring the cache to its steady state. Reports M keys/s and GB/s
+counted as NVE counts them (keys x row bytes), beside NVE's published
+432 M keys/s / 206 GB/s, which were measured on other hardware (GB200); the
+steady-state hit rate; the host-to-device bandwidth of this run; the resident
+time of the same calls (the table fits an H200 whole) and the tiered floor
 (resident + missed bytes / host-to-device bandwidth).
+
+Variants (TIEMB_NVE_MODES=mode,...; default all): zero_copy_inline (the
+default path), zero_copy (separate host-read kernel), list_probe, list_reads,
+list_both, list_both_prefetch (listed probe and reads, the next batch
+prefetched while the current one runs), zero_copy_admit (admission filter).
+Variants that differ only in the environment share one engine (one copy of
+the table in pinned memory), each with its own group and warm-up.
 """
 
 import argparse
@@ -25,62 +35,90 @@ import numpy as np
 import tiemb
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import event_time_us, h2d_bandwidth_gbs  # noqa: E402
+from gpu_bench import event_time_us, h2d_bandwidth_gbs, tiered_group  # noqa: E402
 
 DIM, BATCH, HOTNESS, ALPHA, CACHE = 128, 256, 1024, 1.05, 0.1
 NVE = {"keys_per_s": 432e6, "gbs": 206.0, "hardware": "GB200 (published by NVIDIA; other hardware)"}
+LISTS = {"TIEMB_TIERED_PROBE": "list", "TIEMB_TIERED_HOST_READS": "list"}
+# mode -> (policy, variant environment, prefetch the next batch)
+MODES = {
+    "zero_copy_inline": ("lru", {}, False),
+    "zero_copy": ("lru", {"TIEMB_TIERED_HOST_READS": "kernel"}, False),
+    "list_probe": ("lru", {"TIEMB_TIERED_PROBE": "list"}, False),
+    "list_reads": ("lru", {"TIEMB_TIERED_HOST_READS": "list"}, False),
+    "list_both": ("lru", LISTS, False),
+    "list_both_prefetch": ("lru", LISTS, True),
+    "zero_copy_admit": ("lru_admit", {}, False),
+}
 
 
 class PowerLaw:
-    """Ids with p(rank k) ~ k^-alpha over `rows` ranks, mapped through a fixed permutation."""
+    """Ids with p(rank k) ~ k^-alpha over `rows` ranks, mapped through a fixed
+    permutation; drawn on the GPU (inverse CDF) so that many fresh batches
+    are ready before timing."""
 
     def __init__(self, rows, alpha, seed=1):
-        p = np.arange(1, rows + 1, dtype=np.float64) ** -alpha
-        self.cdf = np.cumsum(p)
+        p = cp.arange(1, rows + 1, dtype=cp.float64) ** -alpha
+        self.cdf = cp.cumsum(p)
         self.cdf /= self.cdf[-1]
-        self.perm = np.random.default_rng(seed).permutation(rows)
+        del p
+        self.perm = cp.asarray(np.random.default_rng(seed).permutation(rows))
+        self.rs = cp.random.RandomState(seed)
 
-    def draw(self, rng, n):
-        ranks = np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"), self.perm.size - 1)
-        return self.perm[ranks].astype(np.int64)
+    def draw(self, n):
+        ranks = cp.minimum(cp.searchsorted(self.cdf, self.rs.random_sample(n), side="right"), self.perm.size - 1)
+        return self.perm[ranks].astype(cp.int64)
 
 
-def run(table, tiers, batches, profile=None):
-    e = tiemb.GpuEmbeddingEngine(BATCH, 1, HOTNESS)
-    g = e.group([tiemb.Slot(e.add_table(table, tiers, profile_ids=profile), "sum")])
+def run(engine, table_id, env, prefetch, batches, warmup, tiered=True):
+    """Times one group over `batches` (each used once) after `warmup` calls of
+    fresh batches; the engine's cache carries over from earlier groups."""
+    g = tiered_group(engine, [tiemb.Slot(table_id, "sum")], env)
     segs = cp.asarray(np.repeat(np.arange(BATCH, dtype=np.int64), HOTNESS))
-    preps = [g.prepare([cp.asarray(b)], segment_ids=[segs]) for b in batches]
-    for p in preps * 2:  # warm the cache to its steady state
-        p.run()
-    g.synchronize()
-    before = e.stats(0)
+    preps = [g.prepare([b], segment_ids=[segs]) for b in batches]
     k = [0]
 
     def step():
-        preps[k[0] % len(preps)].run()
+        if prefetch and k[0] + 1 < len(preps):
+            g.prefetch([batches[k[0] + 1]])
+        preps[k[0]].run()
         k[0] += 1
 
-    us = event_time_us(step, iters=len(preps), rounds=5, warmup=0)
+    for _ in range(warmup):
+        step()
     g.synchronize()
-    after = e.stats(0)
+    before = engine.stats(table_id)
+    timed = len(preps) - warmup
+    us = event_time_us(step, iters=timed, rounds=1, warmup=0)
+    g.synchronize()
+    after = engine.stats(table_id)
     uniq, hits = after["unique_ids"] - before["unique_ids"], after["hits"] - before["hits"]
     calls = max(after["batches"] - before["batches"], 1)
-    out = {"us": us, "keys_per_s": BATCH * HOTNESS / (us * 1e-6),
+    out = {"us": us, "calls": timed, "keys_per_s": BATCH * HOTNESS / (us * 1e-6),
            "gbs": BATCH * HOTNESS * DIM * 4 / (us * 1e-6) / 1e9}
-    if tiers is not None and tiers.cache_percentage < 1:
+    if tiered:
         out.update(hit_rate=hits / uniq if uniq else None, unique_per_call=uniq / calls,
                    missed_bytes=(uniq - hits) * DIM * 4 / calls)
-    del preps, g, e
+    if prefetch:
+        out["note"] = "hit rate and missed bytes are the lookups'; the prefetches moved the misses on the side"
+    del preps, g
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=float(os.environ.get("TIEMB_NVE_GB", 16)),
-                    help="table size in GB (default 16)")
-    ap.add_argument("--batches", type=int, default=12, help="distinct batches cycled (default 12)")
+                    help="table size in GB (default 16; TIEMB_NVE_GB)")
+    ap.add_argument("--warmup", type=int, default=int(os.environ.get("TIEMB_NVE_WARMUP", 100)),
+                    help="fresh batches before timing, per variant (default 100)")
+    ap.add_argument("--calls", type=int, default=int(os.environ.get("TIEMB_NVE_CALLS", 100)),
+                    help="timed calls, each on a fresh batch (default 100)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    modes = [m for m in os.environ.get("TIEMB_NVE_MODES", ",".join(MODES)).split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"TIEMB_NVE_MODES: unknown {unknown}; choose from {list(MODES)}")
     t0 = time.time()
     rows = int(args.gb * 1e9) // (DIM * 4)
     dev = cp.cuda.runtime.getDeviceProperties(0)
@@ -94,26 +132,35 @@ def main():
         n = min(block.shape[0], rows - i)
         table[i:i + n] = block[:n]
     law = PowerLaw(rows, ALPHA)
-    batches = [law.draw(rng, BATCH * HOTNESS) for _ in range(args.batches)]
-    profile = law.draw(rng, 1 << 20)  # the engine's documented warm start: a profile of the traffic
+    per_run = args.warmup + args.calls
+    batches = [law.draw(BATCH * HOTNESS) for _ in range(per_run)]  # reused by every variant, in the same order
+    profile = cp.asnumpy(law.draw(1 << 20))  # the engine's documented warm start: a profile of the traffic
+    del law
+    cp.cuda.Device().synchronize()
     print(f"NVE-shaped case on {gpu}: {rows} rows x {DIM} float32 = {rows * DIM * 4 / 1e9:.1f} GB, cache "
-          f"{CACHE:.0%}, batch {BATCH} x {HOTNESS}, power law {ALPHA}; host-to-device {h2d:.1f} GB/s; "
-          f"setup {time.time() - t0:.0f} s", flush=True)
-    results = {"gpu": gpu, "rows": rows, "table_gb": rows * DIM * 4 / 1e9, "h2d_gbs": h2d, "nve": NVE, "runs": {}}
-    results["runs"]["resident"] = run(table, None, batches)
-    # zero_copy_inline: zero-copy reads inside the probe (the default); zero_copy: the separate host-read kernel;
-    # zero_copy_admit: the admission filter (policy "lru_admit").
-    for mode in os.environ.get("TIEMB_NVE_MODES", "zero_copy,zero_copy_inline,zero_copy_admit").split(","):
-        os.environ["TIEMB_TIERED_INLINE_HOST_READS"] = "1" if mode == "zero_copy_inline" else "0"
-        tiers = tiemb.TierConfig(CACHE, host_read=mode.replace("_inline", "").replace("_admit", ""),
-                                 policy="lru_admit" if mode.endswith("_admit") else "lru")
-        r = run(table, tiers, batches, profile)
-        os.environ.pop("TIEMB_TIERED_INLINE_HOST_READS")
+          f"{CACHE:.0%}, batch {BATCH} x {HOTNESS}, power law {ALPHA}, {args.warmup} warm-up + {args.calls} timed "
+          f"fresh batches; host-to-device {h2d:.1f} GB/s; setup {time.time() - t0:.0f} s", flush=True)
+    results = {"gpu": gpu, "rows": rows, "table_gb": rows * DIM * 4 / 1e9, "h2d_gbs": h2d, "nve": NVE,
+               "warmup": args.warmup, "calls": args.calls, "runs": {}}
+    e = tiemb.GpuEmbeddingEngine(BATCH, 1, HOTNESS)
+    results["runs"]["resident"] = run(e, e.add_table(table, None), {}, False, batches, args.warmup,
+                                       tiered=False)
+    del e
+    engines = {}  # policy -> (engine, table id): one pinned copy of the table per policy
+    for mode in modes:
+        policy, env, prefetch = MODES[mode]
+        if policy not in engines:
+            engines.clear()  # one tiered copy of the table at a time
+            e = tiemb.GpuEmbeddingEngine(BATCH, 1, HOTNESS)
+            engines[policy] = (e, e.add_table(table, tiemb.TierConfig(CACHE, host_read="zero_copy", policy=policy),
+                                              profile_ids=profile))
+        e, tid = engines[policy]
+        r = run(e, tid, env, prefetch, batches, args.warmup)
         r["floor_us"] = results["runs"]["resident"]["us"] + r["missed_bytes"] / (h2d * 1e9) * 1e6
         r["over_floor"] = r["us"] / r["floor_us"]
         results["runs"][f"tiered {CACHE:.0%}, {mode}"] = r
         print(json.dumps({mode: r}), flush=True)
-    print(f"\n## NVE-shaped case on {gpu} (host-to-device {h2d:.1f} GB/s measured in this run)")
+    print(f"\n## NVE-shaped case on {gpu} (host-to-device {h2d:.1f} GB/s measured in this run; fresh batches)")
     print("| config | us per call | M keys/s | GB/s (keys x 512 B) | hit rate | missed MB per call | floor us "
           "| tiered / floor |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

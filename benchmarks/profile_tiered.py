@@ -1,8 +1,10 @@
 """Where a tiered lookup spends its time: every CUDA kernel, memset and copy
 of 20 steady-state calls, recorded by torch.profiler (CUPTI sees all kernels
-in the process, tiemb's included). Also times the same calls' host side."""
+in the process, tiemb's included), for each tiered variant of issue 15
+(TIEMB_PROFILE_VARIANTS). Also times the same calls' host side."""
 
 import os
+import sys
 import time
 
 import cupy as cp
@@ -36,10 +38,34 @@ for threshold in (0.0, 1.0, 0.95):  # all background, all in-stream, the default
     t2 = time.perf_counter()
     print(f"threshold {threshold}: host time to issue 20 calls: {(t1 - t0) * 1e6 / 20:.1f} us/call; "
           f"until done: {(t2 - t0) * 1e6 / 20:.1f} us/call")
-with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-    for p in preps[20:]:
-        p.run()
+# The variants of issue 15 (same tables and traffic, a group each, the
+# default threshold): TIEMB_PROFILE_VARIANTS=key,... from gpu_bench's
+# TIERED_CONFIGS picks some (default: the path today and the listed ones).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import TIERED_CONFIGS, tiered_group  # noqa: E402
+
+keys = [k for k in os.environ.get("TIEMB_PROFILE_VARIANTS",
+                                  "default,list_probe,list_reads,list_both,list_both_prefetch").split(",") if k]
+slots = g.slots
+del preps, g
+for key in keys:
+    label, tier_args, env, prefetch = TIERED_CONFIGS[key]
+    g = tiered_group(e, slots, env)
+    preps = [g.prepare(ids, segment_ids=segs) for ids in pool]
+
+    def calls(lo, hi):
+        for k in range(lo, hi):
+            if prefetch:
+                g.prefetch(pool[(k + 1) % len(pool)])
+            preps[k].run()
+
+    calls(0, 20)
     g.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
-if os.environ.get("OUT"):
-    prof.export_chrome_trace(os.path.join(os.environ["OUT"], "trace.json"))
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        calls(20, 40)
+        g.synchronize()
+    print(f"\n== {key}: {label} (env {env or 'none'}), 20 calls")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+    if os.environ.get("OUT"):
+        prof.export_chrome_trace(os.path.join(os.environ["OUT"], f"trace_{key}.json"))
+    del preps, g
