@@ -462,13 +462,15 @@ class GpuLookupGroup:
         ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
         if len(ids) != len(self.slots):
             raise ValueError(f"prefetch got ids for {len(ids)} slots but the group has {len(self.slots)}")
-        keep, views = [], []
+        keep, views, ptr = [], [], _stream_ptr(stream)
         for s, a in enumerate(ids):
             if isinstance(a, np.ndarray):
                 a = self._checked_host_ids(a, s)
                 import cupy
 
-                a = cupy.asarray(a)
+                # Copied on the stream the prefetch waits for.
+                with (cupy.cuda.ExternalStream(ptr) if ptr else cupy.cuda.Stream.null):
+                    a = cupy.asarray(a)
             dev = _as_device_array(a)
             if dev is None:
                 raise ValueError(f"slot {s}: prefetch ids must be numpy, __cuda_array_interface__ or DLPack "
@@ -476,7 +478,7 @@ class GpuLookupGroup:
             views.append(_ids_view(dev, s, self.slots[s].mode, False)[0])
             keep.append(dev)
         self._prefetch_ids = keep  # alive until the next prefetch
-        self._group.prefetch(views, _stream_ptr(stream))
+        self._group.prefetch(views, ptr)
 
     def _checked_host_ids(self, a: np.ndarray, slot: int) -> np.ndarray:
         if a.dtype not in (np.int32, np.int64):

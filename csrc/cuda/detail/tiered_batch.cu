@@ -105,6 +105,9 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     }
     batch_no_.push_back(0);
   }
+  // The memsets above ran on the legacy stream, which a non-blocking caller
+  // stream does not wait for.
+  TIEMB_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   fetch_counts_.assign(n, 0);
   // Remote tables: one resolver "slot" per table (null for the others),
   // scratch sized from the largest remote table's ids per call, once.
