@@ -1,6 +1,6 @@
 """GPU engine benchmarks, side by side in one run (needs cupy; torch for the peers).
 
-    python benchmarks/gpu_bench.py [--json OUT] [--quick] [--tiered-only] [--no-sim]
+    python benchmarks/gpu_bench.py [--json OUT] [--quick] [--tiered-only] [--no-sim] [--tiered-dims 16,64]
 
 Cases (issue 3): W&D-like batch 512 x 26 slots, dim 16, nnz 1 and 10, 1M-row
 tables, GPU-resident; large batch 65536 x 26 slots, dim 64, nnz 4; tiered
@@ -327,6 +327,7 @@ def main():
     ap.add_argument("--tiered-only", action="store_true",
                     help="only the tiered cases (TIEMB_BENCH_TIERED picks their variants)")
     ap.add_argument("--no-sim", action="store_true", help="skip the advisor's CPU simulation of the hit rates")
+    ap.add_argument("--tiered-dims", default="16,64", help="which tiered cases, by dim (default 16,64)")
     args = ap.parse_args()
     try:
         import torch  # noqa: F401
@@ -355,7 +356,8 @@ def main():
         print(json.dumps(results["resident"][-1]), flush=True)
         del layer
     results["tiered"] = []
-    for dim, nnz, v in ((16, 10, vocab), (64, 4, vocab // 2)):
+    dims = {int(d) for d in args.tiered_dims.split(",") if d}
+    for dim, nnz, v in [c for c in ((16, 10, vocab), (64, 4, vocab // 2)) if c[0] in dims]:
         layer = Layer(rng, slots=26, vocab=v, dim=dim, batch=4096, nnz=nnz, alpha=1.1)
         results["tiered"].append({"case": f"batch 4096, 26 slots, dim {dim}, nnz {nnz}, {v}-row tables, "
                                           f"cache 0.2, Zipf(1.1)",
@@ -389,6 +391,9 @@ def main():
             print(f"| {k} | {v['us']:.1f} | {hr} | {sim} | {100 * v['throughput_vs_resident']:.0f}% | "
                   f"{v['missed_bytes'] / 1e6:.2f} | {v.get('floor_us', float('nan')):.1f} | "
                   f"{v.get('over_floor', float('nan')):.2f}x |")
+        for k, v in t.items():
+            if k != "case" and v.get("note"):
+                print(f"({k}: {v['note']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
