@@ -227,9 +227,10 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
     dedup_kernel<<<blocks, kBlock, 0, stream>>>(staged_);
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
-  // A warp takes 32 hash slots, or 32 entries of the unique list (at most
-  // max_misses_, the most ids of a table per call), at a time.
-  const int64_t probe_warps = list_probe_ ? (max_misses_ + 31) / 32 : max_capacity_ / 32;
+  // A warp takes 32 hash slots, or 32 / kProbeLanes entries of the unique
+  // list (at most max_misses_, the most ids of a table per call), at a time.
+  const int64_t per_warp = 32 / kProbeLanes;
+  const int64_t probe_warps = list_probe_ ? (max_misses_ + per_warp - 1) / per_warp : max_capacity_ / 32;
   const dim3 grid(static_cast<unsigned>(table_grid(probe_warps, num_sms_, num_tables(), 16)),
                   static_cast<unsigned>(num_tables()));
   probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);

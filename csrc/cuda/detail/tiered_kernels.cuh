@@ -170,15 +170,17 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   const bool listed = c.unique_list != nullptr;
   const int64_t limit = listed ? static_cast<int64_t>(c.batch->unique_ids) : static_cast<int64_t>(c.hash_mask) + 1;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t base = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * 32; base < limit;
-       base += warps * 32) {
-    // 32 slots (or list entries) per coalesced read; the occupied slots are
-    // this batch's ids.
+  // 32 slots per coalesced read (the occupied ones are this batch's ids), or
+  // one list entry per group: every entry is an id, so a warp's groups are
+  // all busy in one round and the entries spread over all warps.
+  const int64_t chunk = listed ? 32 / kProbeLanes : 32;
+  for (int64_t base = ((static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32) * chunk; base < limit;
+       base += warps * chunk) {
     int64_t my_u = base + lane;
     unsigned long long my_key = ~0ULL;
     if (!listed) {
       my_key = *reinterpret_cast<volatile unsigned long long*>(&c.hash_keys[my_u]);
-    } else if (my_u < limit) {
+    } else if (lane < chunk && my_u < limit) {
       const longlong2 e = reinterpret_cast<const longlong2*>(c.unique_list)[my_u];
       my_key = static_cast<unsigned long long>(e.x);
       my_u = e.y;
