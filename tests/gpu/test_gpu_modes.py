@@ -13,7 +13,17 @@ import tiemb
 pytestmark = pytest.mark.gpu
 
 TIERS = {"resident": None, "tiered": tiemb.TierConfig(cache_percentage=0.1), "tiered-sync": tiemb.TierConfig(
-    cache_percentage=0.1, hit_rate_threshold=1.0)}
+    cache_percentage=0.1, hit_rate_threshold=1.0), "tiered-lists": tiemb.TierConfig(cache_percentage=0.1)}
+
+
+@pytest.fixture(autouse=True)
+def listed_variants(request, monkeypatch):
+    """tiers "tiered-lists": the listed probe and host reads (issue 15, tests/gpu/tiered_variants.py), whose
+    dedup sees every input form here (wrapped negatives, strided columns, -1 padding)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("tiers") == "tiered-lists":
+        monkeypatch.setenv("TIEMB_TIERED_PROBE", "list")
+        monkeypatch.setenv("TIEMB_TIERED_HOST_READS", "list")
 
 
 def cupy():
