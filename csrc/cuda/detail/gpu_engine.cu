@@ -131,6 +131,9 @@ struct gpu_lookup_group::impl {
   // Segment ids -> offsets, per slot (max_batch_size + 1 entries).
   device_buffer offsets;
   int64_t offsets_stride = 0;
+  // Resident tables over a remote table (cache_percentage 1), sorted by
+  // address: followed and held shared at each launch (remote_resident_hold).
+  std::vector<gpu_table*> remote_resident;
 
   ~impl() {
     if (err_event) cudaEventDestroy(err_event);
@@ -235,6 +238,11 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
     m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms);
   }
+  for (gpu_table* t : m.tables) {
+    if (t->resident() && t->remote()) m.remote_resident.push_back(t);
+  }
+  std::sort(m.remote_resident.begin(), m.remote_resident.end());
+  m.remote_resident.erase(std::unique(m.remote_resident.begin(), m.remote_resident.end()), m.remote_resident.end());
   m.views.reserve(static_cast<size_t>(n));
   m.offsets_stride = cfg.max_batch_size + 1;
   m.offsets = device_buffer(static_cast<size_t>(n * m.offsets_stride) * 8);
@@ -305,6 +313,31 @@ void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const
   check_slot_shape(cfg, sc, req, s);
 }
 
+// Resident tables over a remote table: each follows its remote's version
+// switches, then is held (follow_mutex shared) until this call's kernels are
+// queued, so no follow rewrites rows a queued kernel may still read. Locks
+// are taken in address order and a follow holds only its own table's, so
+// holders never wait on each other in a cycle.
+class remote_resident_hold {
+ public:
+  remote_resident_hold(const std::vector<gpu_table*>& tables, cudaStream_t stream) : tables_(tables) {
+    for (gpu_table* t : tables_) t->follow_remote(stream);
+    for (gpu_table* t : tables_) {
+      t->follow_mutex().lock_shared();
+      ++held_;
+    }
+  }
+  ~remote_resident_hold() {
+    for (size_t i = 0; i < held_; ++i) tables_[i]->follow_mutex().unlock_shared();
+  }
+  remote_resident_hold(const remote_resident_hold&) = delete;
+  remote_resident_hold& operator=(const remote_resident_hold&) = delete;
+
+ private:
+  const std::vector<gpu_table*>& tables_;
+  size_t held_ = 0;
+};
+
 // Output rows of a slot whose row count needs no data on the device: gather
 // (one per id) and safe mode (given); -1 for plain mode.
 int64_t known_rows(const slot_config& sc, const slot_request& r) {
@@ -327,6 +360,8 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   TIEMB_EXPECT(!capturing || !m.tiered,
                "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
                "and its inserts run on another stream); capture groups of GPU-resident tables only");
+  // Tiered tables over a remote table follow it in gather_tiered_rows.
+  const remote_resident_hold hold(m.remote_resident, stream);
   launch_offsets_pass(reqs, n, rows, stream_ptr);
   gather_tiered_rows(reqs, n, stream_ptr);
   launch_fused_lookups(reqs, n, rows, outputs, stream_ptr);
@@ -352,7 +387,6 @@ void gpu_lookup_group::check_launch(const slot_request* reqs, int64_t n, const i
                  rows[s], " output rows exceed max_batch_size = ", cfg.max_batch_size);
     TIEMB_EXPECT(sc.mode != row_mode::gather || rows[s] == reqs[s].num_ids, "slot ", s, ": a gather slot has one "
                  "output row per id (", reqs[s].num_ids, "), got ", rows[s]);
-    impl_->tables[static_cast<size_t>(s)]->check_remote_version();  // resident remote tables too
   }
 }
 
