@@ -92,6 +92,30 @@ def test_gpu_serves_an_update_after_refresh(redis_cluster, seed, tiers):
 
 
 @pytest.mark.parametrize("tiers", ["async", "resident"])
+def test_safe_default_row_follows_an_update(redis_cluster, seed, tiers):
+    """A safe slot's default row (kept on the device by its group) is
+    re-read once its table followed a switch that changed it."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((ROWS, DIM)).astype(np.float32)
+    model = f"gpudefault{seed}{tiers}"
+    _, gpu, _, d = _engines(redis_cluster, table, model, tiers)
+    g = gpu.group([tiemb.Slot(0, "sum", "safe", default_id=42)])
+    ids, seg = np.array([43, 300], np.int64), np.array([0, 2], np.int64)
+
+    def want(t):  # samples 1 and 3 have no id: the default row
+        return np.stack([t[43], t[42], t[300], t[42]])
+
+    np.testing.assert_array_equal(g.lookup([ids], segment_ids=[seg], num_rows=[4])[0], want(table))
+    new = rng.standard_normal((2, DIM)).astype(np.float32)
+    dist.update_table(d.client, NS, model, "t", np.array([42, 43], np.int64), new)
+    d.refresh()
+    table = table.copy()
+    table[[42, 43]] = new
+    np.testing.assert_array_equal(g.lookup([ids], segment_ids=[seg], num_rows=[4])[0], want(table))
+    d.close()
+
+
+@pytest.mark.parametrize("tiers", ["async", "resident"])
 def test_gpu_follows_past_the_change_log(redis_cluster, seed, tiers):
     """Two refreshes without a GPU call between them, logging more ids than
     the table has rows: the log forgets the first, and the GPU copy is
@@ -125,15 +149,17 @@ def test_threads_see_old_or_new_and_new_after_refresh(redis_cluster, seed, tiers
     _, gpu, gg, d = _engines(redis_cluster, table, model, tiers)
     groups = [gpu.group([tiemb.Slot(0, mode="gather")]) for _ in range(4)]
     upd = np.array([3, 4, 250, 251, 498], np.int64)
-    q = np.concatenate([upd, rng.integers(0, ROWS, 59).astype(np.int64)])
+    # The updated ids, then 59 others (some in the updated blocks: re-read, unchanged).
+    q = np.concatenate([upd, rng.choice(np.setdiff1d(np.arange(ROWS), upd), 59).astype(np.int64)])
     versions = [table[upd]] + [rng.standard_normal((len(upd), DIM)).astype(np.float32) for _ in range(3)]
     writer = dist.connect(dist.DistributedSettings(redis_cluster.address, namespace=NS).validate())
     served = [0]  # index of the last version whose refresh() returned
     stop = threading.Event()
-    wrong = []
+    wrong, calls = [], [0] * 4
 
     def serve(k):
         while not stop.is_set():
+            calls[k] += 1
             floor = served[0]
             out = groups[k].lookup([q])[0]
             rows = out[:len(upd)]
@@ -159,6 +185,7 @@ def test_threads_see_old_or_new_and_new_after_refresh(redis_cluster, seed, tiers
 
     _run_in_threads([lambda k=k: serve(k) for k in range(4)] + [update], timeout=60)
     assert not wrong, f"{len(wrong)} calls saw a row of no version at or after their start: {wrong[0]}"
+    assert min(calls) >= 10, f"calls per thread {calls}: too few to overlap the updates"
     np.testing.assert_array_equal(gg.lookup([upd])[0], versions[-1])
     d.close()
 

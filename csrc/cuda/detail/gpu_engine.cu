@@ -134,6 +134,9 @@ struct gpu_lookup_group::impl {
   // Resident tables over a remote table (cache_percentage 1), sorted by
   // address: followed and held shared at each launch (remote_resident_hold).
   std::vector<gpu_table*> remote_resident;
+  // Per slot: its table's followed_refreshes() when `defaults` got its row;
+  // a safe slot's default row over a remote table is re-read when it moves.
+  std::vector<int64_t> default_followed;
 
   ~impl() {
     if (err_event) cudaEventDestroy(err_event);
@@ -205,6 +208,8 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   m.default_stride = static_cast<int64_t>(align_up(static_cast<size_t>(max_row_bytes)));
   m.defaults = device_buffer(static_cast<size_t>(n * m.default_stride));
   std::vector<char> row(static_cast<size_t>(max_row_bytes));
+  m.default_followed.resize(static_cast<size_t>(n));
+  for (size_t s = 0; s < m.tables.size(); ++s) m.default_followed[s] = m.tables[s]->followed_refreshes();
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
     if (sc.mode != row_mode::safe || sc.default_id < 0) continue;
@@ -338,6 +343,27 @@ class remote_resident_hold {
   size_t held_ = 0;
 };
 
+// Safe slots' default rows over remote tables, after their tables followed
+// this call's version switches: re-read where the table followed a switch
+// since the row was read (an update is rare; this waits for the stream).
+void refresh_default_rows(const std::vector<slot_config>& slots, const std::vector<gpu_table*>& tables,
+                          const device_buffer& defaults, int64_t stride, std::vector<int64_t>& followed,
+                          cudaStream_t stream) {
+  for (size_t s = 0; s < slots.size(); ++s) {
+    gpu_table& t = *tables[s];
+    const int64_t now = t.followed_refreshes();
+    if (!t.remote() || followed[s] == now) continue;
+    if (slots[s].mode == row_mode::safe && slots[s].default_id >= 0) {
+      std::vector<char> row(static_cast<size_t>(t.row_bytes()));
+      t.read_row_host(slots[s].default_id, row.data());
+      TIEMB_CUDA_CHECK(cudaMemcpyAsync(defaults.get<char>() + static_cast<int64_t>(s) * stride, row.data(), row.size(),
+                                       cudaMemcpyHostToDevice, stream));
+      TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    followed[s] = now;
+  }
+}
+
 // Output rows of a slot whose row count needs no data on the device: gather
 // (one per id) and safe mode (given); -1 for plain mode.
 int64_t known_rows(const slot_config& sc, const slot_request& r) {
@@ -364,6 +390,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   const remote_resident_hold hold(m.remote_resident, stream);
   launch_offsets_pass(reqs, n, rows, stream_ptr);
   gather_tiered_rows(reqs, n, stream_ptr);
+  refresh_default_rows(slots_, m.tables, m.defaults, m.default_stride, m.default_followed, stream);
   launch_fused_lookups(reqs, n, rows, outputs, stream_ptr);
   if (m.tiered) m.tiered->insert(stream);
 
