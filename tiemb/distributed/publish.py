@@ -179,13 +179,51 @@ def read_blocks(client, layout: dict, blocks: Sequence[int]) -> Dict[int, np.nda
     return out
 
 
-def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray, rows: np.ndarray) -> dict:
+#: Compare-and-set of a table's ``current`` key: switches it to ARGV[2] only
+#: while it still names ARGV[1]; 1 when it switched, 0 when another update won.
+_SWITCH_SCRIPT = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 "
+                  "else return 0 end")
+
+
+def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray, rows: np.ndarray,
+                 attempts: int = 20) -> dict:
     """Writes new values of rows ``ids`` as a new version layered over the
     current one, then makes it current. Serving processes switch at their
-    next refresh. Returns ``{"version", "base", "changed_blocks", "ids"}``."""
+    next refresh. Returns ``{"version", "base", "changed_blocks", "ids",
+    "attempts"}``.
+
+    Concurrent updates of one table (any processes, any hosts) lose nothing:
+    ``current`` is switched by a compare-and-set (a Lua script on the key's
+    node), so an update whose base version was replaced meanwhile builds its
+    layer again over the new current version and tries again, up to
+    ``attempts`` times (then DistributedError saying so); its abandoned
+    layer's keys are left for :func:`prune_versions`.
+
+    Args:
+        client: a cluster client (:func:`connect`).
+        namespace, model, name: the table.
+        ids: distinct row ids (1-D integers within the table).
+        rows: (len(ids), dim) new rows, cast to the table's dtype.
+        attempts: tries of the compare-and-set before giving up (>= 1).
+    """
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise DistributedError(f"update of {name!r}: ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    if attempts < 1:
+        raise DistributedError(f"update of {name!r}: attempts must be >= 1, got {attempts}")
+    current_key = f"{table_key(namespace, model, name)}:current"
+    for attempt in range(1, attempts + 1):
+        out = _write_update(client, namespace, model, name, ids, rows)
+        if client.run([["EVAL", _SWITCH_SCRIPT, "1", current_key, out["base"], out["version"]]])[0] == 1:
+            out["attempts"] = attempt
+            return out
+    raise DistributedError(f"update of {name!r}: the current version changed under this update {attempts} times "
+                           "(other updates of the same table were switching it); nothing of this update is served, "
+                           "run it again")
+
+
+def _write_update(client, namespace: str, model: str, name: str, ids: np.ndarray, rows: np.ndarray) -> dict:
+    """Writes the layer of an update over the current version (not yet current)."""
     base_version = current_version(client, namespace, model, name)
     layout = resolve_layout(client, namespace, model, name, base_version)
     rows = np.asarray(rows)
@@ -218,5 +256,4 @@ def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray,
         meta = {"rows": layout["rows"], "dim": layout["dim"], "dtype": layout["dtype"], "block_rows": br,
                 "base": base_version, "changed": changed}
         client.run([["SET", f"{prefix}:meta", _meta_text(meta)]])
-    client.run([["SET", f"{table_key(namespace, model, name)}:current", version]])
     return {"version": version, "base": base_version, "changed_blocks": len(changed), "ids": int(ids.size)}
