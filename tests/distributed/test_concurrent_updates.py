@@ -77,10 +77,10 @@ def test_a_lost_race_is_retried_then_reported(redis_cluster, seed, monkeypatch):
     real = publish._write_update
     raced = []
 
-    def racing_write(client_, namespace, model_, name, ids, rows):
-        out = real(client_, namespace, model_, name, ids, rows)
+    def racing_write(client_, namespace, model_, name, ids, rows, base):
+        out = real(client_, namespace, model_, name, ids, rows, base)
         if not raced:  # the other updater wins the first race
-            raced.append(real(client_, namespace, model_, name, np.array([9]), np.full((1, 2), 9, np.float32)))
+            raced.append(real(client_, namespace, model_, name, np.array([9]), np.full((1, 2), 9, np.float32), base))
             client_.run([["SET", f"cas:{model_}:emb:current", raced[0]["version"]]])
         return out
 
