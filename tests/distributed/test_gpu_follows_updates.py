@@ -65,7 +65,7 @@ def test_gpu_serves_an_update_after_refresh(redis_cluster, seed, tiers):
     table = rng.standard_normal((ROWS, DIM)).astype(np.float32)
     model = f"gpufollow{seed}{tiers}"
     gc, gpu, gg, d = _engines(redis_cluster, table, model, tiers)
-    upd = np.array([7, 9, 123, 499], np.int64)  # 7 and 9 share a block of 8
+    upd = np.array([6, 7, 123, 499], np.int64)  # 6 and 7 share a block of 8
     # 20 ids: at most 20 inserts into any set of 32 ways, so none evicts another.
     warm = np.concatenate([upd, np.arange(200, 216, dtype=np.int64)])
     for _ in range(3):  # a miss inserts the rows (sync below the hit-rate threshold), then they hit
