@@ -68,7 +68,7 @@ struct tiered_ref {
   // Following a remote table's version switches (gpu_table::follow_remote):
   // the device epoch, bumped by every invalidation, and the epoch the call
   // read before it fetched its misses; insert_row drops a call's inserts
-  // once the two differ (see follow_remote for why no stale row survives).
+  // once the two differ (invalidate.cu says why no stale row survives).
   uint32_t* epoch;        // nullptr: the table is not over a remote table
   uint32_t fetch_epoch;
 };
