@@ -111,6 +111,15 @@ void bind_distributed(py::module_& m) {
                                {"cluster_values", s.cluster_values}, {"host_rows", s.host_rows},
                                {"refreshes", s.refreshes}});
       })
+      .def("changed_since", [](const remote_table& t, int64_t since) -> py::tuple {
+        std::vector<int64_t> ids;
+        int64_t now = 0;
+        const bool known = t.changed_since(since, &ids, &now);
+        return py::make_tuple(now, known ? py::cast(ids) : py::none());
+      }, py::arg("since"),
+           "(refreshes now, sorted ids the refreshes after `since` changed), or (now, None) when the change log "
+           "(the last 64 refreshes, at most `rows` ids) no longer reaches back to `since`: every row may have changed")
+      .def_property_readonly("refreshes", &remote_table::refreshes)
       .def_property_readonly("rows", &remote_table::rows)
       .def_property_readonly("dim", &remote_table::dim)
       .def_property_readonly("name", &remote_table::name);

@@ -266,7 +266,10 @@ class GpuEmbeddingEngine:
 
         Each call's GPU-cache misses of every remote table are read by the
         host in one pipelined batch (at most one round trip per cluster
-        node), exactly; the GPU cache does not follow ``refresh()``.
+        node), exactly. The GPU copy follows the remote table's version
+        switches (``DistributedTables.refresh()`` or its refresh period): a
+        call that starts after a switch serves the new rows (the cache ways
+        of the changed ids cleared, or resident rows rewritten, at that call).
         """
         tiers = tiers or RESIDENT
         tiers.validate(remote.rows)

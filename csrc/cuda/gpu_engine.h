@@ -47,8 +47,8 @@ class gpu_engine {
   /// by the host in one pipelined batch (at most one round trip per cluster
   /// node), staged in pinned memory and moved up in one transfer per table.
   /// tiers.cpu_cache_percentage and backing_file are not used. The GPU
-  /// cache does not follow refresh(): serve updated tables from the CPU
-  /// engine (README "Distributed tables").
+  /// copy follows the remote table's version switches (refresh()): a call
+  /// that starts after a switch sees the new rows (gpu_table::follow_remote).
   int32_t add_remote_table(std::shared_ptr<remote_table> remote, const tier_config& tiers,
                            const int64_t* profile_ids, int64_t num_profile);
 
@@ -60,12 +60,18 @@ class gpu_engine {
   /// dtype, rows and dim of a table, for callers without CUDA headers.
   table_file_header shape(int32_t id);
   void freeze() { frozen_ = true; }
+  /// Keeps `thing` alive as long as the engine (the remote tables'
+  /// refresher of a store engine); released before the tables.
+  void attach(std::shared_ptr<void> thing) { attached_.push_back(std::move(thing)); }
 
  private:
   engine_config config_;
   int device_;
   bool frozen_ = false;
   std::vector<std::unique_ptr<gpu::gpu_table>> tables_;
+  // Last member (gpuinval): destroyed first, so a refresher stops before
+  // the tables it updates go.
+  std::vector<std::shared_ptr<void>> attached_;
 };
 
 /// A fixed list of slots looked up together on one GPU. Scratch buffers are

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <strings.h>
 #include <thread>
 
 #include "../core/error.h"
@@ -129,6 +130,23 @@ struct run_scratch {
   reply_sink sink;
   cluster_reply asking_reply;
 };
+
+// The argument that routes a command: argv[1], except for EVAL / EVALSHA
+// (script, numkeys, key...), routed by their first key, argv[3] (a script
+// must name at least one key: a compare-and-set on one key is what tiemb
+// runs, tiemb/distributed/publish.py).
+int routing_arg(const char* const* argv, const size_t* argl, int argc) {
+  auto is = [&](const char* name) {
+    const size_t n = std::strlen(name);
+    return argl[0] == n && strncasecmp(argv[0], name, n) == 0;
+  };
+  if (is("EVAL") || is("EVALSHA")) {
+    TIEMB_EXPECT(argc >= 4 && !(argl[2] == 1 && argv[2][0] == '0'), "a cluster ", std::string(argv[0], argl[0]),
+                 " must name at least one key (it is routed by its first key)");
+    return 3;
+  }
+  return 1;
+}
 
 }  // namespace
 
@@ -316,7 +334,8 @@ void cluster_client::run_commands(size_t count, command_fn fn, const void* ctx, 
   };
   auto key_of = [&](size_t i) {
     const args a = command(i);
-    return std::string(a.argv[1], a.argl[1]);
+    const int k = routing_arg(a.argv, a.argl, a.argc);
+    return std::string(a.argv[k], a.argl[k]);
   };
   auto name_of = [&](size_t i) {
     const args a = command(i);
@@ -355,7 +374,8 @@ void cluster_client::run_commands(size_t count, command_fn fn, const void* ctx, 
         if (asking[i]) {
           n = node_for(ask_of(i));
         } else {
-          const int32_t idx = slot_node_[static_cast<size_t>(key_hash_slot(a.argv[1], a.argl[1]))];
+          const int k = routing_arg(a.argv, a.argl, a.argc);
+          const int32_t idx = slot_node_[static_cast<size_t>(key_hash_slot(a.argv[k], a.argl[k]))];
           if (idx >= 0) n = nodes_[static_cast<size_t>(idx)].get();
         }
         TIEMB_EXPECT(n != nullptr, "Redis Cluster '", address_, "': no node serves the hash slot of key '", key_of(i),

@@ -64,7 +64,8 @@ class cluster_client {
   cluster_client(const cluster_client&) = delete;
   cluster_client& operator=(const cluster_client&) = delete;
 
-  /// Runs every command (argv; argv[1] is the key that routes it) with one
+  /// Runs every command (argv; argv[1] is the key that routes it, argv[3]
+  /// for EVAL / EVALSHA: their first key) with one
   /// pipelined round trip per node that owns some of the keys (more only for
   /// redirects and retries). replies[i] answers cmds[i]. Throws tiemb::error
   /// naming the node and key on an error reply or after the retries.

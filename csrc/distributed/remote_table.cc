@@ -121,7 +121,34 @@ void remote_table::update(remote_layout layout, const std::vector<int64_t>& chan
     std::memcpy(dst, fresh.data() + i * static_cast<size_t>(row_bytes()), static_cast<size_t>(row_bytes()));
   }
   layout_ = std::move(layout);
+  // Logged under the same lock as the switch, so a reader of the log never
+  // sees a refresh count without its ids.
+  change_log_.push_back(changed_ids);
+  change_log_ids_ += changed_ids.size();
+  while (change_log_.size() > kChangeLogRefreshes ||
+         (change_log_.size() > 1 && change_log_ids_ > static_cast<size_t>(layout_.rows))) {
+    change_log_ids_ -= change_log_.front().size();
+    change_log_.pop_front();
+    ++change_log_first_;
+  }
   ++refreshes_;
+}
+
+bool remote_table::changed_since(int64_t since, std::vector<int64_t>* ids, int64_t* now) const {
+  std::shared_lock<std::shared_mutex> lk(mutex_);
+  ids->clear();
+  *now = refreshes_.load(std::memory_order_relaxed);
+  TIEMB_EXPECT(since >= 0 && since <= *now, "remote table '", layout_.name, "': changed_since(", since,
+               ") is outside [0, ", *now, "] refreshes");
+  if (since == *now) return true;
+  // The log holds refreshes change_log_first_ .. now; since + 1 must be among them.
+  if (since + 1 < change_log_first_) return false;
+  for (auto k = static_cast<size_t>(since + 1 - change_log_first_); k < change_log_.size(); ++k) {
+    ids->insert(ids->end(), change_log_[k].begin(), change_log_[k].end());
+  }
+  std::sort(ids->begin(), ids->end());
+  ids->erase(std::unique(ids->begin(), ids->end()), ids->end());
+  return true;
 }
 
 void remote_table::read_current(const std::vector<int64_t>& ids, char* dst) {

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -109,6 +110,17 @@ class remote_table {
   /// and key when a block is missing or has the wrong size.
   void read_rows(const remote_layout& layout, const std::vector<int64_t>& ids, char* dst);
 
+  /// The change log, for caches above this table (the GPU cache) that
+  /// follow version switches: the ids that refreshes since + 1 .. now
+  /// changed, sorted and unique, into `ids`; `now` = refreshes() they cover.
+  /// Returns false (ids empty) when the log no longer reaches back to
+  /// `since`: the consumer must treat every row as changed. The log keeps
+  /// the last kChangeLogRefreshes refreshes and at most rows() ids in all
+  /// (past that, "everything changed" costs a consumer no more than the
+  /// list would).
+  bool changed_since(int64_t since, std::vector<int64_t>* ids, int64_t* now) const;
+  static constexpr size_t kChangeLogRefreshes = 64;
+
  private:
   std::shared_ptr<cluster_client> client_;
   remote_layout layout_;
@@ -116,6 +128,11 @@ class remote_table {
   std::vector<char> host_data_;
   mutable std::shared_mutex mutex_;
   std::atomic<int64_t> host_hits_{0}, cluster_rows_{0}, cluster_values_{0}, refreshes_{0};
+  // Change log (under mutex_): change_log_[k] holds the ids refresh
+  // change_log_first_ + k changed; change_log_ids_ counts them all.
+  std::deque<std::vector<int64_t>> change_log_;
+  int64_t change_log_first_ = 1;
+  size_t change_log_ids_ = 0;
 };
 
 /// Checks one block value read for `key` and copies nothing; throws the

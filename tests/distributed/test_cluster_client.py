@@ -99,3 +99,17 @@ def test_non_cluster_redis(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_eval_is_routed_by_its_first_key(redis_cluster):
+    """EVAL goes to the node of its first key (argv[3]), wherever the script
+    text hashes: keys on all three masters, each read by a script."""
+    c = C.ClusterClient(redis_cluster.address, 2000, 3)
+    keys = [f"eval:{i}" for i in range(30)]
+    c.run([["SET", k, k.encode()] for k in keys])
+    assert len({redis_cluster.cli(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", k) for k in keys}) > 3
+    got = c.run([["EVAL", "return redis.call('GET', KEYS[1])", "1", k] for k in keys])
+    assert got == [k.encode() for k in keys]
+    assert c.stats()["redirects"] == 0
+    with pytest.raises(ValueError, match="a cluster EVAL must name at least one key"):
+        c.run([["EVAL", "return 1", "0"]])

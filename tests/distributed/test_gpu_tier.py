@@ -116,23 +116,3 @@ def test_gpu_store_engine_serves_a_published_store(redis_cluster, tmp_path, seed
         np.add.at(want, seg, tables["b.tiemb"][ids[1]].astype(np.float32))
         np.testing.assert_allclose(got[1].astype(np.float32), want, rtol=2e-3, atol=2e-3)
     assert gpu.stats(0)["backing_reads"] > 0  # rows came from the cluster
-
-
-@pytest.mark.parametrize("tiers", ["async", "resident"])
-def test_gpu_cache_refuses_a_version_switch(redis_cluster, seed, tiers):
-    """The GPU cache cannot follow refresh(): after a switch the call fails
-    naming the table, never serving a mix of versions."""
-    rng = np.random.default_rng(seed)
-    table = rng.standard_normal((500, 4)).astype(np.float32)
-    model = f"gpuswitch{seed}{tiers}"
-    _, d = _remote_tables(redis_cluster, {"t": table}, model, host_share=0.3)
-    gpu = tiemb.GpuEmbeddingEngine(MAX_BATCH, 1, MAX_NNZ)
-    t = gpu.add_remote_table(d._remote["t"], TIERS[tiers])
-    g = gpu.group([tiemb.Slot(t, mode="gather")])
-    ids = np.array([0, 7, 499], np.int64)
-    np.testing.assert_array_equal(g.lookup([ids])[0], table[ids])
-    dist.update_table(d.client, "gputier", model, "t", np.array([7]), np.full((1, 4), 2.5, np.float32))
-    assert d.refresh() == {"t": d.versions()["t"]}
-    with pytest.raises(ValueError, match="distributed table 't': switched to a new version after the GPU engine"):
-        g.lookup([ids])
-    d.close()

@@ -21,6 +21,10 @@ def add_parsers(sub) -> None:
     _cluster_args(u)
     u.add_argument("--table", required=True, help="table name (a file name of the store)")
     u.add_argument("--rows", required=True, metavar="FILE.npz", help="arrays 'ids' (n,) and 'rows' (n, dim)")
+    u.add_argument("--keep-versions", type=int, default=2, metavar="K",
+                   help="versions kept readable after the switch (>= 2: the replaced one is served until every "
+                        "process refreshed); blocks only older versions read are deleted, never the published "
+                        "version's; 0 keeps every version (default 2)")
     u.set_defaults(func=_update)
 
 
@@ -93,6 +97,8 @@ def _update(args) -> int:
         if "ids" not in f.files or "rows" not in f.files:
             raise DistributedError(f"--rows {args.rows}: needs arrays 'ids' and 'rows', has {f.files}")
         ids, rows = f["ids"], f["rows"]
-    r = update_table(connect(settings), settings.namespace, doc["model"], args.table, ids, rows)
-    print(f"{args.table}: version {r['version']} over {r['base']}: {r['ids']} rows in {r['changed_blocks']} values")
+    r = update_table(connect(settings), settings.namespace, doc["model"], args.table, ids, rows,
+                     keep_versions=None if args.keep_versions == 0 else args.keep_versions)
+    print(f"{args.table}: version {r['version']} over {r['base']}: {r['ids']} rows in {r['changed_blocks']} values"
+          f" ({r['attempts']} attempt(s); {r['pruned']} blocks of older versions deleted)")
     return 0

@@ -179,14 +179,71 @@ def read_blocks(client, layout: dict, blocks: Sequence[int]) -> Dict[int, np.nda
     return out
 
 
-def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray, rows: np.ndarray) -> dict:
+#: Compare-and-set of a table's ``current`` key: switches it to ARGV[2] only
+#: while it still names ARGV[1]; 1 when it switched, 0 when another update won.
+_SWITCH_SCRIPT = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 "
+                  "else return 0 end")
+
+
+#: Versions `tiemb update` keeps readable by default: the new one and the one
+#: it replaces (still served by every process until its next refresh).
+DEFAULT_KEEP_VERSIONS = 2
+
+
+def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray, rows: np.ndarray,
+                 attempts: int = 20, keep_versions: Optional[int] = DEFAULT_KEEP_VERSIONS) -> dict:
     """Writes new values of rows ``ids`` as a new version layered over the
     current one, then makes it current. Serving processes switch at their
-    next refresh. Returns ``{"version", "base", "changed_blocks", "ids"}``."""
+    next refresh. Returns ``{"version", "base", "changed_blocks", "ids",
+    "attempts", "pruned"}``.
+
+    Concurrent updates of one table (any processes, any hosts) lose nothing:
+    ``current`` is switched by a compare-and-set (a Lua script on the key's
+    node), so an update whose base version was replaced meanwhile builds its
+    layer again over the new current version and tries again, up to
+    ``attempts`` times (then DistributedError saying so). The blocks such an
+    abandoned layer wrote stay in the cluster (its version was never served).
+
+    Args:
+        client: a cluster client (:func:`connect`).
+        namespace, model, name: the table.
+        ids: distinct row ids (1-D integers within the table).
+        rows: (len(ids), dim) new rows, cast to the table's dtype.
+        attempts: tries of the compare-and-set before giving up (>= 1).
+        keep_versions: after the switch, :func:`prune_versions` with this
+            ``keep`` (>= 2: the replaced version stays readable for the
+            processes that have not refreshed yet); None keeps every version.
+    """
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise DistributedError(f"update of {name!r}: ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-    base_version = current_version(client, namespace, model, name)
+    if attempts < 1:
+        raise DistributedError(f"update of {name!r}: attempts must be >= 1, got {attempts}")
+    _check_keep(name, keep_versions)
+    current_key = f"{table_key(namespace, model, name)}:current"
+    for attempt in range(1, attempts + 1):
+        base = current_version(client, namespace, model, name)
+        try:
+            out = _write_update(client, namespace, model, name, ids, rows, base)
+        except DistributedError:
+            # A concurrent update's pruning may have removed blocks of a base
+            # that is no longer current: that is a lost race, not an error.
+            if current_version(client, namespace, model, name) != base:
+                continue
+            raise
+        if client.run([["EVAL", _SWITCH_SCRIPT, "1", current_key, out["base"], out["version"]]])[0] == 1:
+            out["attempts"] = attempt
+            out["pruned"] = 0 if keep_versions is None else \
+                prune_versions(client, namespace, model, name, keep=keep_versions)["deleted"]
+            return out
+    raise DistributedError(f"update of {name!r}: the current version changed under this update {attempts} times "
+                           "(other updates of the same table were switching it); nothing of this update is served, "
+                           "run it again")
+
+
+def _write_update(client, namespace: str, model: str, name: str, ids: np.ndarray, rows: np.ndarray,
+                  base_version: str) -> dict:
+    """Writes the layer of an update over ``base_version`` (not made current)."""
     layout = resolve_layout(client, namespace, model, name, base_version)
     rows = np.asarray(rows)
     if rows.shape != (ids.shape[0], layout["dim"]):
@@ -218,5 +275,89 @@ def update_table(client, namespace: str, model: str, name: str, ids: np.ndarray,
         meta = {"rows": layout["rows"], "dim": layout["dim"], "dtype": layout["dtype"], "block_rows": br,
                 "base": base_version, "changed": changed}
         client.run([["SET", f"{prefix}:meta", _meta_text(meta)]])
-    client.run([["SET", f"{table_key(namespace, model, name)}:current", version]])
     return {"version": version, "base": base_version, "changed_blocks": len(changed), "ids": int(ids.size)}
+
+
+def _check_keep(name: str, keep) -> None:
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 2):
+        raise DistributedError(f"table {name!r}: keep_versions must be an int >= 2 (the version an update replaces "
+                               f"is served until every process refreshed) or None, got {keep!r}")
+
+
+def _version_chain(client, namespace: str, model: str, name: str, version: str) -> List[Tuple[str, dict]]:
+    """(version, meta) from the root to ``version``, oldest first."""
+    chain: List[Tuple[str, dict]] = []
+    v: Optional[str] = version
+    while v is not None:
+        meta = read_meta(client, namespace, model, name, v)
+        chain.append((v, meta))
+        v = meta["base"]
+        if len(chain) > 60000:
+            raise DistributedError(f"distributed table {name!r}: version chain too long at {v}")
+    chain.reverse()
+    return chain
+
+
+def prune_versions(client, namespace: str, model: str, name: str, keep: int = DEFAULT_KEEP_VERSIONS,
+                   sweep: bool = False) -> dict:
+    """Deletes the blocks that only versions older than the last ``keep``
+    reference; a block any of the last ``keep`` versions (the current one
+    first) reads is never deleted, nor one of the published version (the
+    root of the chain: the version a published store records, which ``tiemb
+    publish STORE`` reads back). So the cluster holds at most the published
+    table, the blocks the kept versions changed, and the metas. The
+    versions' meta keys stay (the chain of metas is how a version's layout
+    is resolved; a few hundred bytes each), so a pruned version still
+    resolves but reading one of its deleted blocks is the "key missing"
+    error.
+
+    A version's layout maps each block to the newest layer holding it, and a
+    new version maps a block to its base's layer or to its own: once no kept
+    version references a layer's block, no later version will. So after
+    every update only the version that just left the window needs checking
+    (``sweep`` checks every older one: for a table updated with pruning off).
+
+    Args:
+        client, namespace, model, name: the table.
+        keep: versions kept readable (>= 2).
+        sweep: check every version older than the kept ones, not only the
+            newest of them.
+
+    Returns:
+        ``{"deleted": blocks deleted, "kept": the kept versions, newest
+        first, then the published one}``.
+    """
+    _check_keep(name, keep)
+    chain = _version_chain(client, namespace, model, name, current_version(client, namespace, model, name))
+    kept = [v for v, _ in chain[-keep:]][::-1] + ([chain[0][0]] if len(chain) > keep else [])
+    if len(chain) <= keep + 1:  # nothing between the published version and the kept ones
+        return {"deleted": 0, "kept": kept}
+    root = chain[0][1]
+    n, nblocks = len(chain), _blocks(root["rows"], root["block_rows"])
+
+    def layouts():
+        """(chain index, its block -> chain index) oldest first; one array, updated in place."""
+        block_layer = np.zeros(nblocks, dtype=np.int64)
+        for i, (_, meta) in enumerate(chain):
+            if i > 0:
+                block_layer[np.asarray(meta["changed"], dtype=np.int64)] = i
+            yield i, block_layer
+
+    kept_layouts = [bl.copy() for i, bl in layouts() if i == 0 or i >= n - keep]
+    base = table_key(namespace, model, name)
+    keys: Dict[str, None] = {}  # ordered and unique: with sweep, one block may leave with several versions
+    for i, bl in layouts():
+        if i >= n - keep:
+            break
+        if i == 0 or (not sweep and i != n - keep - 1):
+            continue
+        gone = np.ones(nblocks, dtype=bool)
+        for kl in kept_layouts:
+            gone &= kl != bl
+        for b in np.flatnonzero(gone).tolist():
+            keys[f"{base}:{chain[int(bl[b])][0]}:b{b}"] = None
+    deleted = 0
+    names = list(keys)
+    for first in range(0, len(names), _BATCH_VALUES):
+        deleted += sum(int(r) for r in client.run([["DEL", k] for k in names[first:first + _BATCH_VALUES]]))
+    return {"deleted": deleted, "kept": kept}

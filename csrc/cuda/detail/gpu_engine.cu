@@ -137,6 +137,12 @@ struct gpu_lookup_group::impl {
   // Segment ids -> offsets, per slot (max_batch_size + 1 entries).
   device_buffer offsets;
   int64_t offsets_stride = 0;
+  // Resident tables over a remote table (cache_percentage 1), sorted by
+  // address: followed and held shared at each launch (remote_resident_hold).
+  std::vector<gpu_table*> remote_resident;
+  // Per slot: its table's followed_refreshes() when `defaults` got its row;
+  // a safe slot's default row over a remote table is re-read when it moves.
+  std::vector<int64_t> default_followed;
 
   ~impl() {
     if (err_event) cudaEventDestroy(err_event);
@@ -208,6 +214,8 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   m.default_stride = static_cast<int64_t>(align_up(static_cast<size_t>(max_row_bytes)));
   m.defaults = device_buffer(static_cast<size_t>(n * m.default_stride));
   std::vector<char> row(static_cast<size_t>(max_row_bytes));
+  m.default_followed.resize(static_cast<size_t>(n));
+  for (size_t s = 0; s < m.tables.size(); ++s) m.default_followed[s] = m.tables[s]->followed_refreshes();
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
     if (sc.mode != row_mode::safe || sc.default_id < 0) continue;
@@ -243,6 +251,11 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   }
   m.tiered_tables = tiered_tables;
   m.tiered_ids = tiered_ids;
+  for (gpu_table* t : m.tables) {
+    if (t->resident() && t->remote()) m.remote_resident.push_back(t);
+  }
+  std::sort(m.remote_resident.begin(), m.remote_resident.end());
+  m.remote_resident.erase(std::unique(m.remote_resident.begin(), m.remote_resident.end()), m.remote_resident.end());
   m.views.reserve(static_cast<size_t>(n));
   m.offsets_stride = cfg.max_batch_size + 1;
   m.offsets = device_buffer(static_cast<size_t>(n * m.offsets_stride) * 8);
@@ -313,6 +326,52 @@ void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const
   check_slot_shape(cfg, sc, req, s);
 }
 
+// Resident tables over a remote table: each follows its remote's version
+// switches, then is held (follow_mutex shared) until this call's kernels are
+// queued, so no follow rewrites rows a queued kernel may still read. Locks
+// are taken in address order and a follow holds only its own table's, so
+// holders never wait on each other in a cycle.
+class remote_resident_hold {
+ public:
+  remote_resident_hold(const std::vector<gpu_table*>& tables, cudaStream_t stream) : tables_(tables) {
+    for (gpu_table* t : tables_) t->follow_remote(stream);
+    for (gpu_table* t : tables_) {
+      t->follow_mutex().lock_shared();
+      ++held_;
+    }
+  }
+  ~remote_resident_hold() {
+    for (size_t i = 0; i < held_; ++i) tables_[i]->follow_mutex().unlock_shared();
+  }
+  remote_resident_hold(const remote_resident_hold&) = delete;
+  remote_resident_hold& operator=(const remote_resident_hold&) = delete;
+
+ private:
+  const std::vector<gpu_table*>& tables_;
+  size_t held_ = 0;
+};
+
+// Safe slots' default rows over remote tables, after their tables followed
+// this call's version switches: re-read where the table followed a switch
+// since the row was read (an update is rare; this waits for the stream).
+void refresh_default_rows(const std::vector<slot_config>& slots, const std::vector<gpu_table*>& tables,
+                          const device_buffer& defaults, int64_t stride, std::vector<int64_t>& followed,
+                          cudaStream_t stream) {
+  for (size_t s = 0; s < slots.size(); ++s) {
+    gpu_table& t = *tables[s];
+    const int64_t now = t.followed_refreshes();
+    if (!t.remote() || followed[s] == now) continue;
+    if (slots[s].mode == row_mode::safe && slots[s].default_id >= 0) {
+      std::vector<char> row(static_cast<size_t>(t.row_bytes()));
+      t.read_row_host(slots[s].default_id, row.data());
+      TIEMB_CUDA_CHECK(cudaMemcpyAsync(defaults.get<char>() + static_cast<int64_t>(s) * stride, row.data(), row.size(),
+                                       cudaMemcpyHostToDevice, stream));
+      TIEMB_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    followed[s] = now;
+  }
+}
+
 // Output rows of a slot whose row count needs no data on the device: gather
 // (one per id) and safe mode (given); -1 for plain mode.
 int64_t known_rows(const slot_config& sc, const slot_request& r) {
@@ -335,8 +394,11 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   TIEMB_EXPECT(!capturing || !m.tiered,
                "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
                "and its inserts run on another stream); capture groups of GPU-resident tables only");
+  // Tiered tables over a remote table follow it in gather_tiered_rows.
+  const remote_resident_hold hold(m.remote_resident, stream);
   launch_offsets_pass(reqs, n, rows, stream_ptr);
   gather_tiered_rows(reqs, n, stream_ptr);
+  refresh_default_rows(slots_, m.tables, m.defaults, m.default_stride, m.default_followed, stream);
   launch_fused_lookups(reqs, n, rows, outputs, stream_ptr);
   if (m.tiered) m.tiered->insert(stream);
 
@@ -360,7 +422,6 @@ void gpu_lookup_group::check_launch(const slot_request* reqs, int64_t n, const i
                  rows[s], " output rows exceed max_batch_size = ", cfg.max_batch_size);
     TIEMB_EXPECT(sc.mode != row_mode::gather || rows[s] == reqs[s].num_ids, "slot ", s, ": a gather slot has one "
                  "output row per id (", reqs[s].num_ids, "), got ", rows[s]);
-    impl_->tables[static_cast<size_t>(s)]->check_remote_version();  // resident remote tables too
   }
 }
 

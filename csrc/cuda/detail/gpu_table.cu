@@ -29,7 +29,9 @@ gpu_table::gpu_table(int device, std::shared_ptr<remote_table> remote, const tie
                      const int64_t* profile_ids, int64_t num_profile)
     : device_(device), tiers_(tiers), remote_(std::move(remote)) {
   TIEMB_EXPECT(remote_ != nullptr, "a remote GPU table needs its remote table");
-  remote_refreshes_ = remote_->refreshes();
+  // Before the rows are read: a switch during the build is followed at the
+  // first call (at worst re-doing it), never missed.
+  followed_ = remote_->refreshes();
   type_ = remote_->type();
   rows_ = remote_->rows();
   dim_ = remote_->dim();
@@ -41,12 +43,6 @@ gpu_table::gpu_table(int device, std::shared_ptr<remote_table> remote, const tie
   tiers_.validate(rows_);
   sizes_ = compute_tier_sizes(rows_, tiers_);
   build(nullptr, profile_ids, num_profile);
-}
-
-void gpu_table::check_remote_version() const {
-  TIEMB_EXPECT(remote_ == nullptr || remote_->refreshes() == remote_refreshes_, "distributed table '",
-               remote_->name(), "': switched to a new version after the GPU engine was built; the GPU cache cannot "
-               "follow a version switch: build the GPU engine again (or serve updates from the CPU engine)");
 }
 
 void gpu_table::copy_rows(const void* host_data, const std::vector<int64_t>& ids, char* dst) const {
@@ -137,6 +133,10 @@ void gpu_table::build(const void* host_data, const int64_t* profile_ids, int64_t
   TIEMB_CUDA_CHECK(cudaMemset(versions_.get(), 0, versions_.bytes()));
   TIEMB_CUDA_CHECK(cudaMemcpy(cache_rows_.get(), data.data(), data.size(), cudaMemcpyHostToDevice));
   TIEMB_CUDA_CHECK(cudaMemset(totals_.get(), 0, totals_.bytes()));
+  if (remote_) {  // the epoch follow_remote bumps
+    epoch_dev_ = device_buffer(sizeof(uint32_t));
+    TIEMB_CUDA_CHECK(cudaMemset(epoch_dev_.get(), 0, sizeof(uint32_t)));
+  }
   if (tiers.admission_filter) {
     // Batches each row was seen in, starting from the profile's counts (the
     // CPU simulator's lru_admit starts the same way).
@@ -184,6 +184,8 @@ tiered_ref gpu_table::ref() {
   t.rows = rows_;
   t.freq = freq_.get<uint32_t>();  // null unless the admission filter is on
   t.row_bytes = row_bytes();
+  t.epoch = epoch_dev_.get<uint32_t>();  // null unless tiered over a remote table
+  t.fetch_epoch = epoch_.load(std::memory_order_acquire);
   return t;
 }
 

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -64,6 +65,12 @@ struct tiered_ref {
   int64_t rows;
   int64_t row_bytes;
   uint32_t* freq;         // rows: batches each was seen in; nullptr = plain LRU (no admission filter)
+  // Following a remote table's version switches (gpu_table::follow_remote):
+  // the device epoch, bumped by every invalidation, and the epoch the call
+  // read before it fetched its misses; insert_row drops a call's inserts
+  // once the two differ (invalidate.cu says why no stale row survives).
+  uint32_t* epoch;        // nullptr: the table is not over a remote table
+  uint32_t fetch_epoch;
 };
 
 class gpu_table {
@@ -96,10 +103,6 @@ class gpu_table {
   bool host_fetch() const { return sizes_.file_rows > 0 || !tiers_.host_zero_copy; }
   /// The remote table below the GPU cache, or null.
   const std::shared_ptr<remote_table>& remote() const { return remote_; }
-  /// Throws naming the table when its remote table switched version since
-  /// this GPU table was built: the GPU cache holds the old rows and cannot
-  /// follow, so serving on would mix versions.
-  void check_remote_version() const;
   /// Next LRU stamp (one per lookup that touches the table).
   uint32_t next_batch() { return batch_no_++; }
   void count_lookups(int64_t n) { lookups_ += n; }
@@ -123,11 +126,39 @@ class gpu_table {
   std::vector<int32_t> host_index_;     // empty = identity
   std::unique_ptr<table_file_reader> file_;
   std::shared_ptr<remote_table> remote_;
-  int64_t remote_refreshes_ = 0;  // remote_->refreshes() when built
 
   void build(const void* host_data, const int64_t* profile_ids, int64_t num_profile);
   /// Rows `ids` of the table into dst: from host_data, or from the remote table.
   void copy_rows(const void* host_data, const std::vector<int64_t>& ids, char* dst) const;
+
+  // ---- Following the remote table's version switches (gpuinval, issue 16;
+  // defined in invalidate.cu) ----
+ public:
+  /// Brings the GPU copy up to the remote table's current version; a no-op
+  /// (two atomic loads) unless remote()->refreshes() moved since the last
+  /// follow. Tiered tables: the ways holding the changed ids are cleared
+  /// (every way when the change log no longer reaches back); resident
+  /// tables: the changed rows are re-read (remote_table::read_current) and
+  /// written to device memory. Runs on `stream` and waits for it, under
+  /// follow_mutex() held exclusively, so the change is visible to every
+  /// lookup group before any later probe. Resident tables also wait for the
+  /// whole device first: their rows have no sequence lock, so no lookup may
+  /// read them while they change (lookups over them hold follow_mutex()
+  /// shared while they enqueue). Call at the start of each lookup call.
+  void follow_remote(cudaStream_t stream);
+  /// Held exclusively by follow_remote; lookups over a resident remote table
+  /// hold it shared from their follow_remote until their kernels are queued.
+  std::shared_mutex& follow_mutex() { return follow_mutex_; }
+  /// remote()->refreshes() as of the last completed follow.
+  int64_t followed_refreshes() const { return followed_.load(std::memory_order_acquire); }
+
+ private:
+  std::shared_mutex follow_mutex_;
+  std::atomic<int64_t> followed_{0};
+  std::atomic<uint32_t> epoch_{0};  // host copy of the device epoch (written under follow_mutex_)
+  device_buffer epoch_dev_;         // one uint32_t; empty unless tiered over a remote table
+  void invalidate_cache(const std::vector<int64_t>& ids, bool all, cudaStream_t stream);
+  void rewrite_resident(const std::vector<int64_t>& ids, bool all, cudaStream_t stream);
 };
 
 /// Most tiered tables, and slots over them, one group serves (their state

@@ -11,10 +11,10 @@ std::shared_ptr<gpu_engine> shared_gpu_engine(const std::string& dir, int device
     auto engine = std::make_shared<gpu_engine>(m.config, device);
     if (store_is_distributed(dir, m)) {
       // Tables in a Redis Cluster: the GPU cache over each one's host tier
-      // and the cluster. The GPU caches cannot follow a version switch, so
-      // this engine serves the versions current at load (no refresher).
+      // and the cluster. The GPU tables follow the refresher's version
+      // switches at their next call (gpu_table::follow_remote).
       size_t i = 0;
-      load_remote_store(
+      engine->attach(load_remote_store(
           dir, m,
           [&](const table_file_header& h, const void* rows) {
             tier_config tiers = m.tiers;
@@ -26,7 +26,7 @@ std::shared_ptr<gpu_engine> shared_gpu_engine(const std::string& dir, int device
             ++i;
             engine->add_remote_table(std::move(t), m.tiers, nullptr, 0);
           },
-          false);
+          true));
       engine->freeze();
       return engine;
     }

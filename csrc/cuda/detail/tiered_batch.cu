@@ -199,7 +199,7 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
   TIEMB_EXPECT(num_views <= kMaxTieredViews, "a lookup group may have at most ", kMaxTieredViews,
                " slots over tiered tables, got ", num_views);
   for (size_t i = 0; i < tables_.size(); ++i) {
-    if (any_remote_) tables_[i]->check_remote_version();
+    if (any_remote_) tables_[i]->follow_remote(stream);  // before ref() reads the epoch
     batch_no_[i] = tables_[i]->next_batch();
   }
   staged_ = params(parity_);

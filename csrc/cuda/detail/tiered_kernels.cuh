@@ -333,9 +333,15 @@ __device__ void insert_row(const tiered_ref& t, int64_t id, const char* src, uin
     __threadfence();
   }
   v = __shfl_sync(0xffffffffu, v, 0);
+  // Read under the set lock: a row fetched before a version switch is never
+  // inserted once gpu_table::follow_remote bumped the epoch (why that is
+  // enough: the comment in invalidate.cu).
+  bool stale = false;
+  if (lane == 0 && t.epoch != nullptr) stale = *reinterpret_cast<volatile uint32_t*>(t.epoch) != t.fetch_epoch;
+  stale = __shfl_sync(0xffffffffu, stale, 0);
   const int64_t key = *reinterpret_cast<volatile int64_t*>(&t.keys[set * 32 + lane]);
   const bool present = __ballot_sync(0xffffffffu, key == id) != 0;
-  if (!present) {
+  if (!present && !stale) {
     const unsigned empty = __ballot_sync(0xffffffffu, key < 0);
     int way;
     bool admit = true;
