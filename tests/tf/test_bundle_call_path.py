@@ -95,6 +95,10 @@ def test_bad_feeds_still_name_the_feed_and_value(wd):
         model(dict(good, cat=good["cat"][:, :25]))
     with pytest.raises(ValueError, match=r"input 'cat' must have 2 dimensions .* got shape \(3,\)"):
         model(dict(good, cat=good["cat"][:, 0]))
+    with pytest.raises(ValueError, match=r"input 'cat' must have 2 dimensions .* got shape \(\)"):
+        model(dict(good, cat=np.int64(3)))
+    with pytest.raises(ValueError, match=r"input 'dense' must have 2 dimensions .* got shape \(3, 13, 1\)"):
+        model(dict(good, dense=good["dense"][:, :, None]))
     with pytest.raises(ValueError, match="input 'dense': batch must be at least 1, got 0"):
         model({k: v[:0] for k, v in good.items()})
     with pytest.raises(ValueError, match="input 'dense': batch 33 is above the largest bucket 32"):

@@ -88,7 +88,10 @@ class BundleModel:
                              if self.inputs[slot["ids"]["input"]].get("capacity")]
         # What a call looks up instead of working out: the feeds' names, dtypes, which carry the batch.
         self._input_names = frozenset(self.inputs)
-        self._specs = [(name, np.dtype(spec["dtype"]), spec) for name, spec in self.inputs.items()]
+        # A batched input whose other dimensions are all fixed is checked by one dtype and one tuple compare.
+        self._specs = [(name, np.dtype(spec["dtype"]), spec,
+                        tuple(spec["shape"][1:]) if spec["padded"] and min(spec["shape"][1:], default=0) >= 0
+                        else None) for name, spec in self.inputs.items()]
         self._batch_inputs = [name for name, spec in self.inputs.items() if spec["padded"]]
         self._piece_inputs = [name for name, spec in self.inputs.items() if spec.get("capacity")]
         self._out_specs = [(o["name"], bool(o["batched"])) for o in self.outputs]
@@ -123,8 +126,11 @@ class BundleModel:
                 raise ValueError(f"missing feed for input {missing[0]!r} (the model's inputs: {sorted(self.inputs)})")
             raise ValueError(f"unknown input {extra[0]!r} (the model's inputs: {sorted(self.inputs)})")
         batch = None
-        for name, dtype, spec in self._specs:
-            _check_feed(name, spec, feeds[name], dtype)
+        for name, dtype, spec, trailing in self._specs:
+            a = feeds[name]
+            shape = getattr(a, "shape", None)
+            if trailing is None or getattr(a, "dtype", None) != dtype or not shape or shape[1:] != trailing:
+                _check_feed(name, spec, a, dtype)      # raises naming the feed and what is wrong
             if spec["padded"]:
                 if batch is not None and feeds[name].shape[0] != batch[1]:
                     raise ValueError(f"input {name!r} has batch {feeds[name].shape[0]} but input {batch[0]!r} "
