@@ -70,6 +70,41 @@ def test_public_transfer_path_gives_the_same_outputs(wd, seed, monkeypatch):
     assert_same_outputs(serve_here(src, batches), [model(b) for b in batches], rtol=1e-5)
 
 
+class Foreign:
+    """An array that is not numpy (as a cupy array is not): the DLPack
+    protocol, dtype, shape, and ``__array__`` for the padding."""
+
+    def __init__(self, a):
+        self._a, self.dtype, self.shape, self.ndim = a, a.dtype, a.shape, a.ndim
+
+    def __dlpack__(self, **kw):
+        return self._a.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["lean import", "jax.dlpack.from_dlpack"])
+def test_dlpack_feeds_match_tensorflow(wd, seed, monkeypatch, public):
+    """Feeds that are not numpy are taken over with DLPack (padded ones
+    after padding): TensorFlow's outputs, through the lean import and
+    through jax's public from_dlpack (where jax's internals differ)."""
+    src, bundle, feeds = wd
+    model = serving.load(bundle, device="cpu")
+    assert model._device_feeder._import is not None, "this jax should take the lean DLPack import"
+    if public:
+        monkeypatch.setattr(model._device_feeder, "_import", None)
+    rng = np.random.default_rng(seed)
+    batches = [feeds(n, rng) for n in (4, 3, 32, 17)]
+    got = [model({k: Foreign(v) for k, v in b.items()}) for b in batches]
+    assert_same_outputs(serve_here(src, batches), got, rtol=1e-5)
+    with pytest.raises(ValueError, match="input 'cat' must be int64, got int32"):
+        model({k: Foreign(v.astype(np.int32) if k == "cat" else v) for k, v in batches[0].items()})
+
+
 def test_program_args_and_run_program_match_the_call(wd, seed):
     _, bundle, feeds = wd
     model = serving.load(bundle, device="cpu")

@@ -100,6 +100,7 @@ class BundleModel:
         max_nnz = meta["engine"]["max_nnz"]
         self._feeders = {b: xla.HostFeeder([(program.input_shape(self.inputs[n], b, max_nnz), self.inputs[n]["dtype"])
                                             for n in self._program_inputs], self._dev) for b in self.buckets}
+        self._device_feeder = xla.DeviceFeeder(self._dev)
         self._dense, self._lookups_only = {}, {}
 
     def _compile(self, bucket: int, lookups_only: bool = False, dense_alone: bool = False) -> xla.Executable:
@@ -237,11 +238,12 @@ class BundleModel:
 
     def _handover(self, bucket: int, arrays: list, on_host: bool) -> list:
         """The program's inputs as device arrays: numpy through the bucket's
-        transfer descriptors, device arrays with DLPack."""
+        transfer descriptors, device arrays with DLPack (no copy)."""
         if on_host:
             feeder = self._feeders[bucket]
             return [feeder.put(k, a if type(a) is np.ndarray else np.asarray(a)) for k, a in enumerate(arrays)]
-        return xla.put_all(arrays, self._dev)
+        put = self._device_feeder.put
+        return [put(a) for a in arrays]
 
     # -- calls ---------------------------------------------------------------
     def __call__(self, feeds):
