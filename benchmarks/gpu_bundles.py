@@ -141,7 +141,8 @@ def main(argv=None):
             print(f"| {name} | {row['level']} | {n} | {t:.3f} | {prog:.3f} | {floor:.3f} | {prog / floor:.2f} | "
                   + (f"{b_ms:.3f} | {b_prog:.3f} | {b_ms / t:.2f}x | {b_prog / prog:.2f}x" if b_ms else "- | - | - | -")
                   + f" | {n * 1e3 / t:,.0f} | {diff:.1e} | "
-                  + (f"{c_ms:.3f} | {c_prog:.3f} | {c_prog / floor:.2f} | {cb_diff:.1e} |" if c_ms else "- | - | - | - |"))
+                  + (f"{c_ms:.3f} | {c_prog:.3f} | {c_prog / floor:.2f} | {cb_diff:.1e} |" if c_ms
+                     else "- | - | - | - |"))
     for name, why in reasons.items():
         print(f"baseline of {name}: {why[:300]}")
     for name, why in cmdbuf_reasons.items():
