@@ -28,7 +28,8 @@ def wd(tmp_path_factory):
     src = str(tmp / "wd")
     _, feeds = reference("wide_deep", src, 11)
     bundle = str(tmp / "bundle")
-    serving.export_bundle(src, bundle, batch_sizes=BUCKETS, test_data=[feeds(5, np.random.default_rng(0))])
+    serving.export_bundle(src, bundle, batch_sizes=BUCKETS, test_data=[feeds(5, np.random.default_rng(0))],
+                          baseline=True)
     return src, bundle, feeds
 
 
@@ -162,3 +163,20 @@ def test_command_buffer_is_a_gpu_option(wd):
     assert f"custom_call @{xla.LOOKUP_TARGET}(" not in composed
     with pytest.raises(ValueError, match="command_buffer=True needs kind 'gpu', got 'cpu'"):
         xla.register_lookup_target("cpu", command_buffer=True)
+
+
+def test_baseline_takes_feeds_the_same_way(wd, seed):
+    """The original whole graph (benchmarks' baseline) is fed through the same
+    handover as the bundle: numpy and DLPack feeds give TensorFlow's outputs."""
+    from tiemb.serving.runtime import Baseline
+
+    src, bundle, feeds = wd
+    base = Baseline(bundle, device="cpu")
+    rng = np.random.default_rng(seed)
+    batches = [feeds(n, rng) for n in BUCKETS]
+    want = serve_here(src, batches)
+    for wrap in (lambda a: a, Foreign):
+        got = [{"prob": np.asarray(base({k: wrap(v) for k, v in b.items()})[0])} for b in batches]
+        assert_same_outputs(want, got, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"the baseline is compiled for batches \[4, 32\], got 3"):
+        base(feeds(3, rng))
