@@ -157,15 +157,23 @@ def test_command_buffer_handler_matches_the_default_one(bundle):
         resized = _resized(batches[0], model.inputs, b)
         if resized is not None:
             batches.append(resized)
+    # The dense part is compiled twice (its GEMM algorithms may differ): the
+    # outputs agree within the level's tolerance, the lookups exactly.
     for feeds in batches:
         want = model(feeds)
         dev = {k: cp.asarray(v) for k, v in feeds.items()}
         for _ in range(3):                                   # recorded, then replayed
             got = cb(feeds)
-            assert max_rel(want, got) <= 1e-6, (bundle, max_rel(want, got))
+            assert max_rel(want, got) <= TOLERANCE[level], (bundle, max_rel(want, got))
             got_dev = cb(dev)
             cb.synchronize()
-            assert max_rel(want, {k: cp.asnumpy(v) for k, v in got_dev.items()}) <= 1e-6
+            assert max_rel(want, {k: cp.asnumpy(v) for k, v in got_dev.items()}) <= TOLERANCE[level]
+        n_dense = len(model.meta["dense"]["inputs"])
+        _, plain = model.floor_args(dev)
+        _, captured = cb.floor_args(dev)
+        cb.synchronize()
+        for k, (a, b) in enumerate(zip(plain[n_dense:], captured[n_dense:])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{bundle}: lookup output {k}")
     for feeds, want in model.test_batches():
         assert max_rel(want, cb(feeds)) <= TOLERANCE[level]
 
@@ -191,13 +199,14 @@ def test_command_buffer_reports_a_bad_id_of_a_captured_call():
         bad[name][0, max(slot["id_column"], 0)] = bad_id
         dev, bad_dev = ({k: cp.asarray(v) for k, v in f.items()} for f in (feeds, bad))
         want = model(feeds)
+        tol = TOLERANCE[model.meta["level"]]
         for _ in range(3):
             cb(dev)
         cb.synchronize()
         cb(bad_dev)
         with pytest.raises(ValueError, match=f"input '{name}'.*{bad_id}"):
             cb.synchronize()
-        assert max_rel(want, {k: cp.asnumpy(v) for k, v in cb(dev).items()}) <= 1e-6
+        assert max_rel(want, {k: cp.asnumpy(v) for k, v in cb(dev).items()}) <= tol
         cb.synchronize()
         cb(bad_dev)
         cp.cuda.runtime.deviceSynchronize()      # the bad call has finished: its error is on the latch
@@ -205,6 +214,6 @@ def test_command_buffer_reports_a_bad_id_of_a_captured_call():
             cb(dev)
         with pytest.raises(ValueError, match=f"input '{name}'.*{bad_id}"):
             cb(bad)
-        assert max_rel(want, cb(feeds)) <= 1e-6
+        assert max_rel(want, cb(feeds)) <= tol
         return
     pytest.skip("no bundle with a resident gather slot over an id matrix")
