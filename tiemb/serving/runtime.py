@@ -95,7 +95,7 @@ class BundleModel:
         self._batch_inputs = [name for name, spec in self.inputs.items() if spec["padded"]]
         self._piece_inputs = [name for name, spec in self.inputs.items() if spec.get("capacity")]
         self._out_specs = [(o["name"], bool(o["batched"])) for o in self.outputs]
-        self._pad_blocks = {}     # (array library, input) -> pad rows, made on first use
+        self._pad_blocks = {}     # (array library, input, row shape) -> pad rows, made on first use
         self._programs = {b: self._compile(b) for b in self.buckets}
         max_nnz = meta["engine"]["max_nnz"]
         self._feeders = {b: xla.HostFeeder([(program.input_shape(self.inputs[n], b, max_nnz), self.inputs[n]["dtype"])
@@ -198,7 +198,7 @@ class BundleModel:
     def _pad_block(self, name: str, a, xp):
         """Rows of ``name``'s pad value, as many as the largest bucket, on
         ``xp``'s device: made once, sliced per call."""
-        key = (xp.__name__, name)
+        key = (xp.__name__, name, tuple(a.shape[1:]))
         block = self._pad_blocks.get(key)
         if block is None:
             block = xp.full((self.buckets[-1],) + tuple(a.shape[1:]), self.inputs[name]["pad"], dtype=a.dtype)
