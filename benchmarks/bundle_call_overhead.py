@@ -111,6 +111,11 @@ def main(argv=None):
     for d in dirs:
         name = os.path.basename(d)
         model = serving.load(d, device=args.device)
+        if d == dirs[0]:     # whether this jax takes the runtime's lean paths or falls back to the public ones
+            fast = all(f._fast is not None for f in model._feeders.values())
+            lean = model._device_feeder._import is not None
+            paths = (f"numpy feeds: {'precomputed transfer' if fast else 'jax.device_put (fallback)'}; device "
+                     f"feeds: {'lean DLPack import' if lean else 'jax.dlpack.from_dlpack (fallback)'}")
         feeds0 = model.test_batches()[0][0]
         for batch in (int(b) for b in args.batches.split(",")):
             feeds = resized(feeds0, model.inputs, batch)
@@ -143,9 +148,11 @@ def main(argv=None):
             over = statistics.median(a - b for a, b in zip(t_call, t_prog))
             rows.append({"model": name, "batch": batch, "call_ms": c, "program_ms": g, "overhead_ms": over})
             print(f"| {name} | {batch} | {c:.3f} | {g:.3f} | {over:.3f} | {over / c:.0%} |", flush=True)
+    print(paths)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "machine": machine(args.device), "dlpack": args.dlpack, "rows": rows},
+            json.dump({"device": args.device, "machine": machine(args.device), "dlpack": args.dlpack, "paths": paths,
+                       "rows": rows},
                       f, indent=1)
     return 0
 
