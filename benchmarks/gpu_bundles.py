@@ -9,7 +9,12 @@ model, level and batch:
   same GPU): what the model would take if lookups were free;
 * baseline ms: the original model's whole graph compiled by XLA on this GPU,
   where XLA could compile it (else "-", and the reason below the table);
-* max rel diff: the bundle's outputs vs TensorFlow's CPU outputs recorded at export.
+* max rel diff: the bundle's outputs vs TensorFlow's CPU outputs recorded at export;
+* cmdbuf call / program ms (GPU): the same bundle loaded with
+  ``command_buffer=True`` (the lookups' custom call declared command-buffer
+  compatible, so XLA may keep the whole program in one CUDA graph), timed in
+  the same interleaved rounds; "-" where it cannot be (tiered tables: the
+  reason is printed below the table), and cmdbuf max rel diff for it.
 
 Medians of --runs calls after a warm-up, the three timed alternately.
 
@@ -83,15 +88,23 @@ def main(argv=None):
     # as the floor (the dense module alone) and the baseline program are timed.
     head = ("| model | level | batch | tiemb call ms | tiemb program ms | floor ms | program / floor | "
             "baseline call ms | baseline program ms | speedup (call) | speedup (program) | QPS tiemb call | "
-            "max rel diff vs TF CPU |")
+            "max rel diff vs TF CPU | cmdbuf call ms | cmdbuf program ms | cmdbuf program / floor | "
+            "cmdbuf max rel diff |")
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
-    rows, reasons = [], {}
+    rows, reasons, cmdbuf_reasons = [], {}, {}
     for d in dirs:
         name = os.path.basename(d)
         model = serving.load(d, device=args.device)
         tests = model.test_batches()
         diff = max(relative_difference(want, model(feeds))[1] for feeds, want in tests)
+        cb, cb_diff = None, None
+        if args.device == "gpu":
+            try:
+                cb = serving.load(d, device="gpu", command_buffer=True)
+                cb_diff = max(relative_difference(want, cb(feeds))[1] for feeds, want in tests)
+            except ValueError as e:
+                cmdbuf_reasons[name] = str(e)
         base = None
         if "modules" in (model.meta.get("baseline") or {}):
             base = Baseline(d, device=args.device)
@@ -110,23 +123,33 @@ def main(argv=None):
             _, prog_args = model.program_args(dev)
             fns = [lambda: model(dev), lambda: xla.block(model.run_program(bucket, prog_args)),
                    lambda: xla.block(model.dense_only(dense_args, bucket))]
-            if base is not None and n == bucket:
+            has_base = base is not None and n == bucket
+            if has_base:
                 base_args = base.args(dev)
                 fns += [lambda: xla.block(base(dev)), lambda: xla.block(base.run(*base_args))]
+            if cb is not None:
+                _, cb_args = cb.program_args(dev)
+                fns += [lambda: cb(dev), lambda: xla.block(cb.run_program(bucket, cb_args))]
             ms = timed(fns, args.runs, sync)
             t, prog, floor = ms[0], ms[1], ms[2]
-            b_ms, b_prog = (ms[3], ms[4]) if len(ms) > 3 else (None, None)
+            b_ms, b_prog = (ms[3], ms[4]) if has_base else (None, None)
+            c_ms, c_prog = (ms[-2], ms[-1]) if cb is not None else (None, None)
             row = {"model": name, "level": model.meta["level"], "batch": n, "tiemb_ms": t, "program_ms": prog,
-                   "floor_ms": floor, "baseline_ms": b_ms, "baseline_program_ms": b_prog, "max_rel_diff": diff}
+                   "floor_ms": floor, "baseline_ms": b_ms, "baseline_program_ms": b_prog, "max_rel_diff": diff,
+                   "cmdbuf_ms": c_ms, "cmdbuf_program_ms": c_prog, "cmdbuf_max_rel_diff": cb_diff}
             rows.append(row)
             print(f"| {name} | {row['level']} | {n} | {t:.3f} | {prog:.3f} | {floor:.3f} | {prog / floor:.2f} | "
                   + (f"{b_ms:.3f} | {b_prog:.3f} | {b_ms / t:.2f}x | {b_prog / prog:.2f}x" if b_ms else "- | - | - | -")
-                  + f" | {n * 1e3 / t:,.0f} | {diff:.1e} |")
+                  + f" | {n * 1e3 / t:,.0f} | {diff:.1e} | "
+                  + (f"{c_ms:.3f} | {c_prog:.3f} | {c_prog / floor:.2f} | {cb_diff:.1e} |" if c_ms
+                     else "- | - | - | - |"))
     for name, why in reasons.items():
         print(f"baseline of {name}: {why[:300]}")
+    for name, why in cmdbuf_reasons.items():
+        print(f"command buffer of {name}: {why[:300]}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "baseline_reasons": reasons}, f, indent=1)
+            json.dump({"rows": rows, "baseline_reasons": reasons, "cmdbuf_reasons": cmdbuf_reasons}, f, indent=1)
     return 0
 
 

@@ -93,6 +93,10 @@ echo "== bundles: exported where TensorFlow is (benchmarks/export_bundles.py), s
 if ls benchmarks/bundles/*/bundle.json >/dev/null 2>&1; then
   (cd /tmp && timeout "${BUNDLE_TIMEOUT:-300}" python3 "$OLDPWD/benchmarks/gpu_bundles.py" --bundles "$OLDPWD/benchmarks/bundles" \
      --json "$OUT/gpu_bundles.json" 2>&1 | tee "$OUT/bundles.log" | tail -60)
+  echo "== bundles: Python per request over the compiled program (cupy feeds)"
+  (cd /tmp && timeout "${OVERHEAD_TIMEOUT:-180}" python3 "$OLDPWD/benchmarks/bundle_call_overhead.py" --device gpu \
+     --bundles "$OLDPWD/benchmarks/bundles" --models wd_l0,deepfm_l0,dlrm_l0,deepctr_wdl_l0 \
+     --json "$OUT/bundle_call_overhead.json" 2>&1 | tee "$OUT/call_overhead.log" | tail -16)
 else
   echo "no bundles under benchmarks/bundles/: run python benchmarks/export_bundles.py where TensorFlow is, and carry them"
 fi

@@ -12,6 +12,15 @@
 // outputs: several slots side by side in one result). Scratch is sized when
 // the plan is built; a call allocates nothing, and on the GPU it launches on
 // XLA's stream and returns without waiting.
+//
+// The GPU has two handlers over the same plans. `tiemb_lookup` reads the
+// data-error latch of the previous call first (host work). The command-buffer
+// one (`tiemb_lookup_cmdbuf`, declared kCmdBufferCompatible) is traced by XLA
+// into the program's CUDA graph and replayed without running again until the
+// buffer addresses change, so it does kernel launches only: every launch
+// parameter derives from the buffers' addresses and shapes and the plan; the
+// latch is read by the runtime outside the graph (before each call, and when
+// the caller waits), where its report still names the slot and the value.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -81,11 +90,14 @@ class lookup_plan {
   /// Runs the lookups of one call; `stream` is XLA's (nullptr on the CPU).
   /// Errors read "tiemb_lookup handle H: slot S: ...": the runtime names
   /// the op by its handle and the slot by its index.
-  ffi::Error call(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream) {
+  /// `capture_safe`: called by the command-buffer handler (no host sync,
+  /// no event query: the call may be traced into a CUDA graph).
+  ffi::Error call(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream,
+                  bool capture_safe) {
     std::lock_guard<std::mutex> lk(mutex_);
     try {
       read(args, rets);
-      run(stream);
+      run(stream, capture_safe);
     } catch (const std::exception& e) {
       return ffi::Error::InvalidArgument("tiemb_lookup handle " + std::to_string(handle) + ": " + e.what());
     }
@@ -95,8 +107,11 @@ class lookup_plan {
   /// Raises the first data error the device found (GPU); nothing on the CPU.
   virtual void check(bool) {}
 
+  /// Why this plan cannot run in a command buffer ("" when it can).
+  virtual std::string capture_blocker() const { return "XLA's CPU backend has no command buffers"; }
+
  protected:
-  virtual void run(void* stream) = 0;
+  virtual void run(void* stream, bool capture_safe) = 0;
 
   int64_t num_slots() const { return static_cast<int64_t>(slots_.size()); }
 
@@ -219,7 +234,7 @@ class cpu_plan final : public lookup_plan {
   }
 
  private:
-  void run(void*) override {
+  void run(void*, bool) override {
     group_->lookup(req_.data(), num_slots(), [&](const int64_t* rows) {
       for (int64_t s = 0; s < num_slots(); ++s) {
         const auto su = static_cast<size_t>(s);
@@ -268,10 +283,14 @@ class gpu_plan final : public lookup_plan {
     group_->check(wait);
   }
 
+  std::string capture_blocker() const override { return group_->capture_blocker(); }
+
  private:
-  void run(void* stream) override {
-    // An earlier call's data error (found on the device after it returned) fails this one.
-    group_->check(false);
+  void run(void* stream, bool capture_safe) override {
+    // An earlier call's data error (found on the device after it returned)
+    // fails this one. Not in a command buffer: the query is host work a
+    // replay would skip anyway; the runtime checks before each call instead.
+    if (!capture_safe) group_->check(false);
     // Plain slots are given the bucket's rows: the rows after the last
     // segment come out as zeros, as the padding needs, with no row count
     // read back from the device.
@@ -300,10 +319,11 @@ std::shared_ptr<lookup_plan> find_plan(int64_t handle) {
   return it == registry.end() ? nullptr : it->second;
 }
 
-ffi::Error call_plan(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream) {
+ffi::Error call_plan(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets, void* stream,
+                     bool capture_safe = false) {
   std::shared_ptr<lookup_plan> plan = find_plan(handle);
   if (!plan) return ffi::Error::InvalidArgument("tiemb lookup: no plan with handle " + std::to_string(handle));
-  return plan->call(handle, args, rets, stream);
+  return plan->call(handle, args, rets, stream, capture_safe);
 }
 
 ffi::Error cpu_lookup(int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets) {
@@ -325,6 +345,20 @@ XLA_FFI_DEFINE_HANDLER(gpu_lookup_handler, gpu_lookup,
                            .Attr<int64_t>("handle")
                            .RemainingArgs()
                            .RemainingRets());
+
+ffi::Error gpu_lookup_cmdbuf(void* stream, int64_t handle, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return call_plan(handle, args, rets, stream, /*capture_safe=*/true);
+}
+
+// The trait lets XLA keep the program in one CUDA graph around this call
+// (it traces the handler under stream capture; see the file comment).
+XLA_FFI_DEFINE_HANDLER(gpu_lookup_cmdbuf_handler, gpu_lookup_cmdbuf,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::PlatformStream<void*>>()
+                           .Attr<int64_t>("handle")
+                           .RemainingArgs()
+                           .RemainingRets(),
+                       {ffi::Traits::kCmdBufferCompatible});
 #endif
 
 /// The Python side of a plan: registers it on construction, unregisters it
@@ -384,6 +418,8 @@ class py_plan {
     plan_->check(wait);
   }
 
+  std::string capture_blocker() const { return plan_->capture_blocker(); }
+
  private:
   std::shared_ptr<lookup_plan> plan_;
   int64_t handle_ = 0;
@@ -412,12 +448,16 @@ void bind_xla_ffi(py::module_& m) {
            "One lookup op of a bundle, served by the custom call whose attribute `handle` names it.")
       .def_property_readonly("handle", &py_plan::handle)
       .def("check", &py_plan::check, py::arg("wait") = true,
-           "GPU: raises the first data error (id out of range, ...) a call found; wait: for the last call first.");
+           "GPU: raises the first data error (id out of range, ...) a call found; wait: for the last call first.")
+      .def_property_readonly("capture_blocker", &py_plan::capture_blocker,
+                             "Why this plan cannot serve the command-buffer handler (naming the slot and table); "
+                             "'' when it can.");
   m.def("xla_ffi_targets", [] {
     py::dict d;
     d["cpu"] = tiemb::xla_ffi::handler_capsule(tiemb::xla_ffi::cpu_lookup_handler);
 #if defined(TIEMB_WITH_CUDA)
     d["gpu"] = tiemb::xla_ffi::handler_capsule(tiemb::xla_ffi::gpu_lookup_handler);
+    d["gpu_command_buffer"] = tiemb::xla_ffi::handler_capsule(tiemb::xla_ffi::gpu_lookup_cmdbuf_handler);
 #endif
     return d;
   }, "{platform: PyCapsule} of the XLA FFI lookup handlers built here (jax.ffi.register_ffi_target).");

@@ -109,7 +109,10 @@ class gpu_lookup_group {
 
   /// Raises tiemb::error for the first data error latched by an earlier
   /// launch (and clears it). wait = true waits for the last launch first;
-  /// otherwise only a finished launch is looked at.
+  /// otherwise only a finished launch is looked at. Launches captured in a
+  /// CUDA graph have no event to wait on (a replay runs no host code): for
+  /// them wait = true waits for the device, and wait = false reads the
+  /// latch's host mirror as it stands (the kernels write it themselves).
   void check(bool wait);
 
   /// Brings the rows of `reqs`' ids (ids only: segments, weights and row
@@ -124,6 +127,11 @@ class gpu_lookup_group {
   void prefetch(const slot_request* reqs, int64_t n, void* stream);
   /// Waits for every prefetch issued so far.
   void wait_prefetch();
+  /// Why launches of this group cannot be captured in a CUDA graph, naming
+  /// the slot and table; "" when they can (every table GPU-resident and
+  /// local, so that a launch is kernels only, its state derived from the
+  /// request's addresses and the config).
+  std::string capture_blocker() const;
 
  private:
   struct impl;

@@ -120,3 +120,100 @@ def test_gpu_id_out_of_range_names_the_slot():
             model.synchronize()
         return
     pytest.skip("no bundle with a gather slot over an id matrix")
+
+
+def _resized(feeds, inputs, batch):
+    """The feeds' rows repeated to ``batch`` rows; None for SparseTensor-piece feeds."""
+    if not all(inputs[k]["padded"] for k in feeds):
+        return None
+    return {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in feeds.items()}
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT}")
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[os.path.basename(b) for b in BUNDLES])
+def test_command_buffer_handler_matches_the_default_one(bundle):
+    """Every bundle both ways: with command_buffer=True (the handler XLA may
+    trace into the program's CUDA graph, replayed on later calls) the outputs
+    are the default handler's, for numpy and cupy feeds, at every bucket and
+    between buckets, called repeatedly; bundles with tiered tables are
+    refused, naming the slot."""
+    pytest.importorskip("jax")
+    cp = pytest.importorskip("cupy")
+    from tiemb import serving
+    from tiemb.serving import xla
+
+    model = serving.load(bundle, device="gpu")
+    blockers = [p.capture_blocker for p in model._plans if p.capture_blocker]
+    if blockers:
+        with pytest.raises(ValueError, match=r"command_buffer=True: slot '.*' \(op .*\): table \d+ is tiered"):
+            serving.load(bundle, device="gpu", command_buffer=True)
+        return
+    cb = serving.load(bundle, device="gpu", command_buffer=True)
+    assert cb.command_buffer and f'custom_call_target="{xla.LOOKUP_TARGET_CMDBUF}"' in \
+        cb._programs[cb.buckets[0]].hlo_text()
+    level = model.meta["level"]
+    batches = [feeds for feeds, _ in model.test_batches()]
+    for b in model.buckets + [max(1, model.buckets[-1] - 3)]:
+        resized = _resized(batches[0], model.inputs, b)
+        if resized is not None:
+            batches.append(resized)
+    # The dense part is compiled twice (its GEMM algorithms may differ): the
+    # outputs agree within the level's tolerance, the lookups exactly.
+    for feeds in batches:
+        want = model(feeds)
+        dev = {k: cp.asarray(v) for k, v in feeds.items()}
+        for _ in range(3):                                   # recorded, then replayed
+            got = cb(feeds)
+            assert max_rel(want, got) <= TOLERANCE[level], (bundle, max_rel(want, got))
+            got_dev = cb(dev)
+            cb.synchronize()
+            assert max_rel(want, {k: cp.asnumpy(v) for k, v in got_dev.items()}) <= TOLERANCE[level]
+        n_dense = len(model.meta["dense"]["inputs"])
+        _, plain = model.floor_args(dev)
+        _, captured = cb.floor_args(dev)
+        cb.synchronize()
+        for k, (a, b) in enumerate(zip(plain[n_dense:], captured[n_dense:])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{bundle}: lookup output {k}")
+    for feeds, want in model.test_batches():
+        assert max_rel(want, cb(feeds)) <= TOLERANCE[level]
+
+
+@pytest.mark.skipif(not BUNDLES, reason=f"no exported bundles under {ROOT}")
+def test_command_buffer_reports_a_bad_id_of_a_captured_call():
+    """A bad id in a call the graph replays: the kernels latch it, the runtime
+    reports it (naming the input and the value) at synchronize, or at the next
+    call; once reported, good calls serve again; numpy feeds raise at once."""
+    pytest.importorskip("jax")
+    cp = pytest.importorskip("cupy")
+    from tiemb import serving
+
+    for bundle in BUNDLES:
+        model = serving.load(bundle, device="gpu")
+        feeds, _ = model.test_batches()[0]
+        slot = next((s for op in model.meta["ops"] for s in op["slots"] if s["mode"] == "gather"), None)
+        if slot is None or feeds[slot["ids"]["input"]].ndim != 2 or any(p.capture_blocker for p in model._plans):
+            continue
+        cb = serving.load(bundle, device="gpu", command_buffer=True)
+        name, bad_id = slot["ids"]["input"], slot["rows"] + 7
+        bad = {k: v.copy() for k, v in feeds.items()}
+        bad[name][0, max(slot["id_column"], 0)] = bad_id
+        dev, bad_dev = ({k: cp.asarray(v) for k, v in f.items()} for f in (feeds, bad))
+        want = model(feeds)
+        tol = TOLERANCE[model.meta["level"]]
+        for _ in range(3):
+            cb(dev)
+        cb.synchronize()
+        cb(bad_dev)
+        with pytest.raises(ValueError, match=f"input '{name}'.*{bad_id}"):
+            cb.synchronize()
+        assert max_rel(want, {k: cp.asnumpy(v) for k, v in cb(dev).items()}) <= tol
+        cb.synchronize()
+        cb(bad_dev)
+        cp.cuda.runtime.deviceSynchronize()      # the bad call has finished: its error is on the latch
+        with pytest.raises(ValueError, match=f"input '{name}'.*{bad_id}"):
+            cb(dev)
+        with pytest.raises(ValueError, match=f"input '{name}'.*{bad_id}"):
+            cb(bad)
+        assert max_rel(want, cb(feeds)) <= tol
+        return
+    pytest.skip("no bundle with a resident gather slot over an id matrix")

@@ -23,7 +23,7 @@ def export_bundle(model, bundle_dir, batch_sizes=None, level=0, optimization_con
                    test_data=test_data, baseline=baseline, **kwargs)
 
 
-def load(bundle_dir, device: str = "gpu", ordinal: int = 0):
+def load(bundle_dir, device: str = "gpu", ordinal: int = 0, command_buffer: bool = False):
     """A bundle ready to serve: ``model(feeds) -> {output: array}``.
 
     Args:
@@ -31,13 +31,21 @@ def load(bundle_dir, device: str = "gpu", ordinal: int = 0):
         device: "gpu" (tiemb's GPU engine and XLA's CUDA backend) or "cpu"
             (tiemb's CPU engine and XLA's CPU backend).
         ordinal: which GPU.
+        command_buffer: GPU only. True: the lookups' custom call is the
+            handler declared command-buffer compatible, so XLA may keep the
+            whole program in one CUDA graph (lookups included) instead of
+            splitting it around the call; data errors are then reported by
+            the runtime before the next call or when the caller waits. Needs
+            every table GPU-resident and local (tiemb/cache_percentage 1, not
+            distributed): otherwise ValueError naming the slot. Default False
+            (the handler runs on every call, outside any graph).
 
     Raises BundleError for a missing, corrupt or other-version bundle.
     See :class:`tiemb.serving.runtime.BundleModel` for the call.
     """
     from .runtime import BundleModel
 
-    return BundleModel(bundle_dir, device=device, ordinal=ordinal)
+    return BundleModel(bundle_dir, device=device, ordinal=ordinal, command_buffer=command_buffer)
 
 
 __all__ = ["export_bundle", "load", "BundleError", "FORMAT_VERSION"]

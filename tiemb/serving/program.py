@@ -99,12 +99,15 @@ def _result(name: str, count: int) -> str:
     return name if count == 1 else f"{name}:{count}"
 
 
-def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lookups_only: bool = False) -> str:
+def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lookups_only: bool = False,
+            target: str = xla.LOOKUP_TARGET) -> str:
     """The program of ``bucket``: ``dense_text`` (the bucket's dense module)
     called on the outputs of one custom call per lookup op (``handles[i]``
     serves op i). ``lookups_only``: a program of the model inputs alone
     that returns every lookup output instead (the floor in benchmarks
-    takes them as inputs).
+    takes them as inputs). ``target``: the custom call's target,
+    ``xla.LOOKUP_TARGET`` or ``xla.LOOKUP_TARGET_CMDBUF`` (the GPU handler
+    XLA may keep inside the program's CUDA graph).
 
     Raises ValueError when ``dense_text`` does not parse, BundleError when
     its signature does not match what the bundle's wiring says it takes."""
@@ -124,7 +127,7 @@ def compose(dense_text: str, meta: dict, bucket: int, handles: Sequence[int], lo
     for i, (op, handle) in enumerate(zip(meta["ops"], handles)):
         outs = [tensor_type(_output_shape(o, bucket, spill=True), o["dtype"]) for o in op["outputs"]]
         operands = op["operands"]
-        lines.append(f"    {_result(f'%l{i}', len(outs))} = stablehlo.custom_call @{xla.LOOKUP_TARGET}("
+        lines.append(f"    {_result(f'%l{i}', len(outs))} = stablehlo.custom_call @{target}("
                      f"{', '.join(value[n] for n in operands)}) {{backend_config = \"\", "
                      f"mhlo.backend_config = {{handle = {int(handle)} : i64}}}} : "
                      f"({', '.join(types[n] for n in operands)}) -> ({', '.join(outs)})")

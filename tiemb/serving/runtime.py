@@ -36,16 +36,32 @@ class BundleModel:
     Each bucket is one XLA program: the lookups run as custom calls on
     tiemb's engine (python/xla_ffi.cpp) inside it, on XLA's stream, writing
     into XLA's buffers, then the dense part; nothing runs in Python per slot.
+    What depends only on the bucket (the program's input order and shapes,
+    the padding blocks, the transfer descriptors) is worked out at load, so
+    a call checks the feeds, pads the short ones, hands them over in input
+    order and runs the program.
+
+    With ``command_buffer=True`` (GPU, resident local tables) the custom
+    call is the handler XLA may trace into the program's CUDA graph: a
+    replay runs no host code, so the data-error latch is read here instead,
+    before each call (an error of an earlier call fails this one) and when
+    the caller waits (:meth:`synchronize`, numpy feeds).
 
     Attributes:
         buckets: the batch sizes compiled; a request is padded to the next one.
         inputs, outputs: the bundle's input and output descriptions.
         meta: everything bundle.json holds.
+        command_buffer: whether the lookups use the command-buffer handler.
     """
 
-    def __init__(self, bundle_dir: str, device: str = "gpu", ordinal: int = 0):
+    def __init__(self, bundle_dir: str, device: str = "gpu", ordinal: int = 0, command_buffer: bool = False):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if command_buffer and device != "gpu":
+            raise ValueError(f"command_buffer=True needs device='gpu' (XLA's CPU backend has no command buffers), "
+                             f"got device={device!r}")
+        self.command_buffer = bool(command_buffer)
+        self._target = xla.LOOKUP_TARGET_CMDBUF if command_buffer else xla.LOOKUP_TARGET
         meta = fmt.read_meta(bundle_dir)
         self.meta, self.device_kind, self.dir = meta, device, bundle_dir
         self.buckets = sorted(int(b) for b in meta["buckets"])
@@ -58,14 +74,33 @@ class BundleModel:
             raise fmt.BundleError(f"{bundle_dir}/{fmt.WEIGHTS} is corrupt: no weight {missing[0]!r}")
         self._weights = [xla.put(weights[w], self._dev) for w in meta["dense"]["weights"]]
         if meta["ops"]:
-            xla.register_lookup_target(device)
+            xla.register_lookup_target(device, command_buffer=self.command_buffer)
         self._plans = _plans(bundle_dir, meta, device, ordinal)
+        if self.command_buffer:
+            for plan, op in zip(self._plans, meta["ops"]):
+                if plan.capture_blocker:
+                    raise ValueError(f"command_buffer=True: {_rename(plan.capture_blocker, op)}; load this bundle "
+                                     "with command_buffer=False")
         self._handles = {p.handle: op for p, op in zip(self._plans, meta["ops"])}
         self._program_inputs = program.program_inputs(meta)
         # Slots over SparseTensor pieces (checked per call on the host; usually none).
         self._piece_slots = [(op, s, slot) for op in meta["ops"] for s, slot in enumerate(op["slots"])
                              if self.inputs[slot["ids"]["input"]].get("capacity")]
+        # What a call looks up instead of working out: the feeds' names, dtypes, which carry the batch.
+        self._input_names = frozenset(self.inputs)
+        # A batched input whose other dimensions are all fixed is checked by one dtype and one tuple compare.
+        self._specs = [(name, np.dtype(spec["dtype"]), spec,
+                        tuple(spec["shape"][1:]) if spec["padded"] and min(spec["shape"][1:], default=0) >= 0
+                        else None) for name, spec in self.inputs.items()]
+        self._batch_inputs = [name for name, spec in self.inputs.items() if spec["padded"]]
+        self._piece_inputs = [name for name, spec in self.inputs.items() if spec.get("capacity")]
+        self._out_specs = [(o["name"], bool(o["batched"])) for o in self.outputs]
+        self._pad_blocks = {}     # (array library, input, row shape) -> pad rows, made on first use
         self._programs = {b: self._compile(b) for b in self.buckets}
+        max_nnz = meta["engine"]["max_nnz"]
+        self._feeders = {b: xla.HostFeeder([(program.input_shape(self.inputs[n], b, max_nnz), self.inputs[n]["dtype"])
+                                            for n in self._program_inputs], self._dev) for b in self.buckets}
+        self._device_feeder = xla.DeviceFeeder(self._dev)
         self._dense, self._lookups_only = {}, {}
 
     def _compile(self, bucket: int, lookups_only: bool = False, dense_alone: bool = False) -> xla.Executable:
@@ -73,7 +108,8 @@ class BundleModel:
         text = fmt.read_module(self.dir, name)
         try:
             if not dense_alone:
-                text = program.compose(text, self.meta, bucket, [p.handle for p in self._plans], lookups_only)
+                text = program.compose(text, self.meta, bucket, [p.handle for p in self._plans], lookups_only,
+                                       target=self._target)
             return xla.Executable(text, self._dev)
         except fmt.BundleError:
             raise
@@ -84,15 +120,18 @@ class BundleModel:
     def _check(self, feeds) -> int:
         if not isinstance(feeds, dict):
             raise ValueError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
-        missing = sorted(set(self.inputs) - set(feeds))
-        extra = sorted(set(feeds) - set(self.inputs))
-        if missing:
-            raise ValueError(f"missing feed for input {missing[0]!r} (the model's inputs: {sorted(self.inputs)})")
-        if extra:
+        if feeds.keys() != self._input_names:
+            missing = sorted(set(self.inputs) - set(feeds))
+            extra = sorted(set(feeds) - set(self.inputs))
+            if missing:
+                raise ValueError(f"missing feed for input {missing[0]!r} (the model's inputs: {sorted(self.inputs)})")
             raise ValueError(f"unknown input {extra[0]!r} (the model's inputs: {sorted(self.inputs)})")
         batch = None
-        for name, spec in self.inputs.items():
-            _check_feed(name, spec, feeds[name])
+        for name, dtype, spec, trailing in self._specs:
+            a = feeds[name]
+            shape = getattr(a, "shape", None)
+            if trailing is None or getattr(a, "dtype", None) != dtype or not shape or shape[1:] != trailing:
+                _check_feed(name, spec, a, dtype)      # raises naming the feed and what is wrong
             if spec["padded"]:
                 if batch is not None and feeds[name].shape[0] != batch[1]:
                     raise ValueError(f"input {name!r} has batch {feeds[name].shape[0]} but input {batch[0]!r} "
@@ -138,21 +177,33 @@ class BundleModel:
                 raise SlotError(f"{_where(op, s)}: id {int(x[k])} at position {k} is out of range "
                                 f"[0, {slot['rows']})")
 
-    def _pad(self, feeds, batch: int, bucket: int, xp):
-        out = dict(feeds)
-        cap = bucket * self.meta["engine"]["max_nnz"]
-        for name, spec in self.inputs.items():
-            a = feeds[name]
-            if spec["padded"] and batch != bucket:
-                fill = xp.full((bucket - batch,) + tuple(a.shape[1:]), spec["pad"], dtype=a.dtype)
-                out[name] = xp.concatenate([a, fill])
-            elif spec.get("capacity"):
+    def _pad(self, feeds, batch: int, bucket: int, xp) -> dict:
+        """The feeds that need padding to ``bucket``, padded (the others are used as they are)."""
+        out = {}
+        if batch != bucket:
+            for name in self._batch_inputs:
+                a = feeds[name]
+                out[name] = xp.concatenate([a, self._pad_block(name, a, xp)[:bucket - batch]])
+        if self._piece_inputs:
+            cap = bucket * self.meta["engine"]["max_nnz"]
+            for name in self._piece_inputs:
+                spec, a = self.inputs[name], feeds[name]
                 if a.shape[0] > cap:
                     raise ValueError(f"input {name!r} has {a.shape[0]} entries, more than the {cap} a batch of "
                                      f"{bucket} holds (bucket x tiemb/max_nnz = {self.meta['engine']['max_nnz']}); "
                                      "export with a larger tiemb/max_nnz")
                 out[name] = xp.concatenate([a, self._fill(spec, a, cap - a.shape[0], bucket, xp)])
         return out
+
+    def _pad_block(self, name: str, a, xp):
+        """Rows of ``name``'s pad value, as many as the largest bucket, on
+        ``xp``'s device: made once, sliced per call."""
+        key = (xp.__name__, name, tuple(a.shape[1:]))
+        block = self._pad_blocks.get(key)
+        if block is None:
+            block = xp.full((self.buckets[-1],) + tuple(a.shape[1:]), self.inputs[name]["pad"], dtype=a.dtype)
+            self._pad_blocks[key] = block
+        return block
 
     def _fill(self, spec: dict, a, count: int, bucket: int, xp):
         """``count`` entries padding SparseTensor piece ``a``: segment ids in
@@ -168,33 +219,48 @@ class BundleModel:
         return fill
 
     def _prepare(self, feeds):
-        """(batch, bucket, on_host, padded feeds on the device's array library)."""
+        """(batch, bucket, on_host, the program's inputs in order, padded).
+        Host feeds stay numpy (padded on the host, moved in one transfer
+        each); device feeds become cupy (padded on the device, handed over
+        with DLPack)."""
         batch = self._check(feeds)
         bucket = self.buckets[bisect.bisect_left(self.buckets, batch)]
         on_host = all(isinstance(v, (np.ndarray, np.generic)) for v in feeds.values())
-        if self.device_kind == "gpu":
+        if self.device_kind == "gpu" and not on_host:
             import cupy as xp
 
             feeds = {k: xp.asarray(v) if isinstance(v, (np.ndarray, np.generic)) or
                      hasattr(v, "__cuda_array_interface__") else xp.from_dlpack(v) for k, v in feeds.items()}
         else:
             xp = np
-        return batch, bucket, on_host, self._pad(feeds, batch, bucket, xp)
+        padded = self._pad(feeds, batch, bucket, xp)
+        return batch, bucket, on_host, [padded.get(n, feeds[n]) if padded else feeds[n] for n in self._program_inputs]
+
+    def _handover(self, bucket: int, arrays: list, on_host: bool) -> list:
+        """The program's inputs as device arrays: numpy through the bucket's
+        transfer descriptors, device arrays with DLPack (no copy)."""
+        if on_host:
+            feeder = self._feeders[bucket]
+            return [feeder.put(k, a if type(a) is np.ndarray else np.asarray(a)) for k, a in enumerate(arrays)]
+        put = self._device_feeder.put
+        return [put(a) for a in arrays]
 
     # -- calls ---------------------------------------------------------------
     def __call__(self, feeds):
         """Runs the model on ``feeds`` (see the class doc); raises ValueError
         naming the input or slot for bad feeds."""
-        batch, bucket, on_host, padded = self._prepare(feeds)
-        args = xla.put_all([padded[name] for name in self._program_inputs], self._dev) + self._weights
+        batch, bucket, on_host, arrays = self._prepare(feeds)
+        args = self._handover(bucket, arrays, on_host)
+        if self.command_buffer:
+            self._check_latch(wait=False)     # a replayed graph ran no handler to report earlier errors
         try:
-            results = self._programs[bucket].run(args)
+            results = self._programs[bucket].run_ready(args + self._weights)
             out = {}
             host = self.device_kind == "cpu" or on_host
-            for spec, r in zip(self.outputs, results):
+            for (name, batched), r in zip(self._out_specs, results):
                 # Cut on the numpy / cupy view: slicing a jax Array dispatches an XLA op per output.
                 r = xla.to_host(r) if host else xla.to_cupy(r)
-                out[spec["name"]] = r[:batch] if spec["batched"] else r
+                out[name] = r[:batch] if batched and batch != bucket else r
         except Exception as e:         # XLA passes the handler's message on in its own exception type
             raise self._slot_error(e) from None
         if self.device_kind == "gpu" and on_host:
@@ -210,21 +276,25 @@ class BundleModel:
 
     def synchronize(self):
         """GPU: waits for the last call and raises the data errors its lookups found."""
+        self._check_latch(wait=True)
+
+    def _check_latch(self, wait: bool) -> None:
         for plan, op in zip(self._plans, self.meta["ops"]):
             try:
-                plan.check(True)
+                plan.check(wait)
             except ValueError as e:
                 raise SlotError(_rename(str(e), op)) from None
 
     def floor_args(self, feeds):
         """(bucket, the dense module's arguments for ``feeds``): padded dense
         inputs and the lookup outputs (computed once here), as device arrays."""
-        _, bucket, _, padded = self._prepare(feeds)
+        _, bucket, on_host, arrays = self._prepare(feeds)
         if bucket not in self._lookups_only:
             self._lookups_only[bucket] = self._compile(bucket, lookups_only=True)
-        names = self._program_inputs
-        looked = self._lookups_only[bucket].run([xla.put(padded[n], self._dev) for n in names])
-        return bucket, [xla.put(padded[n], self._dev) for n in self.meta["dense"]["inputs"]] + \
+        args = self._handover(bucket, arrays, on_host)
+        looked = self._lookups_only[bucket].run_ready(args)
+        position = {n: k for k, n in enumerate(self._program_inputs)}
+        return bucket, [args[position[n]] for n in self.meta["dense"]["inputs"]] + \
             [looked[i] for i in self.meta["dense"]["lookups"]]
 
     def program_args(self, feeds):
@@ -232,13 +302,13 @@ class BundleModel:
         inputs as device arrays, then the weights). With :meth:`run_program`,
         times the program alone, without the per-call checks and array
         handovers of ``model(feeds)`` (benchmarks)."""
-        _, bucket, _, padded = self._prepare(feeds)
-        return bucket, xla.put_all([padded[n] for n in self._program_inputs], self._dev) + self._weights
+        _, bucket, on_host, arrays = self._prepare(feeds)
+        return bucket, self._handover(bucket, arrays, on_host) + self._weights
 
     def run_program(self, bucket: int, args: list):
         """The bucket's program (the lookups' custom call, then the dense
         module) on :meth:`program_args`: its results, not waited for."""
-        return self._programs[bucket].run(args)
+        return self._programs[bucket].run_ready(args)
 
     def dense_only(self, feeds_and_lookups: list, bucket: int):
         """The dense module of ``bucket`` alone on device arrays (the floor
@@ -256,9 +326,10 @@ class BundleModel:
                 f"level={self.meta['level']})")
 
 
-def _check_feed(name: str, spec: dict, a) -> None:
-    dtype = np.dtype(getattr(a, "dtype", type(a)))
-    if dtype != np.dtype(spec["dtype"]):
+def _check_feed(name: str, spec: dict, a, want: np.dtype) -> None:
+    dtype = getattr(a, "dtype", None)
+    if dtype is None or dtype != want:
+        dtype = np.dtype(getattr(a, "dtype", type(a)))
         raise ValueError(f"input {name!r} must be {spec['dtype']}, got {dtype.name}")
     shape = tuple(a.shape)
     if len(shape) != len(spec["shape"]):
@@ -341,6 +412,12 @@ class Baseline:
         self._weights = [xla.put(weights[w], self._dev) for w in base["weights"]]
         self._modules = {int(b): xla.Executable(fmt.read_module(bundle_dir, m), self._dev)
                          for b, m in base["modules"].items()}
+        # The same handover as BundleModel's, so that the two calls compare like with like.
+        max_nnz = meta["engine"]["max_nnz"]
+        self._feeders = {b: xla.HostFeeder([(program.input_shape(meta["inputs"][n], b, max_nnz),
+                                             meta["inputs"][n]["dtype"]) for n in self.inputs], self._dev)
+                         for b in self._modules}
+        self._device_feeder = xla.DeviceFeeder(self._dev)
 
     def __call__(self, feeds) -> list:
         return self.run(*self.args(feeds))
@@ -350,8 +427,12 @@ class Baseline:
         batch = int(feeds[self.inputs[0]].shape[0])
         if batch not in self._modules:
             raise ValueError(f"the baseline is compiled for batches {sorted(self._modules)}, got {batch}")
-        return batch, [xla.put(feeds[n], self._dev) for n in self.inputs] + self._weights
+        arrays = [feeds[n] for n in self.inputs]
+        if all(type(a) is np.ndarray for a in arrays):
+            feeder = self._feeders[batch]
+            return batch, [feeder.put(k, a) for k, a in enumerate(arrays)] + self._weights
+        return batch, [self._device_feeder.put(a) for a in arrays] + self._weights
 
     def run(self, batch: int, args: list) -> list:
         """The module of ``batch`` on :meth:`args`: its results, not waited for."""
-        return self._modules[batch].run(args)
+        return self._modules[batch].run_ready(args)

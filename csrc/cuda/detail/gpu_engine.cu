@@ -110,6 +110,7 @@ struct gpu_lookup_group::impl {
   pinned_buffer err_host;
   cudaEvent_t err_event = nullptr;
   bool launched = false;
+  bool captured = false;  // a launch was captured in a CUDA graph: replays latch errors with no event
   // Plain-mode row counts of device inputs.
   device_buffer rows_dev;
   pinned_buffer rows_host;
@@ -407,7 +408,25 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   if (!capturing) {
     TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
     m.launched = true;
+  } else {
+    m.captured = true;
   }
+}
+
+std::string gpu_lookup_group::capture_blocker() const {
+  for (int64_t s = 0; s < num_slots(); ++s) {
+    const gpu_table& t = *impl_->tables[static_cast<size_t>(s)];
+    const int32_t tid = slots_[static_cast<size_t>(s)].table;
+    if (!t.resident()) {
+      return detail::concat("slot ", s, ": table ", tid, " is tiered (GPU cache below the whole table): its misses "
+                            "need the host and its inserts run on another stream");
+    }
+    if (t.remote()) {
+      return detail::concat("slot ", s, ": table ", tid, " is a remote table: its version is checked on the host "
+                            "at every call, which a replayed graph would skip");
+    }
+  }
+  return "";
 }
 
 // The checks of a device launch that need no data: shapes, limits, row counts.
@@ -646,11 +665,13 @@ void gpu_lookup_group::run_host(const slot_request* reqs, int64_t n, void* const
 
 void gpu_lookup_group::check(bool wait) {
   auto& m = *impl_;
-  if (!m.launched) return;
+  if (!m.launched && !m.captured) return;
   device_guard g(engine_.device());
   if (wait) {
-    TIEMB_CUDA_CHECK(cudaEventSynchronize(m.err_event));
-  } else {
+    // A replayed graph records no event: wait for the device instead (only
+    // where the caller asked to wait, e.g. for host arrays).
+    TIEMB_CUDA_CHECK(m.captured ? cudaDeviceSynchronize() : cudaEventSynchronize(m.err_event));
+  } else if (!m.captured) {
     const cudaError_t q = cudaEventQuery(m.err_event);
     if (q == cudaErrorNotReady) {
       (void)cudaGetLastError();
