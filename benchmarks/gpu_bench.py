@@ -310,6 +310,7 @@ def tiered_case(layer, copy_bw, batches=40, h2d_bw=None, simulate_hits=True):
             rows[label]["simulated_hit_rate_all_batches"] = sim_rates[tiers.policy]
             rows[label]["measured_hit_rate_all_batches"] = \
                 sum(a["hits"] for a in after) / sum(a["unique_ids"] for a in after)
+        print(json.dumps({"tiered config": label, **rows[label]}), flush=True)  # kept if a short call is cut off
         del preps, g
     res = rows["resident"]["us"]
     for r in rows.values():

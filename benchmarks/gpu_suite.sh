@@ -78,19 +78,36 @@ fi
 
 # One device call holds at most 10 minutes: SKIP_TESTS=1 (benchmarks only) and
 # SKIP_BENCH=1 (tests, the tiered profile and the bundles only) split the suite in two calls;
-# TEST_PATH=tests/some_file.py runs one part of the tests.
+# TEST_PATH=tests/some_file.py runs one part of the tests; SKIP_PROFILE=1 and
+# SKIP_BUNDLES=1 leave out those steps; QUICK_TIERED=1 adds the tiered variants'
+# benchmark on one case.
 test_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
-(cd /tmp && python3 -m pytest "$OLDPWD/${TEST_PATH:-tests}" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
+# TEST_PATH may list several paths (space-separated, relative to the repository root).
+test_paths=()
+for p in ${TEST_PATH:-tests}; do test_paths+=("$OLDPWD/$p"); done
+(cd /tmp && timeout "${TEST_TIMEOUT:-3600}" python3 -m pytest "${test_paths[@]}" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
 test_rc=${PIPESTATUS[0]}
 
+if [ -z "${SKIP_PROFILE:-}" ]; then
 echo "== profile of a tiered call (kernels, via torch.profiler/CUPTI)"
 (cd /tmp && timeout 120 python3 "$OLDPWD/benchmarks/profile_tiered.py" 2>&1 | tee "$OUT/profile.log" | tail -25)
 fi
+fi
+
+# QUICK_TIERED=1: the tiered variants side by side on the dim-16 case only (a short call's benchmark).
+if [ -n "${QUICK_TIERED:-}" ]; then
+echo "== tiered variants, dim 16 case (issue 15)"
+(cd /tmp && TIEMB_BENCH_TIERED="${TIEMB_BENCH_TIERED:-default,list_probe,list_reads,list_both,prefetch,list_both_prefetch}" \
+   timeout "${QUICK_TIERED_TIMEOUT:-90}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --tiered-only --no-sim --tiered-dims 16 \
+   --json "$OUT/tiered_quick.json" 2>&1 | tee "$OUT/tiered_quick.log" | tail -20)
+fi
 
 echo "== bundles: exported where TensorFlow is (benchmarks/export_bundles.py), served here without it"
-if ls benchmarks/bundles/*/bundle.json >/dev/null 2>&1; then
+if [ -n "${SKIP_BUNDLES:-}" ]; then
+  echo "skipped (SKIP_BUNDLES)"
+elif ls benchmarks/bundles/*/bundle.json >/dev/null 2>&1; then
   (cd /tmp && timeout "${BUNDLE_TIMEOUT:-300}" python3 "$OLDPWD/benchmarks/gpu_bundles.py" --bundles "$OLDPWD/benchmarks/bundles" \
      --json "$OUT/gpu_bundles.json" 2>&1 | tee "$OUT/bundles.log" | tail -60)
   echo "== bundles: Python per request over the compiled program (cupy feeds)"
