@@ -48,6 +48,24 @@ def test_update_then_refresh_serves_new_rows(redis_cluster, seed):
     d.close()
 
 
+def test_republishing_keeps_later_updates(redis_cluster, seed):
+    """Publishing the same table again (tiemb publish STORE after an update)
+    leaves ``current`` at the update; publishing other content switches."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((40, 4)).astype(np.float32)
+    model = f"repub{seed}"
+    client = dist.connect(settings(redis_cluster))
+    first = dist.publish_table(client, "t", model, "emb", table)
+    assert first["current"] == first["version"]
+    upd = dist.update_table(client, "t", model, "emb", np.array([5]), np.ones((1, 4), np.float32))
+    again = dist.publish_table(client, "t", model, "emb", table)
+    assert again["written_values"] == 0 and again["current"] == upd["version"]
+    assert dist.current_version(client, "t", model, "emb") == upd["version"]
+    other = dist.publish_table(client, "t", model, "emb", table + 1)
+    assert other["current"] == other["version"] != upd["version"]
+    assert dist.current_version(client, "t", model, "emb") == other["version"]
+
+
 def test_bad_updates_are_refused(redis_cluster, seed):
     model = f"badupd{seed}"
     client = dist.connect(settings(redis_cluster))

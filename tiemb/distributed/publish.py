@@ -68,7 +68,10 @@ def publish_table(client, namespace: str, model: str, name: str, table: np.ndarr
 
     Returns:
         ``{"version", "written_values", "skipped_values", "rows", "dim", "dtype", "block_rows"}``:
-        nothing written when the version was already complete.
+        nothing written when the version was already complete; with
+        ``make_current``, also ``"current"``: the version served now, which
+        stays an update of ``version`` where one was made since (republishing
+        does not undo updates).
     """
     if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype.name not in _DTYPE_CODES:
         raise DistributedError(f"table {name!r}: must be a 2-D float32 or float16 array")
@@ -99,8 +102,26 @@ def publish_table(client, namespace: str, model: str, name: str, table: np.ndarr
     else:
         out["skipped_values"] = nblocks
     if make_current:
-        client.run([["SET", f"{base}:current", version]])
+        out["current"] = _switch_to_published(client, namespace, model, name, version)
     return out
+
+
+def _switch_to_published(client, namespace: str, model: str, name: str, version: str) -> str:
+    """Points ``current`` at ``version`` unless ``current`` is an update
+    layered (directly or not) over it: republishing a store must not undo the
+    updates made since it was published. Returns the version now current."""
+    key = f"{table_key(namespace, model, name)}:current"
+    raw = client.run([["GET", key]])[0]
+    current = None if raw is None else raw.decode()
+    if current is not None and current != version:
+        try:
+            chain = [v for v, _ in _version_chain(client, namespace, model, name, current)]
+        except DistributedError:  # an unreadable chain is no update of this version
+            chain = []
+        if version in chain:
+            return current
+    client.run([["SET", key, version]])
+    return version
 
 
 def _meta_text(meta: dict) -> str:
