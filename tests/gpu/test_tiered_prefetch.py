@@ -131,6 +131,27 @@ def test_prefetch_bad_input():
         group.prefetch([cupy().zeros(257, cupy().int64), ok, ok])
 
 
+def test_prefetch_refuses_a_capturing_stream():
+    """A prefetch inside a CUDA-graph capture would pull the prefetcher's own
+    stream into the graph; it is refused, and the group prefetches afterwards."""
+    cp = cupy()
+    tables = [np.arange(400, dtype=np.float32).reshape(100, 4)] * 2
+    (_, _), (e, group) = groups(tiemb.TierConfig(0.2), tables)
+    ids = [cp.arange(90, 94, dtype=cp.int64)] * 3
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        try:
+            with pytest.raises(ValueError, match=r"prefetch cannot be captured in a CUDA graph"):
+                group.prefetch(ids, stream=stream)
+        finally:
+            stream.end_capture()
+    inserted = e.stats(0)["inserted"]
+    group.prefetch(ids, stream=stream)
+    group.wait_prefetch()
+    assert e.stats(0)["inserted"] - inserted == 4
+
+
 @pytest.mark.parametrize("env,value,msg", [
     ("TIEMB_TIERED_PROBE", "walk", r"TIEMB_TIERED_PROBE must be one of 'slots', 'list' \(or unset\), got 'walk'"),
     ("TIEMB_TIERED_HOST_READS", "lists",

@@ -651,6 +651,14 @@ void gpu_lookup_group::prefetch(const slot_request* reqs, int64_t n, void* strea
     TIEMB_EXPECT(reqs[s].num_ids == 0 || reqs[s].ids != nullptr, "prefetch: slot ", s, ": ids have no address");
   }
   if (m.tiered_tables.empty()) return;
+  // Under capture the event below would pull the prefetcher's stream into the
+  // caller's graph (its memsets, host waits and first-call allocations are
+  // not capturable, and the stream would stay in the failed capture).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TIEMB_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture));
+  TIEMB_EXPECT(capture == cudaStreamCaptureStatusNone,
+               "prefetch cannot be captured in a CUDA graph (its misses may need the host and it runs on a "
+               "stream of its own); call it outside the capture");
   if (!m.prefetcher) {
     int sms = 1;
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
