@@ -129,9 +129,11 @@ struct gpu_lookup_group::impl {
   std::vector<device_buffer> unique_index;
   std::vector<gpu::dedup_view> views;
   // prefetch(): a tiered_batch of its own over the same tables (made at the
-  // first prefetch), and the sizes to make it with.
+  // first prefetch), and the sizes and variants to make it with (the
+  // variants as the environment was when the group was built).
   std::vector<gpu_table*> tiered_tables;
   std::vector<int64_t> tiered_ids;
+  gpu::tiered_variants variants;
   std::unique_ptr<gpu::tiered_batch> prefetcher;
   std::vector<gpu::dedup_view> prefetch_views;
   // Segment ids -> offsets, per slot (max_batch_size + 1 entries).
@@ -239,7 +241,8 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   if (!tiered_tables.empty()) {
     int sms = 1;
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
-    m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms);
+    m.variants = gpu::tiered_variants::from_env();
+    m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms, m.variants);
   }
   m.tiered_tables = tiered_tables;
   m.tiered_ids = tiered_ids;
@@ -662,7 +665,7 @@ void gpu_lookup_group::prefetch(const slot_request* reqs, int64_t n, void* strea
   if (!m.prefetcher) {
     int sms = 1;
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
-    m.prefetcher = std::make_unique<gpu::tiered_batch>(m.tiered_tables, m.tiered_ids, sms);
+    m.prefetcher = std::make_unique<gpu::tiered_batch>(m.tiered_tables, m.tiered_ids, sms, m.variants);
   }
   m.prefetch_views.clear();
   for (int64_t s = 0; s < n; ++s) {
