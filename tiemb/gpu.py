@@ -477,7 +477,11 @@ class GpuLookupGroup:
                                  f"arrays, got {type(a).__name__}")
             views.append(_ids_view(dev, s, self.slots[s].mode, False)[0])
             keep.append(dev)
-        self._prefetch_ids = keep  # alive until the next prefetch
+        # Alive until the next prefetch. Only the prefetch's dedup reads them, on
+        # the background stream, possibly after that: memory reused by then
+        # yields other ids, which are range-checked there and only change which
+        # rows are brought in, never a result (a lookup reads every tier as always).
+        self._prefetch_ids = keep
         self._group.prefetch(views, ptr)
 
     def _checked_host_ids(self, a: np.ndarray, slot: int) -> np.ndarray:
