@@ -449,7 +449,8 @@ class GpuLookupGroup:
                 ids outside their table are skipped (the lookup that uses them
                 reports them). Slots over GPU-resident tables are ignored.
             stream: the stream the ids are ready on (int cudaStream_t, cupy or
-                torch stream; default cupy's current stream).
+                torch stream; default cupy's current stream); not one that is
+                capturing a CUDA graph (a ValueError).
 
         Returns without waiting where every tiered table reads its misses in
         place (``host_read="zero_copy"`` and all rows in host memory);
