@@ -141,8 +141,10 @@ def test_prefetch_refuses_a_capturing_stream():
     ids = [cp.arange(90, 94, dtype=cp.int64)] * 3
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
+        x = cp.zeros(1, cp.float32)
         stream.begin_capture()
         try:
+            x += 1  # a graph of one node, not an empty one
             with pytest.raises(ValueError, match=r"prefetch cannot be captured in a CUDA graph"):
                 group.prefetch(ids, stream=stream)
         finally:
