@@ -110,6 +110,7 @@ struct gpu_lookup_group::impl {
   pinned_buffer err_host;
   cudaEvent_t err_event = nullptr;
   bool launched = false;
+  cudaStream_t last_stream = nullptr;  // the last launch's stream (err_event marks its end)
   // Plain-mode row counts of device inputs.
   device_buffer rows_dev;
   pinned_buffer rows_host;
@@ -338,6 +339,14 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   TIEMB_EXPECT(!capturing || !m.tiered,
                "a lookup over tiered tables cannot be captured in a CUDA graph (its misses may need the host "
                "and its inserts run on another stream); capture groups of GPU-resident tables only");
+  // Calls share the group's scratch (segment offsets; the tiered hash set,
+  // lists and staging): a call on another stream than the last one starts
+  // after it. Overlapping calls would race there, and with the listed probe
+  // leave keys in the hash set for good (clear_listed_kernel clears only
+  // the last call's). Free while the stream stays the same.
+  if (!capturing && m.launched && stream != m.last_stream) {
+    TIEMB_CUDA_CHECK(cudaStreamWaitEvent(stream, m.err_event, 0));
+  }
   launch_offsets_pass(reqs, n, rows, stream_ptr);
   gather_tiered_rows(reqs, n, stream_ptr);
   launch_fused_lookups(reqs, n, rows, outputs, stream_ptr);
@@ -348,6 +357,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   if (!capturing) {
     TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
     m.launched = true;
+    m.last_stream = stream;
   }
 }
 
