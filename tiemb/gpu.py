@@ -452,7 +452,8 @@ class GpuLookupGroup:
                 ids outside their table are skipped (the lookup that uses them
                 reports them). Slots over GPU-resident tables are ignored.
             stream: the stream the ids are ready on (int cudaStream_t, cupy or
-                torch stream; default cupy's current stream).
+                torch stream; default cupy's current stream); not one that is
+                capturing a CUDA graph (a ValueError).
 
         Returns without waiting where every tiered table reads its misses in
         place (``host_read="zero_copy"`` and all rows in host memory);
@@ -480,7 +481,11 @@ class GpuLookupGroup:
                                  f"arrays, got {type(a).__name__}")
             views.append(_ids_view(dev, s, self.slots[s].mode, False)[0])
             keep.append(dev)
-        self._prefetch_ids = keep  # alive until the next prefetch
+        # Alive until the next prefetch. Only the prefetch's dedup reads them, on
+        # the background stream, possibly after that: memory reused by then
+        # yields other ids, which are range-checked there and only change which
+        # rows are brought in, never a result (a lookup reads every tier as always).
+        self._prefetch_ids = keep
         self._group.prefetch(views, ptr)
 
     def _checked_host_ids(self, a: np.ndarray, slot: int) -> np.ndarray:

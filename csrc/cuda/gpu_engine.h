@@ -123,7 +123,9 @@ class gpu_lookup_group {
   /// a later lookup finds the rows in the cache or reads the lower tier as
   /// always. Ids outside a table are skipped (the lookup that uses them
   /// reports them); slots over resident tables are ignored. The first call
-  /// allocates the prefetch scratch (as large as a lookup's), once.
+  /// allocates the prefetch scratch (as large as a lookup's), once, with the
+  /// tiered variants the group was built with. Refused while `stream` is
+  /// capturing a CUDA graph.
   void prefetch(const slot_request* reqs, int64_t n, void* stream);
   /// Waits for every prefetch issued so far.
   void wait_prefetch();

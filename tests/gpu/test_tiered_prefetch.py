@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tiemb
+from tiered_variants import TIERED_ENV
 
 pytestmark = pytest.mark.gpu
 
@@ -131,6 +132,29 @@ def test_prefetch_bad_input():
         group.prefetch([cupy().zeros(257, cupy().int64), ok, ok])
 
 
+def test_prefetch_refuses_a_capturing_stream():
+    """A prefetch inside a CUDA-graph capture would pull the prefetcher's own
+    stream into the graph; it is refused, and the group prefetches afterwards."""
+    cp = cupy()
+    tables = [np.arange(400, dtype=np.float32).reshape(100, 4)] * 2
+    (_, _), (e, group) = groups(tiemb.TierConfig(0.2), tables)
+    ids = [cp.arange(90, 94, dtype=cp.int64)] * 3
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        x = cp.zeros(1, cp.float32)
+        stream.begin_capture()
+        try:
+            x += 1  # a graph of one node, not an empty one
+            with pytest.raises(ValueError, match=r"prefetch cannot be captured in a CUDA graph"):
+                group.prefetch(ids, stream=stream)
+        finally:
+            stream.end_capture()
+    inserted = e.stats(0)["inserted"]
+    group.prefetch(ids, stream=stream)
+    group.wait_prefetch()
+    assert e.stats(0)["inserted"] - inserted == 4
+
+
 @pytest.mark.parametrize("env,value,msg", [
     ("TIEMB_TIERED_PROBE", "walk", r"TIEMB_TIERED_PROBE must be one of 'slots', 'list' \(or unset\), got 'walk'"),
     ("TIEMB_TIERED_HOST_READS", "lists",
@@ -143,6 +167,29 @@ def test_variant_env_values_are_checked(env, value, msg, monkeypatch):
     t = e.add_table(np.ones((100, 4), np.float32), tiemb.TierConfig(0.2))
     with pytest.raises(ValueError, match=msg):
         e.group([tiemb.Slot(t, "sum")])
+
+
+def test_prefetch_keeps_the_variants_the_group_was_built_with(monkeypatch):
+    """The prefetcher is made at the first prefetch, but with the group's
+    variants: the environment then (here an invalid value) is not read again.
+    (benchmarks/gpu_bench.py sets the variables only while a group is built.)"""
+    cp = cupy()
+    for k in TIERED_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("TIEMB_TIERED_PROBE", "list")
+    monkeypatch.setenv("TIEMB_TIERED_HOST_READS", "list")
+    tables = [np.arange(400, dtype=np.float32).reshape(100, 4)] * 2
+    (_, ref_group), (e, group) = groups(tiemb.TierConfig(0.2), tables)
+    monkeypatch.setenv("TIEMB_TIERED_PROBE", "walk")
+    ids = [cp.arange(90, 94, dtype=cp.int64)] * 3
+    inserted = e.stats(0)["inserted"]
+    group.prefetch(ids)
+    group.wait_prefetch()
+    assert e.stats(0)["inserted"] - inserted == 4
+    segs = [np.zeros(4, np.int64)] * 3
+    for g, r in zip(lookup(group, [cp.asnumpy(i) for i in ids], segs),
+                    lookup(ref_group, [cp.asnumpy(i) for i in ids], segs)):
+        np.testing.assert_array_equal(g, r)
 
 
 def test_contradicting_host_read_variables(monkeypatch):

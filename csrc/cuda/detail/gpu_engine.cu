@@ -111,6 +111,7 @@ struct gpu_lookup_group::impl {
   cudaEvent_t err_event = nullptr;
   bool launched = false;
   bool captured = false;  // a launch was captured in a CUDA graph: replays latch errors with no event
+  cudaStream_t last_stream = nullptr;  // the last launch's stream (err_event marks its end)
   // Plain-mode row counts of device inputs.
   device_buffer rows_dev;
   pinned_buffer rows_host;
@@ -130,9 +131,11 @@ struct gpu_lookup_group::impl {
   std::vector<device_buffer> unique_index;
   std::vector<gpu::dedup_view> views;
   // prefetch(): a tiered_batch of its own over the same tables (made at the
-  // first prefetch), and the sizes to make it with.
+  // first prefetch), and the sizes and variants to make it with (the
+  // variants as the environment was when the group was built).
   std::vector<gpu_table*> tiered_tables;
   std::vector<int64_t> tiered_ids;
+  gpu::tiered_variants variants;
   std::unique_ptr<gpu::tiered_batch> prefetcher;
   std::vector<gpu::dedup_view> prefetch_views;
   // Segment ids -> offsets, per slot (max_batch_size + 1 entries).
@@ -248,7 +251,8 @@ gpu_lookup_group::gpu_lookup_group(gpu_engine& engine, std::vector<slot_config> 
   if (!tiered_tables.empty()) {
     int sms = 1;
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
-    m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms);
+    m.variants = gpu::tiered_variants::from_env();
+    m.tiered = std::make_unique<gpu::tiered_batch>(tiered_tables, tiered_ids, sms, m.variants);
   }
   m.tiered_tables = tiered_tables;
   m.tiered_ids = tiered_ids;
@@ -397,6 +401,14 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
                "and its inserts run on another stream); capture groups of GPU-resident tables only");
   // Tiered tables over a remote table follow it in gather_tiered_rows.
   const remote_resident_hold hold(m.remote_resident, stream);
+  // Calls share the group's scratch (segment offsets; the tiered hash set,
+  // lists and staging): a call on another stream than the last one starts
+  // after it. Overlapping calls would race there, and with the listed probe
+  // leave keys in the hash set for good (clear_listed_kernel clears only
+  // the last call's). Free while the stream stays the same.
+  if (!capturing && m.launched && stream != m.last_stream) {
+    TIEMB_CUDA_CHECK(cudaStreamWaitEvent(stream, m.err_event, 0));
+  }
   launch_offsets_pass(reqs, n, rows, stream_ptr);
   gather_tiered_rows(reqs, n, stream_ptr);
   refresh_default_rows(slots_, m.tables, m.defaults, m.default_stride, m.default_followed, stream);
@@ -408,6 +420,7 @@ void gpu_lookup_group::launch(const slot_request* reqs, int64_t n, const int64_t
   if (!capturing) {
     TIEMB_CUDA_CHECK(cudaEventRecord(m.err_event, stream));
     m.launched = true;
+    m.last_stream = stream;
   } else {
     m.captured = true;
   }
@@ -733,10 +746,18 @@ void gpu_lookup_group::prefetch(const slot_request* reqs, int64_t n, void* strea
     TIEMB_EXPECT(reqs[s].num_ids == 0 || reqs[s].ids != nullptr, "prefetch: slot ", s, ": ids have no address");
   }
   if (m.tiered_tables.empty()) return;
+  // Under capture the event below would pull the prefetcher's stream into the
+  // caller's graph (its memsets, host waits and first-call allocations are
+  // not capturable, and the stream would stay in the failed capture).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TIEMB_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture));
+  TIEMB_EXPECT(capture == cudaStreamCaptureStatusNone,
+               "prefetch cannot be captured in a CUDA graph (its misses may need the host and it runs on a "
+               "stream of its own); call it outside the capture");
   if (!m.prefetcher) {
     int sms = 1;
     TIEMB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, engine_.device()));
-    m.prefetcher = std::make_unique<gpu::tiered_batch>(m.tiered_tables, m.tiered_ids, sms);
+    m.prefetcher = std::make_unique<gpu::tiered_batch>(m.tiered_tables, m.tiered_ids, sms, m.variants);
   }
   m.prefetch_views.clear();
   for (int64_t s = 0; s < n; ++s) {

@@ -212,13 +212,31 @@ struct tiered_params {
   int64_t total_ids;
 };
 
+/// The tiered variants (issue 15; README "Tiered tables"), read from the
+/// environment once, when a lookup group is built, and given to each of its
+/// tiered_batches (the lookups' and, made later, the prefetches').
+struct tiered_variants {
+  /// TIEMB_TIERED_PROBE=list: dedup lists the unique ids and the probe walks
+  /// that list (clear_listed_kernel then clears only the used hash slots).
+  bool list_probe = false;
+  /// TIEMB_TIERED_HOST_READS=list: zero-copy misses read in
+  /// host_read_list_kernel, one load per thread.
+  bool list_reads = false;
+  /// TIEMB_TIERED_HOST_READS=kernel (or the older TIEMB_TIERED_INLINE_HOST_READS=0):
+  /// zero-copy misses read in host_read_kernel after the probe.
+  bool defer_host_reads = false;
+  /// Throws naming the variable and value for anything but the documented values.
+  static tiered_variants from_env();
+};
+
 /// The tiered tables of one lookup group: scratch for every call, sized once
 /// from the config, and the launches that dedup, probe, fetch and insert for
 /// all of them together.
 class tiered_batch {
  public:
   /// tables[i] is used by slots whose ids total at most max_ids[i] per call.
-  tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms);
+  tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms,
+               const tiered_variants& variants);
   ~tiered_batch();
   tiered_batch(const tiered_batch&) = delete;
   tiered_batch& operator=(const tiered_batch&) = delete;
@@ -284,19 +302,14 @@ class tiered_batch {
   bool side_used_[2] = {false, false};
   int parity_ = 0;
   tiered_params staged_{};
-  bool defer_host_reads_ = false;  // see host_read_kernel; TIEMB_TIERED_INLINE_HOST_READS=0 turns it on
-  // Issue 15 (variants chosen once, at construction, from the environment;
-  // README "Tiered tables"): TIEMB_TIERED_PROBE=list makes dedup list the
-  // unique ids and the probe walk that list (clear_listed_kernel then clears
-  // only the used hash slots); TIEMB_TIERED_HOST_READS=list reads zero-copy
-  // misses in host_read_list_kernel, one load per thread.
+  // The group's tiered_variants (see there).
+  bool defer_host_reads_ = false;
   bool list_probe_ = false;
   bool list_reads_ = false;
   bool prefetching_ = false;  // set by the first prefetch(): this batch serves prefetches only
   int64_t max_read_units_ = 1;  // most host_read_list_kernel threads one table may need per call
   std::vector<device_buffer> unique_list_, read_list_;
   cudaEvent_t prefetch_ready_ = nullptr;
-  void launch_probe(cudaStream_t stream);
 };
 
 }  // namespace gpu

@@ -39,10 +39,35 @@ std::string env_choice(const char* name, std::initializer_list<const char*> allo
 
 }  // namespace
 
+tiered_variants tiered_variants::from_env() {
+  // TIEMB_TIERED_INLINE_HOST_READS=0 is the older name of HOST_READS=kernel.
+  const std::string probe = env_choice("TIEMB_TIERED_PROBE", {"slots", "list"});
+  const std::string reads = env_choice("TIEMB_TIERED_HOST_READS", {"inline", "kernel", "list"});
+  const std::string old_reads = env_choice("TIEMB_TIERED_INLINE_HOST_READS", {"0", "1"});
+  TIEMB_EXPECT(reads.empty() || old_reads.empty() || (old_reads == "0") == (reads == "kernel"),
+               "TIEMB_TIERED_INLINE_HOST_READS=", old_reads, " contradicts TIEMB_TIERED_HOST_READS=", reads,
+               ": set only TIEMB_TIERED_HOST_READS");
+  tiered_variants v;
+  v.list_probe = probe == "list";
+  v.list_reads = reads == "list";
+  // Zero-copy reads inside the probe stay the default: on the H200 the
+  // separate host-read kernel was slower (974 vs 671 us, 561 vs 471 us per
+  // call in benchmarks/RESULTS.md); =kernel selects it, so benchmarks can
+  // compare both in one run.
+  v.defer_host_reads = reads == "kernel" || old_reads == "0";
+  return v;
+}
+
 // ---- tiered_batch ----------------------------------------------------------------
 
-tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms)
-    : tables_(std::move(tables)), num_sms_(num_sms), pool_(hardware_threads()) {
+tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> max_ids, int num_sms,
+                           const tiered_variants& variants)
+    : tables_(std::move(tables)),
+      num_sms_(num_sms),
+      pool_(hardware_threads()),
+      defer_host_reads_(variants.defer_host_reads),
+      list_probe_(variants.list_probe),
+      list_reads_(variants.list_reads) {
   const size_t n = tables_.size();
   TIEMB_EXPECT(n <= static_cast<size_t>(kMaxTieredTables), "a lookup group may use at most ", kMaxTieredTables,
                " tiered tables, got ", n);
@@ -56,16 +81,6 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
     keys_off_.push_back(keys_bytes);
     keys_bytes += static_cast<size_t>(cap) * 8;
   }
-  // Variants (issue 15; README "Tiered tables"), read once here.
-  // TIEMB_TIERED_INLINE_HOST_READS=0 is the older name of HOST_READS=kernel.
-  const std::string probe = env_choice("TIEMB_TIERED_PROBE", {"slots", "list"});
-  const std::string reads = env_choice("TIEMB_TIERED_HOST_READS", {"inline", "kernel", "list"});
-  const std::string old_reads = env_choice("TIEMB_TIERED_INLINE_HOST_READS", {"0", "1"});
-  TIEMB_EXPECT(reads.empty() || old_reads.empty() || (old_reads == "0") == (reads == "kernel"),
-               "TIEMB_TIERED_INLINE_HOST_READS=", old_reads, " contradicts TIEMB_TIERED_HOST_READS=", reads,
-               ": set only TIEMB_TIERED_HOST_READS");
-  list_probe_ = probe == "list";
-  list_reads_ = reads == "list";
   hash_ = device_buffer(keys_bytes);
   batch_ = device_buffer(std::max<size_t>(n, 1) * sizeof(counters));
   // The unique counts are the previous call's list lengths for
@@ -127,11 +142,6 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
                                                 std::move(remotes));
     remote_requests_.resize(n);
   }
-  // Zero-copy reads inside the probe stay the default: on the H200 the
-  // separate host-read kernel was slower (974 vs 671 us, 561 vs 471 us per
-  // call in benchmarks/RESULTS.md). TIEMB_TIERED_INLINE_HOST_READS=0 selects
-  // that kernel, so benchmarks can compare both in one run.
-  defer_host_reads_ = reads == "kernel" || old_reads == "0";
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&fetch_done_, cudaEventDisableTiming));
   TIEMB_CUDA_CHECK(cudaEventCreateWithFlags(&prefetch_ready_, cudaEventDisableTiming));
   for (int p = 0; p < 2; ++p) {

@@ -76,6 +76,8 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
       const tiered_call& c = p.calls[call];
       unsigned long long first = 0;
       if (lane == leader) first = atomicAdd(&c.batch->unique_ids, static_cast<unsigned long long>(__popc(peers)));
+      // Safe although masks differ per table: every lane a mask names runs
+      // this shuffle with that same mask, and the leader is in it.
       first = __shfl_sync(peers, first, leader);
       const auto k = static_cast<int64_t>(first + __popc(peers & ((1u << lane) - 1u)));
       reinterpret_cast<longlong2*>(c.unique_list)[k] = make_longlong2(id, h);
@@ -88,6 +90,9 @@ __global__ void dedup_kernel(const __grid_constant__ tiered_params p) {
 // of a memset of the whole capacity (2x-4x the most ids a call may have).
 __global__ void clear_listed_kernel(const __grid_constant__ tiered_params p) {
   const tiered_call& c = p.calls[blockIdx.y];
+  // The first call finds n = 0 and an empty set: the constructor cleared
+  // both and waited. An interrupted call (a throw after dedup) leaves list and
+  // count consistent, so the next call still clears exactly its slots.
   const auto n = static_cast<int64_t>(c.batch->unique_ids);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
@@ -168,6 +173,8 @@ __global__ void probe_kernel(const __grid_constant__ tiered_params p) {
   }
   __syncthreads();
   const bool listed = c.unique_list != nullptr;
+  // Warp-uniform either way: with a list every thread reads the same counter,
+  // which nothing in this kernel changes (block_unique stays 0 below).
   const int64_t limit = listed ? static_cast<int64_t>(c.batch->unique_ids) : static_cast<int64_t>(c.hash_mask) + 1;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   // 32 slots per coalesced read (the occupied ones are this batch's ids), or
@@ -300,6 +307,8 @@ __global__ void host_read_list_kernel(const __grid_constant__ tiered_params p) {
     const longlong2 a = reinterpret_cast<const longlong2*>(c.read_list)[m];
     const char* src = reinterpret_cast<const char*>(a.x);
     char* dst = reinterpret_cast<char*>(a.y);
+    // Aligned to read_unit: host rows and staging start at cudaHostAlloc /
+    // cudaMalloc bases and advance by row_bytes, a multiple of read_unit.
     switch (c.read_unit) {
       case 16: reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(src)[k]; break;
       case 8: reinterpret_cast<uint2*>(dst)[k] = reinterpret_cast<const uint2*>(src)[k]; break;
