@@ -84,10 +84,11 @@ fi
 test_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
-# TEST_PATH may list several paths (space-separated, relative to the repository root).
+# TEST_PATH may list several paths (space-separated, relative to the repository root);
+# PYTEST_K is a -k expression (spaces allowed), PYTEST_ARGS more words.
 test_paths=()
 for p in ${TEST_PATH:-tests}; do test_paths+=("$OLDPWD/$p"); done
-(cd /tmp && timeout "${TEST_TIMEOUT:-3600}" python3 -m pytest "${test_paths[@]}" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
+(cd /tmp && timeout "${TEST_TIMEOUT:-3600}" python3 -m pytest "${test_paths[@]}" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
 test_rc=${PIPESTATUS[0]}
 
 if [ -z "${SKIP_PROFILE:-}" ]; then
