@@ -86,8 +86,9 @@ if [ -z "${SKIP_TESTS:-}" ]; then
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
 # TEST_PATH may list several paths (space-separated, relative to the repository root);
 # PYTEST_K is a -k expression (spaces allowed), PYTEST_ARGS more words.
+# (Made absolute here, from the repository root: OLDPWD is that root only inside the cd /tmp subshells.)
 test_paths=()
-for p in ${TEST_PATH:-tests}; do test_paths+=("$OLDPWD/$p"); done
+for p in ${TEST_PATH:-tests}; do test_paths+=("$PWD/$p"); done
 (cd /tmp && timeout "${TEST_TIMEOUT:-3600}" python3 -m pytest "${test_paths[@]}" -q -p no:cacheprovider --maxfail=10 -rs ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25)
 test_rc=${PIPESTATUS[0]}
 
