@@ -16,6 +16,18 @@ using namespace tiemb::bind;
 
 namespace {
 
+// One slot's ids as a device view: the (address, dtype, count, id stride,
+// ids per row, row stride) tuples gpu.py makes (lookups and prefetch).
+void read_ids_view(const py::handle& view, slot_request& r) {
+  auto i = view.cast<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, int64_t>>();
+  r.ids = reinterpret_cast<const void*>(std::get<0>(i));
+  r.id_type = static_cast<dtype>(std::get<1>(i));
+  r.num_ids = std::get<2>(i);
+  r.id_stride = std::get<3>(i);
+  r.ids_per_row = std::get<4>(i);
+  r.row_stride = std::get<5>(i);
+}
+
 // Per-slot device views, checked by tiemb/gpu.py: ids as (ptr, dtype code,
 // count, element stride, ids per row, row stride), segments as (ptr, dtype
 // code, count, element stride) or None (gather slots, dense id matrices),
@@ -29,14 +41,8 @@ std::vector<slot_request> device_requests(const py::list& ids, const py::list& s
                "ids, segments, weights and num_rows need one entry per slot");
   std::vector<slot_request> req(n);
   for (size_t s = 0; s < n; ++s) {
-    auto i = ids[s].cast<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, int64_t>>();
     slot_request& r = req[s];
-    r.ids = reinterpret_cast<const void*>(std::get<0>(i));
-    r.id_type = static_cast<dtype>(std::get<1>(i));
-    r.num_ids = std::get<2>(i);
-    r.id_stride = std::get<3>(i);
-    r.ids_per_row = std::get<4>(i);
-    r.row_stride = std::get<5>(i);
+    read_ids_view(ids[s], r);
     r.samples = samples.empty() ? -1 : samples[s];
     if (!segments[s].is_none()) {
       auto g = segments[s].cast<std::tuple<uintptr_t, int, int64_t, int64_t>>();
@@ -233,14 +239,7 @@ class py_gpu_group {
   void prefetch(const py::list& ids, uintptr_t stream) {
     std::vector<slot_request> req(ids.size());
     for (size_t s = 0; s < ids.size(); ++s) {
-      auto i = ids[s].cast<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, int64_t>>();
-      slot_request& r = req[s];
-      r.ids = reinterpret_cast<const void*>(std::get<0>(i));
-      r.id_type = static_cast<dtype>(std::get<1>(i));
-      r.num_ids = std::get<2>(i);
-      r.id_stride = std::get<3>(i);
-      r.ids_per_row = std::get<4>(i);
-      r.row_stride = std::get<5>(i);
+      read_ids_view(ids[s], req[s]);
     }
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lk(mutex_);

@@ -167,15 +167,7 @@ def current_version(client, namespace: str, model: str, name: str) -> str:
 def resolve_layout(client, namespace: str, model: str, name: str, version: str) -> dict:
     """The layers of ``version`` (oldest first, key prefixes) and per block
     the layer that holds it: what ``tiemb._C.RemoteTable`` reads."""
-    chain: List[Tuple[str, dict]] = []
-    v: Optional[str] = version
-    while v is not None:
-        meta = read_meta(client, namespace, model, name, v)
-        chain.append((v, meta))
-        v = meta["base"]
-        if len(chain) > 60000:
-            raise DistributedError(f"distributed table {name!r}: version chain too long at {v}")
-    chain.reverse()
+    chain = _version_chain(client, namespace, model, name, version)
     root = chain[0][1]
     nblocks = _blocks(root["rows"], root["block_rows"])
     block_layer = np.zeros(nblocks, dtype=np.uint16)
