@@ -183,7 +183,7 @@ struct tiered_call {
   bool zero_copy;
   bool defer_host_reads;  // zero-copy rows read by host_read_kernel after the probe, not inside it
   // Issue 15 (tiered variants, appended):
-  int64_t* unique_list;  // TIEMB_TIERED_PROBE=list: (id, hash slot) of each unique id, dedup's append order;
+  int64_t* unique_list;  // TIEMB_TIERED_PROBE=list or lane: (id, hash slot) of each unique id, dedup's append order;
                          // null = the probe walks every hash slot
   int64_t* read_list;    // TIEMB_TIERED_HOST_READS=list: (host address, staging address) of each zero-copy miss
   int32_t read_unit;     // bytes per load of host_read_list_kernel (16, 8, 4 or 2: divides row_bytes)
@@ -219,6 +219,9 @@ struct tiered_variants {
   /// TIEMB_TIERED_PROBE=list: dedup lists the unique ids and the probe walks
   /// that list (clear_listed_kernel then clears only the used hash slots).
   bool list_probe = false;
+  /// TIEMB_TIERED_PROBE=lane: the listed dedup (list_probe is set too) and
+  /// probe_lane_kernel, one lane per unique id, walking that list.
+  bool lane_probe = false;
   /// TIEMB_TIERED_HOST_READS=list: zero-copy misses read in
   /// host_read_list_kernel, one load per thread.
   bool list_reads = false;
@@ -305,6 +308,7 @@ class tiered_batch {
   // The group's tiered_variants (see there).
   bool defer_host_reads_ = false;
   bool list_probe_ = false;
+  bool lane_probe_ = false;  // implies list_probe_
   bool list_reads_ = false;
   bool prefetching_ = false;  // set by the first prefetch(): this batch serves prefetches only
   int64_t max_read_units_ = 1;  // most host_read_list_kernel threads one table may need per call

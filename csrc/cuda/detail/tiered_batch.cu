@@ -9,6 +9,7 @@
 
 #include "gpu_table.h"
 #include "tiered_kernels.cuh"
+#include "tiered_probe_lane.cuh"
 
 namespace tiemb {
 namespace gpu {
@@ -41,14 +42,16 @@ std::string env_choice(const char* name, std::initializer_list<const char*> allo
 
 tiered_variants tiered_variants::from_env() {
   // TIEMB_TIERED_INLINE_HOST_READS=0 is the older name of HOST_READS=kernel.
-  const std::string probe = env_choice("TIEMB_TIERED_PROBE", {"slots", "list"});
+  const std::string probe = env_choice("TIEMB_TIERED_PROBE", {"slots", "list", "lane"});
   const std::string reads = env_choice("TIEMB_TIERED_HOST_READS", {"inline", "kernel", "list"});
   const std::string old_reads = env_choice("TIEMB_TIERED_INLINE_HOST_READS", {"0", "1"});
   TIEMB_EXPECT(reads.empty() || old_reads.empty() || (old_reads == "0") == (reads == "kernel"),
                "TIEMB_TIERED_INLINE_HOST_READS=", old_reads, " contradicts TIEMB_TIERED_HOST_READS=", reads,
                ": set only TIEMB_TIERED_HOST_READS");
   tiered_variants v;
-  v.list_probe = probe == "list";
+  // The lane probe walks the list the listed dedup builds.
+  v.list_probe = probe == "list" || probe == "lane";
+  v.lane_probe = probe == "lane";
   v.list_reads = reads == "list";
   // Zero-copy reads inside the probe stay the default: on the H200 the
   // separate host-read kernel was slower (974 vs 671 us, 561 vs 471 us per
@@ -66,7 +69,8 @@ tiered_batch::tiered_batch(std::vector<gpu_table*> tables, std::vector<int64_t> 
       num_sms_(num_sms),
       pool_(hardware_threads()),
       defer_host_reads_(variants.defer_host_reads),
-      list_probe_(variants.list_probe),
+      list_probe_(variants.list_probe || variants.lane_probe),
+      lane_probe_(variants.lane_probe),
       list_reads_(variants.list_reads) {
   const size_t n = tables_.size();
   TIEMB_EXPECT(n <= static_cast<size_t>(kMaxTieredTables), "a lookup group may use at most ", kMaxTieredTables,
@@ -197,7 +201,7 @@ tiered_params tiered_batch::params(int parity) {
     c.batch_no = batch_no_[u];
     c.zero_copy = tables_[u]->tiers().host_zero_copy;
     c.defer_host_reads = defer_host_reads_;
-    c.unique_list = unique_list_[u].get<int64_t>();  // null unless TIEMB_TIERED_PROBE=list
+    c.unique_list = unique_list_[u].get<int64_t>();  // null unless TIEMB_TIERED_PROBE=list or lane
     c.read_list = read_list_[u].get<int64_t>();      // null unless TIEMB_TIERED_HOST_READS=list (zero-copy)
     c.read_unit = read_unit(tables_[u]->row_bytes());
     c.prefetch = prefetching_;
@@ -237,13 +241,18 @@ void tiered_batch::gather(const dedup_view* views, int num_views, cudaStream_t s
     dedup_kernel<<<blocks, kBlock, 0, stream>>>(staged_);
     TIEMB_CUDA_CHECK(cudaGetLastError());
   }
-  // A warp takes 32 hash slots, or 32 / kProbeLanes entries of the unique
-  // list (at most max_misses_, the most ids of a table per call), at a time.
-  const int64_t per_warp = 32 / kProbeLanes;
+  // A warp takes 32 hash slots, 32 / kProbeLanes entries of the unique list
+  // (at most max_misses_, the most ids of a table per call), or with the lane
+  // probe 32 entries, at a time.
+  const int64_t per_warp = lane_probe_ ? 32 : 32 / kProbeLanes;
   const int64_t probe_warps = list_probe_ ? (max_misses_ + per_warp - 1) / per_warp : max_capacity_ / 32;
   const dim3 grid(static_cast<unsigned>(table_grid(probe_warps, num_sms_, num_tables(), 16)),
                   static_cast<unsigned>(num_tables()));
-  probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
+  if (lane_probe_) {
+    probe_lane_kernel<<<grid, kBlock, 0, stream>>>(staged_);
+  } else {
+    probe_kernel<<<grid, kBlock, 0, stream>>>(staged_);
+  }
   TIEMB_CUDA_CHECK(cudaGetLastError());
   if (list_reads_) {
     // One thread per load of a call's most misses, up to 32 blocks of 256
