@@ -6,7 +6,8 @@ Cases (issue 3): W&D-like batch 512 x 26 slots, dim 16, nnz 1 and 10, 1M-row
 tables, GPU-resident; large batch 65536 x 26 slots, dim 64, nnz 4; tiered
 tables 5x larger than the GPU cache, Zipf(1.1) ids, zero-copy vs batched copy,
 and every tiered variant of issue 15 (TIERED_CONFIGS: listed probe, listed
-host reads, prefetch of the next batch; TIEMB_BENCH_TIERED=key,... picks some).
+host reads, lane probe, prefetch of the next batch; TIEMB_BENCH_TIERED=key,...
+picks some).
 Peers: torch.nn.functional.embedding_bag per slot (eager and in a CUDA graph),
 and TensorFlow's op sequence (unique + gather + segment mean) written in torch.
 Times are CUDA-event medians over rounds of back-to-back calls; effective
@@ -221,6 +222,10 @@ TIERED_CONFIGS = {
     "list_both_prefetch": ("tiered 0.2, zero-copy, listed probe + reads, prefetch of the next batch", ZC, LISTS,
                            True),
     "prefetch": ("tiered 0.2, zero-copy (default path), prefetch of the next batch", ZC, {}, True),
+    "lane_probe": ("tiered 0.2, zero-copy, lane probe (one lane per unique id)", ZC, {"TIEMB_TIERED_PROBE": "lane"},
+                   False),
+    "lane_prefetch": ("tiered 0.2, zero-copy, lane probe, prefetch of the next batch", ZC,
+                      {"TIEMB_TIERED_PROBE": "lane"}, True),
     "admit": ("tiered 0.2, zero-copy, admission filter", dict(ZC, policy="lru_admit"), {}, False),
     "copy": ("tiered 0.2, batched copy", dict(cache_percentage=0.2, host_read="copy"), {}, False),
 }

@@ -40,12 +40,13 @@ for threshold in (0.0, 1.0, 0.95):  # all background, all in-stream, the default
           f"until done: {(t2 - t0) * 1e6 / 20:.1f} us/call")
 # The variants of issue 15 (same tables and traffic, a group each, the
 # default threshold): TIEMB_PROFILE_VARIANTS=key,... from gpu_bench's
-# TIERED_CONFIGS picks some (default: the path today and the listed ones).
+# TIERED_CONFIGS picks some (default: the path today, the listed ones and the
+# lane probe).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import TIERED_CONFIGS, tiered_group  # noqa: E402
 
-keys = [k for k in os.environ.get("TIEMB_PROFILE_VARIANTS",
-                                  "default,list_probe,list_reads,list_both,list_both_prefetch").split(",") if k]
+DEFAULT_VARIANTS = "default,list_probe,list_reads,list_both,list_both_prefetch,lane_probe"
+keys = [k for k in os.environ.get("TIEMB_PROFILE_VARIANTS", DEFAULT_VARIANTS).split(",") if k]
 slots = g.slots
 del preps, g
 for key in keys:

@@ -183,25 +183,35 @@ def test_tiered_equals_resident_exactly(cache, cpu, threshold, host_read, dtype,
                     assert st["backing_reads"] == st["host_fetches"]
 
 
+# The host-read paths of test_zero_copy_reads_in_or_after_the_probe_are_exact.
+HOST_READ_ENV = {
+    "0": {"TIEMB_TIERED_INLINE_HOST_READS": "0"},
+    "1": {"TIEMB_TIERED_INLINE_HOST_READS": "1"},
+    "list": {"TIEMB_TIERED_HOST_READS": "list", "TIEMB_TIERED_PROBE": "list"},
+    "lane": {"TIEMB_TIERED_PROBE": "lane"},
+    "lane_kernel": {"TIEMB_TIERED_PROBE": "lane", "TIEMB_TIERED_HOST_READS": "kernel"},
+    "lane_list": {"TIEMB_TIERED_PROBE": "lane", "TIEMB_TIERED_HOST_READS": "list"},
+}
+
+
 @pytest.mark.parametrize("inline,policy", [("0", "lru"), ("1", "lru"), ("0", "lru_admit"),
-                                           ("list", "lru"), ("list", "lru_admit")])
+                                           ("list", "lru"), ("list", "lru_admit"), ("lane", "lru"),
+                                           ("lane", "lru_admit"), ("lane_kernel", "lru_admit"),
+                                           ("lane_list", "lru_admit")])
 def test_zero_copy_reads_in_or_after_the_probe_are_exact(inline, policy, monkeypatch, tmp_path, seed):
     """Zero-copy misses are read inside the probe (TIEMB_TIERED_INLINE_HOST_READS=1,
     the default), by host_read_kernel after it (=0), or from the probe's address
     list by host_read_list_kernel (TIEMB_TIERED_HOST_READS=list, with the listed
-    probe too): all equal resident, with rows in the GPU cache, in host memory
-    and in the backing file."""
+    probe too), also behind the lane probe (TIEMB_TIERED_PROBE=lane): all equal
+    resident, with rows in the GPU cache, in host memory and in the backing file."""
     rng = np.random.default_rng(seed)
     tables = [rng.standard_normal((4000, 16)).astype(np.float32) for _ in range(2)]
     batches = zipf_batches(rng, 4000, 10, 64, 8)
     ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, batches, ["sum", "mean", "sum"])
     for k in TIERED_ENV:
         monkeypatch.delenv(k, raising=False)
-    if inline == "list":
-        monkeypatch.setenv("TIEMB_TIERED_HOST_READS", "list")
-        monkeypatch.setenv("TIEMB_TIERED_PROBE", "list")
-    else:
-        monkeypatch.setenv("TIEMB_TIERED_INLINE_HOST_READS", inline)
+    for k, v in HOST_READ_ENV[inline].items():
+        monkeypatch.setenv(k, v)
     tiers = tiemb.TierConfig(0.1, 0.6, 0.95, str(tmp_path / "backing.tiemb"), "zero_copy", policy)
     got, e = run_batches(tiers, tables, batches, ["sum", "mean", "sum"])
     for b, (r, g) in enumerate(zip(ref, got)):
@@ -211,6 +221,26 @@ def test_zero_copy_reads_in_or_after_the_probe_are_exact(inline, policy, monkeyp
     assert st["host_hits"] > 0 and st["backing_reads"] > 0 and st["hits"] > 0
     if policy == "lru_admit":  # the filter kept some misses out
         assert st["inserted"] < st["unique_ids"] - st["hits"]
+
+
+@pytest.mark.parametrize("dtype,dim", [(np.float16, 3), (np.float32, 2), (np.float32, 6), (np.float32, 40)])
+def test_tiered_row_widths_equal_resident(dtype, dim, tmp_path, seed, tiered_variant):
+    """Rows of 6, 8, 24 and 160 bytes: the lane probe copies a row in 2-, 8-,
+    8- and 16-byte loads, 8 at a time (160 bytes: a second, partial round);
+    the other variants' copies too. Rows in the GPU cache, host memory and the
+    backing file, cache rows read while the background inserter writes."""
+    rng = np.random.default_rng(seed)
+    tables = [rng.standard_normal((3000, dim)).astype(dtype) for _ in range(2)]
+    batches = zipf_batches(rng, 3000, 12, 64, 8)
+    ref, _ = run_batches(tiemb.TierConfig(cache_percentage=1.0), tables, batches, ["sum", "mean", "sum"])
+    tiers = tiemb.TierConfig(0.2, 0.5, 0.95, str(tmp_path / "backing.tiemb"), "zero_copy")
+    got, e = run_batches(tiers, tables, batches, ["sum", "mean", "sum"])
+    for b, (r, g) in enumerate(zip(ref, got)):
+        for s in range(3):
+            np.testing.assert_array_equal(g[s], r[s], err_msg=f"batch {b}, slot {s}, dim {dim}, {tiered_variant}")
+    st = e.stats(0)
+    assert st["hits"] > 0 and st["host_hits"] > 0 and st["backing_reads"] > 0
+    assert st["hits"] + st["host_hits"] + st["host_fetches"] == st["unique_ids"]
 
 
 def test_hit_rate_extremes(seed, tiered_variant):

@@ -13,17 +13,22 @@ import tiemb
 pytestmark = pytest.mark.gpu
 
 TIERS = {"resident": None, "tiered": tiemb.TierConfig(cache_percentage=0.1), "tiered-sync": tiemb.TierConfig(
-    cache_percentage=0.1, hit_rate_threshold=1.0), "tiered-lists": tiemb.TierConfig(cache_percentage=0.1)}
+    cache_percentage=0.1, hit_rate_threshold=1.0), "tiered-lists": tiemb.TierConfig(cache_percentage=0.1),
+    "tiered-lane": tiemb.TierConfig(cache_percentage=0.1)}
+# The variant environment of the tiers above that need one.
+TIER_ENV = {"tiered-lists": {"TIEMB_TIERED_PROBE": "list", "TIEMB_TIERED_HOST_READS": "list"},
+            "tiered-lane": {"TIEMB_TIERED_PROBE": "lane", "TIEMB_TIERED_HOST_READS": "list"}}
 
 
 @pytest.fixture(autouse=True)
 def listed_variants(request, monkeypatch):
-    """tiers "tiered-lists": the listed probe and host reads (issue 15, tests/gpu/tiered_variants.py), whose
-    dedup sees every input form here (wrapped negatives, strided columns, -1 padding)."""
+    """tiers "tiered-lists" and "tiered-lane": the listed probe or the lane probe, with listed host reads
+    (issue 15, tests/gpu/tiered_variants.py), whose dedup and probe see every input form here (wrapped
+    negatives, strided columns, -1 padding)."""
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("tiers") == "tiered-lists":
-        monkeypatch.setenv("TIEMB_TIERED_PROBE", "list")
-        monkeypatch.setenv("TIEMB_TIERED_HOST_READS", "list")
+    if callspec is not None:
+        for k, v in TIER_ENV.get(callspec.params.get("tiers"), {}).items():
+            monkeypatch.setenv(k, v)
 
 
 def cupy():

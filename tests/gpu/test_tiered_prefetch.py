@@ -156,7 +156,8 @@ def test_prefetch_refuses_a_capturing_stream():
 
 
 @pytest.mark.parametrize("env,value,msg", [
-    ("TIEMB_TIERED_PROBE", "walk", r"TIEMB_TIERED_PROBE must be one of 'slots', 'list' \(or unset\), got 'walk'"),
+    ("TIEMB_TIERED_PROBE", "walk",
+     r"TIEMB_TIERED_PROBE must be one of 'slots', 'list', 'lane' \(or unset\), got 'walk'"),
     ("TIEMB_TIERED_HOST_READS", "lists",
      r"TIEMB_TIERED_HOST_READS must be one of 'inline', 'kernel', 'list' \(or unset\), got 'lists'"),
 ])

@@ -8,5 +8,8 @@ TIERED_VARIANTS = {
     "list_probe": {"TIEMB_TIERED_PROBE": "list"},
     "list_reads": {"TIEMB_TIERED_HOST_READS": "list"},
     "list_both": {"TIEMB_TIERED_PROBE": "list", "TIEMB_TIERED_HOST_READS": "list"},
+    # One lane per unique id over the listed dedup's list (probe_lane_kernel).
+    "lane_probe": {"TIEMB_TIERED_PROBE": "lane"},
+    "lane_list_reads": {"TIEMB_TIERED_PROBE": "lane", "TIEMB_TIERED_HOST_READS": "list"},
 }
 TIERED_ENV = ("TIEMB_TIERED_PROBE", "TIEMB_TIERED_HOST_READS", "TIEMB_TIERED_INLINE_HOST_READS")
