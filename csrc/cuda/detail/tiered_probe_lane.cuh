@@ -48,7 +48,13 @@ __device__ inline void lane_copy_units(char* dst, const char* src, int64_t bytes
     Unit r[kLaneBatch];
 #pragma unroll
     for (int j = 0; j < kLaneBatch; ++j) {
-      if (k0 + j < n) r[j] = Volatile ? load_volatile(s + k0 + j) : s[k0 + j];
+      if (k0 + j < n) {
+        if constexpr (Volatile) {
+          r[j] = load_volatile(s + k0 + j);
+        } else {
+          r[j] = s[k0 + j];
+        }
+      }
     }
 #pragma unroll
     for (int j = 0; j < kLaneBatch; ++j) {
