@@ -80,7 +80,8 @@ fi
 # SKIP_BENCH=1 (tests, the tiered profile and the bundles only) split the suite in two calls;
 # TEST_PATH=tests/some_file.py runs one part of the tests; SKIP_PROFILE=1 and
 # SKIP_BUNDLES=1 leave out those steps; QUICK_TIERED=1 adds the tiered variants'
-# benchmark on one case.
+# benchmark on one case. PROFILE_TIMEOUT / QUICK_TIERED_TIMEOUT (s) bound those two
+# steps (raised by 30 s when the lane probe joined their variant lists).
 test_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
 echo "== tests (TensorFlow is absent here: its oracle tests skip; GPU tests run)"
@@ -94,15 +95,15 @@ test_rc=${PIPESTATUS[0]}
 
 if [ -z "${SKIP_PROFILE:-}" ]; then
 echo "== profile of a tiered call (kernels, via torch.profiler/CUPTI)"
-(cd /tmp && timeout 120 python3 "$OLDPWD/benchmarks/profile_tiered.py" 2>&1 | tee "$OUT/profile.log" | tail -25)
+(cd /tmp && timeout "${PROFILE_TIMEOUT:-150}" python3 "$OLDPWD/benchmarks/profile_tiered.py" 2>&1 | tee "$OUT/profile.log" | tail -25)
 fi
 fi
 
 # QUICK_TIERED=1: the tiered variants side by side on the dim-16 case only (a short call's benchmark).
 if [ -n "${QUICK_TIERED:-}" ]; then
 echo "== tiered variants, dim 16 case (issue 15)"
-(cd /tmp && TIEMB_BENCH_TIERED="${TIEMB_BENCH_TIERED:-default,list_probe,list_reads,list_both,prefetch,list_both_prefetch}" \
-   timeout "${QUICK_TIERED_TIMEOUT:-90}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --tiered-only --no-sim --tiered-dims 16 \
+(cd /tmp && TIEMB_BENCH_TIERED="${TIEMB_BENCH_TIERED:-default,list_probe,list_reads,list_both,prefetch,list_both_prefetch,lane_probe,lane_prefetch}" \
+   timeout "${QUICK_TIERED_TIMEOUT:-120}" python3 "$OLDPWD/benchmarks/gpu_bench.py" --tiered-only --no-sim --tiered-dims 16 \
    --json "$OUT/tiered_quick.json" 2>&1 | tee "$OUT/tiered_quick.log" | tail -20)
 fi
 
