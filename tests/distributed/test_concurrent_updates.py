@@ -42,7 +42,7 @@ def _current_rows(client, model):
     return np.concatenate([blocks[k] for k in range(len(blocks))])
 
 
-def test_two_concurrent_updaters_lose_nothing(redis_cluster, seed):
+def test_two_concurrent_updaters_lose_nothing(redis_cluster, seed, tmp_path):
     rng = np.random.default_rng(seed)
     table = rng.standard_normal((200, 4)).astype(np.float32)
     model = f"cas{seed}"
@@ -50,7 +50,8 @@ def test_two_concurrent_updaters_lose_nothing(redis_cluster, seed):
     dist.publish_table(client, "cas", model, "emb", table, block_rows=4)
     start = time.time() + 3.0  # both interpreters up by then
     procs = [subprocess.Popen([sys.executable, "-c", _UPDATER, redis_cluster.address, model, str(first), str(p),
-                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=str(tmp_path))  # not the checkout: its uncompiled tiemb/ would shadow the installed one
              for p, first in ((1, 0), (2, 100))]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):

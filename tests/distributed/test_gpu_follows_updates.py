@@ -214,7 +214,8 @@ def test_gpu_store_engine_follows_tiemb_update(redis_cluster, tmp_path, seed):
     rows_file = str(tmp_path / "rows.npz")
     np.savez(rows_file, ids=upd, rows=new)
     subprocess.run([sys.executable, "-m", "tiemb", "update", store, "--table", "a.tiemb", "--rows", rows_file],
-                   check=True, capture_output=True, timeout=60)
+                   check=True, capture_output=True, timeout=60,
+                   cwd=str(tmp_path))  # not the checkout: its uncompiled tiemb/ would shadow the installed one
     t0 = time.monotonic()
     while not np.array_equal(g.lookup([upd])[0], new):
         assert time.monotonic() - t0 < period + 2.0, "update not served within refresh_seconds + 2 s"
