@@ -321,16 +321,6 @@ gpu::slot_desc describe(const slot_config& sc, const gpu_table& t, const slot_re
   return d;
 }
 
-}  // namespace
-
-namespace {
-
-// The checks that need no data, and the GPU engine's own limit: the kernels
-// index ids with 32-bit unique positions in tiered tables.
-void check_gpu_slot_shape(const engine_config& cfg, const slot_config& sc, const slot_request& req, int64_t s) {
-  check_slot_shape(cfg, sc, req, s);
-}
-
 // Resident tables over a remote table: each follows its remote's version
 // switches, then is held (follow_mutex shared) until this call's kernels are
 // queued, so no follow rewrites rows a queued kernel may still read. Locks
@@ -448,7 +438,7 @@ void gpu_lookup_group::check_launch(const slot_request* reqs, int64_t n, const i
   TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
-    check_gpu_slot_shape(cfg, sc, reqs[s], s);
+    check_slot_shape(cfg, sc, reqs[s], s);
     // A gather slot's rows are its ids, checked as samples x ids per sample.
     TIEMB_EXPECT(rows[s] >= 0 && (rows[s] <= cfg.max_batch_size || sc.mode == row_mode::gather), "slot ", s, ": ",
                  rows[s], " output rows exceed max_batch_size = ", cfg.max_batch_size);
@@ -569,7 +559,7 @@ void gpu_lookup_group::device_rows(const slot_request* reqs, int64_t n, int64_t*
   bool need_device = false;
   for (int64_t s = 0; s < n; ++s) {
     const slot_config& sc = slots_[static_cast<size_t>(s)];
-    check_gpu_slot_shape(cfg, sc, reqs[s], s);
+    check_slot_shape(cfg, sc, reqs[s], s);
     rows[s] = known_rows(sc, reqs[s]);
     need_device = need_device || rows[s] < 0;
   }
@@ -605,7 +595,7 @@ const int64_t* gpu_lookup_group::prepare_host(const slot_request* reqs, int64_t 
   auto& m = *impl_;
   TIEMB_EXPECT(n == num_slots(), "lookup got inputs for ", n, " slots but the group has ", num_slots());
   for (int64_t s = 0; s < n; ++s) {
-    check_gpu_slot_shape(engine_.config(), slots_[static_cast<size_t>(s)], reqs[s], s);
+    check_slot_shape(engine_.config(), slots_[static_cast<size_t>(s)], reqs[s], s);
     m.host_rows[static_cast<size_t>(s)] =
         check_slot(engine_.config(), slots_[static_cast<size_t>(s)], m.tables[static_cast<size_t>(s)]->rows(),
                    reqs[s], s, nullptr);
